@@ -1,0 +1,94 @@
+package docket
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/docketq/docket/transport"
+)
+
+// Result is a handle on an enqueued task and its typed result R.
+type Result[R any] struct {
+	q  *Queue
+	id string
+}
+
+// ID returns the task's id.
+func (r *Result[R]) ID() string { return r.id }
+
+// Info returns what the backend knows about the task.
+func (r *Result[R]) Info(ctx context.Context) (*TaskInfo, error) { return r.q.Info(ctx, r.id) }
+
+// Cancel cancels the task; see Queue.Cancel.
+func (r *Result[R]) Cancel(ctx context.Context) error { return r.q.Cancel(ctx, r.id) }
+
+// Wait blocks until the task reaches a terminal state or ctx ends. It
+// returns the decoded result of a succeeded task; a *TaskError (matching
+// ErrTaskFailed, ErrTaskCancelled or ErrTaskExpired) for the other
+// terminal states; an error wrapping ErrNotFound if the task does not exist
+// (or was pruned); or ctx's error.
+//
+// Completion in this process wakes Wait at once; completion in another
+// process is noticed within the queue's PollInterval.
+func (r *Result[R]) Wait(ctx context.Context) (R, error) {
+	var zero R
+	_, push := r.q.t.(transport.Subscriber)
+	poll := 10 * time.Millisecond
+	for {
+		ch, remove := r.q.waiters.add(r.id)
+		in, err := r.q.t.Get(ctx, transport.GetParams{Now: r.q.now(), ID: r.id})
+		if err != nil {
+			remove()
+			return zero, err
+		}
+		if in.State.Terminal() {
+			remove()
+			return decodeResult[R](&in)
+		}
+		// Notifications are the fast path; the timer is the fallback for
+		// backends without them and a safety net for missed ones.
+		wait := poll
+		if push {
+			wait = time.Second
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-ch:
+		case <-timer.C:
+			poll = min(poll*2, time.Second)
+		case <-ctx.Done():
+			timer.Stop()
+			remove()
+			return zero, ctx.Err()
+		case <-r.q.closing:
+			timer.Stop()
+			remove()
+			return zero, ErrClosed
+		}
+		timer.Stop()
+		remove()
+	}
+}
+
+func decodeResult[R any](in *transport.Info) (R, error) {
+	var v R
+	if in.State != StateSucceeded {
+		return v, &TaskError{ID: in.ID, Name: in.Name, State: in.State, Attempt: in.Attempt, Message: in.Error}
+	}
+	if len(in.Result) == 0 {
+		return v, nil // IgnoreResult
+	}
+	if err := decodeJSON(in.Result, &v); err != nil {
+		return v, fmt.Errorf("docket: decode result of task %s into %T: %w", in.ID, v, err)
+	}
+	return v, nil
+}
+
+// errors used as cancellation causes of a handler's ctx.
+var (
+	errCancelRequested = errors.New("docket: task cancelled")
+	errShutdown        = errors.New("docket: worker shutting down")
+	errLeaseLost       = errors.New("docket: lease lost")
+)

@@ -1,0 +1,596 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/docketq/docket/transport"
+)
+
+// Timestamps are stored as UTC Unix milliseconds; zero means unset.
+func ms(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
+
+func fromMS(v int64) time.Time {
+	if v == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(v).UTC()
+}
+
+// meta holds the rarely-set message fields as one JSON column, NULL when
+// all are default.
+type meta struct {
+	Headers      map[string]string `json:"h,omitempty"`
+	BackoffBase  int64             `json:"bb,omitempty"`
+	BackoffMax   int64             `json:"bm,omitempty"`
+	BackoffJit   float64           `json:"bj,omitempty"`
+	HasBackoff   bool              `json:"b,omitempty"`
+	IgnoreResult bool              `json:"ir,omitempty"`
+}
+
+func encodeMeta(m *transport.Message) (any, error) {
+	if len(m.Headers) == 0 && m.Backoff == nil && !m.IgnoreResult {
+		return nil, nil
+	}
+	v := meta{Headers: m.Headers, IgnoreResult: m.IgnoreResult}
+	if b := m.Backoff; b != nil {
+		v.HasBackoff, v.BackoffBase, v.BackoffMax, v.BackoffJit = true, int64(b.Base), int64(b.Max), b.Jitter
+	}
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("docket: encode task metadata: %w", err)
+	}
+	return string(raw), nil
+}
+
+func decodeMeta(raw sql.NullString, m *transport.Message) error {
+	if !raw.Valid || raw.String == "" {
+		return nil
+	}
+	var v meta
+	if err := json.Unmarshal([]byte(raw.String), &v); err != nil {
+		return fmt.Errorf("docket: decode task metadata: %w", err)
+	}
+	m.Headers, m.IgnoreResult = v.Headers, v.IgnoreResult
+	if v.HasBackoff {
+		m.Backoff = &transport.Backoff{Base: time.Duration(v.BackoffBase), Max: time.Duration(v.BackoffMax), Jitter: v.BackoffJit}
+	}
+	return nil
+}
+
+const insertSQL = `INSERT INTO docket_tasks
+	(id, name, queue, state, priority, run_at, expires_at, max_attempts, timeout_ms, ttl_ms,
+	 unique_key, payload, meta, created_at, finished_at, error)
+	VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+	ON CONFLICT DO NOTHING`
+
+// Enqueue implements store.Store: one group-commit op for the whole batch.
+func (s *Store) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]transport.EnqueueResult, error) {
+	var out []transport.EnqueueResult
+	err := s.w.do(ctx, func(r runner) error {
+		var err error
+		out, err = insert(ctx, r, p)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// EnqueueTx implements transport.TxEnqueuer: the rows are written inside tx
+// and exist only if the caller commits it.
+func (s *Store) EnqueueTx(ctx context.Context, tx *sql.Tx, p transport.EnqueueParams) ([]transport.EnqueueResult, error) {
+	if tx == nil {
+		return nil, errors.New("docket: nil *sql.Tx")
+	}
+	if _, err := tx.ExecContext(ctx, "SAVEPOINT docket_enqueue"); err != nil {
+		return nil, fmt.Errorf("docket: enqueue in transaction: %w", err)
+	}
+	out, err := insert(ctx, txRunner{tx}, p)
+	if err != nil {
+		tx.ExecContext(ctx, "ROLLBACK TO docket_enqueue")
+		tx.ExecContext(ctx, "RELEASE docket_enqueue")
+		return nil, err
+	}
+	if _, err := tx.ExecContext(ctx, "RELEASE docket_enqueue"); err != nil {
+		return nil, fmt.Errorf("docket: enqueue in transaction: %w", err)
+	}
+	return out, nil
+}
+
+func insert(ctx context.Context, r runner, p transport.EnqueueParams) ([]transport.EnqueueResult, error) {
+	now := ms(p.Now)
+	out := make([]transport.EnqueueResult, len(p.Messages))
+	for i := range p.Messages {
+		m := &p.Messages[i]
+		state, runAt := transport.StateReady, now
+		var finished int64
+		var reason any
+		if eta := ms(m.ETA); eta > now {
+			state, runAt = transport.StateScheduled, eta
+		}
+		if exp := ms(m.Expires); exp != 0 && exp <= now {
+			state, runAt, finished, reason = transport.StateExpired, now+m.ResultTTL.Milliseconds(), now, "expired before enqueue"
+		}
+		mt, err := encodeMeta(m)
+		if err != nil {
+			return nil, err
+		}
+		var uk any
+		if m.UniqueKey != "" {
+			uk = m.UniqueKey
+		}
+		created := ms(m.Created)
+		if created == 0 {
+			created = now
+		}
+		res, err := r.exec(ctx, insertSQL, m.ID, m.Name, m.Queue, int(state), m.Priority, runAt, ms(m.Expires),
+			m.MaxAttempts, m.Timeout.Milliseconds(), m.ResultTTL.Milliseconds(), uk, m.Payload, mt, created, finished, reason)
+		if err != nil {
+			return nil, fmt.Errorf("docket: insert task %s: %w", m.ID, err)
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return nil, fmt.Errorf("docket: insert task %s: %w", m.ID, err)
+		} else if n == 1 {
+			out[i] = transport.EnqueueResult{ID: m.ID}
+			continue
+		}
+		dup, err := conflict(ctx, r, m)
+		if err != nil {
+			return nil, err
+		}
+		if !m.ReturnExisting {
+			return nil, dup
+		}
+		out[i] = transport.EnqueueResult{ID: dup.ExistingID, Existing: true}
+	}
+	return out, nil
+}
+
+// conflict explains why an insert did nothing: the id or the unique key.
+func conflict(ctx context.Context, r runner, m *transport.Message) (*transport.DuplicateError, error) {
+	var existing string
+	err := queryOne(ctx, r, []any{&existing}, "SELECT id FROM docket_tasks WHERE id = ?", m.ID)
+	if err == nil {
+		return &transport.DuplicateError{ID: m.ID, ExistingID: existing}, nil
+	}
+	if !errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("docket: insert task %s: %w", m.ID, err)
+	}
+	if m.UniqueKey != "" {
+		err = queryOne(ctx, r, []any{&existing}, "SELECT id FROM docket_tasks WHERE unique_key = ? AND state <= 3", m.UniqueKey)
+		if err == nil {
+			return &transport.DuplicateError{ID: m.ID, UniqueKey: m.UniqueKey, ExistingID: existing}, nil
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return nil, fmt.Errorf("docket: insert task %s: %w", m.ID, err)
+		}
+	}
+	return nil, fmt.Errorf("docket: insert task %s: ignored for an unknown reason", m.ID)
+}
+
+func queryOne(ctx context.Context, r runner, dest []any, query string, args ...any) error {
+	rows, err := r.query(ctx, query, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		return sql.ErrNoRows
+	}
+	if err := rows.Scan(dest...); err != nil {
+		return err
+	}
+	return rows.Close()
+}
+
+// promoteSQL makes due scheduled tasks ready and rescues running tasks whose
+// lease lapsed: back to ready, or failed ("worker lost") when that attempt
+// was their last, or cancelled when a cancel was pending. Attempts were
+// counted at claim, so a task that kills its worker every time still ends.
+const promoteSQL = `UPDATE docket_tasks SET
+	state = CASE WHEN state = 1 THEN 2 WHEN cancel = 1 THEN 6 WHEN attempt >= max_attempts THEN 5 ELSE 2 END,
+	error = CASE WHEN state = 1 THEN error
+		WHEN cancel = 1 THEN 'cancelled; the worker was lost in attempt ' || attempt
+		ELSE 'worker lost: lease expired in attempt ' || attempt END,
+	finished_at = CASE WHEN state = 3 AND (cancel = 1 OR attempt >= max_attempts) THEN ?1 ELSE finished_at END,
+	run_at = CASE WHEN state = 1 THEN run_at WHEN cancel = 1 OR attempt >= max_attempts THEN ?1 + ttl_ms ELSE ?1 END,
+	owner = NULL
+	WHERE state IN (1, 3) AND run_at <= ?1
+	RETURNING id, state`
+
+// claimSQL leases the first ready tasks of one queue in priority, then due
+// time, order. A task past its expiry is moved to expired instead.
+const claimSQL = `UPDATE docket_tasks SET
+	state = CASE WHEN expires_at > 0 AND expires_at <= ?1 THEN 7 ELSE 3 END,
+	attempt = attempt + CASE WHEN expires_at > 0 AND expires_at <= ?1 THEN 0 ELSE 1 END,
+	owner = CASE WHEN expires_at > 0 AND expires_at <= ?1 THEN NULL ELSE ?2 END,
+	run_at = CASE WHEN expires_at > 0 AND expires_at <= ?1 THEN ?1 + ttl_ms ELSE ?3 END,
+	started_at = CASE WHEN expires_at > 0 AND expires_at <= ?1 THEN started_at ELSE ?1 END,
+	finished_at = CASE WHEN expires_at > 0 AND expires_at <= ?1 THEN ?1 ELSE 0 END,
+	error = CASE WHEN expires_at > 0 AND expires_at <= ?1 THEN 'expired before start' ELSE error END
+	WHERE rowid IN (SELECT rowid FROM docket_tasks WHERE state = 2 AND queue = ?4 %s
+		ORDER BY priority DESC, run_at, id LIMIT ?5)
+	RETURNING ` + deliveryCols
+
+const deliveryCols = `id, name, queue, state, priority, expires_at, attempt, max_attempts, timeout_ms, ttl_ms,
+	unique_key, payload, meta, created_at, error, run_at`
+
+var (
+	claimPlain   = fmt.Sprintf(claimSQL, "")
+	claimExclude = fmt.Sprintf(claimSQL, "AND name NOT IN (SELECT value FROM json_each(?6))")
+)
+
+// Claim implements store.Store.
+func (s *Store) Claim(ctx context.Context, p transport.ClaimParams) (transport.ClaimResult, error) {
+	var res transport.ClaimResult
+	if p.Limit <= 0 || len(p.Queues) == 0 {
+		return res, nil
+	}
+	var exclude string
+	if len(p.Exclude) > 0 {
+		raw, _ := json.Marshal(p.Exclude)
+		exclude = string(raw)
+	}
+	err := s.w.do(ctx, func(r runner) error {
+		res = transport.ClaimResult{}
+		now := ms(p.Now)
+		rows, err := r.query(ctx, promoteSQL, now)
+		if err != nil {
+			return fmt.Errorf("docket: promote due tasks: %w", err)
+		}
+		for rows.Next() {
+			var st transport.Status
+			if err := rows.Scan(&st.ID, &st.State); err != nil {
+				rows.Close()
+				return err
+			}
+			if st.State.Terminal() {
+				res.Ended = append(res.Ended, st)
+			}
+		}
+		if err := closeRows(rows); err != nil {
+			return fmt.Errorf("docket: promote due tasks: %w", err)
+		}
+		for _, q := range p.Queues {
+			want := p.Limit - len(res.Deliveries)
+			if want <= 0 {
+				break
+			}
+			var rows *sql.Rows
+			if exclude == "" {
+				rows, err = r.query(ctx, claimPlain, now, p.Owner, ms(p.LeaseUntil), q, want)
+			} else {
+				rows, err = r.query(ctx, claimExclude, now, p.Owner, ms(p.LeaseUntil), q, want, exclude)
+			}
+			if err != nil {
+				return fmt.Errorf("docket: claim: %w", err)
+			}
+			for rows.Next() {
+				d, state, err := scanDelivery(rows)
+				if err != nil {
+					rows.Close()
+					return err
+				}
+				if state != transport.StateRunning {
+					res.Ended = append(res.Ended, transport.Status{ID: d.ID, State: state})
+					continue
+				}
+				d.Owner = p.Owner
+				res.Deliveries = append(res.Deliveries, d)
+			}
+			if err := closeRows(rows); err != nil {
+				return fmt.Errorf("docket: claim: %w", err)
+			}
+		}
+		if len(res.Deliveries) < p.Limit {
+			var next sql.NullInt64
+			if err := queryOne(ctx, r, []any{&next}, "SELECT min(run_at) FROM docket_tasks WHERE state IN (1, 3)"); err != nil {
+				return fmt.Errorf("docket: claim: %w", err)
+			}
+			if next.Valid {
+				res.NextAt = fromMS(next.Int64)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return transport.ClaimResult{}, err
+	}
+	// RETURNING order is unspecified; hand tasks out in claim order.
+	sort.SliceStable(res.Deliveries, func(i, j int) bool {
+		a, b := &res.Deliveries[i], &res.Deliveries[j]
+		if a.Queue != b.Queue {
+			return false
+		}
+		if a.Priority != b.Priority {
+			return a.Priority > b.Priority
+		}
+		return a.ID < b.ID
+	})
+	return res, nil
+}
+
+func closeRows(rows *sql.Rows) error {
+	err := rows.Err()
+	if cerr := rows.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func scanDelivery(rows *sql.Rows) (transport.Delivery, transport.State, error) {
+	var (
+		d                                     transport.Delivery
+		state                                 transport.State
+		expires, timeout, ttl, created, lease int64
+		uk, mt, lastErr                       sql.NullString
+	)
+	err := rows.Scan(&d.ID, &d.Name, &d.Queue, &state, &d.Priority, &expires, &d.Attempt, &d.MaxAttempts,
+		&timeout, &ttl, &uk, &d.Payload, &mt, &created, &lastErr, &lease)
+	if err != nil {
+		return d, 0, fmt.Errorf("docket: read claimed task: %w", err)
+	}
+	d.Expires, d.Created, d.LeaseUntil = fromMS(expires), fromMS(created), fromMS(lease)
+	d.Timeout, d.ResultTTL = time.Duration(timeout)*time.Millisecond, time.Duration(ttl)*time.Millisecond
+	d.UniqueKey, d.LastError = uk.String, lastErr.String
+	if err := decodeMeta(mt, &d.Message); err != nil {
+		return d, 0, err
+	}
+	return d, state, nil
+}
+
+const extendSQL = `UPDATE docket_tasks SET run_at = ? WHERE id = ? AND attempt = ? AND owner = ? AND state = 3 RETURNING cancel`
+
+// Extend implements store.Store.
+func (s *Store) Extend(ctx context.Context, p transport.ExtendParams) ([]transport.ExtendResult, error) {
+	out := make([]transport.ExtendResult, len(p.Leases))
+	if len(p.Leases) == 0 {
+		return out, nil
+	}
+	until := ms(p.Until)
+	err := s.w.do(ctx, func(r runner) error {
+		for i, l := range p.Leases {
+			var cancel int
+			err := queryOne(ctx, r, []any{&cancel}, extendSQL, until, l.ID, l.Attempt, l.Owner)
+			switch {
+			case errors.Is(err, sql.ErrNoRows):
+				out[i] = transport.ExtendResult{Lost: true}
+			case err != nil:
+				return fmt.Errorf("docket: extend lease of %s: %w", l.ID, err)
+			default:
+				out[i] = transport.ExtendResult{CancelRequested: cancel != 0}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// finishSQL writes one attempt's outcome, fenced on (id, attempt, owner).
+// ?1 new state, ?2 now, ?3 run_at for a retry, ?4 result, ?5 error,
+// ?6..?8 the lease. A release (state 2) gives the attempt back.
+const finishSQL = `UPDATE docket_tasks SET
+	state = CASE WHEN ?1 = 1 AND ?3 <= ?2 THEN 2 ELSE ?1 END,
+	run_at = CASE WHEN ?1 = 1 THEN ?3 WHEN ?1 = 2 THEN ?2 ELSE ?2 + ttl_ms END,
+	finished_at = CASE WHEN ?1 >= 4 THEN ?2 ELSE 0 END,
+	attempt = attempt - CASE WHEN ?1 = 2 THEN 1 ELSE 0 END,
+	result = ?4, error = ?5, owner = NULL, cancel = CASE WHEN ?1 >= 4 THEN cancel ELSE 0 END
+	WHERE id = ?6 AND attempt = ?7 AND owner = ?8 AND state = 3`
+
+// Finish implements store.Store.
+func (s *Store) Finish(ctx context.Context, p transport.FinishParams) ([]transport.FinishResult, error) {
+	out := make([]transport.FinishResult, len(p.Items))
+	for _, o := range p.Items {
+		switch o.State {
+		case transport.StateScheduled, transport.StateReady, transport.StateSucceeded, transport.StateFailed, transport.StateCancelled:
+		default:
+			return nil, fmt.Errorf("docket: finish task %s: invalid outcome state %v", o.ID, o.State)
+		}
+	}
+	now := ms(p.Now)
+	err := s.w.do(ctx, func(r runner) error {
+		for i, o := range p.Items {
+			var errText any
+			if o.Error != "" {
+				errText = o.Error
+			}
+			res, err := r.exec(ctx, finishSQL, int(o.State), now, ms(o.RunAt), o.Result, errText, o.ID, o.Attempt, o.Owner)
+			if err != nil {
+				return fmt.Errorf("docket: finish task %s: %w", o.ID, err)
+			}
+			n, err := res.RowsAffected()
+			if err != nil {
+				return fmt.Errorf("docket: finish task %s: %w", o.ID, err)
+			}
+			out[i] = transport.FinishResult{Lost: n == 0}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+const cancelSQL = `UPDATE docket_tasks SET
+	state = CASE WHEN state IN (1, 2) THEN 6 ELSE state END,
+	cancel = CASE WHEN state = 3 THEN 1 ELSE cancel END,
+	finished_at = CASE WHEN state IN (1, 2) THEN ?1 ELSE finished_at END,
+	run_at = CASE WHEN state IN (1, 2) THEN ?1 + ttl_ms ELSE run_at END,
+	error = CASE WHEN state IN (1, 2) THEN 'cancelled before start' ELSE error END
+	WHERE id = ?2 RETURNING state`
+
+// Cancel implements store.Store.
+func (s *Store) Cancel(ctx context.Context, p transport.CancelParams) (transport.CancelResult, error) {
+	var res transport.CancelResult
+	err := s.w.do(ctx, func(r runner) error {
+		err := queryOne(ctx, r, []any{&res.State}, cancelSQL, ms(p.Now), p.ID)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("docket: cancel %s: %w", p.ID, transport.ErrNotFound)
+		}
+		return err
+	})
+	return res, err
+}
+
+const infoCols = `id, name, queue, state, priority, run_at, expires_at, attempt, max_attempts, timeout_ms, ttl_ms,
+	unique_key, payload, meta, result, error, created_at, started_at, finished_at, cancel`
+
+func scanInfo(sc interface{ Scan(...any) error }) (transport.Info, error) {
+	var (
+		in                                                             transport.Info
+		runAt, expires, timeout, ttl, created, started, finished, canc int64
+		uk, mt, errText                                                sql.NullString
+	)
+	err := sc.Scan(&in.ID, &in.Name, &in.Queue, &in.State, &in.Priority, &runAt, &expires, &in.Attempt, &in.MaxAttempts,
+		&timeout, &ttl, &uk, &in.Payload, &mt, &in.Result, &errText, &created, &started, &finished, &canc)
+	if err != nil {
+		return in, err
+	}
+	in.RunAt, in.Expires, in.Created, in.Started, in.Finished = fromMS(runAt), fromMS(expires), fromMS(created), fromMS(started), fromMS(finished)
+	if in.State == transport.StateScheduled {
+		in.ETA = in.RunAt
+	}
+	in.Timeout, in.ResultTTL = time.Duration(timeout)*time.Millisecond, time.Duration(ttl)*time.Millisecond
+	in.UniqueKey, in.Error, in.CancelRequested = uk.String, errText.String, canc != 0
+	return in, decodeMeta(mt, &in.Message)
+}
+
+// Get implements store.Store. It reads from the pool, not the writer.
+func (s *Store) Get(ctx context.Context, p transport.GetParams) (transport.Info, error) {
+	row := s.rdb.QueryRowContext(ctx, "SELECT "+infoCols+" FROM docket_tasks WHERE id = ?", p.ID)
+	in, err := scanInfo(row)
+	if errors.Is(err, sql.ErrNoRows) {
+		return in, fmt.Errorf("docket: task %s: %w", p.ID, transport.ErrNotFound)
+	}
+	if err != nil {
+		return in, fmt.Errorf("docket: read task %s: %w", p.ID, err)
+	}
+	return in, nil
+}
+
+// Lookup implements store.Store.
+func (s *Store) Lookup(ctx context.Context, p transport.LookupParams) ([]transport.Status, error) {
+	if len(p.IDs) == 0 {
+		return nil, nil
+	}
+	ids, _ := json.Marshal(p.IDs)
+	rows, err := s.rdb.QueryContext(ctx, "SELECT id, state, cancel FROM docket_tasks WHERE id IN (SELECT value FROM json_each(?))", string(ids))
+	if err != nil {
+		return nil, fmt.Errorf("docket: look up tasks: %w", err)
+	}
+	defer rows.Close()
+	out := make([]transport.Status, 0, len(p.IDs))
+	for rows.Next() {
+		var st transport.Status
+		var c int
+		if err := rows.Scan(&st.ID, &st.State, &c); err != nil {
+			return nil, fmt.Errorf("docket: look up tasks: %w", err)
+		}
+		st.CancelRequested = c != 0
+		out = append(out, st)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("docket: look up tasks: %w", err)
+	}
+	return out, nil
+}
+
+// List implements transport.Lister.
+func (s *Store) List(ctx context.Context, p transport.ListParams) ([]transport.Info, error) {
+	var where []string
+	var args []any
+	if p.Name != "" {
+		where, args = append(where, "name = ?"), append(args, p.Name)
+	}
+	if p.Queue != "" {
+		where, args = append(where, "queue = ?"), append(args, p.Queue)
+	}
+	if len(p.States) > 0 {
+		marks := make([]string, len(p.States))
+		for i, st := range p.States {
+			marks[i], args = "?", append(args, int(st))
+		}
+		where = append(where, "state IN ("+strings.Join(marks, ",")+")")
+	}
+	if p.After != "" {
+		where, args = append(where, "id > ?"), append(args, p.After)
+	}
+	q := "SELECT " + infoCols + " FROM docket_tasks"
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	limit := p.Limit
+	if limit <= 0 {
+		limit = 1000
+	}
+	q += " ORDER BY id LIMIT ?"
+	args = append(args, limit)
+	rows, err := s.rdb.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("docket: list tasks: %w", err)
+	}
+	defer rows.Close()
+	var out []transport.Info
+	for rows.Next() {
+		in, err := scanInfo(rows)
+		if err != nil {
+			return nil, fmt.Errorf("docket: list tasks: %w", err)
+		}
+		out = append(out, in)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("docket: list tasks: %w", err)
+	}
+	return out, nil
+}
+
+const pruneSQL = `DELETE FROM docket_tasks WHERE rowid IN
+	(SELECT rowid FROM docket_tasks WHERE state >= 4 AND run_at <= ? ORDER BY run_at LIMIT ?)`
+
+// Prune implements transport.Pruner: it deletes up to p.Limit finished tasks
+// whose result TTL has passed, then returns freed pages to the file system.
+func (s *Store) Prune(ctx context.Context, p transport.PruneParams) (int, error) {
+	limit := p.Limit
+	if limit <= 0 {
+		limit = 1000
+	}
+	var n int64
+	err := s.w.do(ctx, func(r runner) error {
+		res, err := r.exec(ctx, pruneSQL, ms(p.Now), limit)
+		if err != nil {
+			return fmt.Errorf("docket: prune: %w", err)
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	if n > 0 {
+		s.w.doNoTx(ctx, func(r runner) error {
+			_, err := r.exec(ctx, "PRAGMA incremental_vacuum(1000)")
+			return err
+		})
+	}
+	return int(n), nil
+}

@@ -1,0 +1,258 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"sync"
+
+	"github.com/docketq/docket/transport"
+)
+
+// The writer owns the store's single write connection. Every write (enqueue,
+// claim, heartbeat, finish, cancel, prune) is an op sent to it; the writer
+// takes every op that is waiting, runs them in one BEGIN IMMEDIATE
+// transaction, each inside its own savepoint, and commits once (group
+// commit). An op that fails rolls back to its savepoint alone; a failed
+// commit fails every op of the batch. Callers always learn a definite
+// outcome: an op that was skipped because its ctx ended reports ctx.Err().
+
+// maxBatch bounds how many ops share one transaction, so a flood of writers
+// cannot hold the write lock for long.
+const maxBatch = 256
+
+type op struct {
+	ctx  context.Context
+	run  func(r runner) error
+	noTx bool // runs outside any transaction (PRAGMA data_version)
+	err  error
+	done chan struct{}
+}
+
+var opPool = sync.Pool{New: func() any { return &op{done: make(chan struct{}, 1)} }}
+
+type writer struct {
+	conn    *sql.Conn
+	ops     chan *op
+	quit    chan struct{}
+	stopped chan struct{}
+	stmts   map[string]*sql.Stmt // prepared on conn, used only by the writer goroutine
+	bg      context.Context
+}
+
+func newWriter(conn *sql.Conn) *writer {
+	w := &writer{
+		conn:    conn,
+		ops:     make(chan *op, maxBatch),
+		quit:    make(chan struct{}),
+		stopped: make(chan struct{}),
+		stmts:   map[string]*sql.Stmt{},
+		bg:      context.Background(),
+	}
+	go w.loop()
+	return w
+}
+
+// do runs fn on the writer inside the next group transaction and returns its
+// error, or the transaction's. It waits for a definite outcome.
+func (w *writer) do(ctx context.Context, fn func(r runner) error) error {
+	return w.submit(ctx, fn, false)
+}
+
+// doNoTx runs fn on the writer connection outside any transaction.
+func (w *writer) doNoTx(ctx context.Context, fn func(r runner) error) error {
+	return w.submit(ctx, fn, true)
+}
+
+func (w *writer) submit(ctx context.Context, fn func(r runner) error, noTx bool) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	o := opPool.Get().(*op)
+	o.ctx, o.run, o.noTx, o.err = ctx, fn, noTx, nil
+	select {
+	case w.ops <- o:
+	case <-w.quit:
+		opPool.Put(o)
+		return errClosed
+	case <-ctx.Done():
+		opPool.Put(o)
+		return ctx.Err()
+	}
+	// The op is queued: wait for its outcome even if ctx ends meanwhile, so
+	// the caller never mistakes a committed write for a failed one. The
+	// writer skips ops whose ctx ended before their turn.
+	<-o.done
+	err := o.err
+	o.ctx, o.run = nil, nil
+	opPool.Put(o)
+	return err
+}
+
+func (w *writer) close() {
+	close(w.quit)
+	<-w.stopped
+	for _, s := range w.stmts {
+		s.Close()
+	}
+}
+
+func (w *writer) loop() {
+	defer close(w.stopped)
+	batch := make([]*op, 0, maxBatch)
+	for {
+		select {
+		case o := <-w.ops:
+			batch = append(batch, o)
+		case <-w.quit:
+			w.failPending(errClosed)
+			return
+		}
+	gather:
+		for len(batch) < maxBatch {
+			select {
+			case o := <-w.ops:
+				batch = append(batch, o)
+			default:
+				break gather
+			}
+		}
+		w.runBatch(batch)
+		clear(batch)
+		batch = batch[:0]
+	}
+}
+
+func (w *writer) failPending(err error) {
+	for {
+		select {
+		case o := <-w.ops:
+			o.err = err
+			o.done <- struct{}{}
+		default:
+			return
+		}
+	}
+}
+
+func (w *writer) runBatch(batch []*op) {
+	live := batch[:0:0]
+	for _, o := range batch {
+		switch {
+		case o.ctx.Err() != nil:
+			o.err = o.ctx.Err()
+			o.done <- struct{}{}
+		case o.noTx:
+			o.err = o.run(w)
+			o.done <- struct{}{}
+		default:
+			live = append(live, o)
+		}
+	}
+	if len(live) == 0 {
+		return
+	}
+	err := w.exec0("BEGIN IMMEDIATE")
+	if err == nil {
+		single := len(live) == 1
+		for _, o := range live {
+			if single {
+				// One op: the transaction is its savepoint.
+				o.err = o.run(w)
+				continue
+			}
+			if err = w.exec0("SAVEPOINT op"); err != nil {
+				break
+			}
+			o.err = o.run(w)
+			if o.err != nil {
+				if err = w.exec0("ROLLBACK TO op"); err != nil {
+					break
+				}
+			}
+			if err = w.exec0("RELEASE op"); err != nil {
+				break
+			}
+		}
+		if err == nil && single && live[0].err != nil {
+			err = w.exec0("ROLLBACK")
+			live[0].done <- struct{}{}
+			if err != nil {
+				w.recover()
+			}
+			return
+		}
+		if err == nil {
+			err = w.exec0("COMMIT")
+		}
+	}
+	if err != nil {
+		w.recover()
+		err = fmt.Errorf("docket: sqlite write: %w", err)
+		for _, o := range live {
+			o.err = err
+		}
+	}
+	for _, o := range live {
+		o.done <- struct{}{}
+	}
+}
+
+// recover rolls back whatever transaction may be open after a failure.
+func (w *writer) recover() {
+	w.conn.ExecContext(w.bg, "ROLLBACK") // error ignored: there may be no transaction
+}
+
+func (w *writer) exec0(query string) error {
+	_, err := w.exec(w.bg, query)
+	return err
+}
+
+func (w *writer) stmt(query string) (*sql.Stmt, error) {
+	if s, ok := w.stmts[query]; ok {
+		return s, nil
+	}
+	s, err := w.conn.PrepareContext(w.bg, query)
+	if err != nil {
+		return nil, err
+	}
+	w.stmts[query] = s
+	return s, nil
+}
+
+// runner is what an operation needs from a connection: the writer (with
+// cached prepared statements) or a caller's *sql.Tx.
+type runner interface {
+	exec(ctx context.Context, query string, args ...any) (sql.Result, error)
+	query(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+func (w *writer) exec(_ context.Context, query string, args ...any) (sql.Result, error) {
+	s, err := w.stmt(query)
+	if err != nil {
+		return nil, err
+	}
+	// SQL on the writer runs under a context that is never cancelled:
+	// interrupting a statement would abort the whole shared transaction.
+	return s.ExecContext(w.bg, args...)
+}
+
+func (w *writer) query(_ context.Context, query string, args ...any) (*sql.Rows, error) {
+	s, err := w.stmt(query)
+	if err != nil {
+		return nil, err
+	}
+	return s.QueryContext(w.bg, args...)
+}
+
+type txRunner struct{ tx *sql.Tx }
+
+func (t txRunner) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	return t.tx.ExecContext(ctx, query, args...)
+}
+
+func (t txRunner) query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	return t.tx.QueryContext(ctx, query, args...)
+}
+
+var errClosed = transport.ErrClosed

@@ -1,0 +1,232 @@
+package docket
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/docketq/docket/transport"
+)
+
+// State is the lifecycle state of a task; see the package doc.
+type State = transport.State
+
+// Task states.
+const (
+	StateScheduled = transport.StateScheduled // waiting for its ETA or retry time
+	StateReady     = transport.StateReady     // due, waiting for a worker
+	StateRunning   = transport.StateRunning   // leased to a worker
+	StateSucceeded = transport.StateSucceeded // finished with a result
+	StateFailed    = transport.StateFailed    // retries exhausted, permanent error, or worker lost
+	StateCancelled = transport.StateCancelled // cancelled before or while running
+	StateExpired   = transport.StateExpired   // not started before its expiry
+)
+
+// Task binds a stable name to a typed handler and its defaults, like
+// Celery's @app.task. A is the argument type and R the result type; both
+// travel as JSON. Create tasks with NewTask, usually as package variables,
+// and Register them with every Queue whose workers should run them.
+type Task[A, R any] struct {
+	name     string
+	fn       func(context.Context, A) (R, error)
+	defaults []TaskOption
+	opts     taskOpts // defaults applied
+	err      error    // reported by Register and Enqueue
+}
+
+// NewTask defines a task. It never fails: an invalid name or default is
+// reported by Register and Enqueue.
+func NewTask[A, R any](name string, fn func(ctx context.Context, args A) (R, error), defaults ...TaskOption) *Task[A, R] {
+	t := &Task[A, R]{name: name, fn: fn, defaults: defaults, opts: defaultTaskOpts()}
+	for _, o := range defaults {
+		o(&t.opts)
+	}
+	switch {
+	case fn == nil:
+		t.err = invalid("task handler", name, "is nil")
+	default:
+		t.err = validName("task name", name)
+	}
+	if t.err == nil {
+		t.err = t.opts.validate(false)
+	}
+	return t
+}
+
+// Name returns the task's name.
+func (t *Task[A, R]) Name() string { return t.name }
+
+// Enqueue submits one task and returns a handle to its result. e is a
+// *Queue, or q.Tx(tx) to enqueue inside a database transaction. When
+// Enqueue returns nil the task is stored: it will reach exactly one terminal
+// state. On error nothing was stored.
+func (t *Task[A, R]) Enqueue(ctx context.Context, e Enqueuer, args A, opts ...TaskOption) (*Result[R], error) {
+	rs, err := t.EnqueueMany(ctx, e, []A{args}, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return rs[0], nil
+}
+
+// EnqueueMany submits one task per element of args in a single transaction:
+// all are stored, or none. The options apply to every task.
+func (t *Task[A, R]) EnqueueMany(ctx context.Context, e Enqueuer, args []A, opts ...TaskOption) ([]*Result[R], error) {
+	if t.err != nil {
+		return nil, t.err
+	}
+	q, tx := e.target()
+	payloads := make([][]byte, len(args))
+	for i, a := range args {
+		p, err := encodeArgs(a, q.cfg.maxPayload)
+		if err != nil {
+			return nil, fmt.Errorf("docket: enqueue %s: %w", t.name, err)
+		}
+		payloads[i] = p
+	}
+	ids, err := q.enqueue(ctx, tx, t.name, &t.opts, payloads, opts)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*Result[R], len(ids))
+	for i, id := range ids {
+		out[i] = &Result[R]{q: q, id: id}
+	}
+	return out, nil
+}
+
+// ResultOf returns a handle to the result of a task of this kind enqueued
+// earlier (by id, perhaps by another process).
+func (t *Task[A, R]) ResultOf(q *Queue, id string) *Result[R] { return &Result[R]{q: q, id: id} }
+
+// register implementation: the untyped layer the worker drives.
+func (t *Task[A, R]) taskName() string       { return t.name }
+func (t *Task[A, R]) taskErr() error         { return t.err }
+func (t *Task[A, R]) taskOptions() *taskOpts { return &t.opts }
+
+func (t *Task[A, R]) invoke(ctx context.Context, payload []byte, maxResult int) ([]byte, error) {
+	var args A
+	if err := decodeJSON(payload, &args); err != nil {
+		return nil, Permanent(fmt.Errorf("docket: decode arguments of %s: %w", t.name, err))
+	}
+	r, err := t.fn(ctx, args)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := json.Marshal(r)
+	if err != nil {
+		return nil, Permanent(fmt.Errorf("docket: encode result of %s: %w", t.name, err))
+	}
+	if len(raw) > maxResult {
+		return nil, Permanent(&TooLargeError{What: "result", Size: len(raw), Limit: maxResult})
+	}
+	return raw, nil
+}
+
+// Registrable is implemented by *Task; it lets Register take tasks of any
+// argument and result types.
+type Registrable interface {
+	taskName() string
+	taskErr() error
+	taskOptions() *taskOpts
+	invoke(ctx context.Context, payload []byte, maxResult int) ([]byte, error)
+}
+
+func encodeArgs(v any, limit int) ([]byte, error) {
+	var raw []byte
+	switch x := v.(type) {
+	case json.RawMessage:
+		if !json.Valid(x) {
+			return nil, invalid("arguments", nil, "json.RawMessage is not valid JSON")
+		}
+		raw = x
+	default:
+		var err error
+		if raw, err = json.Marshal(v); err != nil {
+			return nil, &ValidationError{Field: "arguments", Reason: "cannot be encoded as JSON: " + err.Error()}
+		}
+	}
+	if len(raw) > limit {
+		return nil, &TooLargeError{What: "arguments", Size: len(raw), Limit: limit}
+	}
+	return raw, nil
+}
+
+func decodeJSON(raw []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return fmt.Errorf("trailing data after JSON value")
+	}
+	return nil
+}
+
+// Args is a convenience for EnqueueByName with positional arguments; it
+// travels as a JSON array, like Celery's args.
+type Args []any
+
+// TaskInfo describes a task as stored.
+type TaskInfo struct {
+	ID         string
+	Name       string
+	Queue      string
+	State      State
+	Attempt    int // attempts so far (claims)
+	MaxRetries int
+	Priority   int
+	// ETA is when a scheduled task becomes due (zero once it is due).
+	ETA      time.Time
+	Expires  time.Time
+	Created  time.Time
+	Started  time.Time // start of the latest attempt
+	Finished time.Time
+	// Error is the last attempt's error (with the stack for a panic), or
+	// the reason the task ended.
+	Error           string
+	Headers         map[string]string
+	UniqueKey       string
+	CancelRequested bool
+	Args            json.RawMessage // the encoded arguments
+	Result          json.RawMessage // the encoded result, once succeeded
+}
+
+func infoFrom(in *transport.Info) *TaskInfo {
+	ti := &TaskInfo{
+		ID: in.ID, Name: in.Name, Queue: in.Queue, State: in.State, Attempt: in.Attempt,
+		MaxRetries: in.MaxAttempts - 1, Priority: in.Priority, ETA: in.ETA, Expires: in.Expires,
+		Created: in.Created, Started: in.Started, Finished: in.Finished, Error: in.Error,
+		Headers: in.Headers, UniqueKey: in.UniqueKey, CancelRequested: in.CancelRequested,
+		Args: json.RawMessage(in.Payload),
+	}
+	if len(in.Result) > 0 {
+		ti.Result = json.RawMessage(in.Result)
+	}
+	return ti
+}
+
+// TaskContext is what a running handler can learn about its task; see
+// FromContext.
+type TaskContext struct {
+	ID         string
+	Name       string
+	Queue      string
+	Attempt    int // 1 for the first attempt
+	MaxRetries int
+	Headers    map[string]string
+	// LastError is the previous attempt's error, if this is a retry.
+	LastError string
+}
+
+type ctxKey struct{}
+
+// FromContext returns the task a handler's ctx belongs to.
+func FromContext(ctx context.Context) (TaskContext, bool) {
+	tc, ok := ctx.Value(ctxKey{}).(*TaskContext)
+	if !ok {
+		return TaskContext{}, false
+	}
+	return *tc, true
+}

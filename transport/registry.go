@@ -1,0 +1,120 @@
+package transport
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Config is what docket passes to a transport's OpenFunc.
+type Config struct {
+	// Logger receives the transport's diagnostics; never nil.
+	Logger *slog.Logger
+	// Now is the clock; transports use it only for housekeeping that has no
+	// params struct (timestamps in params come from the caller).
+	Now func() time.Time
+	// PollInterval bounds how stale cross-process change detection may be.
+	PollInterval time.Duration
+}
+
+// OpenFunc opens a transport for a parsed URL.
+type OpenFunc func(ctx context.Context, u *url.URL, cfg Config) (Transport, error)
+
+var (
+	registryMu sync.RWMutex
+	registry   = map[string]OpenFunc{}
+)
+
+// knownPackages names the package that registers a scheme, for the error
+// message of a program that forgot to import it.
+var knownPackages = map[string]string{
+	"redis":  "github.com/docketq/docket/transport/redis",
+	"rediss": "github.com/docketq/docket/transport/redis",
+	"amqp":   "github.com/docketq/docket/transport/amqp",
+	"amqps":  "github.com/docketq/docket/transport/amqp",
+	"sqlite": "github.com/docketq/docket/store/sqlite",
+	"memory": "github.com/docketq/docket/store/sqlite",
+}
+
+// Register makes a transport available under a URL scheme. It is meant to be
+// called from an init function; like sql.Register it panics if the scheme is
+// registered twice or open is nil, since both are programming errors.
+func Register(scheme string, open OpenFunc) {
+	scheme = strings.ToLower(scheme)
+	registryMu.Lock()
+	defer registryMu.Unlock()
+	if open == nil {
+		panic("docket: Register open func is nil for scheme " + scheme)
+	}
+	if _, dup := registry[scheme]; dup {
+		panic("docket: Register called twice for scheme " + scheme)
+	}
+	registry[scheme] = open
+}
+
+// Schemes returns the registered schemes, sorted.
+func Schemes() []string {
+	registryMu.RLock()
+	defer registryMu.RUnlock()
+	out := make([]string, 0, len(registry))
+	for s := range registry {
+		out = append(out, s)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// UnknownSchemeError reports a URL whose scheme no imported package
+// registered.
+type UnknownSchemeError struct {
+	Scheme  string
+	Package string // the package that would register it, when known
+}
+
+func (e *UnknownSchemeError) Error() string {
+	if e.Package != "" {
+		return fmt.Sprintf("docket: unknown transport scheme %q (forgotten import? add: import _ %q)", e.Scheme, e.Package)
+	}
+	return fmt.Sprintf("docket: unknown transport scheme %q (registered: %s)", e.Scheme, strings.Join(Schemes(), ", "))
+}
+
+// Open opens the transport registered for u's scheme.
+func Open(ctx context.Context, u *url.URL, cfg Config) (Transport, error) {
+	scheme := strings.ToLower(u.Scheme)
+	registryMu.RLock()
+	open := registry[scheme]
+	registryMu.RUnlock()
+	if open == nil {
+		return nil, &UnknownSchemeError{Scheme: scheme, Package: knownPackages[scheme]}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = 5 * time.Millisecond
+	}
+	return open(ctx, u, cfg)
+}
+
+// Redact returns u as a string with any password replaced by "xxxxx",
+// including the password-only form "redis://:secret@host".
+func Redact(u *url.URL) string {
+	if u == nil {
+		return ""
+	}
+	c := *u
+	if c.User != nil {
+		if _, has := c.User.Password(); has {
+			c.User = url.UserPassword(c.User.Username(), "xxxxx")
+		}
+	}
+	return c.String()
+}

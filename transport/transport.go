@@ -1,0 +1,379 @@
+// Package transport is docket's delivery seam: the Transport interface the
+// root package drives, the Message and Delivery types that cross it, and the
+// URL-scheme registry that lets a backend plug in by import.
+//
+// A Transport moves tasks from producers to workers and keeps their state:
+// it accepts messages (Enqueue), leases ready ones to a worker (Claim),
+// extends leases while handlers run (Extend), records outcomes under a fence
+// on (id, attempt, owner) (Finish), and answers questions about a task
+// (Get, Lookup, Cancel). Every method takes a params struct that carries the
+// caller's clock reading (Now), so a transport never calls time.Now for
+// decisions that tests must control.
+//
+// Optional behaviour is discovered by type assertion, in the manner of
+// database/sql/driver: Subscriber (push notifications), Pruner (retention),
+// TxEnqueuer (enqueue inside a caller's *sql.Tx), DBProvider and Lister.
+//
+// The default transport is backed by a store.Store (see package
+// transport/storetransport and store/sqlite), registered for the "sqlite" and
+// "memory" schemes. Broker transports register their own schemes from their
+// own packages, so a program that only uses SQLite never links a broker client.
+package transport
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"strconv"
+	"time"
+)
+
+// State is the lifecycle state of a task.
+//
+// A task moves Scheduled → Ready → Running and ends in exactly one terminal
+// state: Succeeded, Failed, Cancelled or Expired. A retry moves Running back
+// to Scheduled (or Ready when due); a lapsed lease or a graceful release moves
+// Running back to Ready.
+type State uint8
+
+// Task states. The numeric values are stored; never renumber them.
+const (
+	StateScheduled State = 1 // waiting for its ETA or retry time
+	StateReady     State = 2 // due, waiting for a worker
+	StateRunning   State = 3 // leased to a worker
+	StateSucceeded State = 4 // handler returned a result
+	StateFailed    State = 5 // retries exhausted, permanent error, or worker lost
+	StateCancelled State = 6 // cancelled before or while running
+	StateExpired   State = 7 // not started before its expiry time
+)
+
+var stateNames = [...]string{"", "scheduled", "ready", "running", "succeeded", "failed", "cancelled", "expired"}
+
+// String returns the lower-case name of the state ("ready", "failed", ...).
+func (s State) String() string {
+	if int(s) < len(stateNames) && s != 0 {
+		return stateNames[s]
+	}
+	return "unknown"
+}
+
+// Terminal reports whether s is a final state.
+func (s State) Terminal() bool { return s >= StateSucceeded && s <= StateExpired }
+
+// Valid reports whether s is one of the defined states.
+func (s State) Valid() bool { return s >= StateScheduled && s <= StateExpired }
+
+// ParseState returns the state named name, as printed by State.String.
+func ParseState(name string) (State, bool) {
+	for i, n := range stateNames {
+		if i > 0 && n == name {
+			return State(i), true
+		}
+	}
+	return 0, false
+}
+
+// Backoff is an exponential retry policy carried by a message: the n-th retry
+// waits Base·2^(n-1), capped at Max, then spread by ±Jitter (a fraction in
+// [0,1]).
+type Backoff struct {
+	Base   time.Duration
+	Max    time.Duration
+	Jitter float64
+}
+
+// Message is a task as it travels: everything a worker on any host needs to
+// run it. The producer fills every field; transports store them verbatim.
+type Message struct {
+	ID       string            // unique task id (a ULID unless the producer chose one)
+	Name     string            // registered task name
+	Queue    string            // queue name
+	Payload  []byte            // encoded arguments (JSON)
+	Headers  map[string]string // free-form metadata
+	Priority int               // 0..9, higher runs first within a queue
+	ETA      time.Time         // not before; zero means as soon as possible
+	Expires  time.Time         // do not start after; zero means never
+	// MaxAttempts is the number of claims allowed, MaxRetries+1.
+	MaxAttempts int
+	Timeout     time.Duration // per-attempt handler timeout; zero means none
+	Backoff     *Backoff      // nil: the worker's policy for the task name
+	ResultTTL   time.Duration // how long the finished task and its result are kept
+	// IgnoreResult drops the handler's return value; the state is still kept.
+	IgnoreResult bool
+	// UniqueKey, when set, admits at most one non-terminal task with this key.
+	UniqueKey string
+	Created   time.Time
+	// ReturnExisting, at enqueue only (never stored), asks for the existing
+	// task's id instead of a DuplicateError when the id or unique key is taken.
+	ReturnExisting bool
+}
+
+// Lease identifies one attempt of a task held by one worker. Every state
+// write a worker makes is fenced on all three fields.
+type Lease struct {
+	ID      string
+	Attempt int
+	Owner   string
+}
+
+// Delivery is a message leased to a worker by Claim.
+type Delivery struct {
+	Message
+	Attempt    int       // 1 for the first claim; counted at claim time
+	Owner      string    // the claiming worker
+	LeaseUntil time.Time // the lease deadline; Extend moves it
+	LastError  string    // error recorded by the previous attempt, if any
+}
+
+// Lease returns the fencing token of d.
+func (d *Delivery) Lease() Lease { return Lease{ID: d.ID, Attempt: d.Attempt, Owner: d.Owner} }
+
+// Info is what a transport knows about one task.
+type Info struct {
+	Message
+	State           State
+	Attempt         int       // claims so far
+	RunAt           time.Time // next run (scheduled/ready), lease deadline (running) or prune time (terminal)
+	Started         time.Time // start of the latest attempt
+	Finished        time.Time // when it reached its terminal state
+	Result          []byte    // encoded result of a succeeded task, unless ignored
+	Error           string    // last attempt's error, or the reason it ended
+	CancelRequested bool      // cancel asked while running
+}
+
+// Status is the small, cheap subset of Info used to poll many tasks at once.
+type Status struct {
+	ID              string
+	State           State
+	CancelRequested bool
+}
+
+// EnqueueParams are the arguments of Transport.Enqueue.
+type EnqueueParams struct {
+	Now      time.Time
+	Messages []Message
+}
+
+// EnqueueResult reports what happened to one message of an Enqueue call.
+type EnqueueResult struct {
+	ID       string // the task's id: the message's, or the existing task's
+	Existing bool   // the id or unique key was taken and ReturnExisting was set
+}
+
+// ClaimParams are the arguments of Transport.Claim.
+type ClaimParams struct {
+	Now        time.Time
+	Owner      string    // unique per worker run; part of every lease
+	Queues     []string  // queues to take from, in this order
+	Limit      int       // at most this many deliveries
+	LeaseUntil time.Time // initial lease deadline of each delivery
+	Exclude    []string  // task names not to claim now (concurrency or rate limits)
+}
+
+// ClaimResult is the outcome of Transport.Claim.
+type ClaimResult struct {
+	Deliveries []Delivery
+	// Ended lists tasks the claim moved to a terminal state instead of
+	// delivering them: expired before start, or failed because a lapsed lease
+	// used up their last attempt ("worker lost").
+	Ended []Status
+	// NextAt, when the claim returned fewer than Limit deliveries, is the
+	// earliest time a scheduled task becomes due or a lease lapses; zero when
+	// nothing is pending. Workers sleep until then unless woken earlier.
+	NextAt time.Time
+}
+
+// ExtendParams are the arguments of Transport.Extend (the heartbeat).
+type ExtendParams struct {
+	Now    time.Time
+	Leases []Lease
+	Until  time.Time
+}
+
+// ExtendResult reports one lease of an Extend call.
+type ExtendResult struct {
+	Lost            bool // the lease is no longer held: stop and do not finish
+	CancelRequested bool // another caller asked to cancel this task
+}
+
+// FinishParams are the arguments of Transport.Finish.
+type FinishParams struct {
+	Now   time.Time
+	Items []Outcome
+}
+
+// Outcome is the result of one attempt.
+//
+// State is the state to move to: Succeeded, Failed, Cancelled; Scheduled
+// to retry at RunAt; or Ready to release the lease without consuming the
+// attempt (graceful shutdown).
+type Outcome struct {
+	Lease
+	State  State
+	Result []byte
+	Error  string
+	RunAt  time.Time
+}
+
+// FinishResult reports one outcome of a Finish call.
+type FinishResult struct {
+	Lost bool // fenced out: the lease was lost, the write did nothing
+}
+
+// GetParams are the arguments of Transport.Get.
+type GetParams struct {
+	Now time.Time
+	ID  string
+}
+
+// LookupParams are the arguments of Transport.Lookup.
+type LookupParams struct {
+	Now time.Time
+	IDs []string
+}
+
+// CancelParams are the arguments of Transport.Cancel.
+type CancelParams struct {
+	Now time.Time
+	ID  string
+}
+
+// CancelResult is the outcome of Transport.Cancel.
+type CancelResult struct {
+	// State is the task's state after the call: Cancelled when it had not
+	// started, Running (with the cancel flag set) when a worker holds it, or
+	// the terminal state it had already reached.
+	State State
+}
+
+// Transport is the seam between docket and a backend. Implementations must be
+// safe for concurrent use.
+type Transport interface {
+	// Enqueue stores all messages or none (one transaction). A taken id or
+	// unique key fails the whole call with a *DuplicateError unless the
+	// message asked for ReturnExisting.
+	Enqueue(ctx context.Context, p EnqueueParams) ([]EnqueueResult, error)
+	// Claim leases up to p.Limit due tasks to p.Owner, counting an attempt
+	// for each. It also makes due scheduled tasks ready and rescues tasks
+	// whose lease lapsed.
+	Claim(ctx context.Context, p ClaimParams) (ClaimResult, error)
+	// Extend moves the deadline of the given leases; results are in order.
+	Extend(ctx context.Context, p ExtendParams) ([]ExtendResult, error)
+	// Finish records outcomes, each fenced on its lease; results in order.
+	Finish(ctx context.Context, p FinishParams) ([]FinishResult, error)
+	// Get returns one task, or an error wrapping ErrNotFound.
+	Get(ctx context.Context, p GetParams) (Info, error)
+	// Lookup returns the status of those ids that exist, in any order.
+	Lookup(ctx context.Context, p LookupParams) ([]Status, error)
+	// Cancel cancels a task that has not started, or flags a running one.
+	Cancel(ctx context.Context, p CancelParams) (CancelResult, error)
+	// Close releases what the transport holds.
+	Close() error
+}
+
+// EventKind says what an Event reports.
+type EventKind uint8
+
+// Event kinds.
+const (
+	// EventReady: new work may be due (IDs empty; Queue set when known).
+	EventReady EventKind = iota + 1
+	// EventFinished: the tasks in IDs reached a terminal state.
+	EventFinished
+	// EventCancel: cancel was requested for the running tasks in IDs.
+	EventCancel
+	// EventChanged: something changed that this process did not see directly
+	// (another process wrote); listeners re-check what they wait for.
+	EventChanged
+)
+
+// Event is a notification pushed by a Subscriber.
+type Event struct {
+	Kind  EventKind
+	Queue string
+	IDs   []string
+}
+
+// Subscriber is implemented by transports that push notifications. The
+// callback runs on the transport's goroutine and must not block.
+type Subscriber interface {
+	Subscribe(fn func(Event)) (unsubscribe func())
+}
+
+// PruneParams are the arguments of Pruner.Prune.
+type PruneParams struct {
+	Now   time.Time
+	Limit int // delete at most this many tasks in one call
+}
+
+// Pruner is implemented by transports that keep finished tasks and need them
+// deleted once their result TTL has passed.
+type Pruner interface {
+	Prune(ctx context.Context, p PruneParams) (int, error)
+}
+
+// TxEnqueuer is implemented by transports that can write tasks inside a
+// caller's database transaction, so the tasks exist only if it commits.
+type TxEnqueuer interface {
+	EnqueueTx(ctx context.Context, tx *sql.Tx, p EnqueueParams) ([]EnqueueResult, error)
+}
+
+// DBProvider is implemented by SQL-backed transports that share their
+// database with the application.
+type DBProvider interface {
+	DB() *sql.DB
+}
+
+// ListParams are the arguments of Lister.List.
+type ListParams struct {
+	Now    time.Time
+	Name   string  // exact task name; empty for all
+	Queue  string  // exact queue; empty for all
+	States []State // empty for all
+	After  string  // return ids greater than this (paging)
+	Limit  int
+}
+
+// Lister is implemented by transports that can enumerate tasks, oldest id
+// first.
+type Lister interface {
+	List(ctx context.Context, p ListParams) ([]Info, error)
+}
+
+// Errors shared by transports. Implementations wrap them with context.
+var (
+	// ErrNotFound: no task with that id (never existed, or pruned).
+	ErrNotFound = errors.New("docket: task not found")
+	// ErrClosed: the transport was closed.
+	ErrClosed = errors.New("docket: transport closed")
+	// ErrUnsupported: the transport cannot do what was asked.
+	ErrUnsupported = errors.New("docket: not supported by this transport")
+	// ErrDuplicate: an id or unique key is already taken.
+	ErrDuplicate = errors.New("docket: duplicate task")
+)
+
+// DuplicateError reports a taken id or unique key. It matches ErrDuplicate
+// with errors.Is.
+type DuplicateError struct {
+	ID         string // the id of the message that was refused
+	UniqueKey  string // the key that was taken, if it was the key
+	ExistingID string // the task holding the id or key
+}
+
+func (e *DuplicateError) Error() string {
+	if e.UniqueKey != "" {
+		return "docket: unique key " + quote(e.UniqueKey) + " is held by task " + e.ExistingID
+	}
+	return "docket: task id " + quote(e.ID) + " already exists"
+}
+
+// Is reports whether target is ErrDuplicate.
+func (e *DuplicateError) Is(target error) bool { return target == ErrDuplicate }
+
+func quote(s string) string {
+	const max = 64
+	if len(s) > max {
+		s = s[:max] + "..."
+	}
+	return strconv.Quote(s)
+}
