@@ -289,6 +289,18 @@ func (s *Store) Changes(ctx context.Context) (uint64, error) {
 	return v, err
 }
 
+// Stats counts the writer's work since Open.
+type Stats struct {
+	Commits int64 // write transactions committed
+	Ops     int64 // operations (enqueue calls, claims, finishes, ...) in them
+}
+
+// Stats reports how much group commit is batching: Ops/Commits is the mean
+// number of operations that shared one transaction.
+func (s *Store) Stats() Stats {
+	return Stats{Commits: s.w.commits.Load(), Ops: s.w.ops.Load()}
+}
+
 // Close stops the writer and closes both pools. It is safe to call twice.
 func (s *Store) Close() error {
 	var err error

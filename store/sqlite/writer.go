@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/docketq/docket/transport"
 )
@@ -33,17 +34,19 @@ var opPool = sync.Pool{New: func() any { return &op{done: make(chan struct{}, 1)
 
 type writer struct {
 	conn    *sql.Conn
-	ops     chan *op
+	queue   chan *op
 	quit    chan struct{}
 	stopped chan struct{}
 	stmts   map[string]*sql.Stmt // prepared on conn, used only by the writer goroutine
 	bg      context.Context
+	commits atomic.Int64 // transactions committed
+	ops     atomic.Int64 // ops committed in them
 }
 
 func newWriter(conn *sql.Conn) *writer {
 	w := &writer{
 		conn:    conn,
-		ops:     make(chan *op, maxBatch),
+		queue:   make(chan *op, maxBatch),
 		quit:    make(chan struct{}),
 		stopped: make(chan struct{}),
 		stmts:   map[string]*sql.Stmt{},
@@ -71,7 +74,7 @@ func (w *writer) submit(ctx context.Context, fn func(r runner) error, noTx bool)
 	o := opPool.Get().(*op)
 	o.ctx, o.run, o.noTx, o.err = ctx, fn, noTx, nil
 	select {
-	case w.ops <- o:
+	case w.queue <- o:
 	case <-w.quit:
 		opPool.Put(o)
 		return errClosed
@@ -102,7 +105,7 @@ func (w *writer) loop() {
 	batch := make([]*op, 0, maxBatch)
 	for {
 		select {
-		case o := <-w.ops:
+		case o := <-w.queue:
 			batch = append(batch, o)
 		case <-w.quit:
 			w.failPending(errClosed)
@@ -111,7 +114,7 @@ func (w *writer) loop() {
 	gather:
 		for len(batch) < maxBatch {
 			select {
-			case o := <-w.ops:
+			case o := <-w.queue:
 				batch = append(batch, o)
 			default:
 				break gather
@@ -126,7 +129,7 @@ func (w *writer) loop() {
 func (w *writer) failPending(err error) {
 	for {
 		select {
-		case o := <-w.ops:
+		case o := <-w.queue:
 			o.err = err
 			o.done <- struct{}{}
 		default:
@@ -183,7 +186,10 @@ func (w *writer) runBatch(batch []*op) {
 			return
 		}
 		if err == nil {
-			err = w.exec0("COMMIT")
+			if err = w.exec0("COMMIT"); err == nil {
+				w.commits.Add(1)
+				w.ops.Add(int64(len(live)))
+			}
 		}
 	}
 	if err != nil {
