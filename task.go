@@ -114,7 +114,7 @@ func (t *Task[A, R]) invoke(ctx context.Context, payload []byte, maxResult int) 
 	if err != nil {
 		return nil, err
 	}
-	raw, err := json.Marshal(r)
+	raw, err := marshalJSON(r)
 	if err != nil {
 		return nil, Permanent(fmt.Errorf("docket: encode result of %s: %w", t.name, err))
 	}
@@ -143,7 +143,7 @@ func encodeArgs(v any, limit int) ([]byte, error) {
 		raw = x
 	default:
 		var err error
-		if raw, err = json.Marshal(v); err != nil {
+		if raw, err = marshalJSON(v); err != nil {
 			return nil, &ValidationError{Field: "arguments", Reason: "cannot be encoded as JSON: " + err.Error()}
 		}
 	}
@@ -151,6 +151,18 @@ func encodeArgs(v any, limit int) ([]byte, error) {
 		return nil, &TooLargeError{What: "arguments", Size: len(raw), Limit: limit}
 	}
 	return raw, nil
+}
+
+// marshalJSON encodes v without HTML escaping, so payloads read the same
+// from any language.
+func marshalJSON(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
 }
 
 func decodeJSON(raw []byte, v any) error {
