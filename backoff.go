@@ -54,9 +54,9 @@ func (e Exponential) Delay(attempt int, _ error) time.Duration {
 func (e Exponential) validate() error {
 	switch {
 	case e.Base <= 0:
-		return invalid("backoff", e.Base.String(), "Base must be positive")
+		return invalid("backoff", e.Base, "Base must be positive")
 	case e.Max < e.Base:
-		return invalid("backoff", e.Max.String(), "Max must be at least Base")
+		return invalid("backoff", e.Max, "Max must be at least Base")
 	case e.Jitter < 0 || e.Jitter > 1 || math.IsNaN(e.Jitter):
 		return invalid("backoff", e.Jitter, "Jitter must be within [0, 1]")
 	}

@@ -159,15 +159,15 @@ func (o *taskOpts) validate(enqueue bool) error {
 	case o.maxRetries < 0 || o.maxRetries > maxRetries:
 		return invalid("MaxRetries", o.maxRetries, "must be within 0..10000")
 	case o.timeout < 0 || o.timeout > maxDelay:
-		return invalid("Timeout", o.timeout.String(), "must be zero (none) or positive, under 100 years")
+		return invalid("Timeout", o.timeout, "must be zero (none) or positive, under 100 years")
 	case o.resultTTL < 0 || o.resultTTL > maxDelay:
-		return invalid("ResultTTL", o.resultTTL.String(), "must be zero or positive, under 100 years")
+		return invalid("ResultTTL", o.resultTTL, "must be zero or positive, under 100 years")
 	case o.hasCountdown && (o.countdown < 0 || o.countdown > maxDelay):
-		return invalid("In", o.countdown.String(), "countdown must be zero or positive, under 100 years")
+		return invalid("In", o.countdown, "countdown must be zero or positive, under 100 years")
 	case o.hasETA && o.eta.IsZero():
 		return invalid("At", nil, "ETA is the zero time")
 	case o.hasExpiresIn && (o.expiresIn <= 0 || o.expiresIn > maxDelay):
-		return invalid("Expires", o.expiresIn.String(), "must be positive, under 100 years")
+		return invalid("Expires", o.expiresIn, "must be positive, under 100 years")
 	case o.hasExpiresAt && o.expiresAt.IsZero():
 		return invalid("ExpiresAt", nil, "expiry is the zero time")
 	}
@@ -280,20 +280,20 @@ type systemClock struct{}
 func (systemClock) Now() time.Time { return time.Now() }
 
 type config struct {
-	concurrency    int
-	prefetch       int
-	queues         map[string]int
-	lease          time.Duration
-	grace          time.Duration
-	logger         *slog.Logger
-	clock          Clock
-	pollInterval   time.Duration
-	pruneInterval  time.Duration
-	maxPayload     int
-	maxResult      int
-	nameLimits     map[string]int
-	rateLimits     map[string]rateLimit
-	errs           []error
+	concurrency   int
+	prefetch      int
+	queues        map[string]int
+	lease         time.Duration
+	grace         time.Duration
+	logger        *slog.Logger
+	clock         Clock
+	pollInterval  time.Duration
+	pruneInterval time.Duration
+	maxPayload    int
+	maxResult     int
+	nameLimits    map[string]int
+	rateLimits    map[string]rateLimit
+	errs          []error
 }
 
 type rateLimit struct {
@@ -372,7 +372,7 @@ func Queues(weights map[string]int) Option {
 func LeaseDuration(d time.Duration) Option {
 	return func(c *config) {
 		if d < 100*time.Millisecond || d > 24*time.Hour {
-			c.errs = append(c.errs, invalid("LeaseDuration", d.String(), "must be within 100ms..24h"))
+			c.errs = append(c.errs, invalid("LeaseDuration", d, "must be within 100ms..24h"))
 			return
 		}
 		c.lease = d
@@ -384,7 +384,7 @@ func LeaseDuration(d time.Duration) Option {
 func ShutdownGrace(d time.Duration) Option {
 	return func(c *config) {
 		if d < 0 {
-			c.errs = append(c.errs, invalid("ShutdownGrace", d.String(), "must not be negative"))
+			c.errs = append(c.errs, invalid("ShutdownGrace", d, "must not be negative"))
 			return
 		}
 		c.grace = d
@@ -416,7 +416,7 @@ func WithClock(clk Clock) Option {
 func PollInterval(d time.Duration) Option {
 	return func(c *config) {
 		if d < time.Millisecond || d > time.Minute {
-			c.errs = append(c.errs, invalid("PollInterval", d.String(), "must be within 1ms..1m"))
+			c.errs = append(c.errs, invalid("PollInterval", d, "must be within 1ms..1m"))
 			return
 		}
 		c.pollInterval = d
@@ -428,7 +428,7 @@ func PollInterval(d time.Duration) Option {
 func PruneInterval(d time.Duration) Option {
 	return func(c *config) {
 		if d < time.Millisecond {
-			c.errs = append(c.errs, invalid("PruneInterval", d.String(), "must be at least 1ms"))
+			c.errs = append(c.errs, invalid("PruneInterval", d, "must be at least 1ms"))
 			return
 		}
 		c.pruneInterval = d

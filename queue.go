@@ -270,7 +270,7 @@ func (q *Queue) enqueue(ctx context.Context, tx *sql.Tx, name string, defaults *
 	switch {
 	case o.hasCountdown:
 		if base.ETA, ok = addDelay(now, o.countdown); !ok {
-			return nil, invalid("In", o.countdown.String(), "countdown out of range")
+			return nil, invalid("In", o.countdown, "countdown out of range")
 		}
 	case o.hasETA:
 		base.ETA = o.eta
@@ -278,22 +278,22 @@ func (q *Queue) enqueue(ctx context.Context, tx *sql.Tx, name string, defaults *
 	switch {
 	case o.hasExpiresIn:
 		if base.Expires, ok = addDelay(now, o.expiresIn); !ok {
-			return nil, invalid("Expires", o.expiresIn.String(), "out of range")
+			return nil, invalid("Expires", o.expiresIn, "out of range")
 		}
 	case o.hasExpiresAt:
 		base.Expires = o.expiresAt
 	}
 	if !base.ETA.IsZero() {
 		if _, ok := addDelay(base.ETA, 0); !ok {
-			return nil, invalid("At", base.ETA.String(), "ETA out of range")
+			return nil, invalid("At", base.ETA, "ETA out of range")
 		}
 	}
 	if !base.Expires.IsZero() {
 		if _, ok := addDelay(base.Expires, 0); !ok {
-			return nil, invalid("ExpiresAt", base.Expires.String(), "expiry out of range")
+			return nil, invalid("ExpiresAt", base.Expires, "expiry out of range")
 		}
 		if !base.ETA.IsZero() && !base.Expires.After(base.ETA) {
-			return nil, invalid("Expires", base.Expires.String(), "expiry is not after the ETA")
+			return nil, invalid("Expires", base.Expires, "expiry is not after the ETA")
 		}
 	}
 	if e, isExp := o.backoff.(Exponential); isExp {

@@ -40,11 +40,13 @@ func (q *Queue) Run(ctx context.Context) error {
 		q.mu.Unlock()
 		return errors.New("docket: Run: no tasks registered; call Register first")
 	}
+	// Start before publishing the worker, so that a concurrent Close or
+	// Shutdown always sees a fully started one.
 	w := newWorker(q)
+	w.start()
 	q.worker = w
 	q.mu.Unlock()
 
-	w.start()
 	select {
 	case <-ctx.Done():
 		gctx, cancel := context.WithTimeout(context.Background(), q.cfg.grace)

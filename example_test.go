@@ -1,0 +1,126 @@
+package docket_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/docketq/docket"
+	"github.com/docketq/docket/dockettest"
+)
+
+// A typed task, enqueued and run by in-process workers.
+func ExampleNewTask() {
+	ctx := context.Background()
+	q, err := docket.Open(ctx, "memory:")
+	if err != nil {
+		panic(err)
+	}
+	defer q.Close()
+
+	greet := docket.NewTask("greet", func(ctx context.Context, name string) (string, error) {
+		return "hello, " + name, nil
+	})
+	q.Register(greet)
+
+	workers, stop := context.WithCancel(ctx)
+	defer stop()
+	go q.Run(workers)
+
+	res, err := greet.Enqueue(ctx, q, "world")
+	if err != nil {
+		panic(err)
+	}
+	msg, err := res.Wait(ctx)
+	fmt.Println(msg, err)
+	// Output: hello, world <nil>
+}
+
+// Handlers steer retries with errors: a plain error retries with backoff,
+// RetryAfter picks the delay, Permanent fails at once.
+func ExampleRetryAfter() {
+	ctx := context.Background()
+	clock := dockettest.NewClock(time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC))
+	q, _ := docket.Open(ctx, "memory:", docket.WithClock(clock))
+	defer q.Close()
+
+	poll := docket.NewTask("poll.export", func(ctx context.Context, job string) (string, error) {
+		tc, _ := docket.FromContext(ctx)
+		if tc.Attempt < 3 {
+			return "", docket.RetryAfter(30 * time.Second) // not ready yet
+		}
+		return job + " is ready", nil
+	})
+	q.Register(poll)
+	res, _ := poll.Enqueue(ctx, q, "export-7")
+
+	for range 3 {
+		q.Drain(ctx) // runs what is due, synchronously
+		info, _ := res.Info(ctx)
+		fmt.Println(info.State, "after attempt", info.Attempt)
+		clock.Advance(30 * time.Second)
+	}
+	out, _ := res.Wait(ctx)
+	fmt.Println(out)
+	// Output:
+	// scheduled after attempt 1
+	// scheduled after attempt 2
+	// succeeded after attempt 3
+	// export-7 is ready
+}
+
+// Permanent failures and exhausted retries come back from Wait as a
+// *TaskError.
+func ExamplePermanent() {
+	ctx := context.Background()
+	q, _ := docket.Open(ctx, "memory:")
+	defer q.Close()
+
+	parse := docket.NewTask("parse", func(ctx context.Context, s string) (int, error) {
+		return 0, docket.Permanent(fmt.Errorf("%q is not a number", s))
+	})
+	q.Register(parse)
+	res, _ := parse.Enqueue(ctx, q, "ten")
+	q.Drain(ctx)
+
+	_, err := res.Wait(ctx)
+	var te *docket.TaskError
+	fmt.Println(errors.Is(err, docket.ErrTaskFailed), errors.As(err, &te) && te.Attempt == 1)
+	fmt.Println(te.Message)
+	// Output:
+	// true true
+	// "ten" is not a number
+}
+
+// Unique keys keep one unfinished task per key.
+func ExampleUnique() {
+	ctx := context.Background()
+	q, _ := docket.Open(ctx, "memory:")
+	defer q.Close()
+	rebuild := docket.NewTask("search.rebuild", func(ctx context.Context, index string) (bool, error) { return true, nil })
+	q.Register(rebuild)
+
+	a, _ := rebuild.Enqueue(ctx, q, "products", docket.Unique("rebuild:products", docket.ReturnExisting))
+	b, _ := rebuild.Enqueue(ctx, q, "products", docket.Unique("rebuild:products", docket.ReturnExisting))
+	_, err := rebuild.Enqueue(ctx, q, "products", docket.Unique("rebuild:products", docket.Reject))
+	fmt.Println(a.ID() == b.ID(), errors.Is(err, docket.ErrDuplicate))
+	// Output: true true
+}
+
+// Validation errors are typed and nothing is written.
+func ExampleValidationError() {
+	ctx := context.Background()
+	q, _ := docket.Open(ctx, "memory:")
+	defer q.Close()
+	t := docket.NewTask("report", func(ctx context.Context, _ int) (int, error) { return 0, nil })
+	q.Register(t)
+
+	_, err := t.Enqueue(ctx, q, 1, docket.In(-time.Minute))
+	var ve *docket.ValidationError
+	fmt.Println(errors.As(err, &ve), ve.Field)
+	fmt.Println(err)
+	// Output:
+	// true In
+	// docket: invalid In -1m0s: countdown must be zero or positive, under 100 years
+}

@@ -1,0 +1,259 @@
+package docket_test
+
+import (
+	"bufio"
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/docketq/docket"
+)
+
+// Tests in this file run workers in other OS processes: the test binary
+// re-executes itself with DOCKET_TEST_ROLE=worker.
+
+func TestMain(m *testing.M) {
+	if os.Getenv("DOCKET_TEST_ROLE") == "worker" {
+		os.Exit(workerMain())
+	}
+	os.Exit(m.Run())
+}
+
+// Tasks shared by the test and its worker processes.
+var (
+	echoTask = docket.NewTask("proc.echo", func(ctx context.Context, s string) (string, error) {
+		return "echo " + s + " from " + fmt.Sprint(os.Getpid()), nil
+	})
+	// blockTask announces itself and waits for its ctx (cancel, shutdown).
+	blockTask = docket.NewTask("proc.block", func(ctx context.Context, _ int) (string, error) {
+		tc, _ := docket.FromContext(ctx)
+		fmt.Printf("started %s %d\n", tc.ID, tc.Attempt)
+		<-ctx.Done()
+		return "", ctx.Err()
+	})
+	// stuckTask hangs on its first attempt, ignoring ctx, and succeeds on
+	// later ones after a delay given in milliseconds.
+	stuckTask = docket.NewTask("proc.stuck", func(ctx context.Context, ms int) (string, error) {
+		tc, _ := docket.FromContext(ctx)
+		fmt.Printf("started %s %d\n", tc.ID, tc.Attempt)
+		if tc.Attempt == 1 {
+			time.Sleep(time.Duration(ms) * time.Millisecond)
+			return fmt.Sprintf("stale result of attempt 1 in %d", os.Getpid()), nil
+		}
+		return fmt.Sprintf("attempt %d in %d", tc.Attempt, os.Getpid()), nil
+	})
+)
+
+func workerMain() int {
+	lease, _ := time.ParseDuration(os.Getenv("DOCKET_TEST_LEASE"))
+	if lease == 0 {
+		lease = 30 * time.Second
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	q, err := docket.Open(ctx, os.Getenv("DOCKET_TEST_DB"), docket.LeaseDuration(lease), docket.ShutdownGrace(time.Second))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer q.Close()
+	if err := q.Register(echoTask, blockTask, stuckTask); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Println("ready")
+	if err := q.Run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+type proc struct {
+	cmd   *exec.Cmd
+	lines chan string
+}
+
+// startWorker runs a worker process on db and waits until it is ready.
+func startWorker(t *testing.T, db string, env ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), append(env, "DOCKET_TEST_ROLE=worker", "DOCKET_TEST_DB="+db)...)
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{cmd: cmd, lines: make(chan string, 100)}
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			p.lines <- sc.Text()
+		}
+		close(p.lines)
+		io.Copy(io.Discard, out)
+	}()
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+	})
+	p.expect(t, "ready")
+	return p
+}
+
+// expect waits for a line starting with prefix and returns it.
+func (p *proc) expect(t *testing.T, prefix string) string {
+	t.Helper()
+	timeout := time.After(30 * time.Second)
+	for {
+		select {
+		case l, ok := <-p.lines:
+			if !ok {
+				t.Fatalf("worker exited before printing %q", prefix)
+			}
+			if strings.HasPrefix(l, prefix) {
+				return l
+			}
+		case <-timeout:
+			t.Fatalf("worker did not print %q", prefix)
+		}
+	}
+}
+
+func openFile(t *testing.T, path string, opts ...docket.Option) *docket.Queue {
+	t.Helper()
+	q, err := docket.Open(bg, "sqlite:"+path, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close() })
+	if err := q.Register(echoTask, blockTask, stuckTask); err != nil {
+		t.Fatal(err)
+	}
+	return q
+}
+
+// One process enqueues and waits; another runs the task. A cancel issued
+// in the first stops the handler running in the second.
+func TestTwoProcessesShareOneFile(t *testing.T) {
+	t.Parallel()
+	db := filepath.Join(t.TempDir(), "shared.db")
+	producer := openFile(t, db)
+	w := startWorker(t, db)
+
+	r, err := echoTask.Enqueue(bg, producer, "hello")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := r.Wait(waitCtx(t))
+	want := fmt.Sprintf("echo hello from %d", w.cmd.Process.Pid)
+	if err != nil || got != want {
+		t.Fatalf("Wait = %q, %v; want %q", got, err, want)
+	}
+
+	b, err := blockTask.Enqueue(bg, producer, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.expect(t, "started "+b.ID())
+	if err := b.Cancel(bg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Wait(waitCtx(t)); !errors.Is(err, docket.ErrTaskCancelled) {
+		t.Fatalf("cross-process cancel: Wait = %v", err)
+	}
+
+	// SIGTERM: the worker stops gracefully, releasing what it runs.
+	b2, _ := blockTask.Enqueue(bg, producer, 2)
+	w.expect(t, "started "+b2.ID())
+	w.cmd.Process.Signal(syscall.SIGTERM)
+	if err := w.cmd.Wait(); err != nil {
+		t.Fatalf("worker exit after SIGTERM: %v", err)
+	}
+	if info, _ := b2.Info(bg); info.State != docket.StateReady || info.Attempt != 0 {
+		t.Fatalf("after graceful stop: %v attempt %d", info.State, info.Attempt)
+	}
+}
+
+// A worker killed with SIGKILL mid-task: once its lease lapses another
+// worker runs the task to completion.
+func TestKilledWorkerTaskIsRescued(t *testing.T) {
+	t.Parallel()
+	db := filepath.Join(t.TempDir(), "kill.db")
+	producer := openFile(t, db)
+	a := startWorker(t, db, "DOCKET_TEST_LEASE=1s")
+	r, _ := stuckTask.Enqueue(bg, producer, 3_600_000)
+	a.expect(t, "started "+r.ID()+" 1")
+	syscall.Kill(-a.cmd.Process.Pid, syscall.SIGKILL)
+	a.cmd.Wait()
+
+	b := startWorker(t, db, "DOCKET_TEST_LEASE=1s")
+	b.expect(t, "started "+r.ID()+" 2")
+	got, err := r.Wait(waitCtx(t))
+	if want := fmt.Sprintf("attempt 2 in %d", b.cmd.Process.Pid); err != nil || got != want {
+		t.Fatalf("Wait = %q, %v; want %q", got, err, want)
+	}
+}
+
+// A frozen worker (SIGSTOP past its lease) resumes after another worker
+// finished its task: its late result is fenced out.
+// freezeOutsideWrite stops p at a moment it holds no write lock. SQLite has
+// one writer at a time: a process frozen inside a write transaction (a
+// heartbeat, say) blocks every writer until it resumes or dies, which is a
+// property of SQLite, not what this test is about.
+func freezeOutsideWrite(t *testing.T, p *proc, db string) {
+	t.Helper()
+	probe, err := sql.Open("sqlite", "file:"+db+"?_pragma=busy_timeout(50)&_txlock=immediate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer probe.Close()
+	for range 100 {
+		syscall.Kill(p.cmd.Process.Pid, syscall.SIGSTOP)
+		tx, err := probe.Begin()
+		if err == nil {
+			tx.Rollback()
+			return
+		}
+		syscall.Kill(p.cmd.Process.Pid, syscall.SIGCONT)
+		time.Sleep(time.Millisecond)
+	}
+	t.Fatal("could not freeze the worker outside a write transaction")
+}
+
+func TestFrozenWorkerCannotOverwrite(t *testing.T) {
+	t.Parallel()
+	db := filepath.Join(t.TempDir(), "freeze.db")
+	producer := openFile(t, db)
+	a := startWorker(t, db, "DOCKET_TEST_LEASE=1s")
+	r, _ := stuckTask.Enqueue(bg, producer, 1500)
+	a.expect(t, "started "+r.ID()+" 1")
+	freezeOutsideWrite(t, a, db)
+
+	b := startWorker(t, db, "DOCKET_TEST_LEASE=1s")
+	b.expect(t, "started "+r.ID()+" 2")
+	want := fmt.Sprintf("attempt 2 in %d", b.cmd.Process.Pid)
+	if got, err := r.Wait(waitCtx(t)); err != nil || got != want {
+		t.Fatalf("Wait = %q, %v", got, err)
+	}
+	syscall.Kill(a.cmd.Process.Pid, syscall.SIGCONT)
+	time.Sleep(2500 * time.Millisecond) // attempt 1 returns and tries to record its result
+	info, err := r.Info(bg)
+	if err != nil || info.State != docket.StateSucceeded || info.Attempt != 2 || string(info.Result) != `"`+want+`"` {
+		t.Fatalf("after the frozen worker resumed: %+v, %v", info, err)
+	}
+}
