@@ -81,12 +81,14 @@ func BenchmarkEnqueueBatch1000(b *testing.B) {
 // record each outcome.
 func BenchmarkDrain50kConcurrency8(b *testing.B) { benchDrain(b, 50_000, 8) }
 
-func benchDrain(b *testing.B, n, conc int) {
+func benchDrain(b *testing.B, n, conc int) { benchDrainOpts(b, n, conc) }
+
+func benchDrainOpts(b *testing.B, n, conc int, opts ...docket.Option) {
 	ctx := context.Background()
 	var total time.Duration
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		q, err := docket.Open(ctx, "sqlite:"+filepath.Join(b.TempDir(), fmt.Sprintf("drain%d.db", i)), docket.Concurrency(conc))
+		q, err := docket.Open(ctx, "sqlite:"+filepath.Join(b.TempDir(), fmt.Sprintf("drain%d.db", i)), append([]docket.Option{docket.Concurrency(conc)}, opts...)...)
 		if err != nil {
 			b.Fatal(err)
 		}

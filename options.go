@@ -327,9 +327,13 @@ func Concurrency(n int) Option {
 	}
 }
 
-// Prefetch is how many tasks a worker may hold beyond its free slots, so
-// that the next task is ready when a handler finishes (default
-// Concurrency/4, at least 1). Held tasks keep their lease alive.
+// Prefetch caps how many tasks a worker may hold, waiting, beyond those its
+// handlers run (default 4×Concurrency, Celery's multiplier). Within the cap
+// the worker adapts: it holds about 5ms worth of work at the pace tasks are
+// finishing, so fast tasks are claimed in large batches while slow ones are
+// taken one at a time and never wait behind a long task in one worker while
+// another is idle. Held tasks keep their lease alive. Prefetch(0) disables
+// it: a task is claimed only when a handler is free.
 func Prefetch(n int) Option {
 	return func(c *config) {
 		if n < 0 || n > 10_000 {

@@ -60,7 +60,7 @@ func Open(ctx context.Context, rawURL string, opts ...Option) (*Queue, error) {
 		return nil, err
 	}
 	if cfg.prefetch < 0 {
-		cfg.prefetch = max(1, cfg.concurrency/4)
+		cfg.prefetch = 4 * cfg.concurrency
 	}
 	if rawURL == "" {
 		rawURL = os.Getenv("DOCKET_URL")

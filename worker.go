@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -84,6 +85,8 @@ type execution struct {
 	mu         sync.Mutex
 	leaseUntil time.Time
 	running    bool
+
+	held bool // counts against the worker's capacity; guarded by worker.mu
 }
 
 type finishReq struct {
@@ -102,8 +105,14 @@ type worker struct {
 	freed    chan struct{}
 	limits   limits
 
-	mu       sync.Mutex
+	started atomic.Int64 // tasks that began running (drives the prefetch)
+
+	mu sync.Mutex
+	// inflight holds every execution whose lease this worker still holds,
+	// until its outcome is recorded; held counts those not yet run to the
+	// end (waiting or running), which is what Concurrency+Prefetch bounds.
 	inflight map[string]*execution
+	held     int
 
 	stopFetch chan struct{} // closed: stop claiming
 	hardStop  chan struct{} // closed: cancel running handlers
@@ -225,10 +234,25 @@ func release(ex *execution) transport.Outcome {
 	return transport.Outcome{Lease: ex.d.Lease(), State: transport.StateReady}
 }
 
-func (w *worker) inflightCount() int {
+func (w *worker) heldCount() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return len(w.inflight)
+	return w.held
+}
+
+// unhold frees ex's place in the worker's capacity (once).
+func (w *worker) unhold(ex *execution) {
+	w.mu.Lock()
+	was := ex.held
+	if was {
+		ex.held = false
+		w.held--
+	}
+	w.mu.Unlock()
+	if was {
+		w.limits.unhold(ex.d.Name)
+		signal(w.freed)
+	}
 }
 
 func (w *worker) runningIDs() []string {
@@ -284,10 +308,14 @@ func (w *worker) fetchLoop() {
 	failures := 0
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	pf := prefetcher{max: w.prefetch, started: &w.started, last: time.Now()}
 	for !w.stopping() {
 		sleep := time.Second
-		free := w.conc + w.prefetch - w.inflightCount()
-		if free > 0 {
+		capacity := w.conc + pf.size()
+		free := capacity - w.heldCount()
+		// Claim in batches: wait for half the capacity to free up, unless
+		// executors are about to run out of work.
+		if free > 0 && (len(w.work) == 0 || free >= max(1, capacity/2)) {
 			now := q.now()
 			exclude, refill := w.limits.excluded(time.Now())
 			limit := min(free, 256)
@@ -337,11 +365,42 @@ func (w *worker) fetchLoop() {
 func (w *worker) accept(d transport.Delivery) {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	ex := &execution{d: d, ctx: ctx, cancel: cancel, leaseUntil: d.LeaseUntil}
+	ex.held = true
 	w.mu.Lock()
 	w.inflight[d.ID] = ex
+	w.held++
 	w.mu.Unlock()
 	w.limits.hold(d.Name)
 	w.work <- ex // never blocks: capacity is conc+prefetch, and so is inflight
+}
+
+// prefetcher sizes the prefetch to the observed pace: enough waiting tasks
+// for about prefetchWindow of work, between 1 and the configured maximum.
+// Fast tasks get large claim batches (few transactions per task); slow
+// tasks get a prefetch of 1, so no task waits behind a long one in this
+// worker while another worker could take it.
+type prefetcher struct {
+	max     int
+	started *atomic.Int64
+	last    time.Time
+	count   int64
+	rate    float64 // tasks started per second, smoothed
+}
+
+const prefetchWindow = 5 * time.Millisecond
+
+func (p *prefetcher) size() int {
+	if p.max <= 1 {
+		return p.max
+	}
+	now := time.Now()
+	if el := now.Sub(p.last); el >= 10*time.Millisecond {
+		n := p.started.Load()
+		cur := float64(n-p.count) / el.Seconds()
+		p.rate = 0.5*p.rate + 0.5*cur
+		p.count, p.last = n, now
+	}
+	return max(1, min(p.max, int(p.rate*prefetchWindow.Seconds())))
 }
 
 // queueOrder returns this worker's queues in a weighted random order.
@@ -383,6 +442,7 @@ func (w *worker) executor() {
 		ex.mu.Lock()
 		ex.running = true
 		ex.mu.Unlock()
+		w.started.Add(1)
 		out, skip := w.q.execute(ex.ctx, &ex.d)
 		w.limits.release(ex.d.Name)
 		ex.mu.Lock()
@@ -397,25 +457,28 @@ func (w *worker) executor() {
 }
 
 // finish hands an outcome to the completer, which writes outcomes in
-// batches. After the completer stopped (a handler that outlived a hard
-// stop), the outcome is dropped: its task was already released.
+// batches. The task no longer counts against the capacity, so the next
+// claim can share a transaction with this outcome; its lease is still
+// renewed until the outcome is recorded. After the completer stopped (a
+// handler that outlived a hard stop), the outcome is dropped: its task was
+// already released.
 func (w *worker) finish(ex *execution, out transport.Outcome) {
+	w.unhold(ex)
 	select {
 	case w.finishCh <- finishReq{ex, out}:
 	case <-w.completeDone:
 	}
 }
 
-// done forgets an execution and frees its slot.
+// done forgets an execution: its outcome is recorded, or must not be.
 func (w *worker) done(ex *execution) {
+	w.unhold(ex)
 	ex.cancel(nil)
 	w.mu.Lock()
 	if w.inflight[ex.d.ID] == ex {
 		delete(w.inflight, ex.d.ID)
 	}
 	w.mu.Unlock()
-	w.limits.unhold(ex.d.Name)
-	signal(w.freed)
 }
 
 // completer writes attempt outcomes in batches, retrying transient errors

@@ -54,8 +54,8 @@ func TestQueryPlans(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, q := range map[string]string{
-		"claim":         claimPlain,
-		"claim-exclude": claimExclude,
+		"claim":         claimQuery(10, false),
+		"claim-exclude": claimQuery(10, true),
 		"promote":       promoteSQL,
 		"next-timer":    "SELECT min(run_at) FROM docket_tasks WHERE state IN (1, 3)",
 		"prune":         pruneSQL,
@@ -65,7 +65,7 @@ func TestQueryPlans(t *testing.T) {
 		"lookup":        "SELECT id, state, cancel FROM docket_tasks WHERE id IN (SELECT value FROM json_each(?))",
 		"unique":        "SELECT id FROM docket_tasks WHERE unique_key = ? AND state <= 3",
 	} {
-		rows, err := s.rdb.QueryContext(ctx, "EXPLAIN QUERY PLAN "+q, 1, "o", 2, "default", 10, `["x"]`, 7, 8)
+		rows, err := s.rdb.QueryContext(ctx, "EXPLAIN QUERY PLAN "+q, 1, "o", 2, "default", `["x"]`, 7, 8, 9)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}

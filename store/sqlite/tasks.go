@@ -225,16 +225,27 @@ const claimSQL = `UPDATE docket_tasks SET
 	finished_at = CASE WHEN expires_at > 0 AND expires_at <= ?1 THEN ?1 ELSE 0 END,
 	error = CASE WHEN expires_at > 0 AND expires_at <= ?1 THEN 'expired before start' ELSE error END
 	WHERE rowid IN (SELECT rowid FROM docket_tasks WHERE state = 2 AND queue = ?4 %s
-		ORDER BY priority DESC, run_at, id LIMIT ?5)
+		ORDER BY priority DESC, run_at, id LIMIT %d)
 	RETURNING ` + deliveryCols
 
 const deliveryCols = `id, name, queue, state, priority, expires_at, attempt, max_attempts, timeout_ms, ttl_ms,
 	unique_key, payload, meta, created_at, error, run_at`
 
-var (
-	claimPlain   = fmt.Sprintf(claimSQL, "")
-	claimExclude = fmt.Sprintf(claimSQL, "AND name NOT IN (SELECT value FROM json_each(?6))")
-)
+// claimQuery returns the claim statement for a limit. The limit is part of
+// the SQL text, not a parameter: SQLite's planner uses a bound LIMIT's
+// value, so rebinding a different one forces a re-prepare of the statement
+// on every call. The writer caches one prepared statement per distinct
+// limit (at most maxClaim).
+func claimQuery(limit int, exclude bool) string {
+	filter := ""
+	if exclude {
+		filter = "AND name NOT IN (SELECT value FROM json_each(?5))"
+	}
+	return fmt.Sprintf(claimSQL, filter, limit)
+}
+
+// maxClaim bounds one claim, and so the number of cached claim statements.
+const maxClaim = 256
 
 // Claim implements store.Store.
 func (s *Store) Claim(ctx context.Context, p transport.ClaimParams) (transport.ClaimResult, error) {
@@ -272,11 +283,12 @@ func (s *Store) Claim(ctx context.Context, p transport.ClaimParams) (transport.C
 			if want <= 0 {
 				break
 			}
+			want = min(want, maxClaim)
 			var rows *sql.Rows
 			if exclude == "" {
-				rows, err = r.query(ctx, claimPlain, now, p.Owner, ms(p.LeaseUntil), q, want)
+				rows, err = r.query(ctx, claimQuery(want, false), now, p.Owner, ms(p.LeaseUntil), q)
 			} else {
-				rows, err = r.query(ctx, claimExclude, now, p.Owner, ms(p.LeaseUntil), q, want, exclude)
+				rows, err = r.query(ctx, claimQuery(want, true), now, p.Owner, ms(p.LeaseUntil), q, exclude)
 			}
 			if err != nil {
 				return fmt.Errorf("docket: claim: %w", err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 
@@ -111,6 +112,9 @@ func (w *writer) loop() {
 			w.failPending(errClosed)
 			return
 		}
+		// Let writers that are about to submit do so, so they share this
+		// transaction instead of waiting for the next one.
+		runtime.Gosched()
 	gather:
 		for len(batch) < maxBatch {
 			select {
