@@ -54,6 +54,14 @@ var (
 	})
 )
 
+// crashTask kills its process on every attempt.
+var crashTask = docket.NewTask("proc.crash", func(ctx context.Context, _ int) (int, error) {
+	tc, _ := docket.FromContext(ctx)
+	fmt.Printf("started %s %d\n", tc.ID, tc.Attempt)
+	os.Exit(3)
+	return 0, nil
+}, docket.MaxRetries(2))
+
 func workerMain() int {
 	lease, _ := time.ParseDuration(os.Getenv("DOCKET_TEST_LEASE"))
 	if lease == 0 {
@@ -67,7 +75,7 @@ func workerMain() int {
 		return 1
 	}
 	defer q.Close()
-	if err := q.Register(echoTask, blockTask, stuckTask); err != nil {
+	if err := q.Register(echoTask, blockTask, stuckTask, crashTask); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
@@ -141,7 +149,7 @@ func openFile(t *testing.T, path string, opts ...docket.Option) *docket.Queue {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { q.Close() })
-	if err := q.Register(echoTask, blockTask, stuckTask); err != nil {
+	if err := q.Register(echoTask, blockTask, stuckTask, crashTask); err != nil {
 		t.Fatal(err)
 	}
 	return q
@@ -255,5 +263,37 @@ func TestFrozenWorkerCannotOverwrite(t *testing.T) {
 	info, err := r.Info(bg)
 	if err != nil || info.State != docket.StateSucceeded || info.Attempt != 2 || string(info.Result) != `"`+want+`"` {
 		t.Fatalf("after the frozen worker resumed: %+v, %v", info, err)
+	}
+}
+
+// A task that kills its worker process on every attempt ends failed
+// ("worker lost") after MaxRetries+1 claims, while other tasks keep flowing.
+func TestCrashingTaskEndsFailed(t *testing.T) {
+	t.Parallel()
+	db := filepath.Join(t.TempDir(), "crash.db")
+	producer := openFile(t, db)
+	poison, _ := crashTask.Enqueue(bg, producer, 1, docket.Priority(9))
+	var healthy []*docket.Result[string]
+	for i := range 3 {
+		r, _ := echoTask.Enqueue(bg, producer, fmt.Sprint(i))
+		healthy = append(healthy, r)
+	}
+	for attempt := 1; attempt <= 3; attempt++ {
+		w := startWorker(t, db, "DOCKET_TEST_LEASE=500ms")
+		w.expect(t, fmt.Sprintf("started %s %d", poison.ID(), attempt))
+		if err := w.cmd.Wait(); err == nil {
+			t.Fatal("the crashing handler did not kill its worker")
+		}
+	}
+	startWorker(t, db, "DOCKET_TEST_LEASE=500ms")
+	_, err := poison.Wait(waitCtx(t))
+	var te *docket.TaskError
+	if !errors.As(err, &te) || te.State != docket.StateFailed || te.Attempt != 3 || !strings.Contains(te.Message, "worker lost") {
+		t.Fatalf("poison task: %v", err)
+	}
+	for _, r := range healthy {
+		if _, err := r.Wait(waitCtx(t)); err != nil {
+			t.Fatalf("healthy task: %v", err)
+		}
 	}
 }

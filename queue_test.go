@@ -890,3 +890,41 @@ func TestManyTasksConcurrently(t *testing.T) {
 		t.Fatalf("%d tasks succeeded, want %d", len(done), n)
 	}
 }
+
+// Queues with weights: a worker picks the heavier queue proportionally more
+// often, and still serves the lighter one.
+func TestQueueWeights(t *testing.T) {
+	t.Parallel()
+	q, _ := dockettest.Open(t, docket.Concurrency(1), docket.Prefetch(0), docket.Queues(map[string]int{"high": 9, "low": 1}))
+	var mu sync.Mutex
+	var order []string
+	task := docket.NewTask("weighted", func(ctx context.Context, _ int) (int, error) {
+		tc, _ := docket.FromContext(ctx)
+		mu.Lock()
+		order = append(order, tc.Queue)
+		mu.Unlock()
+		return 0, nil
+	})
+	q.Register(task)
+	high, _ := task.EnqueueMany(bg, q, make([]int, 200), docket.OnQueue("high"))
+	low, _ := task.EnqueueMany(bg, q, make([]int, 200), docket.OnQueue("low"))
+	runWorkers(t, q)
+	for _, r := range append(high, low...) {
+		if _, err := r.Wait(waitCtx(t)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	first := order[:100]
+	nHigh := 0
+	for _, name := range first {
+		if name == "high" {
+			nHigh++
+		}
+	}
+	// Expected 90 of 100; fewer than 70 or all 100 has odds below 1e-6.
+	if nHigh < 70 || nHigh == 100 {
+		t.Fatalf("%d of the first 100 tasks came from the weight-9 queue", nHigh)
+	}
+}
