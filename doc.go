@@ -79,6 +79,17 @@
 // their tasks without consuming an attempt. docket never installs signal
 // handlers and never writes to stdout; pass a *slog.Logger to see it.
 //
+// Periodic tasks (beat). Queue.Schedule registers a task to run on a Cron
+// spec or Every interval. Any number of processes may run the scheduler
+// (it runs inside Run): each slot is recorded in the store, unique forever,
+// in the same transaction that enqueues its task, so a slot fires once
+// across all of them; the next slot is persisted, so restarts neither skip
+// nor repeat one. A slot at most the misfire grace late fires; older slots
+// were missed and are skipped, or with CatchUp run once — never once per
+// missed slot. Cron specs run on wall-clock time in their zone (UTC unless
+// given): a slot in a spring-forward gap runs once, right after the gap; a
+// slot in a fall-back repeat runs once, at its first occurrence.
+//
 // Bounded memory. A worker holds at most Concurrency+Prefetch tasks.
 // Arguments and results have size limits (1 MiB by default) enforced with
 // typed errors.

@@ -1,9 +1,10 @@
 module github.com/docketq/docket
 
-go 1.26.8
+go 1.26.0
 
 require (
 	github.com/oklog/ulid/v2 v2.1.2
+	github.com/robfig/cron/v3 v3.0.1
 	modernc.org/sqlite v1.62.0
 )
 

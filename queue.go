@@ -33,13 +33,16 @@ type Queue struct {
 	tasks  map[string]Registrable
 	queues map[string]bool // queues this process enqueued to or registered
 	worker *worker         // non-nil while Run is active
+	// schedules registered in this process, by name
+	schedules map[string]*scheduleEntry
 
-	waiters hub
-	wake    chan struct{} // new work may be due
-	recheck chan struct{} // another process wrote: re-check waiters and running tasks
-	closing chan struct{}
-	bg      sync.WaitGroup
-	closeMu sync.Once
+	waiters  hub
+	wake     chan struct{} // new work may be due
+	recheck  chan struct{} // another process wrote: re-check waiters and running tasks
+	beatWake chan struct{} // schedules changed
+	closing  chan struct{}
+	bg       sync.WaitGroup
+	closeMu  sync.Once
 }
 
 // Open connects to the backend named by rawURL and returns a Queue.
@@ -81,14 +84,15 @@ func Open(ctx context.Context, rawURL string, opts ...Option) (*Queue, error) {
 		return nil, err
 	}
 	q := &Queue{
-		t:       t,
-		url:     transport.Redact(u),
-		cfg:     cfg,
-		tasks:   map[string]Registrable{},
-		queues:  map[string]bool{},
-		wake:    make(chan struct{}, 1),
-		recheck: make(chan struct{}, 1),
-		closing: make(chan struct{}),
+		t:        t,
+		url:      transport.Redact(u),
+		cfg:      cfg,
+		tasks:    map[string]Registrable{},
+		queues:   map[string]bool{},
+		wake:     make(chan struct{}, 1),
+		recheck:  make(chan struct{}, 1),
+		beatWake: make(chan struct{}, 1),
+		closing:  make(chan struct{}),
 	}
 	q.waiters.m = map[string][]chan struct{}{}
 	if s, ok := t.(transport.Subscriber); ok {
@@ -250,6 +254,36 @@ func (q *Queue) enqueue(ctx context.Context, tx *sql.Tx, name string, defaults *
 	if q.isClosed() {
 		return nil, ErrClosed
 	}
+	now := q.now()
+	msgs, err := buildMessages(now, name, defaults, payloads, opts)
+	if err != nil {
+		return nil, err
+	}
+	params := transport.EnqueueParams{Now: now, Messages: msgs}
+	var res []transport.EnqueueResult
+	if tx != nil {
+		te, isTx := q.t.(transport.TxEnqueuer)
+		if !isTx {
+			return nil, fmt.Errorf("docket: enqueue in a transaction: %w", ErrUnsupported)
+		}
+		res, err = te.EnqueueTx(ctx, tx, params)
+	} else {
+		res, err = q.t.Enqueue(ctx, params)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("docket: enqueue %s: %w", name, err)
+	}
+	q.noteQueue(msgs[0].Queue)
+	ids := make([]string, len(res))
+	for i, r := range res {
+		ids[i] = r.ID
+	}
+	return ids, nil
+}
+
+// buildMessages applies opts over a task's defaults, validates the result
+// and returns one message per payload.
+func buildMessages(now time.Time, name string, defaults *taskOpts, payloads [][]byte, opts []TaskOption) ([]transport.Message, error) {
 	o := *defaults
 	for _, opt := range opts {
 		opt(&o)
@@ -260,7 +294,6 @@ func (q *Queue) enqueue(ctx context.Context, tx *sql.Tx, name string, defaults *
 	if o.hasID && len(payloads) > 1 {
 		return nil, invalid("WithID", o.id, "cannot name several tasks")
 	}
-	now := q.now()
 	base := transport.Message{
 		Name: name, Queue: o.queue, Headers: o.headers, Priority: o.priority,
 		MaxAttempts: o.maxRetries + 1, Timeout: o.timeout, ResultTTL: o.resultTTL,
@@ -315,27 +348,7 @@ func (q *Queue) enqueue(ctx context.Context, tx *sql.Tx, name string, defaults *
 			msgs[i].ID = ulid.Make().String()
 		}
 	}
-	params := transport.EnqueueParams{Now: now, Messages: msgs}
-	var res []transport.EnqueueResult
-	var err error
-	if tx != nil {
-		te, isTx := q.t.(transport.TxEnqueuer)
-		if !isTx {
-			return nil, fmt.Errorf("docket: enqueue in a transaction: %w", ErrUnsupported)
-		}
-		res, err = te.EnqueueTx(ctx, tx, params)
-	} else {
-		res, err = q.t.Enqueue(ctx, params)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("docket: enqueue %s: %w", name, err)
-	}
-	q.noteQueue(o.queue)
-	ids := make([]string, len(res))
-	for i, r := range res {
-		ids[i] = r.ID
-	}
-	return ids, nil
+	return msgs, nil
 }
 
 func (q *Queue) noteQueue(name string) {

@@ -124,6 +124,17 @@ func (t *Task[A, R]) invoke(ctx context.Context, payload []byte, maxResult int) 
 	return raw, nil
 }
 
+// encodeAny encodes untyped arguments that must have the task's argument
+// type (used by Schedule, whose signature cannot be generic).
+func (t *Task[A, R]) encodeAny(args any, limit int) ([]byte, error) {
+	a, ok := args.(A)
+	if !ok {
+		var want A
+		return nil, invalid("schedule arguments", fmt.Sprintf("%T", args), fmt.Sprintf("task %s takes %T", t.name, want))
+	}
+	return encodeArgs(a, limit)
+}
+
 // Registrable is implemented by *Task; it lets Register take tasks of any
 // argument and result types.
 type Registrable interface {
@@ -131,6 +142,7 @@ type Registrable interface {
 	taskErr() error
 	taskOptions() *taskOpts
 	invoke(ctx context.Context, payload []byte, maxResult int) ([]byte, error)
+	encodeAny(args any, limit int) ([]byte, error)
 }
 
 func encodeArgs(v any, limit int) ([]byte, error) {

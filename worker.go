@@ -37,7 +37,7 @@ func (q *Queue) Run(ctx context.Context) error {
 		q.mu.Unlock()
 		return ErrRunning
 	}
-	if len(q.tasks) == 0 {
+	if len(q.tasks) == 0 && len(q.schedules) == 0 {
 		q.mu.Unlock()
 		return errors.New("docket: Run: no tasks registered; call Register first")
 	}
@@ -159,9 +159,10 @@ func (w *worker) start() {
 	}
 	go w.fetchLoop()
 	go w.completer()
-	w.loops.Add(2)
+	w.loops.Add(3)
 	go w.heartbeatLoop()
 	go w.pruneLoop()
+	go w.beatLoop()
 }
 
 func (w *worker) stopping() bool {
@@ -759,6 +760,9 @@ func (q *Queue) Drain(ctx context.Context) (int, error) {
 	n := 0
 	for {
 		if err := ctx.Err(); err != nil {
+			return n, err
+		}
+		if _, err := q.fireDue(ctx); err != nil {
 			return n, err
 		}
 		now := q.now()

@@ -44,7 +44,26 @@ var migrations = []string{
 	CREATE INDEX docket_tasks_ready ON docket_tasks (queue, priority DESC, run_at, id) WHERE state = 2;
 	CREATE INDEX docket_tasks_timers ON docket_tasks (run_at) WHERE state IN (1, 3);
 	CREATE INDEX docket_tasks_done ON docket_tasks (run_at) WHERE state >= 4;
-	CREATE UNIQUE INDEX docket_tasks_unique ON docket_tasks (unique_key) WHERE unique_key IS NOT NULL AND state <= 3;`,
+	CREATE UNIQUE INDEX docket_tasks_unique ON docket_tasks (unique_key) WHERE unique_key IS NOT NULL AND state <= 3;
+	-- Periodic schedules: one cursor row per schedule, and one row per slot
+	-- that fired, unique forever, so any number of schedulers fire a slot once.
+	CREATE TABLE docket_schedules (
+		name         TEXT    NOT NULL PRIMARY KEY,
+		spec         TEXT    NOT NULL,
+		next_at      INTEGER NOT NULL,
+		last_slot    INTEGER NOT NULL DEFAULT 0,
+		last_fired   INTEGER NOT NULL DEFAULT 0,
+		last_task_id TEXT,
+		updated_at   INTEGER NOT NULL
+	) STRICT;
+	CREATE TABLE docket_schedule_runs (
+		schedule TEXT    NOT NULL,
+		slot     INTEGER NOT NULL,
+		task_id  TEXT    NOT NULL,
+		fired_at INTEGER NOT NULL,
+		PRIMARY KEY (schedule, slot)
+	) STRICT, WITHOUT ROWID;
+	CREATE INDEX docket_schedule_runs_fired ON docket_schedule_runs (fired_at);`,
 }
 
 // SchemaError reports a database file this version of docket cannot use.

@@ -230,3 +230,51 @@ func (t *Transport) List(ctx context.Context, p transport.ListParams) ([]transpo
 	}
 	return nil, transport.ErrUnsupported
 }
+
+func (t *Transport) scheduleStore() (transport.ScheduleStore, error) {
+	if s, ok := t.Store.(transport.ScheduleStore); ok {
+		return s, nil
+	}
+	return nil, transport.ErrUnsupported
+}
+
+// ScheduleInit implements transport.ScheduleStore when the store does.
+func (t *Transport) ScheduleInit(ctx context.Context, p transport.ScheduleInitParams) (transport.ScheduleState, error) {
+	s, err := t.scheduleStore()
+	if err != nil {
+		return transport.ScheduleState{}, err
+	}
+	return s.ScheduleInit(ctx, p)
+}
+
+// ScheduleStates implements transport.ScheduleStore when the store does.
+func (t *Transport) ScheduleStates(ctx context.Context, p transport.ScheduleStatesParams) ([]transport.ScheduleState, error) {
+	s, err := t.scheduleStore()
+	if err != nil {
+		return nil, err
+	}
+	return s.ScheduleStates(ctx, p)
+}
+
+// ScheduleFire implements transport.ScheduleStore when the store does, and
+// announces the enqueued task.
+func (t *Transport) ScheduleFire(ctx context.Context, p transport.ScheduleFireParams) (transport.ScheduleFireResult, error) {
+	s, err := t.scheduleStore()
+	if err != nil {
+		return transport.ScheduleFireResult{}, err
+	}
+	res, err := s.ScheduleFire(ctx, p)
+	if err == nil && res.Fired && p.Message != nil {
+		t.publish(transport.Event{Kind: transport.EventReady, Queue: p.Message.Queue})
+	}
+	return res, err
+}
+
+// ScheduleDelete implements transport.ScheduleStore when the store does.
+func (t *Transport) ScheduleDelete(ctx context.Context, p transport.ScheduleDeleteParams) error {
+	s, err := t.scheduleStore()
+	if err != nil {
+		return err
+	}
+	return s.ScheduleDelete(ctx, p)
+}
