@@ -316,14 +316,20 @@ func defaultConfig() config {
 	}
 }
 
+// check records err unless ok, and returns ok.
+func (c *config) check(ok bool, err error) bool {
+	if !ok {
+		c.errs = append(c.errs, err)
+	}
+	return ok
+}
+
 // Concurrency is how many handlers run at once in this process (default 10).
 func Concurrency(n int) Option {
 	return func(c *config) {
-		if n < 1 || n > 100_000 {
-			c.errs = append(c.errs, invalid("Concurrency", n, "must be within 1..100000"))
-			return
+		if c.check(!(n < 1 || n > 100_000), invalid("Concurrency", n, "must be within 1..100000")) {
+			c.concurrency = n
 		}
-		c.concurrency = n
 	}
 }
 
@@ -336,11 +342,9 @@ func Concurrency(n int) Option {
 // it: a task is claimed only when a handler is free.
 func Prefetch(n int) Option {
 	return func(c *config) {
-		if n < 0 || n > 10_000 {
-			c.errs = append(c.errs, invalid("Prefetch", n, "must be within 0..10000"))
-			return
+		if c.check(!(n < 0 || n > 10_000), invalid("Prefetch", n, "must be within 0..10000")) {
+			c.prefetch = n
 		}
-		c.prefetch = n
 	}
 }
 
@@ -375,11 +379,9 @@ func Queues(weights map[string]int) Option {
 // this long.
 func LeaseDuration(d time.Duration) Option {
 	return func(c *config) {
-		if d < 100*time.Millisecond || d > 24*time.Hour {
-			c.errs = append(c.errs, invalid("LeaseDuration", d, "must be within 100ms..24h"))
-			return
+		if c.check(!(d < 100*time.Millisecond || d > 24*time.Hour), invalid("LeaseDuration", d, "must be within 100ms..24h")) {
+			c.lease = d
 		}
-		c.lease = d
 	}
 }
 
@@ -387,11 +389,9 @@ func LeaseDuration(d time.Duration) Option {
 // before it cancels their ctx and releases their tasks (default 10s).
 func ShutdownGrace(d time.Duration) Option {
 	return func(c *config) {
-		if d < 0 {
-			c.errs = append(c.errs, invalid("ShutdownGrace", d, "must not be negative"))
-			return
+		if c.check(!(d < 0), invalid("ShutdownGrace", d, "must not be negative")) {
+			c.grace = d
 		}
-		c.grace = d
 	}
 }
 
@@ -419,11 +419,9 @@ func WithClock(clk Clock) Option {
 // is a single cheap read and runs only while workers or waiters are active.
 func PollInterval(d time.Duration) Option {
 	return func(c *config) {
-		if d < time.Millisecond || d > time.Minute {
-			c.errs = append(c.errs, invalid("PollInterval", d, "must be within 1ms..1m"))
-			return
+		if c.check(!(d < time.Millisecond || d > time.Minute), invalid("PollInterval", d, "must be within 1ms..1m")) {
+			c.pollInterval = d
 		}
-		c.pollInterval = d
 	}
 }
 
@@ -431,22 +429,18 @@ func PollInterval(d time.Duration) Option {
 // result TTL passed (default 1m), in batches of 1000.
 func PruneInterval(d time.Duration) Option {
 	return func(c *config) {
-		if d < time.Millisecond {
-			c.errs = append(c.errs, invalid("PruneInterval", d, "must be at least 1ms"))
-			return
+		if c.check(!(d < time.Millisecond), invalid("PruneInterval", d, "must be at least 1ms")) {
+			c.pruneInterval = d
 		}
-		c.pruneInterval = d
 	}
 }
 
 // MaxPayloadSize limits encoded task arguments (default 1 MiB).
 func MaxPayloadSize(n int) Option {
 	return func(c *config) {
-		if n < 1 {
-			c.errs = append(c.errs, invalid("MaxPayloadSize", n, "must be positive"))
-			return
+		if c.check(!(n < 1), invalid("MaxPayloadSize", n, "must be positive")) {
+			c.maxPayload = n
 		}
-		c.maxPayload = n
 	}
 }
 
@@ -454,11 +448,9 @@ func MaxPayloadSize(n int) Option {
 // result fails the task.
 func MaxResultSize(n int) Option {
 	return func(c *config) {
-		if n < 1 {
-			c.errs = append(c.errs, invalid("MaxResultSize", n, "must be positive"))
-			return
+		if c.check(!(n < 1), invalid("MaxResultSize", n, "must be positive")) {
+			c.maxResult = n
 		}
-		c.maxResult = n
 	}
 }
 

@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -281,6 +283,21 @@ func (q *Queue) enqueue(ctx context.Context, tx *sql.Tx, name string, defaults *
 	return ids, nil
 }
 
+// pickTime resolves a relative (now+d) or absolute option to a time.
+func pickTime(now time.Time, field string, hasRel bool, rel time.Duration, hasAbs bool, abs time.Time) (time.Time, error) {
+	switch {
+	case hasRel:
+		t, ok := addDelay(now, rel)
+		if !ok {
+			return t, invalid(field, rel, "out of range")
+		}
+		return t, nil
+	case hasAbs:
+		return abs, nil
+	}
+	return time.Time{}, nil
+}
+
 // buildMessages applies opts over a task's defaults, validates the result
 // and returns one message per payload.
 func buildMessages(now time.Time, name string, defaults *taskOpts, payloads [][]byte, opts []TaskOption) ([]transport.Message, error) {
@@ -299,22 +316,12 @@ func buildMessages(now time.Time, name string, defaults *taskOpts, payloads [][]
 		MaxAttempts: o.maxRetries + 1, Timeout: o.timeout, ResultTTL: o.resultTTL,
 		IgnoreResult: o.ignoreResult, Created: now,
 	}
-	var ok bool
-	switch {
-	case o.hasCountdown:
-		if base.ETA, ok = addDelay(now, o.countdown); !ok {
-			return nil, invalid("In", o.countdown, "countdown out of range")
-		}
-	case o.hasETA:
-		base.ETA = o.eta
+	var err error
+	if base.ETA, err = pickTime(now, "In", o.hasCountdown, o.countdown, o.hasETA, o.eta); err != nil {
+		return nil, err
 	}
-	switch {
-	case o.hasExpiresIn:
-		if base.Expires, ok = addDelay(now, o.expiresIn); !ok {
-			return nil, invalid("Expires", o.expiresIn, "out of range")
-		}
-	case o.hasExpiresAt:
-		base.Expires = o.expiresAt
+	if base.Expires, err = pickTime(now, "Expires", o.hasExpiresIn, o.expiresIn, o.hasExpiresAt, o.expiresAt); err != nil {
+		return nil, err
 	}
 	if !base.ETA.IsZero() {
 		if _, ok := addDelay(base.ETA, 0); !ok {
@@ -543,9 +550,5 @@ func (h *hub) notify(ids []string) {
 func (h *hub) ids() []string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	out := make([]string, 0, len(h.m))
-	for id := range h.m {
-		out = append(out, id)
-	}
-	return out
+	return slices.Collect(maps.Keys(h.m))
 }

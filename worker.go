@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"os"
 	"runtime/debug"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -259,11 +261,7 @@ func (w *worker) unhold(ex *execution) {
 func (w *worker) runningIDs() []string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	out := make([]string, 0, len(w.inflight))
-	for id := range w.inflight {
-		out = append(out, id)
-	}
-	return out
+	return slices.Collect(maps.Keys(w.inflight))
 }
 
 func (w *worker) runningExecutions() []*execution {
