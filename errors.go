@@ -28,6 +28,13 @@ var (
 	// ErrUnsupported: the transport cannot do what was asked (for example a
 	// transactional enqueue on a broker).
 	ErrUnsupported = transport.ErrUnsupported
+	// ErrBusy: the backend was locked by another process for longer than it
+	// waits (SQLite's busy_timeout); nothing was written. Retry later.
+	ErrBusy = transport.ErrBusy
+	// ErrStorageFull: the backend is out of space; nothing was written.
+	ErrStorageFull = transport.ErrStorageFull
+	// ErrReadOnly: the backend refuses writes.
+	ErrReadOnly = transport.ErrReadOnly
 	// ErrClosed: the Queue was closed.
 	ErrClosed = errors.New("docket: queue closed")
 	// ErrRunning: Run was called while the Queue's workers already run.

@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -25,8 +26,15 @@ import (
 // re-executes itself with DOCKET_TEST_ROLE=worker.
 
 func TestMain(m *testing.M) {
-	if os.Getenv("DOCKET_TEST_ROLE") == "worker" {
+	switch os.Getenv("DOCKET_TEST_ROLE") {
+	case "worker":
 		os.Exit(workerMain())
+	case "producer":
+		os.Exit(producerMain())
+	case "diskfull":
+		os.Exit(diskFullMain())
+	case "readonly":
+		os.Exit(readOnlyMain())
 	}
 	os.Exit(m.Run())
 }
@@ -59,10 +67,16 @@ var (
 // tickTask is fired by the "fast" schedule of beat workers.
 var tickTask = docket.NewTask("proc.tick", func(ctx context.Context, _ int) (int, error) { return 0, nil }, docket.IgnoreResult())
 
-// crashTask kills its process on every attempt.
-var crashTask = docket.NewTask("proc.crash", func(ctx context.Context, _ int) (int, error) {
+// crashTask kills its process on every attempt: mode "exit" calls
+// os.Exit, mode "goroutine-panic" panics in a goroutine the handler
+// started, which no Go code can recover.
+var crashTask = docket.NewTask("proc.crash", func(ctx context.Context, mode string) (int, error) {
 	tc, _ := docket.FromContext(ctx)
 	fmt.Printf("started %s %d\n", tc.ID, tc.Attempt)
+	if mode == "goroutine-panic" {
+		go func() { panic("boom in a goroutine the handler started") }()
+		time.Sleep(time.Minute)
+	}
 	os.Exit(3)
 	return 0, nil
 }, docket.MaxRetries(2))
@@ -74,16 +88,21 @@ func workerMain() int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	q, err := docket.Open(ctx, os.Getenv("DOCKET_TEST_DB"), docket.LeaseDuration(lease), docket.ShutdownGrace(time.Second))
+	conc, _ := strconv.Atoi(os.Getenv("DOCKET_TEST_CONCURRENCY"))
+	if conc == 0 {
+		conc = 10
+	}
+	q, err := docket.Open(ctx, os.Getenv("DOCKET_TEST_DB"), docket.LeaseDuration(lease), docket.ShutdownGrace(time.Second), docket.Concurrency(conc))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	defer q.Close()
-	if err := q.Register(echoTask, blockTask, stuckTask, crashTask, tickTask); err != nil {
+	if err := q.Register(echoTask, blockTask, stuckTask, crashTask, tickTask, faultTask); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	openHistory()
 	if os.Getenv("DOCKET_TEST_BEAT") != "" {
 		if err := q.Schedule("fast", docket.Every(25*time.Millisecond), tickTask, 0, docket.MisfireGrace(10*time.Second)); err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -160,7 +179,7 @@ func openFile(t *testing.T, path string, opts ...docket.Option) *docket.Queue {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { q.Close() })
-	if err := q.Register(echoTask, blockTask, stuckTask, crashTask, tickTask); err != nil {
+	if err := q.Register(echoTask, blockTask, stuckTask, crashTask, tickTask, faultTask); err != nil {
 		t.Fatal(err)
 	}
 	return q
@@ -281,9 +300,18 @@ func TestFrozenWorkerCannotOverwrite(t *testing.T) {
 // ("worker lost") after MaxRetries+1 claims, while other tasks keep flowing.
 func TestCrashingTaskEndsFailed(t *testing.T) {
 	t.Parallel()
+	for _, mode := range []string{"exit", "goroutine-panic"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			testCrashingTask(t, mode)
+		})
+	}
+}
+
+func testCrashingTask(t *testing.T, mode string) {
 	db := filepath.Join(t.TempDir(), "crash.db")
 	producer := openFile(t, db)
-	poison, _ := crashTask.Enqueue(bg, producer, 1, docket.Priority(9))
+	poison, _ := crashTask.Enqueue(bg, producer, mode, docket.Priority(9))
 	var healthy []*docket.Result[string]
 	for i := range 3 {
 		r, _ := echoTask.Enqueue(bg, producer, fmt.Sprint(i))

@@ -326,7 +326,7 @@ func TestValidation(t *testing.T) {
 			t.Errorf("%s: err = %v, want %v", name, err, c.want)
 		}
 	}
-	for _, name := range []string{"", "a b", "-lead", "x'); DROP TABLE docket_tasks;--", "%", "_x", "naïve", strings.Repeat("n", 129), "a\x00b"} {
+	for _, name := range []string{"", "a b", "-lead", "x'); DROP TABLE docket_tasks;--", "%", "_x", "naïve", strings.Repeat("n", 129), strings.Repeat("n", 10<<10), "a\x00b", "*", "[a]", "{x}", "a}:b"} {
 		var ve *docket.ValidationError
 		if err := q.Register(docket.NewTask(name, func(context.Context, int) (int, error) { return 0, nil })); !errors.As(err, &ve) {
 			t.Errorf("Register(%q) = %v, want *ValidationError", name, err)
@@ -352,6 +352,20 @@ func TestValidation(t *testing.T) {
 	}
 	if all, err := q.List(bg, docket.ListOptions{}); err != nil || len(all) != 0 {
 		t.Fatalf("invalid input wrote %d tasks (%v)", len(all), err)
+	}
+	// Free-form values are stored verbatim, quotes and all.
+	q2, _ := dockettest.Open(t)
+	q2.Register(ok)
+	odd := `x'); DROP TABLE docket_tasks;-- %_"\` + strings.Repeat("v", 10<<10)
+	r, err := q2.EnqueueByName(bg, "ok", odd, docket.Header("note", odd), docket.Unique(odd[:500], docket.Reject))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _ := r.Info(bg)
+	var args string
+	json.Unmarshal(info.Args, &args)
+	if args != odd || info.Headers["note"] != odd || info.UniqueKey != odd[:500] {
+		t.Fatal("free-form values were not stored verbatim")
 	}
 }
 

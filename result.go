@@ -39,18 +39,21 @@ func (r *Result[R]) Wait(ctx context.Context) (R, error) {
 	for {
 		ch, remove := r.q.waiters.add(r.id)
 		in, err := r.q.t.Get(ctx, transport.GetParams{Now: r.q.now(), ID: r.id})
-		if err != nil {
+		switch {
+		case errors.Is(err, ErrBusy) && ctx.Err() == nil:
+			// Another process holds a lock (a crashed writer's WAL being
+			// recovered, say): keep waiting.
+		case err != nil:
 			remove()
 			return zero, err
-		}
-		if in.State.Terminal() {
+		case in.State.Terminal():
 			remove()
 			return decodeResult[R](&in)
 		}
 		// Notifications are the fast path; the timer is the fallback for
 		// backends without them and a safety net for missed ones.
 		wait := poll
-		if push {
+		if push && err == nil {
 			wait = time.Second
 		}
 		timer := time.NewTimer(wait)

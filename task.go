@@ -177,16 +177,8 @@ func marshalJSON(v any) ([]byte, error) {
 	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
 }
 
-func decodeJSON(raw []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if dec.More() {
-		return fmt.Errorf("trailing data after JSON value")
-	}
-	return nil
-}
+// decodeJSON decodes exactly one JSON value; trailing bytes are an error.
+func decodeJSON(raw []byte, v any) error { return json.Unmarshal(raw, v) }
 
 // Args is a convenience for EnqueueByName with positional arguments; it
 // travels as a JSON array, like Celery's args.

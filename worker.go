@@ -19,6 +19,7 @@ import (
 
 	"github.com/oklog/ulid/v2"
 
+	"github.com/docketq/docket/internal/failpoint"
 	"github.com/docketq/docket/transport"
 )
 
@@ -443,6 +444,10 @@ func (w *worker) executor() {
 		ex.mu.Unlock()
 		w.started.Add(1)
 		out, skip := w.q.execute(ex.ctx, &ex.d)
+		failpoint.Hit("handler.after")
+		if out.State == StateScheduled {
+			failpoint.Hit("retry.before-record")
+		}
 		w.limits.release(ex.d.Name)
 		ex.mu.Lock()
 		ex.running = false

@@ -350,6 +350,14 @@ var (
 	ErrUnsupported = errors.New("docket: not supported by this transport")
 	// ErrDuplicate: an id or unique key is already taken.
 	ErrDuplicate = errors.New("docket: duplicate task")
+	// ErrBusy: the backend is locked by someone else for longer than it
+	// waits (SQLite's busy_timeout); nothing was written. Retry later.
+	ErrBusy = errors.New("docket: backend busy")
+	// ErrStorageFull: the backend is out of space (disk full, maxmemory);
+	// nothing was written.
+	ErrStorageFull = errors.New("docket: storage full")
+	// ErrReadOnly: the backend refuses writes.
+	ErrReadOnly = errors.New("docket: backend is read-only")
 )
 
 // DuplicateError reports a taken id or unique key. It matches ErrDuplicate

@@ -19,7 +19,7 @@ const runHistory = 30 * 24 * 60 * 60 * 1000
 
 // ScheduleInit implements transport.ScheduleStore.
 func (s *Store) ScheduleInit(ctx context.Context, p transport.ScheduleInitParams) (transport.ScheduleState, error) {
-	err := s.w.do(ctx, func(r runner) error {
+	err := s.w.do(ctx, "schedule", func(r runner) error {
 		_, err := r.exec(ctx, `INSERT INTO docket_schedules (name, spec, next_at, updated_at) VALUES (?1, ?2, ?3, ?4)
 			ON CONFLICT (name) DO UPDATE SET spec = ?2, next_at = ?3, updated_at = ?4 WHERE spec != ?2`,
 			p.Name, p.Spec, ms(p.NextAt), ms(p.Now))
@@ -80,7 +80,7 @@ var errLostRace = errors.New("docket: schedule cursor moved")
 func (s *Store) ScheduleFire(ctx context.Context, p transport.ScheduleFireParams) (transport.ScheduleFireResult, error) {
 	var res transport.ScheduleFireResult
 	now := ms(p.Now)
-	err := s.w.do(ctx, func(r runner) error {
+	err := s.w.do(ctx, "schedule", func(r runner) error {
 		res = transport.ScheduleFireResult{}
 		var lastTask sql.NullString
 		err := queryOne(ctx, r, []any{&lastTask}, `UPDATE docket_schedules SET next_at = ?, updated_at = ?
@@ -140,7 +140,7 @@ func (s *Store) ScheduleFire(ctx context.Context, p transport.ScheduleFireParams
 
 // ScheduleDelete implements transport.ScheduleStore.
 func (s *Store) ScheduleDelete(ctx context.Context, p transport.ScheduleDeleteParams) error {
-	return s.w.do(ctx, func(r runner) error {
+	return s.w.do(ctx, "schedule", func(r runner) error {
 		_, err := r.exec(ctx, "DELETE FROM docket_schedules WHERE name = ?", p.Name)
 		return err
 	})

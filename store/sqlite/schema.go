@@ -95,13 +95,6 @@ func migrate(ctx context.Context, conn *sql.Conn) error {
 	if version != 0 && tables == 0 {
 		return &SchemaError{Version: version, Reason: "user_version is set but docket's tables are missing; docket owns PRAGMA user_version of its file"}
 	}
-	if version == 0 {
-		// Let the file shrink after pruning (PRAGMA incremental_vacuum). This
-		// only takes effect on a file without tables yet.
-		if _, err := conn.ExecContext(ctx, "PRAGMA auto_vacuum = INCREMENTAL"); err != nil {
-			return fmt.Errorf("docket: set auto_vacuum: %w", err)
-		}
-	}
 	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
 		return fmt.Errorf("docket: migrate: %w", err)
 	}

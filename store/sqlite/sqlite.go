@@ -140,12 +140,12 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	conn, err := s.wdb.Conn(ctx)
 	if err != nil {
 		s.wdb.Close()
-		return nil, fmt.Errorf("docket: open sqlite %s: %w", s.path, err)
+		return nil, fmt.Errorf("docket: open sqlite %s: %w", s.path, classify(err))
 	}
 	if err := migrate(ctx, conn); err != nil {
 		conn.Close()
 		s.wdb.Close()
-		return nil, err
+		return nil, classify(err)
 	}
 	if s.rdb, err = sql.Open("sqlite", dsn); err != nil {
 		conn.Close()
@@ -184,6 +184,10 @@ func fileDSN(o Options) string {
 	u := url.URL{Scheme: "file", Path: abs}
 	q := url.Values{}
 	q.Set("_txlock", "immediate")
+	// auto_vacuum only takes effect on a new file, before anything (even
+	// the journal mode) writes its first page; the driver applies this key
+	// first. It lets the pruner hand freed pages back (incremental_vacuum).
+	q.Set("_auto_vacuum", "incremental")
 	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", o.BusyTimeout.Milliseconds()))
 	q.Add("_pragma", "journal_mode(WAL)")
 	q.Add("_pragma", "synchronous("+o.Synchronous+")")

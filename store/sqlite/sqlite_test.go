@@ -323,11 +323,62 @@ func TestLockedDatabase(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = s.Enqueue(ctx, transport.EnqueueParams{Now: base, Messages: []transport.Message{msg("l1")}})
-	if err == nil || !strings.Contains(err.Error(), "locked") {
+	if !errors.Is(err, transport.ErrBusy) || !strings.Contains(err.Error(), "locked") {
 		t.Fatalf("enqueue under a foreign lock: %v", err)
 	}
 	tx.Rollback()
 	if _, err := s.Enqueue(ctx, transport.EnqueueParams{Now: base, Messages: []transport.Message{msg("l1")}}); err != nil {
 		t.Fatalf("after the lock was released: %v", err)
 	}
+}
+
+// A rescuer (another worker's claim, after the lease lapsed) racing the
+// original worker's completion: whichever commits first wins, and the
+// other does nothing. Never both, never a result from the stale attempt
+// on a rescued task (River #1302).
+func TestRescuerRacesCompletion(t *testing.T) {
+	s := openFile(t, filepath.Join(t.TempDir(), "q.db"))
+	wins := map[string]int{}
+	for i := range 200 {
+		id := fmt.Sprintf("race%03d", i)
+		if _, err := s.Enqueue(ctx, transport.EnqueueParams{Now: base, Messages: []transport.Message{func() transport.Message {
+			m := msg(id)
+			m.Queue, m.MaxAttempts = id, 3
+			return m
+		}()}}); err != nil {
+			t.Fatal(err)
+		}
+		res, _ := s.Claim(ctx, transport.ClaimParams{Now: base, Owner: "a", Queues: []string{id}, Limit: 1, LeaseUntil: base.Add(time.Second)})
+		lease := res.Deliveries[0].Lease()
+		late := base.Add(2 * time.Second)
+		var wg sync.WaitGroup
+		var fin []transport.FinishResult
+		var rescued transport.ClaimResult
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			fin, _ = s.Finish(ctx, transport.FinishParams{Now: late, Items: []transport.Outcome{{Lease: lease, State: transport.StateSucceeded, Result: []byte(`"a"`)}}})
+		}()
+		go func() {
+			defer wg.Done()
+			rescued, _ = s.Claim(ctx, transport.ClaimParams{Now: late, Owner: "b", Queues: []string{id}, Limit: 1, LeaseUntil: late.Add(time.Second)})
+		}()
+		wg.Wait()
+		in, _ := s.Get(ctx, transport.GetParams{ID: id})
+		switch {
+		case !fin[0].Lost && len(rescued.Deliveries) == 0:
+			wins["completion"]++
+			if in.State != transport.StateSucceeded || in.Attempt != 1 || string(in.Result) != `"a"` {
+				t.Fatalf("completion won but the task is %v attempt %d result %s", in.State, in.Attempt, in.Result)
+			}
+		case fin[0].Lost && len(rescued.Deliveries) == 1:
+			wins["rescue"]++
+			if in.State != transport.StateRunning || in.Attempt != 2 || in.Result != nil {
+				t.Fatalf("rescue won but the task is %v attempt %d result %s", in.State, in.Attempt, in.Result)
+			}
+		default:
+			t.Fatalf("both or neither won: finish lost=%v, rescued %d", fin[0].Lost, len(rescued.Deliveries))
+		}
+	}
+	t.Logf("outcomes over 200 races: %v", wins)
 }

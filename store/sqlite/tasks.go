@@ -78,7 +78,7 @@ const insertSQL = `INSERT INTO docket_tasks
 // Enqueue implements store.Store: one group-commit op for the whole batch.
 func (s *Store) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]transport.EnqueueResult, error) {
 	var out []transport.EnqueueResult
-	err := s.w.do(ctx, func(r runner) error {
+	err := s.w.do(ctx, "enqueue", func(r runner) error {
 		var err error
 		out, err = insert(ctx, r, p)
 		return err
@@ -258,7 +258,7 @@ func (s *Store) Claim(ctx context.Context, p transport.ClaimParams) (transport.C
 		raw, _ := json.Marshal(p.Exclude)
 		exclude = string(raw)
 	}
-	err := s.w.do(ctx, func(r runner) error {
+	err := s.w.do(ctx, "claim", func(r runner) error {
 		res = transport.ClaimResult{}
 		now := ms(p.Now)
 		rows, err := r.query(ctx, promoteSQL, now)
@@ -376,7 +376,7 @@ func (s *Store) Extend(ctx context.Context, p transport.ExtendParams) ([]transpo
 		return out, nil
 	}
 	until := ms(p.Until)
-	err := s.w.do(ctx, func(r runner) error {
+	err := s.w.do(ctx, "extend", func(r runner) error {
 		for i, l := range p.Leases {
 			var cancel int
 			err := queryOne(ctx, r, []any{&cancel}, extendSQL, until, l.ID, l.Attempt, l.Owner)
@@ -419,7 +419,7 @@ func (s *Store) Finish(ctx context.Context, p transport.FinishParams) ([]transpo
 		}
 	}
 	now := ms(p.Now)
-	err := s.w.do(ctx, func(r runner) error {
+	err := s.w.do(ctx, "finish", func(r runner) error {
 		for i, o := range p.Items {
 			var errText any
 			if o.Error != "" {
@@ -454,7 +454,7 @@ const cancelSQL = `UPDATE docket_tasks SET
 // Cancel implements store.Store.
 func (s *Store) Cancel(ctx context.Context, p transport.CancelParams) (transport.CancelResult, error) {
 	var res transport.CancelResult
-	err := s.w.do(ctx, func(r runner) error {
+	err := s.w.do(ctx, "cancel", func(r runner) error {
 		err := queryOne(ctx, r, []any{&res.State}, cancelSQL, ms(p.Now), p.ID)
 		if errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("docket: cancel %s: %w", p.ID, transport.ErrNotFound)
@@ -495,7 +495,7 @@ func (s *Store) Get(ctx context.Context, p transport.GetParams) (transport.Info,
 		return in, fmt.Errorf("docket: task %s: %w", p.ID, transport.ErrNotFound)
 	}
 	if err != nil {
-		return in, fmt.Errorf("docket: read task %s: %w", p.ID, err)
+		return in, fmt.Errorf("docket: read task %s: %w", p.ID, classify(err))
 	}
 	return in, nil
 }
@@ -508,7 +508,7 @@ func (s *Store) Lookup(ctx context.Context, p transport.LookupParams) ([]transpo
 	ids, _ := json.Marshal(p.IDs)
 	rows, err := s.rdb.QueryContext(ctx, "SELECT id, state, cancel FROM docket_tasks WHERE id IN (SELECT value FROM json_each(?))", string(ids))
 	if err != nil {
-		return nil, fmt.Errorf("docket: look up tasks: %w", err)
+		return nil, fmt.Errorf("docket: look up tasks: %w", classify(err))
 	}
 	defer rows.Close()
 	out := make([]transport.Status, 0, len(p.IDs))
@@ -559,7 +559,7 @@ func (s *Store) List(ctx context.Context, p transport.ListParams) ([]transport.I
 	args = append(args, limit)
 	rows, err := s.rdb.QueryContext(ctx, q, args...)
 	if err != nil {
-		return nil, fmt.Errorf("docket: list tasks: %w", err)
+		return nil, fmt.Errorf("docket: list tasks: %w", classify(err))
 	}
 	defer rows.Close()
 	var out []transport.Info
@@ -587,7 +587,7 @@ func (s *Store) Prune(ctx context.Context, p transport.PruneParams) (int, error)
 		limit = 1000
 	}
 	var n int64
-	err := s.w.do(ctx, func(r runner) error {
+	err := s.w.do(ctx, "prune", func(r runner) error {
 		res, err := r.exec(ctx, pruneSQL, ms(p.Now), limit)
 		if err != nil {
 			return fmt.Errorf("docket: prune: %w", err)

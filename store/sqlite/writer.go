@@ -3,11 +3,16 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"runtime"
 	"sync"
 	"sync/atomic"
 
+	sqlitedrv "modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/docketq/docket/internal/failpoint"
 	"github.com/docketq/docket/transport"
 )
 
@@ -25,6 +30,7 @@ const maxBatch = 256
 
 type op struct {
 	ctx  context.Context
+	kind string // enqueue, claim, extend, finish, cancel, prune, schedule: names failpoints
 	run  func(r runner) error
 	noTx bool // runs outside any transaction (PRAGMA data_version)
 	err  error
@@ -58,22 +64,23 @@ func newWriter(conn *sql.Conn) *writer {
 }
 
 // do runs fn on the writer inside the next group transaction and returns its
-// error, or the transaction's. It waits for a definite outcome.
-func (w *writer) do(ctx context.Context, fn func(r runner) error) error {
-	return w.submit(ctx, fn, false)
+// error, or the transaction's. It waits for a definite outcome. kind names
+// the operation for failpoints.
+func (w *writer) do(ctx context.Context, kind string, fn func(r runner) error) error {
+	return w.submit(ctx, kind, fn, false)
 }
 
 // doNoTx runs fn on the writer connection outside any transaction.
 func (w *writer) doNoTx(ctx context.Context, fn func(r runner) error) error {
-	return w.submit(ctx, fn, true)
+	return w.submit(ctx, "", fn, true)
 }
 
-func (w *writer) submit(ctx context.Context, fn func(r runner) error, noTx bool) error {
+func (w *writer) submit(ctx context.Context, kind string, fn func(r runner) error, noTx bool) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	o := opPool.Get().(*op)
-	o.ctx, o.run, o.noTx, o.err = ctx, fn, noTx, nil
+	o.ctx, o.kind, o.run, o.noTx, o.err = ctx, kind, fn, noTx, nil
 	select {
 	case w.queue <- o:
 	case <-w.quit:
@@ -90,6 +97,24 @@ func (w *writer) submit(ctx context.Context, fn func(r runner) error, noTx bool)
 	err := o.err
 	o.ctx, o.run = nil, nil
 	opPool.Put(o)
+	return classify(err)
+}
+
+// classify wraps SQLite's busy, full and read-only errors in docket's
+// typed errors, so callers can tell them apart with errors.Is.
+func classify(err error) error {
+	var se *sqlitedrv.Error
+	if err == nil || !errors.As(err, &se) {
+		return err
+	}
+	switch se.Code() & 0xff {
+	case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED:
+		return fmt.Errorf("%w: %w", transport.ErrBusy, err)
+	case sqlite3.SQLITE_FULL:
+		return fmt.Errorf("%w: %w", transport.ErrStorageFull, err)
+	case sqlite3.SQLITE_READONLY:
+		return fmt.Errorf("%w: %w", transport.ErrReadOnly, err)
+	}
 	return err
 }
 
@@ -190,9 +215,11 @@ func (w *writer) runBatch(batch []*op) {
 			return
 		}
 		if err == nil {
+			failpoints(live, ".before-commit")
 			if err = w.exec0("COMMIT"); err == nil {
 				w.commits.Add(1)
 				w.ops.Add(int64(len(live)))
+				failpoints(live, ".after-commit")
 			}
 		}
 	}
@@ -205,6 +232,20 @@ func (w *writer) runBatch(batch []*op) {
 	}
 	for _, o := range live {
 		o.done <- struct{}{}
+	}
+}
+
+// failpoints marks kind+suffix ("claim.before-commit") for each op of a
+// batch (see package internal/failpoint); a no-op unless a fault test armed
+// one.
+func failpoints(batch []*op, suffix string) {
+	if !failpoint.Enabled() {
+		return
+	}
+	for _, o := range batch {
+		if o.err == nil {
+			failpoint.Hit(o.kind + suffix)
+		}
 	}
 }
 
