@@ -834,7 +834,10 @@ func TestHeartbeatKeepsLease(t *testing.T) {
 	r, _ := long.Enqueue(bg, q, 1)
 	runWorkers(t, q)
 	// A second worker on the same file would rescue a lapsed lease.
-	other, _ := docket.Open(bg, path, docket.LeaseDuration(150*time.Millisecond))
+	other, err := docket.Open(bg, path, docket.LeaseDuration(150*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer other.Close()
 	other.Register(long)
 	runWorkers(t, other)

@@ -7,6 +7,8 @@
 //	sqlite:app.db                relative path
 //	sqlite:/var/lib/app/app.db   absolute path (also sqlite:///var/lib/app/app.db)
 //	sqlite::memory:  or  memory: a private in-memory database (tests)
+//	memory:NAME                  an in-memory database shared by every Open of
+//	                             the same NAME in this process, while one is open
 //
 // with optional query parameters synchronous=normal|full (default normal)
 // and busy_timeout=<Go duration> (default 5s). Any other parameter is an
@@ -38,6 +40,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -59,8 +62,11 @@ func init() {
 type Options struct {
 	// Path is the database file. Empty with Memory false means "docket.db".
 	Path string
-	// Memory opens a private in-memory database instead of a file.
-	Memory bool
+	// Memory opens an in-memory database instead of a file: private, or
+	// shared within the process by every Store opened with the same
+	// MemoryName.
+	Memory     bool
+	MemoryName string
 	// Synchronous is "normal" (default) or "full"; see the package doc.
 	Synchronous string
 	// BusyTimeout is how long a write waits for another process's lock
@@ -110,9 +116,10 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	default:
 		return nil, fmt.Errorf("docket: sqlite synchronous must be normal or full, not %q", opts.Synchronous)
 	}
-	var dsn string
+	var dsn, rdsn string
 	if opts.Memory {
 		dsn = memoryDSN(opts)
+		rdsn = dsn
 	} else {
 		if opts.Path == "" {
 			opts.Path = "docket.db"
@@ -123,7 +130,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		if err := createPrivate(opts.Path); err != nil {
 			return nil, err
 		}
-		dsn = fileDSN(opts)
+		dsn, rdsn = fileDSN(opts, true), fileDSN(opts, false)
 	}
 	s := &Store{path: opts.Path}
 	if opts.Memory {
@@ -147,7 +154,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		s.wdb.Close()
 		return nil, classify(err)
 	}
-	if s.rdb, err = sql.Open("sqlite", dsn); err != nil {
+	if s.rdb, err = sql.Open("sqlite", rdsn); err != nil {
 		conn.Close()
 		s.wdb.Close()
 		return nil, fmt.Errorf("docket: open sqlite: %w", err)
@@ -175,8 +182,14 @@ func createPrivate(path string) error {
 
 // fileDSN builds the driver DSN as a file: URI with the path percent-encoded,
 // so characters such as '?' and '#' in a path are part of the name and can
-// never start driver parameters.
-func fileDSN(o Options) string {
+// never start driver parameters. busy_timeout goes in the driver's own key,
+// which it applies before anything else, so no setting below can fail
+// instantly on a lock. The writer's DSN also asks for auto_vacuum, which
+// only takes effect on a new file, before anything (even the journal mode)
+// writes its first page; it lets the pruner hand freed pages back
+// (incremental_vacuum). Readers never ask: the pragma would want a write
+// lock on every new connection.
+func fileDSN(o Options, writer bool) string {
 	abs, err := filepath.Abs(o.Path)
 	if err != nil {
 		abs = o.Path
@@ -184,28 +197,30 @@ func fileDSN(o Options) string {
 	u := url.URL{Scheme: "file", Path: abs}
 	q := url.Values{}
 	q.Set("_txlock", "immediate")
-	// auto_vacuum only takes effect on a new file, before anything (even
-	// the journal mode) writes its first page; the driver applies this key
-	// first. It lets the pruner hand freed pages back (incremental_vacuum).
-	q.Set("_auto_vacuum", "incremental")
-	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", o.BusyTimeout.Milliseconds()))
+	q.Set("_busy_timeout", strconv.FormatInt(o.BusyTimeout.Milliseconds(), 10))
+	if writer {
+		q.Set("_auto_vacuum", "incremental")
+	}
 	q.Add("_pragma", "journal_mode(WAL)")
 	q.Add("_pragma", "synchronous("+o.Synchronous+")")
 	q.Add("_pragma", "journal_size_limit(67108864)")
 	q.Add("_pragma", "foreign_keys(0)")
-	// url.URL escapes '?' and '#' in Path but leaves ':' and '%' decoded
-	// forms; EscapedPath gives the percent-encoded form SQLite expects.
+	// EscapedPath gives the percent-encoded form SQLite expects.
 	return "file:" + u.EscapedPath() + "?" + q.Encode()
 }
 
-// memoryDSN names a private memdb database that every connection of this
-// store (and only this store) shares.
+// memoryDSN names a memdb database that every connection of this store
+// shares: a fresh one, or the one named by MemoryName.
 func memoryDSN(o Options) string {
 	q := url.Values{}
 	q.Set("vfs", "memdb")
 	q.Set("_txlock", "immediate")
-	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", o.BusyTimeout.Milliseconds()))
-	return "file:/docket-" + ulid.Make().String() + "?" + q.Encode()
+	q.Set("_busy_timeout", strconv.FormatInt(o.BusyTimeout.Milliseconds(), 10))
+	name := "private-" + ulid.Make().String()
+	if o.MemoryName != "" {
+		name = "named-" + o.MemoryName
+	}
+	return "file:/docket-" + name + "?" + q.Encode()
 }
 
 // openURL is the transport.OpenFunc for the sqlite and memory schemes.
@@ -227,6 +242,18 @@ func ParseURL(u *url.URL) (Options, error) {
 	switch strings.ToLower(u.Scheme) {
 	case "memory":
 		o.Memory = true
+		name := u.Opaque
+		if name == "" {
+			name = strings.TrimPrefix(u.Path, "/")
+		}
+		if name != "" {
+			for _, c := range name {
+				if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+					return o, fmt.Errorf("docket: memory database name %q: use letters, digits, '-', '_' and '.'", name)
+				}
+			}
+			o.MemoryName = name
+		}
 	case "sqlite", "":
 		p := u.Opaque
 		if p == "" {

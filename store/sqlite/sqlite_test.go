@@ -110,9 +110,11 @@ func TestFileModeAndReopen(t *testing.T) {
 		t.Fatalf("task lost across reopen: %v", err)
 	}
 	var mode string
+	var vacuum int
 	s2.rdb.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode)
-	if mode != "wal" {
-		t.Errorf("journal_mode %q", mode)
+	s2.rdb.QueryRowContext(ctx, "PRAGMA auto_vacuum").Scan(&vacuum)
+	if mode != "wal" || vacuum != 2 {
+		t.Errorf("journal_mode %q, auto_vacuum %d; want wal and 2 (incremental)", mode, vacuum)
 	}
 }
 
@@ -157,7 +159,7 @@ func TestParseURL(t *testing.T) {
 			t.Errorf("ParseURL(%q) = %+v, %v; want %+v", raw, got, err, want)
 		}
 	}
-	for _, raw := range []string{"sqlite://host/a.db", "sqlite:a.db?busy_timeout=soon", "sqlite:a.db?foo=1", "redis://x"} {
+	for _, raw := range []string{"memory:a/b", "memory:x?y", "sqlite://host/a.db", "sqlite:a.db?busy_timeout=soon", "sqlite:a.db?foo=1", "redis://x"} {
 		u, _ := url.Parse(raw)
 		if _, err := ParseURL(u); err == nil {
 			t.Errorf("ParseURL(%q) accepted", raw)

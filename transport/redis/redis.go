@@ -1,0 +1,522 @@
+// Package redis is docket's Redis transport and result store: tasks, ETAs,
+// leases, results, unique keys, cancellation and schedule slots in Redis,
+// with the same delivery contract as SQLite. Import it for its side effect:
+//
+//	import _ "github.com/docketq/docket/transport/redis"
+//
+//	q, err := docket.Open(ctx, "redis://:password@host:6379/0")
+//
+// URLs are go-redis URLs (redis://, rediss:// for TLS, which verifies the
+// server by default) plus two docket parameters:
+//
+//	prefix=NAME   key prefix (default "docket"); every key is {NAME}:…, one
+//	              Redis Cluster hash slot, so each operation is one atomic
+//	              Lua script
+//	strict=true   refuse to start when the server would lose tasks
+//	              (appendonly no, or an evicting maxmemory-policy); without
+//	              it docket logs a warning
+//
+// Reliable delivery: a claim moves a task from its queue's sorted set into
+// a lease set with a deadline, in one script; workers renew the lease; a
+// lease that lapses is rescued by the next claim, with the attempt already
+// counted. Nothing is popped and hoped for. ETAs and retries wait in a
+// sorted set that claims move to the ready sets. Enqueue is idempotent on
+// the task id: a client retry after a lost reply finds its own task and
+// succeeds without a second one. Scripts are re-sent automatically after
+// SCRIPT FLUSH or a restart (EVALSHA falls back to EVAL). Pub/sub wakes
+// workers and waiters on any host; after a reconnect they re-check, and a
+// polling fallback covers the gap.
+//
+// Durability is Redis's: with appendonly yes (appendfsync everysec) a
+// crash of the server loses at most about a second of acknowledged writes;
+// with appendonly no (Debian's default) a restart loses everything.
+package redis
+
+import (
+	"context"
+	"crypto/sha1"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/docketq/docket/transport"
+)
+
+func init() {
+	transport.Register("redis", open)
+	transport.Register("rediss", open)
+}
+
+// Transport is the Redis implementation of transport.Transport.
+type Transport struct {
+	rdb    *goredis.Client
+	prefix string
+	cfg    transport.Config
+	where  string // the redacted URL, for errors and String
+
+	mu     sync.Mutex
+	subs   map[int]func(transport.Event)
+	nextID int
+	stop   context.CancelFunc
+	done   chan struct{}
+}
+
+var (
+	_ transport.Transport     = (*Transport)(nil)
+	_ transport.Subscriber    = (*Transport)(nil)
+	_ transport.Pruner        = (*Transport)(nil)
+	_ transport.ScheduleStore = (*Transport)(nil)
+)
+
+func open(ctx context.Context, u *url.URL, cfg transport.Config) (transport.Transport, error) {
+	where := transport.Redact(u)
+	q := u.Query()
+	prefix := q.Get("prefix")
+	if prefix == "" {
+		prefix = "docket"
+	}
+	if !validPrefix(prefix) {
+		return nil, fmt.Errorf("docket: redis prefix %q: use letters, digits, '.', '_', '-' (no glob or hash-tag characters)", prefix)
+	}
+	strict := false
+	if v := q.Get("strict"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return nil, fmt.Errorf("docket: redis strict=%q: %w", v, err)
+		}
+		strict = b
+	}
+	q.Del("prefix")
+	q.Del("strict")
+	clean := *u
+	clean.RawQuery = q.Encode()
+	opts, err := goredis.ParseURL(clean.String())
+	if err != nil {
+		return nil, fmt.Errorf("docket: redis URL %s: %s", where, redactErr(err, u))
+	}
+	opts.MaxRetries = 3 // safe: every write is idempotent (task ids, fences)
+	opts.DisableIdentity = true
+	t := &Transport{rdb: goredis.NewClient(opts), prefix: prefix, cfg: cfg, where: where, subs: map[int]func(transport.Event){}}
+	if err := t.check(ctx, strict); err != nil {
+		t.rdb.Close()
+		return nil, err
+	}
+	return t, nil
+}
+
+func validPrefix(p string) bool {
+	if p == "" || len(p) > 64 {
+		return false
+	}
+	for _, c := range p {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// redactErr returns err's text with any password from u removed.
+func redactErr(err error, u *url.URL) string {
+	s := err.Error()
+	if u.User != nil {
+		if pw, ok := u.User.Password(); ok && pw != "" {
+			s = strings.ReplaceAll(s, pw, "xxxxx")
+		}
+	}
+	return s
+}
+
+// check pings the server and warns (or, strict, refuses) when it is set up
+// to lose tasks.
+func (t *Transport) check(ctx context.Context, strict bool) error {
+	if err := t.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("docket: redis %s: %w", t.where, t.wrap(err))
+	}
+	var problems []string
+	if v, err := t.rdb.ConfigGet(ctx, "appendonly").Result(); err == nil && v["appendonly"] == "no" {
+		problems = append(problems, "appendonly is no: a Redis restart loses every queued task")
+	}
+	if v, err := t.rdb.ConfigGet(ctx, "maxmemory-policy").Result(); err == nil {
+		if p := v["maxmemory-policy"]; p != "" && p != "noeviction" {
+			problems = append(problems, "maxmemory-policy is "+p+": Redis may evict tasks; use noeviction")
+		}
+	}
+	for _, p := range problems {
+		if strict {
+			return fmt.Errorf("docket: redis %s refused (strict): %s", t.where, p)
+		}
+		t.cfg.Logger.Warn("docket: redis may lose tasks", "server", t.where, "problem", p)
+	}
+	return nil
+}
+
+// String returns the server URL with the password redacted.
+func (t *Transport) String() string { return "redis transport " + t.where }
+
+// Close closes the connections.
+func (t *Transport) Close() error {
+	t.mu.Lock()
+	stop, done := t.stop, t.done
+	t.stop = nil
+	t.mu.Unlock()
+	if stop != nil {
+		stop()
+		<-done
+	}
+	return t.rdb.Close()
+}
+
+// wrap maps server replies to docket's typed errors.
+func (t *Transport) wrap(err error) error {
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	switch {
+	case strings.HasPrefix(msg, "OOM"):
+		return fmt.Errorf("%w: %s", transport.ErrStorageFull, msg)
+	case strings.HasPrefix(msg, "READONLY"):
+		return fmt.Errorf("%w: %s", transport.ErrReadOnly, msg)
+	case strings.HasPrefix(msg, "LOADING"), strings.HasPrefix(msg, "BUSY"), strings.HasPrefix(msg, "MASTERDOWN"):
+		return fmt.Errorf("%w: %s", transport.ErrBusy, msg)
+	}
+	return err
+}
+
+func (t *Transport) run(ctx context.Context, s *goredis.Script, args ...any) (any, error) {
+	full := append([]any{"{" + t.prefix + "}"}, args...)
+	v, err := s.Run(ctx, t.rdb, []string{"{" + t.prefix + "}:ev"}, full...).Result()
+	return v, t.wrap(err)
+}
+
+func ms(tm time.Time) int64 {
+	if tm.IsZero() {
+		return 0
+	}
+	return tm.UnixMilli()
+}
+
+func fromMS(v int64) time.Time {
+	if v == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(v).UTC()
+}
+
+func ukHash(key string) string {
+	if key == "" {
+		return ""
+	}
+	h := sha1.Sum([]byte(key))
+	return hex.EncodeToString(h[:])
+}
+
+// meta mirrors the SQLite store's metadata column.
+type meta struct {
+	Headers      map[string]string `json:"h,omitempty"`
+	BackoffBase  int64             `json:"bb,omitempty"`
+	BackoffMax   int64             `json:"bm,omitempty"`
+	BackoffJit   float64           `json:"bj,omitempty"`
+	HasBackoff   bool              `json:"b,omitempty"`
+	IgnoreResult bool              `json:"ir,omitempty"`
+}
+
+func encodeMeta(m *transport.Message) string {
+	if len(m.Headers) == 0 && m.Backoff == nil && !m.IgnoreResult {
+		return ""
+	}
+	v := meta{Headers: m.Headers, IgnoreResult: m.IgnoreResult}
+	if b := m.Backoff; b != nil {
+		v.HasBackoff, v.BackoffBase, v.BackoffMax, v.BackoffJit = true, int64(b.Base), int64(b.Max), b.Jitter
+	}
+	raw, _ := json.Marshal(v)
+	return string(raw)
+}
+
+func decodeMeta(raw string, m *transport.Message) error {
+	if raw == "" {
+		return nil
+	}
+	var v meta
+	if err := json.Unmarshal([]byte(raw), &v); err != nil {
+		return fmt.Errorf("docket: decode task metadata: %w", err)
+	}
+	m.Headers, m.IgnoreResult = v.Headers, v.IgnoreResult
+	if v.HasBackoff {
+		m.Backoff = &transport.Backoff{Base: time.Duration(v.BackoffBase), Max: time.Duration(v.BackoffMax), Jitter: v.BackoffJit}
+	}
+	return nil
+}
+
+// messageArgs appends the script fields of m (see scripts.go).
+func messageArgs(args []any, m *transport.Message) []any {
+	created := ms(m.Created)
+	ret := "0"
+	if m.ReturnExisting {
+		ret = "1"
+	}
+	return append(args, m.ID, m.Name, m.Queue, m.Priority, ms(m.ETA), ms(m.Expires), m.MaxAttempts,
+		m.Timeout.Milliseconds(), m.ResultTTL.Milliseconds(), m.UniqueKey, ukHash(m.UniqueKey),
+		string(m.Payload), encodeMeta(m), created, ret)
+}
+
+// Enqueue implements transport.Transport.
+func (t *Transport) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]transport.EnqueueResult, error) {
+	if len(p.Messages) == 0 {
+		return nil, nil
+	}
+	args := []any{ms(p.Now), ulid.Make().String(), len(p.Messages)}
+	for i := range p.Messages {
+		if p.Messages[i].Created.IsZero() {
+			p.Messages[i].Created = p.Now
+		}
+		args = messageArgs(args, &p.Messages[i])
+	}
+	v, err := t.run(ctx, enqueueScript, args...)
+	if err != nil {
+		return nil, fmt.Errorf("docket: redis enqueue: %w", err)
+	}
+	rows, _ := v.([]any)
+	if r := row(rows[0]); str(r, 0) == "dup" {
+		return nil, &transport.DuplicateError{ID: str(r, 1), UniqueKey: str(r, 2), ExistingID: str(r, 3)}
+	}
+	out := make([]transport.EnqueueResult, len(rows))
+	for i, x := range rows {
+		r := row(x)
+		out[i] = transport.EnqueueResult{ID: str(r, 1), Existing: str(r, 0) == "existing"}
+	}
+	return out, nil
+}
+
+func row(v any) []any { r, _ := v.([]any); return r }
+
+func str(r []any, i int) string {
+	if i >= len(r) {
+		return ""
+	}
+	switch x := r[i].(type) {
+	case string:
+		return x
+	case int64:
+		return strconv.FormatInt(x, 10)
+	}
+	return ""
+}
+
+func num(r []any, i int) int64 {
+	if i >= len(r) {
+		return 0
+	}
+	switch x := r[i].(type) {
+	case int64:
+		return x
+	case string:
+		n, _ := strconv.ParseInt(x, 10, 64)
+		return n
+	}
+	return 0
+}
+
+// Claim implements transport.Transport.
+func (t *Transport) Claim(ctx context.Context, p transport.ClaimParams) (transport.ClaimResult, error) {
+	var res transport.ClaimResult
+	if p.Limit <= 0 || len(p.Queues) == 0 {
+		return res, nil
+	}
+	args := []any{ms(p.Now), p.Owner, ms(p.LeaseUntil), p.Limit, len(p.Queues)}
+	for _, q := range p.Queues {
+		args = append(args, q)
+	}
+	args = append(args, len(p.Exclude))
+	for _, x := range p.Exclude {
+		args = append(args, x)
+	}
+	v, err := t.run(ctx, claimScript, args...)
+	if err != nil {
+		return res, fmt.Errorf("docket: redis claim: %w", err)
+	}
+	parts := row(v)
+	for _, g := range row(parts[0]) {
+		f := row(g)
+		d := transport.Delivery{Owner: p.Owner, LeaseUntil: p.LeaseUntil}
+		d.Name, d.Queue, d.Priority = str(f, 0), str(f, 1), int(num(f, 2))
+		d.Expires, d.Attempt, d.MaxAttempts = fromMS(num(f, 3)), int(num(f, 4)), int(num(f, 5))
+		d.Timeout, d.ResultTTL = time.Duration(num(f, 6))*time.Millisecond, time.Duration(num(f, 7))*time.Millisecond
+		d.UniqueKey, d.Payload = str(f, 8), []byte(str(f, 9))
+		if err := decodeMeta(str(f, 10), &d.Message); err != nil {
+			return res, err
+		}
+		d.Created, d.LastError, d.ID = fromMS(num(f, 11)), str(f, 12), str(f, 13)
+		res.Deliveries = append(res.Deliveries, d)
+	}
+	for _, e := range row(parts[1]) {
+		r := row(e)
+		res.Ended = append(res.Ended, transport.Status{ID: str(r, 0), State: transport.State(num(r, 1))})
+	}
+	if n := num(parts, 2); n > 0 {
+		res.NextAt = fromMS(n)
+	}
+	if len(res.Ended) > 0 {
+		ids := make([]string, len(res.Ended))
+		for i, s := range res.Ended {
+			ids[i] = s.ID
+		}
+		t.publishLocal(transport.Event{Kind: transport.EventFinished, IDs: ids})
+	}
+	return res, nil
+}
+
+// Extend implements transport.Transport.
+func (t *Transport) Extend(ctx context.Context, p transport.ExtendParams) ([]transport.ExtendResult, error) {
+	out := make([]transport.ExtendResult, len(p.Leases))
+	if len(p.Leases) == 0 {
+		return out, nil
+	}
+	args := []any{ms(p.Until), len(p.Leases)}
+	for _, l := range p.Leases {
+		args = append(args, l.ID, l.Attempt, l.Owner)
+	}
+	v, err := t.run(ctx, extendScript, args...)
+	if err != nil {
+		return nil, fmt.Errorf("docket: redis extend leases: %w", err)
+	}
+	r := row(v)
+	for i := range out {
+		switch num(r, i) {
+		case -1:
+			out[i].Lost = true
+		case 1:
+			out[i].CancelRequested = true
+		}
+	}
+	return out, nil
+}
+
+// Finish implements transport.Transport.
+func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]transport.FinishResult, error) {
+	out := make([]transport.FinishResult, len(p.Items))
+	if len(p.Items) == 0 {
+		return out, nil
+	}
+	args := []any{ms(p.Now), len(p.Items)}
+	for _, o := range p.Items {
+		switch o.State {
+		case transport.StateScheduled, transport.StateReady, transport.StateSucceeded, transport.StateFailed, transport.StateCancelled:
+		default:
+			return nil, fmt.Errorf("docket: finish task %s: invalid outcome state %v", o.ID, o.State)
+		}
+		args = append(args, o.ID, o.Attempt, o.Owner, int(o.State), ms(o.RunAt), string(o.Result), o.Error)
+	}
+	v, err := t.run(ctx, finishScript, args...)
+	if err != nil {
+		return nil, fmt.Errorf("docket: redis finish: %w", err)
+	}
+	r := row(v)
+	var ended []string
+	for i, o := range p.Items {
+		out[i].Lost = num(r, i) == 0
+		if !out[i].Lost && o.State.Terminal() {
+			ended = append(ended, o.ID)
+		}
+	}
+	if len(ended) > 0 {
+		t.publishLocal(transport.Event{Kind: transport.EventFinished, IDs: ended})
+	}
+	return out, nil
+}
+
+// Cancel implements transport.Transport.
+func (t *Transport) Cancel(ctx context.Context, p transport.CancelParams) (transport.CancelResult, error) {
+	v, err := t.run(ctx, cancelScript, ms(p.Now), p.ID)
+	if err != nil {
+		return transport.CancelResult{}, fmt.Errorf("docket: redis cancel %s: %w", p.ID, err)
+	}
+	st, _ := v.(int64)
+	if st < 0 {
+		return transport.CancelResult{}, fmt.Errorf("docket: cancel %s: %w", p.ID, transport.ErrNotFound)
+	}
+	return transport.CancelResult{State: transport.State(st)}, nil
+}
+
+func (t *Transport) key(parts ...string) string {
+	return "{" + t.prefix + "}:" + strings.Join(parts, ":")
+}
+
+// Get implements transport.Transport.
+func (t *Transport) Get(ctx context.Context, p transport.GetParams) (transport.Info, error) {
+	h, err := t.rdb.HGetAll(ctx, t.key("t", p.ID)).Result()
+	if err != nil {
+		return transport.Info{}, fmt.Errorf("docket: redis read task %s: %w", p.ID, t.wrap(err))
+	}
+	if len(h) == 0 || h["state"] == "" {
+		return transport.Info{}, fmt.Errorf("docket: task %s: %w", p.ID, transport.ErrNotFound)
+	}
+	return infoFrom(p.ID, h)
+}
+
+func infoFrom(id string, h map[string]string) (transport.Info, error) {
+	n := func(k string) int64 { v, _ := strconv.ParseInt(h[k], 10, 64); return v }
+	in := transport.Info{State: transport.State(n("state")), Attempt: int(n("att"))}
+	in.ID, in.Name, in.Queue, in.Priority = id, h["name"], h["queue"], int(n("prio"))
+	in.Payload, in.MaxAttempts = []byte(h["pay"]), int(n("max"))
+	in.Expires, in.Created = fromMS(n("exp")), fromMS(n("created"))
+	in.Timeout, in.ResultTTL = time.Duration(n("tmo"))*time.Millisecond, time.Duration(n("ttl"))*time.Millisecond
+	in.UniqueKey, in.Error, in.CancelRequested = h["uk"], h["err"], h["cancel"] == "1"
+	in.RunAt, in.Started, in.Finished = fromMS(n("run_at")), fromMS(n("started")), fromMS(n("finished"))
+	if r, ok := h["res"]; ok {
+		in.Result = []byte(r)
+	}
+	if in.State == transport.StateScheduled {
+		in.ETA = in.RunAt
+	}
+	return in, decodeMeta(h["meta"], &in.Message)
+}
+
+// Lookup implements transport.Transport.
+func (t *Transport) Lookup(ctx context.Context, p transport.LookupParams) ([]transport.Status, error) {
+	if len(p.IDs) == 0 {
+		return nil, nil
+	}
+	pipe := t.rdb.Pipeline()
+	cmds := make([]*goredis.SliceCmd, len(p.IDs))
+	for i, id := range p.IDs {
+		cmds[i] = pipe.HMGet(ctx, t.key("t", id), "state", "cancel")
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
+		return nil, fmt.Errorf("docket: redis look up tasks: %w", t.wrap(err))
+	}
+	var out []transport.Status
+	for i, c := range cmds {
+		v := c.Val()
+		if len(v) < 2 || v[0] == nil {
+			continue
+		}
+		st, _ := strconv.Atoi(fmt.Sprint(v[0]))
+		out = append(out, transport.Status{ID: p.IDs[i], State: transport.State(st), CancelRequested: fmt.Sprint(v[1]) == "1"})
+	}
+	return out, nil
+}
+
+// Prune implements transport.Pruner.
+func (t *Transport) Prune(ctx context.Context, p transport.PruneParams) (int, error) {
+	limit := p.Limit
+	if limit <= 0 {
+		limit = 1000
+	}
+	v, err := t.run(ctx, pruneScript, ms(p.Now), limit)
+	if err != nil {
+		return 0, fmt.Errorf("docket: redis prune: %w", err)
+	}
+	n, _ := v.(int64)
+	return int(n), nil
+}

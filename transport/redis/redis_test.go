@@ -1,0 +1,104 @@
+package redis_test
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"os"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/docketq/docket/store"
+	"github.com/docketq/docket/store/storetest"
+	"github.com/docketq/docket/transport"
+	_ "github.com/docketq/docket/transport/redis"
+	"github.com/docketq/docket/transport/transporttest"
+)
+
+// Tests run against the server in DOCKET_TEST_REDIS_URL (for example
+// redis://127.0.0.1:6379/15), each under its own key prefix, deleted at the
+// end. Without the variable they are skipped.
+
+func serverURL(t *testing.T) string {
+	t.Helper()
+	u := os.Getenv("DOCKET_TEST_REDIS_URL")
+	if u == "" {
+		t.Skip("DOCKET_TEST_REDIS_URL is not set; skipping the Redis suite")
+	}
+	return u
+}
+
+var prefixes atomic.Int64
+
+// freshURL returns the server URL with a new key prefix, whose keys are
+// deleted when the test ends.
+func freshURL(t *testing.T) string {
+	t.Helper()
+	base := serverURL(t)
+	prefix := fmt.Sprintf("dockettest-%d-%d", os.Getpid(), prefixes.Add(1))
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	q.Set("prefix", prefix)
+	u.RawQuery = q.Encode()
+	t.Cleanup(func() { deletePrefix(base, prefix) })
+	return u.String()
+}
+
+func deletePrefix(base, prefix string) {
+	opts, err := goredis.ParseURL(base)
+	if err != nil {
+		return
+	}
+	c := goredis.NewClient(opts)
+	defer c.Close()
+	ctx := context.Background()
+	iter := c.Scan(ctx, 0, "{"+prefix+"}:*", 1000).Iterator()
+	for iter.Next(ctx) {
+		c.Del(ctx, iter.Val())
+	}
+}
+
+func TestStoreContract(t *testing.T) {
+	serverURL(t)
+	storetest.Run(t, func(t *testing.T) store.Store {
+		u, _ := url.Parse(freshURL(t))
+		tr, err := transport.Open(context.Background(), u, transport.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tr
+	})
+}
+
+func TestConformance(t *testing.T) {
+	serverURL(t)
+	transporttest.Run(t, transporttest.Backend{NewURL: freshURL})
+}
+
+func TestRedactsPassword(t *testing.T) {
+	u, _ := url.Parse("redis://:S3CR3T-pw@127.0.0.1:1/0")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, err := transport.Open(ctx, u, transport.Config{})
+	if err == nil {
+		t.Fatal("connected to a closed port")
+	}
+	if s := err.Error(); contains(s, "S3CR3T") {
+		t.Fatalf("error leaks the password: %s", s)
+	}
+}
+
+func contains(s, sub string) bool {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if s[i:i+len(sub)] == sub {
+			return true
+		}
+	}
+	return false
+}

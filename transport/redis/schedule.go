@@ -1,0 +1,92 @@
+package redis
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/docketq/docket/transport"
+)
+
+// ScheduleInit implements transport.ScheduleStore.
+func (t *Transport) ScheduleInit(ctx context.Context, p transport.ScheduleInitParams) (transport.ScheduleState, error) {
+	if _, err := t.run(ctx, scheduleInitScript, ms(p.Now), p.Name, p.Spec, ms(p.NextAt)); err != nil {
+		return transport.ScheduleState{}, fmt.Errorf("docket: redis init schedule %s: %w", p.Name, err)
+	}
+	sts, err := t.ScheduleStates(ctx, transport.ScheduleStatesParams{Now: p.Now, Names: []string{p.Name}})
+	if err != nil {
+		return transport.ScheduleState{}, err
+	}
+	if len(sts) == 0 {
+		return transport.ScheduleState{}, fmt.Errorf("docket: schedule %s vanished", p.Name)
+	}
+	return sts[0], nil
+}
+
+// ScheduleStates implements transport.ScheduleStore.
+func (t *Transport) ScheduleStates(ctx context.Context, p transport.ScheduleStatesParams) ([]transport.ScheduleState, error) {
+	names := p.Names
+	if len(names) == 0 {
+		var err error
+		if names, err = t.rdb.SMembers(ctx, t.key("schedules")).Result(); err != nil {
+			return nil, fmt.Errorf("docket: redis read schedules: %w", t.wrap(err))
+		}
+	}
+	var out []transport.ScheduleState
+	for _, name := range names {
+		h, err := t.rdb.HGetAll(ctx, t.key("s", name)).Result()
+		if err != nil {
+			return nil, fmt.Errorf("docket: redis read schedule %s: %w", name, t.wrap(err))
+		}
+		if len(h) == 0 {
+			continue
+		}
+		n := func(k string) int64 { v, _ := strconv.ParseInt(h[k], 10, 64); return v }
+		st := transport.ScheduleState{Name: name, Spec: h["spec"], NextAt: fromMS(n("next_at")), LastSlot: fromMS(n("last_slot")),
+			LastFiredAt: fromMS(n("last_fired")), LastTaskID: h["last_task"], Updated: fromMS(n("updated"))}
+		if st.LastTaskID != "" {
+			if s, err := t.rdb.HGet(ctx, t.key("t", st.LastTaskID), "state").Int(); err == nil {
+				st.LastTaskState = transport.State(s)
+			}
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+// ScheduleFire implements transport.ScheduleStore.
+func (t *Transport) ScheduleFire(ctx context.Context, p transport.ScheduleFireParams) (transport.ScheduleFireResult, error) {
+	skip := "0"
+	if p.SkipIfRunning {
+		skip = "1"
+	}
+	slot := ""
+	if !p.Slot.IsZero() && p.Message != nil {
+		slot = strconv.FormatInt(ms(p.Slot), 10)
+	}
+	args := []any{ms(p.Now), p.Name, strconv.FormatInt(ms(p.Cursor), 10), strconv.FormatInt(ms(p.NextAt), 10), slot, skip, ulid.Make().String()}
+	if slot != "" {
+		m := *p.Message
+		if m.Created.IsZero() {
+			m.Created = p.Now
+		}
+		args = messageArgs(args, &m)
+	}
+	v, err := t.run(ctx, scheduleFireScript, args...)
+	if err != nil {
+		return transport.ScheduleFireResult{}, fmt.Errorf("docket: redis fire schedule %s: %w", p.Name, err)
+	}
+	r := row(v)
+	return transport.ScheduleFireResult{Advanced: num(r, 0) == 1, Fired: num(r, 1) == 1, TaskID: str(r, 2), Skipped: str(r, 3)}, nil
+}
+
+// ScheduleDelete implements transport.ScheduleStore.
+func (t *Transport) ScheduleDelete(ctx context.Context, p transport.ScheduleDeleteParams) error {
+	pipe := t.rdb.TxPipeline()
+	pipe.Del(ctx, t.key("s", p.Name))
+	pipe.SRem(ctx, t.key("schedules"), p.Name)
+	_, err := pipe.Exec(ctx)
+	return t.wrap(err)
+}
