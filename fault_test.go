@@ -395,6 +395,30 @@ func TestFaultKillDuringEnqueue(t *testing.T) {
 // holds. DOCKET_SOAK=1 runs it for five minutes instead of twenty seconds.
 func TestFaultRandomKills(t *testing.T) {
 	t.Parallel()
+	t.Run("sqlite", func(t *testing.T) {
+		t.Parallel()
+		randomKills(t, "sqlite:"+filepath.Join(t.TempDir(), "q.db"), 3, 2)
+	})
+	t.Run("redis", func(t *testing.T) {
+		t.Parallel()
+		randomKills(t, redisURL(t), 2, 2)
+	})
+}
+
+// redisURL returns DOCKET_TEST_REDIS_URL with a fresh key prefix, or skips.
+func redisURL(t *testing.T) string {
+	base := os.Getenv("DOCKET_TEST_REDIS_URL")
+	if base == "" {
+		t.Skip("DOCKET_TEST_REDIS_URL is not set; skipping the Redis variant")
+	}
+	sep := "?"
+	if strings.Contains(base, "?") {
+		sep = "&"
+	}
+	return fmt.Sprintf("%s%sprefix=faulttest-%d-%d", base, sep, os.Getpid(), time.Now().UnixNano())
+}
+
+func randomKills(t *testing.T, url string, nWorkers, nProducers int) {
 	length := 20 * time.Second
 	if os.Getenv("DOCKET_SOAK") != "" {
 		length = 5 * time.Minute
@@ -405,14 +429,19 @@ func TestFaultRandomKills(t *testing.T) {
 	dir := t.TempDir()
 	hdir := filepath.Join(dir, "history")
 	os.Mkdir(hdir, 0o700)
-	db := filepath.Join(dir, "q.db")
-	q := openFile(t, db)
+	db := url
+	q, err := docket.Open(bg, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	q.Register(faultTask)
 	h, _ := history.Open(filepath.Join(hdir, "test.jsonl"))
 	defer h.Close()
 	env := []string{"DOCKET_TEST_LEASE=1s", "DOCKET_TEST_HISTORY=" + hdir}
 	rng := rand.New(rand.NewPCG(2, uint64(time.Now().UnixNano())))
-	workers := make([]*proc, 3)
-	producers := make([]*proc, 2)
+	workers := make([]*proc, nWorkers)
+	producers := make([]*proc, nProducers)
 	for i := range workers {
 		workers[i] = startRole(t, "worker", db, env...)
 	}

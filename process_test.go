@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/docketq/docket"
+	_ "github.com/docketq/docket/transport/redis" // fault tests also run on Redis
 )
 
 // Tests in this file run workers in other OS processes: the test binary

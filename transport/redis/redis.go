@@ -40,6 +40,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -519,4 +520,63 @@ func (t *Transport) Prune(ctx context.Context, p transport.PruneParams) (int, er
 	}
 	n, _ := v.(int64)
 	return int(n), nil
+}
+
+var _ transport.Lister = (*Transport)(nil)
+
+// List implements transport.Lister by scanning the task keys: it costs a
+// pass over the keyspace, so it is meant for tests and administration, not
+// for hot paths.
+func (t *Transport) List(ctx context.Context, p transport.ListParams) ([]transport.Info, error) {
+	limit := p.Limit
+	if limit <= 0 {
+		limit = 1000
+	}
+	var ids []string
+	prefix := t.key("t", "")
+	iter := t.rdb.Scan(ctx, 0, prefix+"*", 1000).Iterator()
+	for iter.Next(ctx) {
+		if id := strings.TrimPrefix(iter.Val(), prefix); id > p.After {
+			ids = append(ids, id)
+		}
+	}
+	if err := iter.Err(); err != nil {
+		return nil, fmt.Errorf("docket: redis list tasks: %w", t.wrap(err))
+	}
+	slices.Sort(ids)
+	states := map[transport.State]bool{}
+	for _, s := range p.States {
+		states[s] = true
+	}
+	var out []transport.Info
+	for len(ids) > 0 && len(out) < limit {
+		chunk := ids[:min(len(ids), 500)]
+		ids = ids[len(chunk):]
+		pipe := t.rdb.Pipeline()
+		cmds := make([]*goredis.MapStringStringCmd, len(chunk))
+		for i, id := range chunk {
+			cmds[i] = pipe.HGetAll(ctx, t.key("t", id))
+		}
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
+			return nil, fmt.Errorf("docket: redis list tasks: %w", t.wrap(err))
+		}
+		for i, c := range cmds {
+			h := c.Val()
+			if len(h) == 0 || h["state"] == "" {
+				continue // pruned meanwhile
+			}
+			in, err := infoFrom(chunk[i], h)
+			if err != nil {
+				return nil, err
+			}
+			if p.Name != "" && in.Name != p.Name || p.Queue != "" && in.Queue != p.Queue || len(states) > 0 && !states[in.State] {
+				continue
+			}
+			out = append(out, in)
+			if len(out) == limit {
+				break
+			}
+		}
+	}
+	return out, nil
 }

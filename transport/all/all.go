@@ -1,0 +1,12 @@
+// Package all registers every docket transport: import it once, for its
+// side effect, in a program whose backend is chosen by URL at run time.
+//
+//	import _ "github.com/docketq/docket/transport/all"
+//
+// A program that only ever uses SQLite does not need it, and then links no
+// broker client.
+package all
+
+import (
+	_ "github.com/docketq/docket/transport/redis" // redis://, rediss://
+)

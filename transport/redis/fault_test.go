@@ -1,0 +1,275 @@
+package redis_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os/exec"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/docketq/docket"
+	"github.com/docketq/docket/dockettest"
+	"github.com/docketq/docket/internal/chaos"
+)
+
+// server is a private redis-server started by a test, on its own port and
+// directory, with the append-only file on. Only its own process is ever
+// killed.
+type server struct {
+	t    *testing.T
+	port int
+	dir  string
+	cmd  *exec.Cmd
+}
+
+func startServer(t *testing.T) *server {
+	t.Helper()
+	serverURL(t) // broker tests are opt-in
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		t.Skip("redis-server not installed")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	s := &server{t: t, port: port, dir: t.TempDir()}
+	s.start()
+	t.Cleanup(s.kill)
+	return s
+}
+
+func (s *server) start() {
+	s.t.Helper()
+	s.cmd = exec.Command("redis-server", "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
+		"--dir", s.dir, "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no",
+		"--enable-debug-command", "yes")
+	if err := s.cmd.Start(); err != nil {
+		s.t.Fatal(err)
+	}
+	c := goredis.NewClient(&goredis.Options{Addr: s.addr()})
+	defer c.Close()
+	for i := 0; ; i++ {
+		if c.Ping(context.Background()).Err() == nil {
+			return
+		}
+		if i > 200 {
+			s.t.Fatal("private redis-server did not start")
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
+func (s *server) kill() {
+	if s.cmd != nil && s.cmd.Process != nil {
+		s.cmd.Process.Signal(syscall.SIGKILL)
+		s.cmd.Wait()
+		s.cmd = nil
+	}
+}
+
+func (s *server) addr() string { return fmt.Sprintf("127.0.0.1:%d", s.port) }
+
+type item struct {
+	N int `json:"n"`
+}
+
+// traffic runs a producer that enqueues continuously and a worker, while
+// fault() runs; it then checks that every acknowledged task completed and
+// that the worker recovered by itself.
+func traffic(t *testing.T, url string, fault func()) {
+	t.Helper()
+	ctx := context.Background()
+	q, err := docket.Open(ctx, url, docket.LeaseDuration(2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	var mu sync.Mutex
+	runs := map[int]int{}
+	task := docket.NewTask("fault.item", func(ctx context.Context, it item) (int, error) {
+		mu.Lock()
+		runs[it.N]++
+		mu.Unlock()
+		return it.N, nil
+	})
+	q.Register(task)
+	wctx, stopWorkers := context.WithCancel(ctx)
+	workersDone := make(chan error, 1)
+	go func() { workersDone <- q.Run(wctx) }()
+
+	stop := make(chan struct{})
+	var acked []*docket.Result[int]
+	var failures int
+	produced := make(chan struct{})
+	go func() {
+		defer close(produced)
+		for n := 0; ; n++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			r, err := task.Enqueue(cctx, q, item{n})
+			cancel()
+			if err != nil {
+				failures++ // a definite error: the caller knows to retry
+				time.Sleep(20 * time.Millisecond)
+				continue
+			}
+			acked = append(acked, r)
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	time.Sleep(500 * time.Millisecond)
+	fault()
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	<-produced
+	deadline, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	for _, r := range acked {
+		if _, err := r.Wait(deadline); err != nil {
+			t.Fatalf("acknowledged task %s: %v", r.ID(), err)
+		}
+	}
+	stopWorkers()
+	<-workersDone
+	t.Logf("%d acknowledged and completed, %d enqueue errors during the fault", len(acked), failures)
+	if len(acked) == 0 {
+		t.Fatal("nothing was acknowledged")
+	}
+}
+
+// Redis killed with SIGKILL and restarted mid-stream: producers get
+// definite errors or success, the worker resumes without a restart, and
+// every acknowledged task completes.
+func TestFaultRedisRestart(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	traffic(t, "redis://"+s.addr()+"/0", func() {
+		s.kill()
+		time.Sleep(time.Second)
+		s.start()
+	})
+}
+
+// The connection cut (reset) repeatedly, then stalled for three seconds,
+// through the proxy.
+func TestFaultRedisConnectionCutAndStalled(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	p, err := chaos.Start(s.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	traffic(t, "redis://"+p.Addr()+"/0", func() {
+		for range 5 {
+			p.ResetAll()
+			time.Sleep(200 * time.Millisecond)
+		}
+		p.SetMode(chaos.Blackhole)
+		time.Sleep(3 * time.Second)
+		p.SetMode(chaos.Pass)
+		p.ResetAll()
+	})
+}
+
+// DEBUG SLEEP, CLIENT PAUSE and SCRIPT FLUSH on the server.
+func TestFaultRedisServerPauses(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	admin := goredis.NewClient(&goredis.Options{Addr: s.addr(), ReadTimeout: 10 * time.Second})
+	defer admin.Close()
+	traffic(t, "redis://"+s.addr()+"/0", func() {
+		ctx := context.Background()
+		if err := admin.Do(ctx, "DEBUG", "SLEEP", "1.5").Err(); err != nil {
+			t.Fatalf("DEBUG SLEEP: %v", err)
+		}
+		if err := admin.Do(ctx, "CLIENT", "PAUSE", "1500", "WRITE").Err(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(1600 * time.Millisecond)
+		for range 3 {
+			if err := admin.ScriptFlush(ctx).Err(); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	})
+}
+
+// A task with a two-hour ETA and a one-second lease: not run early, not
+// run twice (the ETA is not a visibility timeout).
+func TestRedisLongETAShortLease(t *testing.T) {
+	t.Parallel()
+	clock := dockettest.NewClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+	q, err := docket.Open(context.Background(), freshURL(t), docket.WithClock(clock), docket.LeaseDuration(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	runs := 0
+	task := docket.NewTask("eta.2h", func(ctx context.Context, _ int) (int, error) { runs++; return 0, nil })
+	q.Register(task)
+	r, _ := task.Enqueue(context.Background(), q, 1, docket.In(2*time.Hour))
+	for m := 0; m < 119; m++ {
+		clock.Advance(time.Minute)
+		dockettest.Drain(t, q)
+	}
+	if runs != 0 {
+		t.Fatalf("ran %d times before its ETA", runs)
+	}
+	clock.Advance(time.Minute)
+	dockettest.Drain(t, q)
+	for range 10 {
+		clock.Advance(time.Minute)
+		dockettest.Drain(t, q)
+	}
+	if _, err := r.Wait(context.Background()); err != nil || runs != 1 {
+		t.Fatalf("after the ETA: ran %d times, %v", runs, err)
+	}
+}
+
+// strict=true refuses a server that would lose tasks; the default warns.
+func TestStrictRefusesUndurableServer(t *testing.T) {
+	u := serverURL(t)
+	c, _ := goredis.ParseURL(u)
+	admin := goredis.NewClient(c)
+	defer admin.Close()
+	v, err := admin.ConfigGet(context.Background(), "appendonly").Result()
+	if err != nil || v["appendonly"] != "no" {
+		t.Skip("the test server persists (or hides its config); nothing to refuse")
+	}
+	sep := "?"
+	if u2, _ := urlHasQuery(u); u2 {
+		sep = "&"
+	}
+	_, err = docket.Open(context.Background(), u+sep+"strict=true")
+	if err == nil || !contains(err.Error(), "appendonly") {
+		t.Fatalf("strict Open: %v", err)
+	}
+	q, err := docket.Open(context.Background(), u)
+	if err != nil {
+		t.Fatalf("default Open: %v", err)
+	}
+	q.Close()
+}
+
+func urlHasQuery(u string) (bool, error) {
+	for _, c := range u {
+		if c == '?' {
+			return true, nil
+		}
+	}
+	return false, nil
+}
