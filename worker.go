@@ -328,7 +328,10 @@ func (w *worker) fetchLoop() {
 				if failures == 1 || failures%100 == 0 {
 					q.cfg.logger.Error("docket: claim failed", "err", err, "failures", failures)
 				}
-				sleep = time.Duration(min(float64(5*time.Second), float64(50*time.Millisecond)*math.Pow(2, float64(min(failures, 10)))))
+				// Back off exponentially, with full jitter so that workers
+				// of many hosts do not reconnect in step.
+				backoff := min(float64(5*time.Second), float64(50*time.Millisecond)*math.Pow(2, float64(min(failures, 10))))
+				sleep = time.Duration(backoff/2 + rand.Float64()*backoff/2)
 			} else {
 				failures = 0
 				for i := range res.Deliveries {

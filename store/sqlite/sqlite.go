@@ -83,6 +83,9 @@ type Store struct {
 	rdb    *sql.DB // readers, and the application's own queries via DB()
 	path   string
 	closed sync.Once
+	// checkpointer
+	ckptStop chan struct{}
+	ckptDone chan struct{}
 }
 
 var (
@@ -162,7 +165,33 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	s.rdb.SetMaxOpenConns(opts.ReadConns)
 	s.rdb.SetMaxIdleConns(opts.ReadConns)
 	s.w = newWriter(conn)
+	if !opts.Memory {
+		s.ckptStop, s.ckptDone = make(chan struct{}), make(chan struct{})
+		go s.checkpointer()
+	}
 	return s, nil
+}
+
+// checkpointer copies the WAL back into the database file every 100ms
+// after this process committed, from a reader connection, in PASSIVE mode:
+// it never blocks the writer or readers, and no commit pays for it.
+func (s *Store) checkpointer() {
+	defer close(s.ckptDone)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	var seen int64
+	for {
+		select {
+		case <-s.ckptStop:
+			return
+		case <-tick.C:
+		}
+		if n := s.w.commits.Load(); n != seen {
+			seen = n
+			var busy, logged, done int
+			s.rdb.QueryRow("PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &logged, &done)
+		}
+	}
 }
 
 // createPrivate creates the database file with mode 0600 if it does not
@@ -200,6 +229,10 @@ func fileDSN(o Options, writer bool) string {
 	q.Set("_busy_timeout", strconv.FormatInt(o.BusyTimeout.Milliseconds(), 10))
 	if writer {
 		q.Set("_auto_vacuum", "incremental")
+		// The writer never checkpoints: a checkpoint inside a commit
+		// would stall every caller of that commit for an fsync. The
+		// store's checkpointer does it in the background instead.
+		q.Add("_pragma", "wal_autocheckpoint(0)")
 	}
 	q.Add("_pragma", "journal_mode(WAL)")
 	q.Add("_pragma", "synchronous("+o.Synchronous+")")
@@ -336,6 +369,10 @@ func (s *Store) Stats() Stats {
 func (s *Store) Close() error {
 	var err error
 	s.closed.Do(func() {
+		if s.ckptStop != nil {
+			close(s.ckptStop)
+			<-s.ckptDone
+		}
 		s.w.close()
 		err = errors.Join(s.w.conn.Close(), s.wdb.Close(), s.rdb.Close())
 	})
