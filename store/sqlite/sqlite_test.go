@@ -384,3 +384,49 @@ func TestRescuerRacesCompletion(t *testing.T) {
 	}
 	t.Logf("outcomes over 200 races: %v", wins)
 }
+
+// An operation that refuses (a duplicate, a cancel of a missing task)
+// never fails the other operations sharing its transaction.
+func TestRefusalDoesNotFailTheBatch(t *testing.T) {
+	s := openFile(t, filepath.Join(t.TempDir(), "q.db"))
+	s.Enqueue(ctx, transport.EnqueueParams{Now: base, Messages: []transport.Message{msg("taken")}})
+	var wg sync.WaitGroup
+	errs := make(chan error, 1000)
+	for g := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 100 {
+				var err error
+				switch g % 3 {
+				case 0:
+					_, err = s.Enqueue(ctx, transport.EnqueueParams{Now: base, Messages: []transport.Message{msg(fmt.Sprintf("ok-%d-%d", g, i))}})
+				case 1:
+					_, err = s.Enqueue(ctx, transport.EnqueueParams{Now: base, Messages: []transport.Message{msg("taken")}})
+					if errors.Is(err, transport.ErrDuplicate) {
+						err = nil
+					}
+				case 2:
+					_, err = s.Cancel(ctx, transport.CancelParams{Now: base, ID: "missing"})
+					if errors.Is(err, transport.ErrNotFound) {
+						err = nil
+					}
+					if err == nil {
+						_, err = s.Claim(ctx, transport.ClaimParams{Now: base, Owner: "w", Queues: []string{"default"}, Limit: 2, LeaseUntil: base.Add(time.Minute)})
+					}
+				}
+				if err != nil {
+					errs <- err
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if st := s.Stats(); st.Commits >= st.Ops {
+		t.Logf("no batching happened (%d ops, %d commits); the test proved less than it could", st.Ops, st.Commits)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/docketq/docket/transport"
@@ -237,15 +238,28 @@ const deliveryCols = `id, name, queue, state, priority, expires_at, attempt, max
 // on every call. The writer caches one prepared statement per distinct
 // limit (at most maxClaim).
 func claimQuery(limit int, exclude bool) string {
+	i := 0
+	if exclude {
+		i = 1
+	}
+	if q := claimQueries[i][limit].Load(); q != nil {
+		return *q
+	}
 	filter := ""
 	if exclude {
 		filter = "AND name NOT IN (SELECT value FROM json_each(?5))"
 	}
-	return fmt.Sprintf(claimSQL, filter, limit)
+	q := fmt.Sprintf(claimSQL, filter, limit)
+	claimQueries[i][limit].Store(&q)
+	return q
 }
 
 // maxClaim bounds one claim, and so the number of cached claim statements.
 const maxClaim = 256
+
+// claimQueries memoizes claimQuery's text (the writer's statement cache is
+// keyed by it); the texts are the same for every store.
+var claimQueries [2][maxClaim + 1]atomic.Pointer[string]
 
 // Claim implements store.Store.
 func (s *Store) Claim(ctx context.Context, p transport.ClaimParams) (transport.ClaimResult, error) {

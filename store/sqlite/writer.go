@@ -188,9 +188,13 @@ func (w *writer) runBatch(batch []*op) {
 	if err == nil {
 		single := len(live) == 1
 		for _, o := range live {
-			if single {
-				// One op: the transaction is its savepoint.
-				o.err = o.run(w)
+			if single || !o.mayRefuse() {
+				// The transaction is the op's savepoint: an op that cannot
+				// refuse fails only on an I/O error, which fails the batch.
+				if o.err = o.run(w); o.err != nil && !single {
+					err = o.err
+					break
+				}
 				continue
 			}
 			if err = w.exec0("SAVEPOINT op"); err != nil {
@@ -233,6 +237,13 @@ func (w *writer) runBatch(batch []*op) {
 	for _, o := range live {
 		o.done <- struct{}{}
 	}
+}
+
+// mayRefuse reports whether the op can fail for its own reasons (a
+// duplicate task, a schedule cursor that moved, no task to cancel); such
+// ops run in a savepoint so that the rest of the batch commits.
+func (o *op) mayRefuse() bool {
+	return o.kind == "enqueue" || o.kind == "schedule" || o.kind == "cancel"
 }
 
 // failpoints marks kind+suffix ("claim.before-commit") for each op of a
