@@ -1,0 +1,289 @@
+// Command bench measures docket side by side with other Go job queues:
+// River and goqite on the same SQLite driver and settings, and asynq on
+// Redis. It prints a markdown table; see README.md.
+//
+//	go run . -runs 3              # everything (about 25 minutes)
+//	go run . -quick               # smaller sizes, one run: a smoke test
+//	go run . -only drain8,latency # some measurements
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Harness holds the settings shared by every measurement.
+type Harness struct {
+	Scale     Scale         // sizes and durations
+	Runs      int           // repeats of each measurement
+	Poll      time.Duration // the peers' poll interval (-poll)
+	RedisAddr string        // Redis for asynq
+	RedisDB   int           // asynq's database, flushed before each measurement
+	root      string
+	log       io.Writer
+}
+
+// newDir returns a fresh directory for one instance's files; every
+// directory is removed after its measurement.
+func (h *Harness) newDir() (string, error) {
+	return os.MkdirTemp(h.root, "m")
+}
+
+// clean removes the files of the last measurement.
+func (h *Harness) clean() error {
+	entries, err := os.ReadDir(h.root)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		errs = append(errs, os.RemoveAll(filepath.Join(h.root, e.Name())))
+	}
+	return errors.Join(errs...)
+}
+
+func systemByName(name, redisAddr string, redisDB int) (System, error) {
+	switch strings.ToLower(name) {
+	case "docket":
+		return docketSystem{}, nil
+	case "river":
+		return riverSystem{}, nil
+	case "goqite":
+		return goqiteSystem{}, nil
+	case "asynq":
+		return asynqSystem{addr: redisAddr, db: redisDB}, nil
+	case "docket-redis":
+		return docketRedisSystem{addr: redisAddr, db: redisDB - 1}, nil
+	}
+	return nil, fmt.Errorf("unknown system %q (known: docket, river, goqite, asynq, docket-redis)", name)
+}
+
+func main() {
+	if spec := os.Getenv(childEnv); spec != "" {
+		os.Exit(childMain(spec))
+	}
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var (
+		runs      = flag.Int("runs", 3, "repeats of each measurement (median and min–max are shown)")
+		quick     = flag.Bool("quick", false, "small sizes and short windows, 1 run unless -runs is given: a smoke test")
+		only      = flag.String("only", "", "comma-separated measurement names to run (default all but claim1m); -list shows them")
+		list      = flag.Bool("list", false, "list the measurements and exit")
+		systems   = flag.String("systems", "docket,river,goqite,asynq,docket-redis", "comma-separated systems; docket is the ratio baseline")
+		poll      = flag.Duration("poll", 5*time.Millisecond, "poll interval given to the peers' fetch loops (docket's cross-process poll is 5ms)")
+		claim1m   = flag.Bool("claim1m", false, "also measure claim cost with 1,000,000 pending tasks (slow to set up)")
+		redisAddr = flag.String("redis", "127.0.0.1:6379", "Redis for asynq")
+		redisDB   = flag.Int("redis-db", 13, "Redis database for asynq (docket-redis uses the one below it); each is flushed before its system's measurements")
+		dir       = flag.String("dir", "", "where the temporary stores go (default: the system temp dir)")
+	)
+	flag.Parse()
+	runsSet := false
+	flag.Visit(func(f *flag.Flag) { runsSet = runsSet || f.Name == "runs" })
+
+	h := &Harness{Scale: fullScale(), Runs: *runs, Poll: *poll, RedisAddr: *redisAddr, RedisDB: *redisDB, log: os.Stderr}
+	if *quick {
+		h.Scale = quickScale()
+		if !runsSet {
+			h.Runs = 1
+		}
+	}
+	if h.Runs < 1 {
+		return errors.New("-runs must be at least 1")
+	}
+	all := measurements(h)
+	if *list {
+		for _, m := range all {
+			fmt.Printf("%-10s %s\n", m.Name, m.Metrics[0].Label)
+		}
+		return nil
+	}
+	chosen, err := choose(all, *only, *claim1m)
+	if err != nil {
+		return err
+	}
+	var syss []System
+	for _, name := range strings.Split(*systems, ",") {
+		s, err := systemByName(strings.TrimSpace(name), *redisAddr, *redisDB)
+		if err != nil {
+			return err
+		}
+		syss = append(syss, s)
+	}
+	if syss[0].Name() != "docket" {
+		return errors.New("-systems must start with docket (the baseline of the ratios)")
+	}
+	if h.root, err = os.MkdirTemp(*dir, "docket-bench-"); err != nil {
+		return err
+	}
+	defer os.RemoveAll(h.root)
+
+	ctx := context.Background()
+	unavailable := map[string]error{}
+	for _, s := range syss {
+		if err := s.Available(ctx); err != nil {
+			unavailable[s.Name()] = err
+			fmt.Fprintf(h.log, "%s unavailable: %v\n", s.Name(), err)
+		}
+	}
+	t := newTable(syss)
+	start := time.Now()
+	for _, m := range chosen {
+		n := h.Runs
+		if m.Runs > 0 {
+			n = m.Runs
+		}
+		for r := range n {
+			// Alternate: every system once per round, starting with a
+			// different one each round.
+			for i := range syss {
+				s := syss[(i+r)%len(syss)]
+				if err := unavailable[s.Name()]; err != nil {
+					t.add(m, s, Result{}, err)
+					continue
+				}
+				mctx, cancel := context.WithTimeout(ctx, 20*time.Minute)
+				t0 := time.Now()
+				res, err := m.Run(mctx, h, s)
+				cancel()
+				if cerr := h.clean(); cerr != nil && err == nil {
+					err = cerr
+				}
+				t.add(m, s, res, err)
+				fmt.Fprintf(h.log, "[%s %d/%d] %-7s %s (%.1fs)\n", m.Name, r+1, n, s.Name(), describe(m, res, err), time.Since(t0).Seconds())
+			}
+		}
+	}
+	fmt.Fprintf(h.log, "done in %s\n", time.Since(start).Round(time.Second))
+	printReport(os.Stdout, h, t, chosen, syss, time.Since(start))
+	return nil
+}
+
+// choose picks the measurements named in only (all but claim1m when
+// empty, plus claim1m with -claim1m).
+func choose(all []Measurement, only string, claim1m bool) ([]Measurement, error) {
+	if only == "" {
+		var out []Measurement
+		for _, m := range all {
+			if m.Name != "claim1m" || claim1m {
+				out = append(out, m)
+			}
+		}
+		return out, nil
+	}
+	var out []Measurement
+	for _, name := range strings.Split(only, ",") {
+		name = strings.TrimSpace(name)
+		i := slices.IndexFunc(all, func(m Measurement) bool { return m.Name == name })
+		if i < 0 {
+			return nil, fmt.Errorf("unknown measurement %q (see -list)", name)
+		}
+		out = append(out, all[i])
+	}
+	return out, nil
+}
+
+func describe(m Measurement, res Result, err error) string {
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	var parts []string
+	for _, mt := range m.Metrics {
+		if v, ok := res.Values[mt.Key]; ok {
+			parts = append(parts, mt.Key+"="+formatNum(v*mt.Scale))
+		}
+	}
+	return strings.Join(parts, " ")
+}
+
+func measurements(h *Harness) []Measurement {
+	sc := h.Scale
+	rate := func(label string) []Metric {
+		return []Metric{{Key: "rate", Label: label, HigherBetter: true, Scale: 1}}
+	}
+	ms := []Measurement{
+		{Name: "enq1", Metrics: rate("enqueue, 1 goroutine, each call returns after its commit (tasks/s)"),
+			Run: func(ctx context.Context, h *Harness, s System) (Result, error) {
+				return measureEnqueue(ctx, h, s, 1, 1)
+			}},
+		{Name: "enq8", Metrics: rate("enqueue, 8 goroutines, each call returns after its commit (tasks/s)"),
+			Run: func(ctx context.Context, h *Harness, s System) (Result, error) {
+				return measureEnqueue(ctx, h, s, 8, 1)
+			}},
+		{Name: "batch", Metrics: rate("batch enqueue, 1,000 tasks per call, 1 goroutine (tasks/s)"),
+			Run: func(ctx context.Context, h *Harness, s System) (Result, error) {
+				return measureEnqueue(ctx, h, s, 1, 1000)
+			}},
+	}
+	for _, c := range []int{1, 8, 64} {
+		ms = append(ms, Measurement{
+			Name:    fmt.Sprintf("drain%d", c),
+			Metrics: rate(fmt.Sprintf("drain %s pre-enqueued no-op tasks at concurrency %d: from starting workers until all ran and are recorded done (tasks/s)", commas(sc.DrainN), c)),
+			Run:     func(ctx context.Context, h *Harness, s System) (Result, error) { return measureDrain(ctx, h, s, c) },
+		})
+	}
+	stream := fmt.Sprintf("%d tasks/s for %s, %d workers", sc.LatencyRate, sc.LatencyFor, latencyConcurrency)
+	ms = append(ms,
+		Measurement{Name: "latency", Metrics: []Metric{
+			{Key: "p50", Label: "enqueue-to-start latency p50, producer and workers in one process, " + stream + " (ms)", Scale: 1},
+			{Key: "p99", Label: "enqueue-to-start latency p99, same stream (ms)", Scale: 1},
+		}, Run: measureLatency},
+		Measurement{Name: "latency2p", Metrics: []Metric{
+			{Key: "p50", Label: "enqueue-to-start latency p50, producer and workers in two processes on one store, " + stream + " (ms)", Scale: 1},
+			{Key: "p99", Label: "enqueue-to-start latency p99, two processes, same stream (ms)", Scale: 1},
+		}, Run: measureLatency2P},
+	)
+	for _, d := range []int{1_000, 100_000, 1_000_000} {
+		m := Measurement{
+			Name: "claim" + shortCount(d),
+			Metrics: []Metric{{Key: "per", Scale: 1, Label: fmt.Sprintf(
+				"claim cost with %s pending: from the first task's start to the %sth's, concurrency 8, per task (µs)", commas(d), commas(min(d, sc.ClaimTasks)))}},
+			Run: func(ctx context.Context, h *Harness, s System) (Result, error) { return measureClaim(ctx, h, s, d) },
+		}
+		if d >= 1_000_000 {
+			m.Runs = 1 // filling a million tasks takes minutes per system
+			m.Metrics[0].Label = strings.Replace(m.Metrics[0].Label, " (µs)", " (µs; 1 run; only with -claim1m)", 1)
+		}
+		ms = append(ms, m)
+	}
+	ms = append(ms,
+		Measurement{Name: "rss", Metrics: []Metric{{Key: "hwm", Scale: 1.0 / (1 << 20),
+			Label: fmt.Sprintf("peak RSS (VmHWM) of a child process draining %s tasks at concurrency 64 (MiB)", commas(sc.RSSN))}},
+			Run: measureRSS},
+		Measurement{Name: "size", Runs: 1, Metrics: []Metric{
+			{Key: "per", Scale: 1, Label: fmt.Sprintf("store size per pending task with %s pending: file + WAL after checkpoint(TRUNCATE); asynq: Redis MEMORY USAGE of its keys (bytes/task; 1 run)", commas(sc.SizeN))},
+			{Key: "after", Scale: 1.0 / 1024, Label: "store size after those tasks completed and retention/cleanup ran (KiB; 1 run)"},
+		}, Run: measureSize},
+		Measurement{Name: "idle", Metrics: []Metric{
+			{Key: "cpu", Scale: 1, Label: fmt.Sprintf("CPU of a child process running only idle workers (8), over %s, getrusage utime+stime; peers at -poll %s (%% of one core)", sc.IdleFor, h.Poll)},
+			{Key: "redis", Scale: 1, Label: "CPU of redis-server over the same window, INFO cpu (% of one core; asynq only)"},
+		}, Run: func(ctx context.Context, h *Harness, s System) (Result, error) { return measureIdle(ctx, h, s, false) }},
+		Measurement{Name: "idledefaults", Metrics: []Metric{
+			{Key: "cpu", Scale: 1, Label: "idle worker CPU as above, but every peer at its default poll interval (River 1s + cooldown 100ms, goqite 100ms, asynq 1s) (% of one core)"},
+			{Key: "redis", Scale: 1, Label: "CPU of redis-server over that window (% of one core; asynq only)"},
+		}, Run: func(ctx context.Context, h *Harness, s System) (Result, error) { return measureIdle(ctx, h, s, true) }},
+	)
+	return ms
+}
+
+func shortCount(n int) string {
+	switch {
+	case n >= 1_000_000 && n%1_000_000 == 0:
+		return fmt.Sprintf("%dm", n/1_000_000)
+	case n >= 1_000 && n%1_000 == 0:
+		return fmt.Sprintf("%dk", n/1_000)
+	}
+	return fmt.Sprint(n)
+}

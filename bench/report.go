@@ -1,0 +1,259 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/exec"
+	"runtime"
+	"runtime/debug"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// cellKey names one cell's values: a metric of a measurement, one system.
+type cellKey struct{ measurement, metric, system string }
+
+// table collects every run's values and notes.
+type table struct {
+	systems []System
+	values  map[cellKey][]float64
+	errs    map[cellKey][]error
+	notes   []string
+	seen    map[string]bool
+}
+
+func newTable(systems []System) *table {
+	return &table{systems: systems, values: map[cellKey][]float64{}, errs: map[cellKey][]error{}, seen: map[string]bool{}}
+}
+
+func (t *table) note(s string) {
+	if !t.seen[s] {
+		t.seen[s] = true
+		t.notes = append(t.notes, s)
+	}
+}
+
+func (t *table) add(m Measurement, s System, res Result, err error) {
+	for _, mt := range m.Metrics {
+		k := cellKey{m.Name, mt.Key, s.Name()}
+		if err != nil {
+			t.errs[k] = append(t.errs[k], err)
+			continue
+		}
+		if v, ok := res.Values[mt.Key]; ok {
+			t.values[k] = append(t.values[k], v*mt.Scale)
+		}
+	}
+	for _, n := range res.Notes {
+		t.note(fmt.Sprintf("%s, %s: %s", m.Name, s.Name(), n))
+	}
+	if err != nil {
+		if errors.Is(err, ErrUnsupported) {
+			t.note(fmt.Sprintf("%s, %s: %s", m.Name, s.Name(), err))
+		} else {
+			t.note(fmt.Sprintf("%s, %s: error: %s", m.Name, s.Name(), err))
+		}
+	}
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+// cell renders "median (min–max)", or n/a or error.
+func (t *table) cell(k cellKey) (string, float64, bool) {
+	v := t.values[k]
+	if len(v) == 0 {
+		errs := t.errs[k]
+		switch {
+		case len(errs) == 0:
+			return "—", 0, false
+		case errors.Is(errs[0], ErrUnsupported):
+			return "n/a", 0, false
+		default:
+			return "error", 0, false
+		}
+	}
+	med := median(v)
+	s := formatNum(med)
+	lo, hi := slices.Min(v), slices.Max(v)
+	if len(v) > 1 && formatNum(lo) != formatNum(hi) {
+		s += " (" + formatNum(lo) + "–" + formatNum(hi) + ")"
+	}
+	if n := len(t.errs[k]); n > 0 {
+		s += fmt.Sprintf(" [%d failed]", n)
+	}
+	return s, med, true
+}
+
+// formatNum prints v with about three significant digits, and thousands
+// separators from 1,000 up.
+func formatNum(v float64) string {
+	a := math.Abs(v)
+	switch {
+	case a >= 1000:
+		return commas(int(math.Round(v)))
+	case a >= 100:
+		return strconv.FormatFloat(v, 'f', 0, 64)
+	case a >= 10:
+		return strconv.FormatFloat(v, 'f', 1, 64)
+	case a >= 1:
+		return strconv.FormatFloat(v, 'f', 2, 64)
+	default:
+		return strconv.FormatFloat(v, 'f', 3, 64)
+	}
+}
+
+func commas(n int) string {
+	s := strconv.Itoa(n)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var b strings.Builder
+	for i, r := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(r)
+	}
+	if neg {
+		return "-" + b.String()
+	}
+	return b.String()
+}
+
+func printReport(w io.Writer, h *Harness, t *table, ms []Measurement, syss []System, took time.Duration) {
+	fmt.Fprintf(w, "## docket vs. peers (%s)\n\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"))
+	fmt.Fprintf(w, "Flags: `%s` (took %s)\n\n", strings.Join(os.Args[1:], " "), took.Round(time.Second))
+	fmt.Fprintf(w, "Machine: %s\n\n", machine(h))
+	fmt.Fprintf(w, "Each cell: median of %d runs (min–max); ratio columns compare medians and are oriented so that >1 means docket did better (throughput: docket/peer; latency, cost, size, memory, CPU: peer/docket).\n\n", h.Runs)
+
+	header := []string{"measurement"}
+	sep := []string{"---"}
+	for _, s := range syss {
+		header = append(header, s.Name())
+		sep = append(sep, "---:")
+	}
+	for _, s := range syss[1:] {
+		header = append(header, "docket vs "+s.Name())
+		sep = append(sep, "---:")
+	}
+	fmt.Fprintf(w, "| %s |\n| %s |\n", strings.Join(header, " | "), strings.Join(sep, " | "))
+	for _, m := range ms {
+		for _, mt := range m.Metrics {
+			row := []string{mt.Label}
+			meds := make([]float64, len(syss))
+			oks := make([]bool, len(syss))
+			for i, s := range syss {
+				var c string
+				c, meds[i], oks[i] = t.cell(cellKey{m.Name, mt.Key, s.Name()})
+				row = append(row, c)
+			}
+			for i := range syss[1:] {
+				p := i + 1
+				switch {
+				case !oks[0] || !oks[p]:
+					row = append(row, "—")
+				case mt.HigherBetter && meds[p] > 0:
+					row = append(row, ratio(meds[0]/meds[p]))
+				case !mt.HigherBetter && meds[0] > 0:
+					row = append(row, ratio(meds[p]/meds[0]))
+				default:
+					row = append(row, "—")
+				}
+			}
+			fmt.Fprintf(w, "| %s |\n", strings.Join(row, " | "))
+		}
+	}
+	if len(t.notes) > 0 {
+		fmt.Fprintf(w, "\nNotes from this run:\n\n")
+		for _, n := range t.notes {
+			fmt.Fprintf(w, "- %s\n", n)
+		}
+	}
+	fmt.Fprintf(w, "\nSettings: peers' poll interval %s (River FetchPollInterval, goqite PollInterval, asynq TaskCheckInterval); River FetchCooldown 1ms; docket defaults. See README.md.\n", h.Poll)
+}
+
+func ratio(r float64) string {
+	switch {
+	case r >= 100:
+		return fmt.Sprintf("%.0f×", r)
+	case r >= 10:
+		return fmt.Sprintf("%.1f×", r)
+	default:
+		return fmt.Sprintf("%.2f×", r)
+	}
+}
+
+// machine describes where the run happened.
+func machine(h *Harness) string {
+	parts := []string{fmt.Sprintf("%d CPUs (nproc %s, GOMAXPROCS %d)", runtime.NumCPU(), nproc(), runtime.GOMAXPROCS(0))}
+	if m := cpuModel(); m != "" {
+		parts = append(parts, "CPU "+m)
+	}
+	parts = append(parts, runtime.Version()+" "+runtime.GOOS+"/"+runtime.GOARCH)
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		var deps []string
+		for _, d := range bi.Deps {
+			switch d.Path {
+			case "github.com/riverqueue/river", "github.com/riverqueue/river/riverdriver/riversqlite", "maragu.dev/goqite", "github.com/hibiken/asynq", "modernc.org/sqlite":
+				deps = append(deps, d.Path+" "+d.Version)
+			}
+		}
+		parts = append(parts, strings.Join(deps, ", "))
+	}
+	if v := redisVersion(h); v != "" {
+		parts = append(parts, "Redis "+v+" at "+h.RedisAddr+" db "+strconv.Itoa(h.RedisDB))
+	}
+	return strings.Join(parts, "; ")
+}
+
+func nproc() string {
+	out, err := exec.Command("nproc").Output()
+	if err != nil {
+		return "?"
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func cpuModel() string {
+	raw, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return ""
+	}
+	for line := range strings.Lines(string(raw)) {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
+func redisVersion(h *Harness) string {
+	a := asynqSystem{addr: h.RedisAddr, db: h.RedisDB}
+	c := a.redis()
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	info, err := c.Info(ctx, "server").Result()
+	if err != nil {
+		return ""
+	}
+	for line := range strings.Lines(info) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "redis_version:"); ok {
+			return v
+		}
+	}
+	return ""
+}
