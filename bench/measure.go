@@ -117,13 +117,20 @@ func fill(ctx context.Context, inst Instance, n int) error {
 
 func tasksPerSec(n int, d time.Duration) float64 { return float64(n) / d.Seconds() }
 
-// measureEnqueue runs goroutines, each calling one until the time is up.
-func measureEnqueue(ctx context.Context, h *Harness, s System, goroutines, perCall int) (Result, error) {
+// openFresh opens s with a fresh store in a new directory.
+func (h *Harness) openFresh(ctx context.Context, s System, o Options) (Instance, string, error) {
 	dir, err := h.newDir()
 	if err != nil {
-		return Result{}, err
+		return nil, "", err
 	}
-	inst, err := s.Open(ctx, Options{Dir: dir, Concurrency: 1, Poll: h.Poll, Fresh: true})
+	o.Dir, o.Poll, o.Fresh = dir, h.Poll, true
+	inst, err := s.Open(ctx, o)
+	return inst, dir, err
+}
+
+// measureEnqueue runs goroutines, each calling one until the time is up.
+func measureEnqueue(ctx context.Context, h *Harness, s System, goroutines, perCall int) (Result, error) {
+	inst, _, err := h.openFresh(ctx, s, Options{Concurrency: 1})
 	if err != nil {
 		return Result{}, err
 	}
@@ -292,12 +299,8 @@ const latencyConcurrency = 8
 func measureLatency(ctx context.Context, h *Harness, s System) (Result, error) {
 	n := h.Scale.LatencyRate * int(h.Scale.LatencyFor/time.Second)
 	n = max(n, h.Scale.LatencyRate)
-	dir, err := h.newDir()
-	if err != nil {
-		return Result{}, err
-	}
 	rec := newLatencyRecorder(n)
-	inst, err := s.Open(ctx, Options{Dir: dir, Concurrency: latencyConcurrency, Poll: h.Poll, Fresh: true, Handler: rec.handle})
+	inst, _, err := h.openFresh(ctx, s, Options{Concurrency: latencyConcurrency, Handler: rec.handle})
 	if err != nil {
 		return Result{}, err
 	}
@@ -331,11 +334,7 @@ func measureLatency(ctx context.Context, h *Harness, s System) (Result, error) {
 func measureLatency2P(ctx context.Context, h *Harness, s System) (Result, error) {
 	n := h.Scale.LatencyRate * int(h.Scale.LatencyFor/time.Second)
 	n = max(n, h.Scale.LatencyRate)
-	dir, err := h.newDir()
-	if err != nil {
-		return Result{}, err
-	}
-	inst, err := s.Open(ctx, Options{Dir: dir, Concurrency: 1, Poll: h.Poll, Fresh: true})
+	inst, dir, err := h.openFresh(ctx, s, Options{Concurrency: 1})
 	if err != nil {
 		return Result{}, err
 	}
@@ -407,11 +406,7 @@ func measureClaim(ctx context.Context, h *Harness, s System, depth int) (Result,
 // measureRSS drains in a child process and reports its peak RSS.
 func measureRSS(ctx context.Context, h *Harness, s System) (Result, error) {
 	n := h.Scale.RSSN
-	dir, err := h.newDir()
-	if err != nil {
-		return Result{}, err
-	}
-	inst, err := s.Open(ctx, Options{Dir: dir, Concurrency: 1, Poll: h.Poll, Fresh: true})
+	inst, dir, err := h.openFresh(ctx, s, Options{Concurrency: 1})
 	if err != nil {
 		return Result{}, err
 	}
@@ -499,11 +494,7 @@ func measureSize(ctx context.Context, h *Harness, s System) (Result, error) {
 // measureIdle runs an idle worker in a child process and reports its CPU;
 // with peerDefaults the peers use their default poll intervals.
 func measureIdle(ctx context.Context, h *Harness, s System, peerDefaults bool) (Result, error) {
-	dir, err := h.newDir()
-	if err != nil {
-		return Result{}, err
-	}
-	inst, err := s.Open(ctx, Options{Dir: dir, Concurrency: 1, Poll: h.Poll, Fresh: true})
+	inst, dir, err := h.openFresh(ctx, s, Options{Concurrency: 1})
 	if err != nil {
 		return Result{}, err
 	}

@@ -73,3 +73,8 @@ func (d *docketRedisInstance) Unfinished(ctx context.Context) (bool, error) {
 	}
 	return n > 0, nil
 }
+
+func (d *docketRedisInstance) Cleanup(ctx context.Context) (string, *PollErrors, error) {
+	_, poll, err := d.docketInstance.Cleanup(ctx)
+	return "pruner: ResultTTL(1ms), PruneInterval(10ms); deletes finished task hashes in batches of 1000", poll, err
+}

@@ -25,6 +25,7 @@ import (
 	"database/sql"
 	"errors"
 	"strconv"
+	"sync"
 	"time"
 )
 
@@ -384,4 +385,66 @@ func quote(s string) string {
 		s = s[:max] + "..."
 	}
 	return strconv.Quote(s)
+}
+
+// Listeners is a helper for Subscriber implementations: the set of
+// subscribed callbacks, with a background watcher that runs while at least
+// one is subscribed.
+type Listeners struct {
+	mu     sync.Mutex
+	subs   map[int]func(Event)
+	next   int
+	stopFn func() // stops the watcher; nil while none runs
+}
+
+// Add subscribes fn. When fn is the first subscriber, start is called to
+// start the watcher; the function it returns stops it (and must wait for it)
+// when the last subscriber leaves. Add returns the unsubscribe function.
+func (l *Listeners) Add(fn func(Event), start func() (stop func())) (remove func()) {
+	l.mu.Lock()
+	if l.subs == nil {
+		l.subs = map[int]func(Event){}
+	}
+	id := l.next
+	l.next++
+	l.subs[id] = fn
+	if len(l.subs) == 1 && start != nil {
+		l.stopFn = start()
+	}
+	l.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			l.mu.Lock()
+			delete(l.subs, id)
+			var stop func()
+			if len(l.subs) == 0 {
+				stop, l.stopFn = l.stopFn, nil
+			}
+			l.mu.Unlock()
+			if stop != nil {
+				stop()
+			}
+		})
+	}
+}
+
+// Publish calls every subscriber with e.
+func (l *Listeners) Publish(e Event) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, fn := range l.subs {
+		fn(e)
+	}
+}
+
+// Stop stops the watcher, if one runs (for Close).
+func (l *Listeners) Stop() {
+	l.mu.Lock()
+	stop := l.stopFn
+	l.stopFn = nil
+	l.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
 }

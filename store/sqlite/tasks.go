@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/docketq/docket/internal/wire"
 	"github.com/docketq/docket/transport"
 )
 
@@ -29,45 +30,16 @@ func fromMS(v int64) time.Time {
 	return time.UnixMilli(v).UTC()
 }
 
-// meta holds the rarely-set message fields as one JSON column, NULL when
-// all are default.
-type meta struct {
-	Headers      map[string]string `json:"h,omitempty"`
-	BackoffBase  int64             `json:"bb,omitempty"`
-	BackoffMax   int64             `json:"bm,omitempty"`
-	BackoffJit   float64           `json:"bj,omitempty"`
-	HasBackoff   bool              `json:"b,omitempty"`
-	IgnoreResult bool              `json:"ir,omitempty"`
-}
-
 func encodeMeta(m *transport.Message) (any, error) {
-	if len(m.Headers) == 0 && m.Backoff == nil && !m.IgnoreResult {
-		return nil, nil
+	raw, err := wire.EncodeMeta(m)
+	if raw == "" || err != nil {
+		return nil, err
 	}
-	v := meta{Headers: m.Headers, IgnoreResult: m.IgnoreResult}
-	if b := m.Backoff; b != nil {
-		v.HasBackoff, v.BackoffBase, v.BackoffMax, v.BackoffJit = true, int64(b.Base), int64(b.Max), b.Jitter
-	}
-	raw, err := json.Marshal(v)
-	if err != nil {
-		return nil, fmt.Errorf("docket: encode task metadata: %w", err)
-	}
-	return string(raw), nil
+	return raw, nil
 }
 
 func decodeMeta(raw sql.NullString, m *transport.Message) error {
-	if !raw.Valid || raw.String == "" {
-		return nil
-	}
-	var v meta
-	if err := json.Unmarshal([]byte(raw.String), &v); err != nil {
-		return fmt.Errorf("docket: decode task metadata: %w", err)
-	}
-	m.Headers, m.IgnoreResult = v.Headers, v.IgnoreResult
-	if v.HasBackoff {
-		m.Backoff = &transport.Backoff{Base: time.Duration(v.BackoffBase), Max: time.Duration(v.BackoffMax), Jitter: v.BackoffJit}
-	}
-	return nil
+	return wire.DecodeMeta(raw.String, m)
 }
 
 const insertSQL = `INSERT INTO docket_tasks

@@ -17,40 +17,15 @@ import (
 // waiters on every host. After the subscription breaks and comes back, it
 // sends EventChanged, so listeners re-check what they may have missed.
 func (t *Transport) Subscribe(fn func(transport.Event)) func() {
-	t.mu.Lock()
-	id := t.nextID
-	t.nextID++
-	t.subs[id] = fn
-	if t.stop == nil {
+	return t.listeners.Add(fn, func() func() {
 		ctx, cancel := context.WithCancel(context.Background())
-		t.stop, t.done = cancel, make(chan struct{})
-		go t.listen(ctx, t.done)
-	}
-	t.mu.Unlock()
-	return func() {
-		t.mu.Lock()
-		delete(t.subs, id)
-		var stop context.CancelFunc
-		var done chan struct{}
-		if len(t.subs) == 0 && t.stop != nil {
-			stop, done = t.stop, t.done
-			t.stop = nil
-		}
-		t.mu.Unlock()
-		if stop != nil {
-			stop()
-			<-done
-		}
-	}
+		done := make(chan struct{})
+		go t.listen(ctx, done)
+		return func() { cancel(); <-done }
+	})
 }
 
-func (t *Transport) publishLocal(e transport.Event) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for _, fn := range t.subs {
-		fn(e)
-	}
-}
+func (t *Transport) publishLocal(e transport.Event) { t.listeners.Publish(e) }
 
 func (t *Transport) listen(ctx context.Context, done chan struct{}) {
 	defer close(done)

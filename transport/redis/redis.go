@@ -36,19 +36,18 @@ import (
 	"context"
 	"crypto/sha1"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/oklog/ulid/v2"
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/docketq/docket/internal/wire"
 	"github.com/docketq/docket/transport"
 )
 
@@ -64,11 +63,7 @@ type Transport struct {
 	cfg    transport.Config
 	where  string // the redacted URL, for errors and String
 
-	mu     sync.Mutex
-	subs   map[int]func(transport.Event)
-	nextID int
-	stop   context.CancelFunc
-	done   chan struct{}
+	listeners transport.Listeners
 }
 
 var (
@@ -106,7 +101,7 @@ func open(ctx context.Context, u *url.URL, cfg transport.Config) (transport.Tran
 	}
 	opts.MaxRetries = 3 // safe: every write is idempotent (task ids, fences)
 	opts.DisableIdentity = true
-	t := &Transport{rdb: goredis.NewClient(opts), prefix: prefix, cfg: cfg, where: where, subs: map[int]func(transport.Event){}}
+	t := &Transport{rdb: goredis.NewClient(opts), prefix: prefix, cfg: cfg, where: where}
 	if err := t.check(ctx, strict); err != nil {
 		t.rdb.Close()
 		return nil, err
@@ -166,14 +161,7 @@ func (t *Transport) String() string { return "redis transport " + t.where }
 
 // Close closes the connections.
 func (t *Transport) Close() error {
-	t.mu.Lock()
-	stop, done := t.stop, t.done
-	t.stop = nil
-	t.mu.Unlock()
-	if stop != nil {
-		stop()
-		<-done
-	}
+	t.listeners.Stop()
 	return t.rdb.Close()
 }
 
@@ -222,45 +210,12 @@ func ukHash(key string) string {
 	return hex.EncodeToString(h[:])
 }
 
-// meta mirrors the SQLite store's metadata column.
-type meta struct {
-	Headers      map[string]string `json:"h,omitempty"`
-	BackoffBase  int64             `json:"bb,omitempty"`
-	BackoffMax   int64             `json:"bm,omitempty"`
-	BackoffJit   float64           `json:"bj,omitempty"`
-	HasBackoff   bool              `json:"b,omitempty"`
-	IgnoreResult bool              `json:"ir,omitempty"`
-}
-
-func encodeMeta(m *transport.Message) string {
-	if len(m.Headers) == 0 && m.Backoff == nil && !m.IgnoreResult {
-		return ""
-	}
-	v := meta{Headers: m.Headers, IgnoreResult: m.IgnoreResult}
-	if b := m.Backoff; b != nil {
-		v.HasBackoff, v.BackoffBase, v.BackoffMax, v.BackoffJit = true, int64(b.Base), int64(b.Max), b.Jitter
-	}
-	raw, _ := json.Marshal(v)
-	return string(raw)
-}
-
-func decodeMeta(raw string, m *transport.Message) error {
-	if raw == "" {
-		return nil
-	}
-	var v meta
-	if err := json.Unmarshal([]byte(raw), &v); err != nil {
-		return fmt.Errorf("docket: decode task metadata: %w", err)
-	}
-	m.Headers, m.IgnoreResult = v.Headers, v.IgnoreResult
-	if v.HasBackoff {
-		m.Backoff = &transport.Backoff{Base: time.Duration(v.BackoffBase), Max: time.Duration(v.BackoffMax), Jitter: v.BackoffJit}
-	}
-	return nil
-}
-
 // messageArgs appends the script fields of m (see scripts.go).
-func messageArgs(args []any, m *transport.Message) []any {
+func messageArgs(args []any, m *transport.Message) ([]any, error) {
+	meta, err := wire.EncodeMeta(m)
+	if err != nil {
+		return nil, err
+	}
 	created := ms(m.Created)
 	ret := "0"
 	if m.ReturnExisting {
@@ -268,7 +223,7 @@ func messageArgs(args []any, m *transport.Message) []any {
 	}
 	return append(args, m.ID, m.Name, m.Queue, m.Priority, ms(m.ETA), ms(m.Expires), m.MaxAttempts,
 		m.Timeout.Milliseconds(), m.ResultTTL.Milliseconds(), m.UniqueKey, ukHash(m.UniqueKey),
-		string(m.Payload), encodeMeta(m), created, ret)
+		string(m.Payload), meta, created, ret), nil
 }
 
 // Enqueue implements transport.Transport.
@@ -281,7 +236,10 @@ func (t *Transport) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]t
 		if p.Messages[i].Created.IsZero() {
 			p.Messages[i].Created = p.Now
 		}
-		args = messageArgs(args, &p.Messages[i])
+		var err error
+		if args, err = messageArgs(args, &p.Messages[i]); err != nil {
+			return nil, err
+		}
 	}
 	v, err := t.run(ctx, enqueueScript, args...)
 	if err != nil {
@@ -354,7 +312,7 @@ func (t *Transport) Claim(ctx context.Context, p transport.ClaimParams) (transpo
 		d.Expires, d.Attempt, d.MaxAttempts = fromMS(num(f, 3)), int(num(f, 4)), int(num(f, 5))
 		d.Timeout, d.ResultTTL = time.Duration(num(f, 6))*time.Millisecond, time.Duration(num(f, 7))*time.Millisecond
 		d.UniqueKey, d.Payload = str(f, 8), []byte(str(f, 9))
-		if err := decodeMeta(str(f, 10), &d.Message); err != nil {
+		if err := wire.DecodeMeta(str(f, 10), &d.Message); err != nil {
 			return res, err
 		}
 		d.Created, d.LastError, d.ID = fromMS(num(f, 11)), str(f, 12), str(f, 13)
@@ -480,7 +438,7 @@ func infoFrom(id string, h map[string]string) (transport.Info, error) {
 	if in.State == transport.StateScheduled {
 		in.ETA = in.RunAt
 	}
-	return in, decodeMeta(h["meta"], &in.Message)
+	return in, wire.DecodeMeta(h["meta"], &in.Message)
 }
 
 // Lookup implements transport.Transport.

@@ -72,7 +72,10 @@ func (t *Transport) ScheduleFire(ctx context.Context, p transport.ScheduleFirePa
 		if m.Created.IsZero() {
 			m.Created = p.Now
 		}
-		args = messageArgs(args, &m)
+		var err error
+		if args, err = messageArgs(args, &m); err != nil {
+			return transport.ScheduleFireResult{}, err
+		}
 	}
 	v, err := t.run(ctx, scheduleFireScript, args...)
 	if err != nil {

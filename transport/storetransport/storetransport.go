@@ -12,7 +12,6 @@ package storetransport
 import (
 	"context"
 	"database/sql"
-	"sync"
 	"time"
 
 	"github.com/docketq/docket/store"
@@ -22,13 +21,8 @@ import (
 // Transport is a store.Store with notifications.
 type Transport struct {
 	store.Store
-	cfg transport.Config
-
-	mu     sync.Mutex
-	subs   map[int]func(transport.Event)
-	nextID int
-	stop   chan struct{} // closes the poller; nil while no one subscribes
-	done   chan struct{}
+	cfg       transport.Config
+	listeners transport.Listeners
 }
 
 var (
@@ -42,48 +36,27 @@ func New(s store.Store, cfg transport.Config) *Transport {
 	if cfg.PollInterval <= 0 {
 		cfg.PollInterval = 5 * time.Millisecond
 	}
-	return &Transport{Store: s, cfg: cfg, subs: map[int]func(transport.Event){}}
+	return &Transport{Store: s, cfg: cfg}
 }
 
 // Unwrap returns the underlying store.
 func (t *Transport) Unwrap() store.Store { return t.Store }
 
-// Subscribe implements transport.Subscriber.
+// Subscribe implements transport.Subscriber. While anyone is subscribed
+// and the store can tell, a poller watches for other processes' writes.
 func (t *Transport) Subscribe(fn func(transport.Event)) func() {
-	t.mu.Lock()
-	id := t.nextID
-	t.nextID++
-	t.subs[id] = fn
-	if t.stop == nil {
-		if cc, ok := t.Store.(store.ChangeCounter); ok {
-			t.stop, t.done = make(chan struct{}), make(chan struct{})
-			go t.poll(cc, t.stop, t.done)
+	return t.listeners.Add(fn, func() func() {
+		cc, ok := t.Store.(store.ChangeCounter)
+		if !ok {
+			return nil
 		}
-	}
-	t.mu.Unlock()
-	return func() {
-		t.mu.Lock()
-		delete(t.subs, id)
-		var stop, done chan struct{}
-		if len(t.subs) == 0 && t.stop != nil {
-			stop, done = t.stop, t.done
-			t.stop, t.done = nil, nil
-		}
-		t.mu.Unlock()
-		if stop != nil {
-			close(stop)
-			<-done
-		}
-	}
+		stop, done := make(chan struct{}), make(chan struct{})
+		go t.poll(cc, stop, done)
+		return func() { close(stop); <-done }
+	})
 }
 
-func (t *Transport) publish(e transport.Event) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	for _, fn := range t.subs {
-		fn(e)
-	}
-}
+func (t *Transport) publish(e transport.Event) { t.listeners.Publish(e) }
 
 // poll watches the store's change counter and publishes EventChanged when
 // another process committed. It checks every PollInterval while changes
