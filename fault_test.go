@@ -549,10 +549,15 @@ func TestFaultLockedLongerThanBusyTimeout(t *testing.T) {
 	defer q.Close()
 	q.Register(faultTask)
 	runWorkers(t, q)
-	lock, _ := sql.Open("sqlite", "file:"+path+"?_txlock=immediate")
+	lock, _ := sql.Open("sqlite", "file:"+path+"?_txlock=immediate&_busy_timeout=5000")
 	defer lock.Close()
-	tx, _ := lock.Begin()
-	tx.Exec("UPDATE docket_tasks SET priority = priority")
+	tx, err := lock.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec("UPDATE docket_tasks SET priority = priority"); err != nil {
+		t.Fatal(err)
+	}
 	_, err = faultTask.Enqueue(bg, q, FaultArgs{})
 	if !errors.Is(err, docket.ErrBusy) {
 		t.Fatalf("enqueue while locked: %v, want ErrBusy", err)

@@ -318,7 +318,7 @@ func TestLockedDatabase(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	other, _ := sql.Open("sqlite", "file:"+path+"?_txlock=immediate")
+	other, _ := sql.Open("sqlite", "file:"+path+"?_txlock=immediate&_busy_timeout=5000")
 	defer other.Close()
 	tx, err := other.Begin()
 	if err != nil {
