@@ -819,7 +819,7 @@ func TestRunRequiresTasks(t *testing.T) {
 func TestHeartbeatKeepsLease(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "q.db")
-	q, err := docket.Open(bg, path, docket.LeaseDuration(150*time.Millisecond))
+	q, err := docket.Open(bg, path, docket.LeaseDuration(600*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -827,14 +827,14 @@ func TestHeartbeatKeepsLease(t *testing.T) {
 	var calls atomic.Int32
 	long := docket.NewTask("long", func(ctx context.Context, _ int) (int, error) {
 		calls.Add(1)
-		time.Sleep(600 * time.Millisecond)
+		time.Sleep(2 * time.Second)
 		return 1, nil
 	})
 	q.Register(long)
 	r, _ := long.Enqueue(bg, q, 1)
 	runWorkers(t, q)
 	// A second worker on the same file would rescue a lapsed lease.
-	other, err := docket.Open(bg, path, docket.LeaseDuration(150*time.Millisecond))
+	other, err := docket.Open(bg, path, docket.LeaseDuration(600*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
