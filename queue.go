@@ -52,8 +52,9 @@ type Queue struct {
 //	""                       $DOCKET_URL, or else ./docket.db
 //	"sqlite:app.db"          a SQLite file (a bare path works too)
 //	"sqlite::memory:"        a private in-memory database (also "memory:")
+//	"memory:NAME"            an in-memory database shared by this process's
+//	                         Queues opened with the same NAME
 //	"redis://host:6379/0"    needs import _ ".../transport/redis"
-//	"amqp://u:p@host/vhost"  needs import _ ".../transport/amqp"
 //
 // An unknown scheme fails with an error naming the import that registers it.
 func Open(ctx context.Context, rawURL string, opts ...Option) (*Queue, error) {

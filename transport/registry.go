@@ -35,8 +35,6 @@ var (
 var knownPackages = map[string]string{
 	"redis":  "github.com/docketq/docket/transport/redis",
 	"rediss": "github.com/docketq/docket/transport/redis",
-	"amqp":   "github.com/docketq/docket/transport/amqp",
-	"amqps":  "github.com/docketq/docket/transport/amqp",
 	"sqlite": "github.com/docketq/docket/store/sqlite",
 	"memory": "github.com/docketq/docket/store/sqlite",
 }

@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/docketq/docket"
-	_ "github.com/docketq/docket/transport/all" // DOCKET_URL may name Redis or RabbitMQ
+	_ "github.com/docketq/docket/transport/all" // DOCKET_URL may name Redis
 )
 
 var (

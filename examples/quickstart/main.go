@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/docketq/docket"
-	_ "github.com/docketq/docket/transport/all" // DOCKET_URL may name Redis or RabbitMQ
+	_ "github.com/docketq/docket/transport/all" // DOCKET_URL may name Redis
 )
 
 // Email is the argument of the email.send task.

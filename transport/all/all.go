@@ -1,5 +1,6 @@
-// Package all registers every docket transport: import it once, for its
-// side effect, in a program whose backend is chosen by URL at run time.
+// Package all registers every docket transport (today: Redis) — import it
+// once, for its side effect, in a program whose backend is chosen by URL at
+// run time; transports added later come with it.
 //
 //	import _ "github.com/docketq/docket/transport/all"
 //
