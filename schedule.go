@@ -341,6 +341,9 @@ func (q *Queue) Schedule(name string, sched Schedule, task Registrable, args any
 	if err := task.taskErr(); err != nil {
 		return err
 	}
+	if _, ok := q.t.(transport.ScheduleStore); !ok {
+		return fmt.Errorf("docket: schedule %q: %w: %s keeps no schedule state shared by every process", name, ErrUnsupported, q)
+	}
 	var o scheduleOpts
 	for _, opt := range opts {
 		opt(&o)

@@ -194,6 +194,13 @@ func (w *worker) shutdown(ctx context.Context) error {
 func (w *worker) stopSequence() {
 	close(w.stopFetch)
 	<-w.fetchDone
+	if cs, ok := w.q.t.(transport.ClaimStopper); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := cs.StopClaims(ctx, w.owner); err != nil {
+			w.q.cfg.logger.Warn("docket: stop receiving tasks", "err", err)
+		}
+		cancel()
+	}
 	// Tasks claimed but not started go back at once, attempt not consumed.
 	var pending []*execution
 drain:
@@ -321,7 +328,7 @@ func (w *worker) fetchLoop() {
 			limit := min(free, 256)
 			res, err := q.t.Claim(ctx, transport.ClaimParams{
 				Now: now, Owner: w.owner, Queues: w.queueOrder(), Limit: limit,
-				LeaseUntil: now.Add(q.cfg.lease), Exclude: exclude,
+				LeaseUntil: now.Add(q.cfg.lease), Exclude: exclude, Capacity: w.conc + w.prefetch,
 			})
 			if err != nil {
 				failures++

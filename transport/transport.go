@@ -169,6 +169,10 @@ type ClaimParams struct {
 	Limit      int       // at most this many deliveries
 	LeaseUntil time.Time // initial lease deadline of each delivery
 	Exclude    []string  // task names not to claim now (concurrency or rate limits)
+	// Capacity is the most deliveries this worker holds at once (running
+	// plus prefetched). Push-based transports size the broker's prefetch
+	// by it; zero means unknown (use Limit).
+	Capacity int
 }
 
 // ClaimResult is the outcome of Transport.Claim.
@@ -299,6 +303,15 @@ type Event struct {
 // callback runs on the transport's goroutine and must not block.
 type Subscriber interface {
 	Subscribe(fn func(Event)) (unsubscribe func())
+}
+
+// ClaimStopper is implemented by push-based transports that receive tasks
+// on a worker's behalf between claims (a broker consumer with a prefetch).
+// A worker calls StopClaims once its last Claim returned: the transport
+// stops receiving for owner and gives back, attempt not consumed, what it
+// received but did not hand out. A later Claim starts receiving again.
+type ClaimStopper interface {
+	StopClaims(ctx context.Context, owner string) error
 }
 
 // PruneParams are the arguments of Pruner.Prune.

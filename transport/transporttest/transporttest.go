@@ -30,6 +30,11 @@ type Backend struct {
 	NewURL func(t *testing.T) string
 	// NoSchedules skips the beat tests (a backend without a schedule store).
 	NoSchedules bool
+	// NoSharedState skips what needs task state shared by every process:
+	// unique keys and duplicate ids (RabbitMQ without a result store).
+	NoSharedState bool
+	// NoPriority skips the priority test (RabbitMQ quorum queues).
+	NoPriority bool
 }
 
 // Run runs the suite.
@@ -207,6 +212,9 @@ func testExpiry(t *testing.T, b Backend) {
 }
 
 func testPriority(t *testing.T, b Backend) {
+	if b.NoPriority {
+		t.Skip("backend has no message priorities")
+	}
 	q := open(t, b.NewURL(t), docket.Concurrency(1), docket.Prefetch(0))
 	var mu sync.Mutex
 	var order []int
@@ -237,6 +245,9 @@ func testPriority(t *testing.T, b Backend) {
 }
 
 func testUnique(t *testing.T, b Backend) {
+	if b.NoSharedState {
+		t.Skip("backend keeps no shared task state for unique keys and ids")
+	}
 	q := open(t, b.NewURL(t))
 	d := double()
 	q.Register(d)

@@ -1,0 +1,389 @@
+// Package amqp is docket's RabbitMQ transport. Import it for its side
+// effect:
+//
+//	import _ "github.com/docketq/docket/transport/amqp"
+//
+//	q, err := docket.Open(ctx, "amqp://user:password@host:5672/vhost")
+//
+// URLs are RabbitMQ URIs (amqp://, or amqps:// for TLS, which verifies the
+// server by default) plus docket parameters:
+//
+//	prefix=NAME          name prefix of every exchange and queue (default "docket")
+//	queue_type=TYPE      quorum (default) or classic
+//	delivery_limit=N     quorum queues: deliveries before the broker dead-letters a
+//	                     message that keeps killing its worker (default 20)
+//
+// # Delivery
+//
+// Each docket queue is a durable RabbitMQ queue named PREFIX.q.NAME, quorum
+// by default, dead-lettering into PREFIX.dead. Enqueue publishes persistent
+// messages with publisher confirms and the mandatory flag, and returns only
+// after the broker confirmed every message of the call; concurrent calls
+// share the channel's confirm stream, and a batch is published whole before
+// its confirms are awaited. While the broker blocks publishers (a memory or
+// disk alarm), Enqueue waits for the alarm to clear or its ctx to end.
+//
+// Workers consume with manual acknowledgements and a prefetch equal to
+// their capacity (concurrency plus prefetch). A task is acknowledged only
+// after its outcome was published: the result to the producer, or the
+// retry's copy to the delay exchanges. A lease is the consumer's channel: if
+// the worker's connection dies, RabbitMQ redelivers the task to another
+// worker and the old worker's late outcome is refused (Lost). Attempts are
+// counted across redeliveries from the quorum queue's x-delivery-count (a
+// classic queue only says "redelivered", counted as one more attempt); a
+// task delivered after its last attempt ends failed ("worker lost") and is
+// dead-lettered with that reason in its headers.
+//
+// RabbitMQ closes a channel whose delivery stays unacknowledged longer than
+// its consumer_timeout (30 minutes by default). docket treats that like a
+// lost connection: the handler's ctx is cancelled as a lost lease, the task
+// is redelivered as its next attempt. Raise consumer_timeout above the
+// longest handler run.
+//
+// # Delays
+//
+// Countdowns, ETAs and retry backoffs are held by RabbitMQ, never by a
+// worker: 32 delay queues PREFIX.delay.00 … PREFIX.delay.31, where level L
+// holds a message for 2^L milliseconds and then dead-letters it to the
+// next lower level that its delay needs, or to the target queue. The
+// routing key spells the delay in binary, one word per level, followed by
+// the target queue, so one publish routes a message through exactly the
+// levels whose bits are set. The chain covers delays up to 2^32-1 ms
+// (about 49.7 days); a longer ETA makes the chain's full trip and is sent
+// around again by the worker that receives it early, until it is due.
+//
+// # Results and state
+//
+// With RabbitMQ alone, state travels back to the producer over RabbitMQ,
+// like Celery's rpc result backend: every message names the producer's
+// reply queue (PREFIX.reply.ID, deleted ten minutes after its producer is
+// gone), and workers send it each task's start, retry, release and final
+// state with its result. Wait, Info and Cancel work for the tasks a process
+// enqueued itself. Unique keys, listing, lookups of other processes' tasks
+// and periodic schedules need state shared by every process, which RabbitMQ
+// does not keep: those calls return an error wrapping ErrUnsupported.
+//
+// Cancel is broadcast on the PREFIX.control fanout exchange to every
+// connected process: a running handler's ctx is cancelled wherever it runs,
+// and a cancelled task that is delivered later is dropped. Workers remember
+// cancellations for a day in memory; a worker that starts after a cancel
+// was broadcast does not know of it.
+//
+// # Connections
+//
+// The connection sends heartbeats every 10 seconds. When it or any of its
+// channels fails, docket reconnects with jittered exponential backoff,
+// declares its topology again and resumes its consumers; calls made
+// meanwhile wait for the connection until their ctx ends.
+package amqp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/docketq/docket/transport"
+)
+
+func init() {
+	transport.Register("amqp", open)
+	transport.Register("amqps", open)
+}
+
+// options are the docket parameters of the URL.
+type options struct {
+	prefix        string
+	quorum        bool
+	deliveryLimit int
+}
+
+// Transport is the RabbitMQ implementation of transport.Transport.
+type Transport struct {
+	uri   string // the URI for amqp091, with its credentials
+	where string // the redacted URL, for errors and String
+	opt   options
+	cfg   transport.Config
+	id    string // this process's reply and control queue suffix
+
+	mu        sync.Mutex
+	sess      *session      // nil while disconnected
+	ready     chan struct{} // closed when sess is set
+	closed    bool
+	done      chan struct{} // closed by Close
+	bg        sync.WaitGroup
+	listeners transport.Listeners
+
+	// consumer side
+	queues   map[string]bool // docket queues this process consumes
+	capacity int             // the prefetch of each consumer
+	buf      []*held         // delivered, not claimed yet
+	inflight map[string]*held
+
+	// producer side
+	replies bool // a reply queue is wanted (this process enqueued)
+	known   map[string]*record
+	revoked map[string]time.Time
+}
+
+var (
+	_ transport.Transport  = (*Transport)(nil)
+	_ transport.Subscriber = (*Transport)(nil)
+)
+
+func open(ctx context.Context, u *url.URL, cfg transport.Config) (transport.Transport, error) {
+	where := transport.Redact(u)
+	opt, clean, err := parseOptions(u)
+	if err != nil {
+		return nil, err
+	}
+	t := &Transport{
+		uri: clean.String(), where: where, opt: opt, cfg: cfg, id: ulid.Make().String(),
+		ready: make(chan struct{}), done: make(chan struct{}),
+		queues: map[string]bool{}, inflight: map[string]*held{},
+		known: map[string]*record{}, revoked: map[string]time.Time{},
+	}
+	s, err := t.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	t.install(s)
+	t.bg.Add(1)
+	go t.sweep()
+	return t, nil
+}
+
+func parseOptions(u *url.URL) (options, *url.URL, error) {
+	opt := options{prefix: "docket", quorum: true, deliveryLimit: 20}
+	q := u.Query()
+	if p := q.Get("prefix"); p != "" {
+		opt.prefix = p
+	}
+	if !validPrefix(opt.prefix) {
+		return opt, nil, fmt.Errorf("docket: amqp prefix %q: use letters, digits, '_' and '-'", opt.prefix)
+	}
+	switch v := q.Get("queue_type"); v {
+	case "", "quorum":
+	case "classic":
+		opt.quorum = false
+	default:
+		return opt, nil, fmt.Errorf("docket: amqp queue_type=%q: want quorum or classic", v)
+	}
+	if v := q.Get("delivery_limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			return opt, nil, fmt.Errorf("docket: amqp delivery_limit=%q: want a number from 1 to 1000", v)
+		}
+		opt.deliveryLimit = n
+	}
+	for _, k := range []string{"prefix", "queue_type", "delivery_limit"} {
+		q.Del(k)
+	}
+	clean := *u
+	clean.RawQuery = q.Encode()
+	return opt, &clean, nil
+}
+
+func validPrefix(p string) bool {
+	if p == "" || len(p) > 32 {
+		return false
+	}
+	for _, c := range p {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// String returns the broker URL with the password redacted.
+func (t *Transport) String() string { return "amqp transport " + t.where }
+
+// Subscribe implements transport.Subscriber: deliveries, results and cancel
+// requests arrive pushed by the broker.
+func (t *Transport) Subscribe(fn func(transport.Event)) func() { return t.listeners.Add(fn, nil) }
+
+func (t *Transport) publishEvent(e transport.Event) { t.listeners.Publish(e) }
+
+// Close gives back the deliveries no worker took, and closes the
+// connection.
+func (t *Transport) Close() error {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil
+	}
+	t.closed = true
+	close(t.done)
+	s := t.sess
+	t.mu.Unlock()
+	if s != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		t.giveBack(ctx, s)
+		cancel()
+		s.conn.Close()
+	}
+	t.bg.Wait()
+	t.listeners.Stop()
+	return nil
+}
+
+// current returns the live session, or an error at once when there is
+// none (for the worker's loops, which must not block).
+func (t *Transport) current() (*session, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch {
+	case t.closed:
+		return nil, transport.ErrClosed
+	case t.sess == nil:
+		return nil, fmt.Errorf("docket: amqp %s: reconnecting: %w", t.where, transport.ErrBusy)
+	}
+	return t.sess, nil
+}
+
+// session waits for a live session until ctx ends.
+func (t *Transport) session(ctx context.Context) (*session, error) {
+	for {
+		t.mu.Lock()
+		s, ready, closed := t.sess, t.ready, t.closed
+		t.mu.Unlock()
+		if closed {
+			return nil, transport.ErrClosed
+		}
+		if s != nil {
+			return s, nil
+		}
+		select {
+		case <-ready:
+		case <-t.done:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("docket: amqp %s: not connected: %w", t.where, context.Cause(ctx))
+		}
+	}
+}
+
+// install makes s the live session and watches it; when it fails, the
+// deliveries it held are forgotten (RabbitMQ redelivers them) and a new
+// session is dialled in the background.
+func (t *Transport) install(s *session) {
+	t.mu.Lock()
+	t.sess = s
+	close(t.ready)
+	t.mu.Unlock()
+	t.bg.Add(1)
+	go func() {
+		defer t.bg.Done()
+		select {
+		case <-s.dead:
+		case <-t.done:
+			return
+		}
+		t.mu.Lock()
+		t.sess = nil
+		t.ready = make(chan struct{})
+		t.buf = t.buf[:0]
+		lost := false
+		for _, h := range t.inflight {
+			lost = lost || h.s == s
+		}
+		closed := t.closed
+		t.mu.Unlock()
+		s.conn.Close()
+		if closed {
+			return
+		}
+		t.cfg.Logger.Warn("docket: amqp connection lost; reconnecting", "server", t.where, "err", s.cause(), "leases_lost", lost)
+		t.reconnect()
+	}()
+}
+
+// reconnect dials until it succeeds or the transport is closed, with
+// jittered exponential backoff from 100 ms to 5 s.
+func (t *Transport) reconnect() {
+	for attempt := 0; ; attempt++ {
+		backoff := min(5*time.Second, 100*time.Millisecond<<min(attempt, 6))
+		select {
+		case <-t.done:
+			return
+		case <-time.After(backoff/2 + rand.N(backoff/2+1)):
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		s, err := t.connect(ctx)
+		cancel()
+		if err != nil {
+			if attempt == 0 || attempt%20 == 0 {
+				t.cfg.Logger.Warn("docket: amqp reconnect failed", "server", t.where, "err", err, "attempt", attempt+1)
+			}
+			continue
+		}
+		t.mu.Lock()
+		closed := t.closed
+		t.mu.Unlock()
+		if closed {
+			s.conn.Close()
+			return
+		}
+		t.cfg.Logger.Info("docket: amqp reconnected", "server", t.where)
+		t.install(s)
+		// Waiters re-check what they wait for: replies sent while the
+		// reply consumer was away are in the queue and arrive now, but a
+		// Wait may have looked in between.
+		t.publishEvent(transport.Event{Kind: transport.EventChanged})
+		t.publishEvent(transport.Event{Kind: transport.EventReady})
+		return
+	}
+}
+
+// sweep forgets finished tasks after their result TTL and cancellations
+// after a day.
+func (t *Transport) sweep() {
+	defer t.bg.Done()
+	tick := time.NewTicker(time.Minute)
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.done:
+			return
+		case <-tick.C:
+		}
+		now := t.cfg.Now()
+		t.mu.Lock()
+		for id, r := range t.known {
+			if r.info.State.Terminal() && now.After(r.info.Finished.Add(r.info.ResultTTL)) {
+				delete(t.known, id)
+			}
+		}
+		for id, until := range t.revoked {
+			if now.After(until) {
+				delete(t.revoked, id)
+			}
+		}
+		t.mu.Unlock()
+	}
+}
+
+// wrap maps broker refusals to docket's typed errors and hides the
+// credentials.
+func (t *Transport) wrap(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var ae *amqp.Error
+	if errors.As(err, &ae) {
+		switch ae.Code {
+		case amqp.ResourceError:
+			return fmt.Errorf("docket: amqp %s %s: %w: %s", op, t.where, transport.ErrStorageFull, ae.Reason)
+		case amqp.AccessRefused, amqp.NotAllowed:
+			return fmt.Errorf("docket: amqp %s %s: access refused: %s", op, t.where, ae.Reason)
+		}
+	}
+	return fmt.Errorf("docket: amqp %s %s: %w", op, t.where, err)
+}

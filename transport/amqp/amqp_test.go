@@ -1,0 +1,106 @@
+package amqp_test
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"os"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/docketq/docket/transport/amqp"
+	"github.com/docketq/docket/transport/transporttest"
+)
+
+// brokerURL returns DOCKET_TEST_AMQP_URL or skips the test.
+func brokerURL(t *testing.T) string {
+	t.Helper()
+	u := os.Getenv("DOCKET_TEST_AMQP_URL")
+	if u == "" {
+		t.Skip("DOCKET_TEST_AMQP_URL is not set (e.g. amqp://guest:guest@127.0.0.1:5672/): skipping RabbitMQ tests")
+	}
+	return u
+}
+
+var seq atomic.Int64
+
+// freshURL returns the broker URL with a prefix no other test uses, and
+// deletes that prefix's queues and exchanges when the test ends.
+func freshURL(t *testing.T, params string) string {
+	t.Helper()
+	base := brokerURL(t)
+	prefix := fmt.Sprintf("t%d-%d", time.Now().UnixNano()%1e9, seq.Add(1))
+	t.Cleanup(func() { deleteTopology(t, base, prefix) })
+	sep := "?"
+	if u, err := url.Parse(base); err == nil && u.RawQuery != "" {
+		sep = "&"
+	}
+	s := base + sep + "prefix=" + prefix
+	if params != "" {
+		s += "&" + params
+	}
+	return s
+}
+
+// deleteTopology removes what docket declared under prefix.
+func deleteTopology(t *testing.T, base, prefix string) {
+	conn, err := amqp091.Dial(base)
+	if err != nil {
+		t.Logf("cleanup: %v", err)
+		return
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return
+	}
+	queues := []string{prefix + ".dead"}
+	for _, q := range []string{"default", "other", "mail", "poison"} {
+		queues = append(queues, prefix+".q."+q)
+	}
+	exchanges := []string{prefix + ".dead", prefix + ".deliver", prefix + ".control"}
+	for l := 0; l < amqp.Levels; l++ {
+		n := fmt.Sprintf("%s.delay.%02d", prefix, l)
+		queues = append(queues, n)
+		exchanges = append(exchanges, n)
+	}
+	for _, q := range queues {
+		if _, err := ch.QueueDelete(q, false, false, false); err != nil {
+			// A failed delete of a missing queue closes the channel.
+			if ch, err = conn.Channel(); err != nil {
+				return
+			}
+		}
+	}
+	for _, x := range exchanges {
+		if err := ch.ExchangeDelete(x, false, false); err != nil {
+			if ch, err = conn.Channel(); err != nil {
+				return
+			}
+		}
+	}
+}
+
+func TestConformanceQuorum(t *testing.T) {
+	brokerURL(t)
+	transporttest.Run(t, transporttest.Backend{
+		NewURL:        func(t *testing.T) string { return freshURL(t, "") },
+		NoSchedules:   true,
+		NoSharedState: true,
+		NoPriority:    true,
+	})
+}
+
+func TestConformanceClassic(t *testing.T) {
+	brokerURL(t)
+	transporttest.Run(t, transporttest.Backend{
+		NewURL:        func(t *testing.T) string { return freshURL(t, "queue_type=classic") },
+		NoSchedules:   true,
+		NoSharedState: true,
+	})
+}
+
+var bg = context.Background()

@@ -1,0 +1,462 @@
+package amqp
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/docketq/docket/transport"
+)
+
+// held is a delivery this process received: buffered until a Claim hands
+// it out, then in flight until its outcome is acknowledged.
+type held struct {
+	s       *session
+	d       amqp.Delivery
+	msg     transport.Message
+	attempt int    // the attempt this delivery is
+	used    int    // attempts used before it (the retry copies' count plus redeliveries)
+	lastErr string // the previous attempt's error
+	bad     error  // the message could not be decoded
+	owner   string
+}
+
+func (t *Transport) consumerTag(queue string) string { return "docket." + t.id + "." + queue }
+
+// consume starts the consumer of a docket queue on s (once per session).
+func (t *Transport) consume(ctx context.Context, s *session, queue string) error {
+	s.consumeMu.Lock()
+	defer s.consumeMu.Unlock()
+	if s.consumers[queue] {
+		return nil
+	}
+	if err := t.declareQueue(ctx, s, queue); err != nil {
+		return err
+	}
+	if len(s.consumers) == 0 {
+		t.mu.Lock()
+		capacity := t.capacity
+		t.mu.Unlock()
+		if err := s.cons.Qos(max(capacity, 1), 0, false); err != nil {
+			return t.wrap("set prefetch", err)
+		}
+	}
+	qn := t.queueName(queue)
+	msgs, err := s.cons.ConsumeWithContext(ctx, qn, t.consumerTag(queue), false, false, false, false, nil)
+	if err != nil {
+		return t.wrap("consume "+qn, err)
+	}
+	s.consumers[queue] = true
+	s.loops.Add(1)
+	go func() {
+		defer s.loops.Done()
+		for d := range msgs {
+			t.received(s, queue, d)
+		}
+	}()
+	return nil
+}
+
+func (t *Transport) received(s *session, queue string, d amqp.Delivery) {
+	h := &held{s: s, d: d}
+	m, used, lastErr, err := decode(&d)
+	h.msg, h.lastErr, h.bad = m, lastErr, err
+	h.used = used + deliveries(&d)
+	h.attempt = h.used + 1
+	if err == nil && m.Queue != queue {
+		h.bad = fmt.Errorf("message for queue %q arrived in queue %q", m.Queue, queue)
+	}
+	t.mu.Lock()
+	if t.sess != s {
+		t.mu.Unlock()
+		return // the session ended: the broker redelivers it
+	}
+	t.buf = append(t.buf, h)
+	t.mu.Unlock()
+	t.publishEvent(transport.Event{Kind: transport.EventReady, Queue: queue})
+}
+
+// Claim implements transport.Transport. It starts consumers for queues not
+// consumed yet and hands out what they delivered, highest priority first;
+// RabbitMQ pushes, so NextAt is always zero and workers are woken by
+// EventReady.
+func (t *Transport) Claim(ctx context.Context, p transport.ClaimParams) (transport.ClaimResult, error) {
+	var res transport.ClaimResult
+	if p.Limit <= 0 || len(p.Queues) == 0 {
+		return res, nil
+	}
+	s, err := t.current()
+	if err != nil {
+		return res, err
+	}
+	t.mu.Lock()
+	if t.capacity == 0 {
+		t.capacity = max(p.Capacity, p.Limit)
+	}
+	for _, q := range p.Queues {
+		t.queues[q] = true
+	}
+	t.mu.Unlock()
+	for _, q := range p.Queues {
+		if err := t.consume(ctx, s, q); err != nil {
+			return res, err
+		}
+	}
+	var give, ended []*held
+	var ends []transport.Status
+	t.mu.Lock()
+	picked := t.pick(p)
+	for _, h := range picked {
+		id := h.msg.ID
+		switch {
+		case h.bad != nil:
+			ended = append(ended, h)
+		case t.isRevoked(id):
+			ends = append(ends, transport.Status{ID: id, State: transport.StateCancelled})
+			ended = append(ended, h)
+		case !h.msg.Expires.IsZero() && !p.Now.Before(h.msg.Expires):
+			ends = append(ends, transport.Status{ID: id, State: transport.StateExpired})
+			ended = append(ended, h)
+		case p.Now.Before(h.msg.ETA):
+			ended = append(ended, h) // early: sent around the delay levels again
+		case h.attempt > h.msg.MaxAttempts:
+			ends = append(ends, transport.Status{ID: id, State: transport.StateFailed})
+			ended = append(ended, h)
+		default:
+			h.owner = p.Owner
+			t.inflight[id] = h
+			give = append(give, h)
+		}
+	}
+	t.mu.Unlock()
+	if len(ended) > 0 {
+		if err := t.dispose(s, p.Now, ended); err != nil {
+			t.cfg.Logger.Warn("docket: amqp: could not settle undeliverable tasks; reconnecting", "err", err)
+			s.fail(err)
+		}
+	}
+	var running []outgoing
+	for _, h := range give {
+		d := transport.Delivery{Message: h.msg, Attempt: h.attempt, Owner: p.Owner, LeaseUntil: p.LeaseUntil, LastError: h.lastErr}
+		res.Deliveries = append(res.Deliveries, d)
+		if o, ok := stateMessage(h, transport.StateRunning, h.attempt, p.Now, nil, "", time.Time{}); ok {
+			running = append(running, o)
+		}
+		t.apply(h.msg.ID, stateUpdate{state: transport.StateRunning, attempt: h.attempt, at: p.Now})
+	}
+	// Start events are informational: sent without waiting for confirms.
+	for _, o := range running {
+		s.pub.PublishWithDeferredConfirmWithContext(ctx, o.exchange, o.key, false, false, o.msg)
+	}
+	res.Ended = ends
+	return res, nil
+}
+
+// pick removes from the buffer up to p.Limit deliveries of p's queues whose
+// names are not excluded, highest priority first, then oldest first. A task
+// already in flight here (a duplicate copy) waits for its twin to finish.
+func (t *Transport) pick(p transport.ClaimParams) []*held {
+	var cand []int
+	for i, h := range t.buf {
+		if h.bad == nil && (!slices.Contains(p.Queues, h.msg.Queue) || slices.Contains(p.Exclude, h.msg.Name) || t.inflight[h.msg.ID] != nil) {
+			continue
+		}
+		cand = append(cand, i)
+	}
+	slices.SortStableFunc(cand, func(a, b int) int { return t.buf[b].msg.Priority - t.buf[a].msg.Priority })
+	cand = cand[:min(len(cand), p.Limit)]
+	taken := make(map[int]bool, len(cand))
+	out := make([]*held, 0, len(cand))
+	for _, i := range cand {
+		taken[i] = true
+		out = append(out, t.buf[i])
+	}
+	keep := t.buf[:0]
+	for i, h := range t.buf {
+		if !taken[i] {
+			keep = append(keep, h)
+		}
+	}
+	clear(t.buf[len(keep):])
+	t.buf = keep
+	return out
+}
+
+// dispose settles deliveries that must not run: undecodable ones and those
+// out of attempts go to the dead-letter queue with the reason; cancelled
+// and expired ones end; early ones go around the delay levels again. The
+// producer hears of each ending. Each is acknowledged once its messages
+// were confirmed.
+func (t *Transport) dispose(s *session, now time.Time, hs []*held) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var out []outgoing
+	var finished []string
+	for _, h := range hs {
+		var state transport.State
+		var reason string
+		t.mu.Lock()
+		revoked := t.isRevoked(h.msg.ID)
+		t.mu.Unlock()
+		switch {
+		case h.bad != nil:
+			out = append(out, t.deadLetter(h, "undecodable: "+h.bad.Error()))
+			continue
+		case revoked:
+			state, reason = transport.StateCancelled, "cancelled before it started"
+		case !h.msg.Expires.IsZero() && !now.Before(h.msg.Expires):
+			state, reason = transport.StateExpired, "expired before it started"
+		case now.Before(h.msg.ETA):
+			o, err := t.copyOf(ctx, s, h, h.used, h.lastErr, h.msg.ETA, now)
+			if err != nil {
+				return err
+			}
+			out = append(out, o)
+			continue
+		default:
+			state = transport.StateFailed
+			reason = fmt.Sprintf("worker lost: delivered %d times without an outcome (max attempts %d)", h.attempt-1, h.msg.MaxAttempts)
+			out = append(out, t.deadLetter(h, reason))
+		}
+		if o, ok := stateMessage(h, state, h.attempt-1, now, nil, reason, time.Time{}); ok {
+			out = append(out, o)
+		}
+		t.apply(h.msg.ID, stateUpdate{state: state, attempt: h.attempt - 1, at: now, err: reason})
+		finished = append(finished, h.msg.ID)
+	}
+	if err := t.publish(ctx, s, out); err != nil {
+		return err
+	}
+	for _, h := range hs {
+		if err := h.d.Ack(false); err != nil {
+			return t.wrap("ack", err)
+		}
+	}
+	if len(finished) > 0 {
+		t.publishEvent(transport.Event{Kind: transport.EventFinished, IDs: finished})
+	}
+	return nil
+}
+
+// deadLetter returns a copy of h for the dead-letter queue, with reason.
+func (t *Transport) deadLetter(h *held, reason string) outgoing {
+	msg := publishingOf(&h.d)
+	msg.Headers[hReason] = reason
+	return outgoing{exchange: t.name("dead"), msg: msg}
+}
+
+// publishingOf returns the message of d as it was published.
+func publishingOf(d *amqp.Delivery) amqp.Publishing {
+	h := amqp.Table{}
+	for k, v := range d.Headers {
+		h[k] = v
+	}
+	return amqp.Publishing{
+		Headers: h, ContentType: d.ContentType, DeliveryMode: amqp.Persistent, Priority: d.Priority,
+		MessageId: d.MessageId, Type: d.Type, ReplyTo: d.ReplyTo, Timestamp: d.Timestamp, Body: d.Body,
+	}
+}
+
+// copyOf returns a new copy of h's task that counts used attempts and
+// waits until at.
+func (t *Transport) copyOf(ctx context.Context, s *session, h *held, used int, lastErr string, at, now time.Time) (outgoing, error) {
+	m := h.msg
+	pub, err := encode(&m, used, lastErr, h.d.ReplyTo)
+	if err != nil {
+		return outgoing{}, err
+	}
+	ex, key, err := t.route(ctx, s, m.Queue, at, now)
+	if err != nil {
+		return outgoing{}, err
+	}
+	return outgoing{exchange: ex, key: key, mandatory: true, msg: pub}, nil
+}
+
+// lease returns the in-flight delivery l holds, if its session still lives.
+func (t *Transport) lease(l transport.Lease) *held {
+	h := t.inflight[l.ID]
+	if h == nil || h.attempt != l.Attempt || h.owner != l.Owner || h.s != t.sess || !h.s.alive() {
+		return nil
+	}
+	return h
+}
+
+// Extend implements transport.Transport. The lease is the consumer's
+// channel, which RabbitMQ keeps while the connection lives; Extend reports
+// it lost once the session that delivered the task is gone.
+func (t *Transport) Extend(ctx context.Context, p transport.ExtendParams) ([]transport.ExtendResult, error) {
+	out := make([]transport.ExtendResult, len(p.Leases))
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for i, l := range p.Leases {
+		if t.lease(l) == nil {
+			out[i].Lost = true
+			continue
+		}
+		out[i].CancelRequested = t.isRevoked(l.ID)
+	}
+	return out, nil
+}
+
+// Finish implements transport.Transport. For each outcome it publishes what
+// must follow (the final state to the producer; a retry's or a release's
+// new copy), waits for the broker's confirms, and then acknowledges the
+// delivery. A crash in between leaves the delivery unacknowledged: it is
+// delivered again (at least once).
+func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]transport.FinishResult, error) {
+	res := make([]transport.FinishResult, len(p.Items))
+	if len(p.Items) == 0 {
+		return res, nil
+	}
+	s, err := t.current()
+	if err != nil {
+		// The session that delivered these tasks is gone: every lease is.
+		for i := range res {
+			res[i].Lost = true
+		}
+		t.forget(p.Items)
+		return res, nil
+	}
+	hs := make([]*held, len(p.Items))
+	t.mu.Lock()
+	for i, o := range p.Items {
+		if hs[i] = t.lease(o.Lease); hs[i] == nil {
+			res[i].Lost = true
+		}
+	}
+	t.mu.Unlock()
+	var out []outgoing
+	var finished []string
+	for i, o := range p.Items {
+		h := hs[i]
+		if h == nil {
+			continue
+		}
+		u := stateUpdate{state: o.State, attempt: h.attempt, at: p.Now, err: o.Error, runAt: o.RunAt}
+		switch o.State {
+		case transport.StateSucceeded, transport.StateFailed, transport.StateCancelled:
+			if h.msg.IgnoreResult {
+				o.Result = nil
+			}
+			u.result = o.Result
+			finished = append(finished, o.ID)
+		case transport.StateScheduled:
+			c, err := t.copyOf(ctx, s, h, h.attempt, o.Error, o.RunAt, p.Now)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, c)
+		case transport.StateReady:
+			c, err := t.copyOf(ctx, s, h, h.attempt-1, h.lastErr, time.Time{}, p.Now)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, c)
+			u.attempt, u.err = h.attempt-1, h.lastErr
+		default:
+			return nil, fmt.Errorf("docket: finish task %s: invalid outcome state %v", o.ID, o.State)
+		}
+		if m, ok := stateMessage(h, u.state, u.attempt, p.Now, u.result, u.err, u.runAt); ok {
+			out = append(out, m)
+		}
+	}
+	if err := t.publish(ctx, s, out); err != nil {
+		return nil, err
+	}
+	for i, o := range p.Items {
+		h := hs[i]
+		if h == nil {
+			continue
+		}
+		if err := h.d.Ack(false); err != nil {
+			// The channel is gone; the broker redelivers the task, and
+			// the copy or result just published may run or count twice.
+			res[i].Lost = true
+		}
+		t.mu.Lock()
+		delete(t.inflight, o.ID)
+		t.mu.Unlock()
+		u := stateUpdate{state: o.State, attempt: h.attempt, at: p.Now, err: o.Error, runAt: o.RunAt, result: o.Result}
+		if o.State == transport.StateReady {
+			u.attempt, u.err = h.attempt-1, h.lastErr
+		}
+		t.apply(o.ID, u)
+	}
+	if len(finished) > 0 {
+		t.publishEvent(transport.Event{Kind: transport.EventFinished, IDs: finished})
+	}
+	return res, nil
+}
+
+// forget drops the in-flight entries of outcomes whose leases were lost.
+func (t *Transport) forget(items []transport.Outcome) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, o := range items {
+		if h := t.inflight[o.ID]; h != nil && h.attempt == o.Attempt && h.owner == o.Owner {
+			delete(t.inflight, o.ID)
+		}
+	}
+}
+
+var _ transport.ClaimStopper = (*Transport)(nil)
+
+// StopClaims implements transport.ClaimStopper: it cancels this process's
+// consumers and gives back every delivery no Claim handed out, as a new
+// copy with its attempts unchanged (a plain requeue would count one more
+// delivery), so a worker that stops holds nothing another could run.
+func (t *Transport) StopClaims(ctx context.Context, owner string) error {
+	t.mu.Lock()
+	t.queues = map[string]bool{}
+	t.capacity = 0
+	s := t.sess
+	t.mu.Unlock()
+	if s == nil {
+		return nil
+	}
+	return t.giveBack(ctx, s)
+}
+
+// giveBack cancels s's consumers, waits until their deliveries are
+// buffered, and republishes and acknowledges the buffer.
+func (t *Transport) giveBack(ctx context.Context, s *session) error {
+	s.consumeMu.Lock()
+	for q := range s.consumers {
+		if err := s.cons.Cancel(t.consumerTag(q), false); err != nil {
+			s.consumeMu.Unlock()
+			return t.wrap("cancel consumer", err)
+		}
+	}
+	s.consumers = map[string]bool{}
+	s.consumeMu.Unlock()
+	s.loops.Wait()
+	t.mu.Lock()
+	buf := t.buf
+	t.buf = nil
+	t.mu.Unlock()
+	var out []outgoing
+	now := t.cfg.Now()
+	for _, h := range buf {
+		if h.bad != nil {
+			out = append(out, t.deadLetter(h, "undecodable: "+h.bad.Error()))
+			continue
+		}
+		c, err := t.copyOf(ctx, s, h, h.used, h.lastErr, h.msg.ETA, now)
+		if err != nil {
+			return err
+		}
+		out = append(out, c)
+	}
+	if err := t.publish(ctx, s, out); err != nil {
+		return err
+	}
+	for _, h := range buf {
+		if err := h.d.Ack(false); err != nil {
+			return t.wrap("ack", err)
+		}
+	}
+	return nil
+}

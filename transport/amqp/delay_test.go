@@ -1,0 +1,142 @@
+package amqp
+
+import (
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+)
+
+// topicMatch is RabbitMQ's topic matching: "*" is one word, "#" zero or
+// more.
+func topicMatch(pattern, key string) bool {
+	var match func(p, k []string) bool
+	match = func(p, k []string) bool {
+		switch {
+		case len(p) == 0:
+			return len(k) == 0
+		case p[0] == "#":
+			for i := 0; i <= len(k); i++ {
+				if match(p[1:], k[i:]) {
+					return true
+				}
+			}
+			return false
+		case len(k) == 0:
+			return false
+		case p[0] == "*" || p[0] == k[0]:
+			return match(p[1:], k[1:])
+		}
+		return false
+	}
+	return match(strings.Split(pattern, "."), strings.Split(key, "."))
+}
+
+// trip follows a routing key through the declared bindings, as the broker
+// would, and returns the total time spent in delay queues and the queue
+// it ends in.
+func trip(t *testing.T, key string) (time.Duration, string) {
+	t.Helper()
+	const target = "docket.q.mail.send"
+	var total time.Duration
+	level := Levels - 1
+	for level >= 0 {
+		inQueue := topicMatch(levelPattern(level, "1"), key)
+		passes := topicMatch(levelPattern(level, "0"), key)
+		if inQueue == passes {
+			t.Fatalf("level %d: key %q matches both or neither binding", level, key)
+		}
+		if inQueue {
+			total += time.Duration(1<<level) * time.Millisecond
+		}
+		level--
+	}
+	final := strings.Repeat("*.", Levels) + target
+	if !topicMatch(final, key) {
+		t.Fatalf("key %q does not reach %s", key, target)
+	}
+	return total, target
+}
+
+func TestDelayLevels(t *testing.T) {
+	for _, d := range []time.Duration{
+		0, time.Millisecond, 400 * time.Millisecond, 1234 * time.Millisecond,
+		time.Second, 2 * time.Hour, 7 * 24 * time.Hour, 49 * 24 * time.Hour, MaxDelay,
+	} {
+		ms, again := delayMillis(d)
+		if again {
+			t.Fatalf("%v: needs another trip", d)
+		}
+		got, _ := trip(t, delayKey(ms, "docket.q.mail.send"))
+		if got != d {
+			t.Errorf("delay %v: the levels hold it for %v", d, got)
+		}
+	}
+}
+
+func TestDelayRoundsUp(t *testing.T) {
+	ms, _ := delayMillis(1500 * time.Microsecond)
+	if ms != 2 {
+		t.Fatalf("1.5ms rounds to %dms, want 2 (never early)", ms)
+	}
+	if ms, _ := delayMillis(-time.Second); ms != 0 {
+		t.Fatalf("a past ETA waits %dms", ms)
+	}
+}
+
+// A delay beyond one trip takes the longest trip and is sent around again
+// by the worker that receives it early.
+func TestDelayBeyondOneTrip(t *testing.T) {
+	year := 365 * 24 * time.Hour
+	ms, again := delayMillis(year)
+	if !again || time.Duration(ms)*time.Millisecond != MaxDelay {
+		t.Fatalf("one year: %dms, again=%v", ms, again)
+	}
+	if MaxDelay < 49*24*time.Hour {
+		t.Fatalf("MaxDelay %v is under 49 days", MaxDelay)
+	}
+	trips := 0
+	for left := year; left > 0; trips++ {
+		ms, _ := delayMillis(left)
+		left -= time.Duration(ms) * time.Millisecond
+	}
+	if trips != 8 {
+		t.Fatalf("a year takes %d trips, want 8", trips)
+	}
+}
+
+func TestRoutingKeyFits(t *testing.T) {
+	// Queue names are at most 128 bytes; the prefix at most 32.
+	target := strings.Repeat("p", 32) + ".q." + strings.Repeat("n", 128)
+	if k := delayKey(uint64(MaxDelay/time.Millisecond), target); len(k) > 255 {
+		t.Fatalf("routing key of %d bytes exceeds AMQP's 255", len(k))
+	}
+}
+
+func TestParseOptions(t *testing.T) {
+	for _, bad := range []string{"prefix=a*b", "prefix=a.b", "queue_type=stream", "delivery_limit=0", "delivery_limit=x"} {
+		u := mustURL(t, "amqp://guest:secret@localhost/?"+bad)
+		if _, _, err := parseOptions(u); err == nil {
+			t.Errorf("%s: accepted", bad)
+		} else if strings.Contains(err.Error(), "secret") {
+			t.Errorf("%s: error shows the password: %v", bad, err)
+		}
+	}
+	u := mustURL(t, "amqp://guest:secret@localhost/vh?prefix=app&queue_type=classic&delivery_limit=5&heartbeat=5")
+	opt, clean, err := parseOptions(u)
+	if err != nil || opt.prefix != "app" || opt.quorum || opt.deliveryLimit != 5 {
+		t.Fatalf("parse: %+v, %v", opt, err)
+	}
+	if clean.RawQuery != "heartbeat=5" {
+		t.Fatalf("broker URL keeps docket's parameters: %q", clean.RawQuery)
+	}
+}
+
+func mustURL(t *testing.T, s string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}

@@ -1,0 +1,314 @@
+package amqp
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/docketq/docket/transport"
+)
+
+// revokeFor is how long a worker remembers a cancel request.
+const revokeFor = 24 * time.Hour
+
+// replyExpires is how long a reply queue outlives its producer.
+const replyExpires = 10 * time.Minute
+
+// record is what a producer knows of a task it enqueued.
+type record struct {
+	info transport.Info
+}
+
+// stateUpdate is one state change of a task, as sent to its producer.
+type stateUpdate struct {
+	state   transport.State
+	attempt int
+	at      time.Time
+	err     string
+	runAt   time.Time
+	result  []byte
+}
+
+// apply records u for a task this process enqueued. A task's first final
+// state is kept: a late or duplicate report never changes it.
+func (t *Transport) apply(id string, u stateUpdate) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	r := t.known[id]
+	if r == nil || r.info.State.Terminal() {
+		return
+	}
+	in := &r.info
+	in.State, in.Attempt = u.state, u.attempt
+	switch {
+	case u.state == transport.StateRunning:
+		in.Started, in.RunAt = u.at, time.Time{}
+	case u.state.Terminal():
+		in.Finished, in.Error, in.Result = u.at, u.err, u.result
+	default:
+		in.RunAt, in.Error = u.runAt, u.err
+		if u.state == transport.StateScheduled {
+			in.ETA = u.runAt
+		}
+	}
+}
+
+// stateMessage returns the report of a state change of h's task to its
+// producer's reply queue; false when the message names none.
+func stateMessage(h *held, st transport.State, attempt int, at time.Time, result []byte, errText string, runAt time.Time) (outgoing, bool) {
+	if h.d.ReplyTo == "" {
+		return outgoing{}, false
+	}
+	hd := amqp.Table{hState: int64(st), hAttempt: int64(attempt)}
+	if errText != "" {
+		hd[hError] = errText
+	}
+	if st == transport.StateRunning {
+		hd[hStarted] = ms(at)
+	} else if st.Terminal() {
+		hd[hFinished] = ms(at)
+	}
+	if !runAt.IsZero() {
+		hd[hRunAt] = ms(runAt)
+	}
+	return outgoing{key: h.d.ReplyTo, msg: amqp.Publishing{
+		Headers: hd, CorrelationId: h.msg.ID, Type: "docket.state", Body: result,
+		DeliveryMode: amqp.Transient,
+	}}, true
+}
+
+func (t *Transport) replyQueue() string { return t.name("reply." + t.id) }
+
+// consumeReplies declares this process's reply queue and consumes it. The
+// queue is not exclusive, so replies sent while the connection is being
+// re-established wait in it; RabbitMQ deletes it replyExpires after this
+// process stopped using it.
+func (t *Transport) consumeReplies(s *session) error {
+	rq := t.replyQueue()
+	if _, err := s.ctl.QueueDeclare(rq, false, false, false, false, amqp.Table{
+		"x-queue-type": "classic", "x-expires": replyExpires.Milliseconds(),
+	}); err != nil {
+		return t.wrap("declare "+rq, err)
+	}
+	msgs, err := s.ctl.Consume(rq, "", true, false, false, false, nil)
+	if err != nil {
+		return t.wrap("consume "+rq, err)
+	}
+	s.declared.Store(rq, true)
+	go func() {
+		for d := range msgs {
+			t.reply(&d)
+		}
+	}()
+	return nil
+}
+
+func (t *Transport) reply(d *amqp.Delivery) {
+	st := transport.State(hInt(d.Headers, hState))
+	if !st.Valid() || d.CorrelationId == "" {
+		return
+	}
+	u := stateUpdate{
+		state: st, attempt: int(hInt(d.Headers, hAttempt)), err: hStr(d.Headers, hError),
+		runAt: fromMS(hInt(d.Headers, hRunAt)),
+	}
+	u.at = fromMS(hInt(d.Headers, hStarted))
+	if st.Terminal() {
+		u.at, u.result = fromMS(hInt(d.Headers, hFinished)), d.Body
+	}
+	t.apply(d.CorrelationId, u)
+	if st.Terminal() {
+		t.publishEvent(transport.Event{Kind: transport.EventFinished, IDs: []string{d.CorrelationId}})
+	}
+}
+
+// control is a message on the control exchange.
+type control struct {
+	Cancel []string `json:"cancel,omitempty"`
+}
+
+func (t *Transport) controlLoop(msgs <-chan amqp.Delivery) {
+	for d := range msgs {
+		var c control
+		if err := json.Unmarshal(d.Body, &c); err != nil {
+			t.cfg.Logger.Warn("docket: amqp: undecodable control message", "err", err)
+			continue
+		}
+		t.revoke(c.Cancel)
+	}
+}
+
+// revoke remembers cancel requests, flags the tasks this process produced,
+// and cancels the handlers running here.
+func (t *Transport) revoke(ids []string) {
+	until := t.cfg.Now().Add(revokeFor)
+	var running []string
+	t.mu.Lock()
+	for _, id := range ids {
+		t.revoked[id] = until
+		if r := t.known[id]; r != nil && !r.info.State.Terminal() {
+			r.info.CancelRequested = true
+		}
+		if t.inflight[id] != nil {
+			running = append(running, id)
+		}
+	}
+	t.mu.Unlock()
+	if len(running) > 0 {
+		t.publishEvent(transport.Event{Kind: transport.EventCancel, IDs: running})
+	}
+}
+
+func (t *Transport) isRevoked(id string) bool {
+	_, ok := t.revoked[id]
+	return ok
+}
+
+// Enqueue implements transport.Transport: it publishes every message and
+// returns once the broker confirmed them all. RabbitMQ cannot check ids or
+// unique keys; a message with a unique key is refused (ErrUnsupported).
+// When a batch fails part way, the messages already accepted are cancelled
+// (broadcast), so none of the batch runs unless a worker took one first.
+func (t *Transport) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]transport.EnqueueResult, error) {
+	if len(p.Messages) == 0 {
+		return nil, nil
+	}
+	for i := range p.Messages {
+		if k := p.Messages[i].UniqueKey; k != "" {
+			return nil, fmt.Errorf("docket: amqp: unique key %q: %w: RabbitMQ keeps no shared task state to enforce it", k, transport.ErrUnsupported)
+		}
+	}
+	s, err := t.session(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := t.wantReplies(s); err != nil {
+		return nil, err
+	}
+	out := make([]outgoing, len(p.Messages))
+	res := make([]transport.EnqueueResult, len(p.Messages))
+	for i := range p.Messages {
+		m := &p.Messages[i]
+		if m.Created.IsZero() {
+			m.Created = p.Now
+		}
+		pub, err := encode(m, 0, "", t.replyQueue())
+		if err != nil {
+			return nil, err
+		}
+		ex, key, err := t.route(ctx, s, m.Queue, m.ETA, p.Now)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = outgoing{exchange: ex, key: key, mandatory: true, msg: pub}
+		res[i].ID = m.ID
+	}
+	// Known before publishing: a fast worker's report may arrive before
+	// the confirm does.
+	t.mu.Lock()
+	for i := range p.Messages {
+		in := transport.Info{Message: p.Messages[i], State: transport.StateReady}
+		in.Payload, in.ReturnExisting = nil, false
+		if p.Now.Before(in.ETA) {
+			in.State, in.RunAt = transport.StateScheduled, in.ETA
+		}
+		t.known[in.ID] = &record{info: in}
+	}
+	t.mu.Unlock()
+	if err := t.publish(ctx, s, out); err != nil {
+		ids := make([]string, len(res))
+		t.mu.Lock()
+		for i, r := range res {
+			ids[i] = r.ID
+			delete(t.known, r.ID)
+		}
+		t.mu.Unlock()
+		if len(ids) > 1 {
+			cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			if cerr := t.broadcastCancel(cctx, ids); cerr != nil {
+				err = fmt.Errorf("%w (and cancelling the accepted part of the batch failed: %v)", err, cerr)
+			}
+			cancel()
+		}
+		return nil, err
+	}
+	t.publishEvent(transport.Event{Kind: transport.EventChanged})
+	return res, nil
+}
+
+// wantReplies makes sure this process consumes its reply queue.
+func (t *Transport) wantReplies(s *session) error {
+	if _, ok := s.declared.Load(t.replyQueue()); ok {
+		return nil
+	}
+	t.mu.Lock()
+	t.replies = true
+	t.mu.Unlock()
+	s.consumeMu.Lock()
+	defer s.consumeMu.Unlock()
+	if _, ok := s.declared.Load(t.replyQueue()); ok {
+		return nil
+	}
+	return t.consumeReplies(s)
+}
+
+func (t *Transport) broadcastCancel(ctx context.Context, ids []string) error {
+	s, err := t.session(ctx)
+	if err != nil {
+		return err
+	}
+	body, _ := json.Marshal(control{Cancel: ids})
+	return t.publish(ctx, s, []outgoing{{exchange: t.name("control"), msg: amqp.Publishing{
+		ContentType: "application/json", DeliveryMode: amqp.Transient, Body: body, Type: "docket.control",
+	}}})
+}
+
+// Cancel implements transport.Transport: it broadcasts the request to
+// every connected process. The state returned is what this process knows:
+// Running when the task started, the final state when it ended, and
+// Cancelled otherwise (the worker that receives it drops it and reports
+// Cancelled).
+func (t *Transport) Cancel(ctx context.Context, p transport.CancelParams) (transport.CancelResult, error) {
+	t.revoke([]string{p.ID})
+	if err := t.broadcastCancel(ctx, []string{p.ID}); err != nil {
+		return transport.CancelResult{}, err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	r := t.known[p.ID]
+	switch {
+	case r == nil:
+		return transport.CancelResult{State: transport.StateCancelled}, nil
+	case r.info.State.Terminal(), r.info.State == transport.StateRunning:
+		return transport.CancelResult{State: r.info.State}, nil
+	}
+	return transport.CancelResult{State: transport.StateCancelled}, nil
+}
+
+// Get implements transport.Transport for the tasks this process enqueued.
+func (t *Transport) Get(ctx context.Context, p transport.GetParams) (transport.Info, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	r := t.known[p.ID]
+	if r == nil {
+		return transport.Info{}, fmt.Errorf("docket: task %s: %w (with RabbitMQ alone a process knows only the tasks it enqueued)", p.ID, transport.ErrNotFound)
+	}
+	return r.info, nil
+}
+
+// Lookup implements transport.Transport for the tasks this process
+// enqueued.
+func (t *Transport) Lookup(ctx context.Context, p transport.LookupParams) ([]transport.Status, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]transport.Status, 0, len(p.IDs))
+	for _, id := range p.IDs {
+		if r := t.known[id]; r != nil {
+			out = append(out, transport.Status{ID: id, State: r.info.State, CancelRequested: r.info.CancelRequested})
+		}
+	}
+	return out, nil
+}
