@@ -305,6 +305,37 @@ type Subscriber interface {
 	Subscribe(fn func(Event)) (unsubscribe func())
 }
 
+// IDClaimer is implemented by transports that can lease given tasks by id.
+// A broker transport that keeps task state in another transport (its
+// result store) uses it: the broker decides which task runs when, the
+// store keeps the state and fences every write.
+type IDClaimer interface {
+	ClaimIDs(ctx context.Context, p ClaimIDsParams) ([]ClaimIDResult, error)
+}
+
+// ClaimIDsParams are the arguments of IDClaimer.ClaimIDs.
+type ClaimIDsParams struct {
+	Now        time.Time
+	Owner      string
+	LeaseUntil time.Time
+	IDs        []string
+	// Takeover, per id, also leases a task that another worker holds under
+	// a lease that has not lapsed: the broker redelivered it because that
+	// worker's connection died, so the new attempt fences out its writes.
+	// Without it, such a task is left alone (the delivery is a duplicate).
+	Takeover []bool
+}
+
+// ClaimIDResult is the outcome of ClaimIDs for one id.
+type ClaimIDResult struct {
+	Delivery *Delivery // the task, leased; nil when it was not
+	State    State     // otherwise its state; 0 when there is no such task
+	RunAt    time.Time // for Scheduled: when it falls due
+	// Ended: this call moved the task to its terminal State (it expired,
+	// or it had no attempt left after a lost worker).
+	Ended bool
+}
+
 // ClaimStopper is implemented by push-based transports that receive tasks
 // on a worker's behalf between claims (a broker consumer with a prefetch).
 // A worker calls StopClaims once its last Claim returned: the transport

@@ -592,3 +592,94 @@ func (s *Store) Prune(ctx context.Context, p transport.PruneParams) (int, error)
 	}
 	return int(n), nil
 }
+
+var _ transport.IDClaimer = (*Store)(nil)
+
+// claimIDSQL leases one task by id: the next attempt, owned by ?2 until ?3.
+const claimIDSQL = `UPDATE docket_tasks SET state = 3, attempt = attempt + 1, owner = ?2, run_at = ?3,
+	started_at = ?1, finished_at = 0, cancel = 0 WHERE id = ?4 RETURNING ` + deliveryCols
+
+// endIDSQL moves one task to a terminal state ?2 with error ?3.
+const endIDSQL = `UPDATE docket_tasks SET state = ?2, error = ?3, owner = NULL, finished_at = ?1,
+	run_at = ?1 + ttl_ms WHERE id = ?4`
+
+// ClaimIDs implements transport.IDClaimer.
+func (s *Store) ClaimIDs(ctx context.Context, p transport.ClaimIDsParams) ([]transport.ClaimIDResult, error) {
+	out := make([]transport.ClaimIDResult, len(p.IDs))
+	now := ms(p.Now)
+	err := s.w.do(ctx, "claim", func(r runner) error {
+		for i, id := range p.IDs {
+			out[i] = transport.ClaimIDResult{}
+			var state transport.State
+			var runAt, expires int64
+			var attempt, maxAttempts, cancel int
+			err := queryOne(ctx, r, []any{&state, &runAt, &expires, &attempt, &maxAttempts, &cancel},
+				"SELECT state, run_at, expires_at, attempt, max_attempts, cancel FROM docket_tasks WHERE id = ?", id)
+			if errors.Is(err, sql.ErrNoRows) {
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("docket: claim task %s: %w", id, err)
+			}
+			takeover := i < len(p.Takeover) && p.Takeover[i]
+			end, reason := leaseDecision(state, runAt, expires, attempt, maxAttempts, cancel != 0, takeover, now)
+			switch {
+			case end != 0:
+				if _, err := r.exec(ctx, endIDSQL, now, int(end), reason, id); err != nil {
+					return fmt.Errorf("docket: end task %s: %w", id, err)
+				}
+				out[i] = transport.ClaimIDResult{State: end, Ended: true}
+			case reason != "":
+				out[i] = transport.ClaimIDResult{State: state}
+				if state == transport.StateScheduled {
+					out[i].RunAt = fromMS(runAt)
+				}
+			default:
+				rows, err := r.query(ctx, claimIDSQL, now, p.Owner, ms(p.LeaseUntil), id)
+				if err != nil {
+					return fmt.Errorf("docket: claim task %s: %w", id, err)
+				}
+				if !rows.Next() {
+					rows.Close()
+					return fmt.Errorf("docket: claim task %s: vanished", id)
+				}
+				d, _, err := scanDelivery(rows)
+				if cerr := closeRows(rows); err == nil {
+					err = cerr
+				}
+				if err != nil {
+					return err
+				}
+				d.Owner = p.Owner
+				out[i] = transport.ClaimIDResult{Delivery: &d, State: transport.StateRunning}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// leaseDecision says what ClaimIDs does with a task: end it (end is the
+// terminal state, reason the error to record), leave it (end 0 and a
+// reason: already final, held by a live lease, or not due), or lease it
+// (end 0, reason empty).
+func leaseDecision(state transport.State, runAt, expires int64, attempt, maxAttempts int, cancel, takeover bool, now int64) (end transport.State, reason string) {
+	switch {
+	case state.Terminal():
+		return 0, "final"
+	case state == transport.StateRunning && !takeover && runAt > now:
+		return 0, "held"
+	case state == transport.StateScheduled && runAt > now:
+		return 0, "not due"
+	case state == transport.StateRunning && cancel:
+		return transport.StateCancelled, fmt.Sprintf("cancelled; the worker was lost in attempt %d", attempt)
+	case expires > 0 && expires <= now:
+		return transport.StateExpired, "expired before start"
+	case attempt >= maxAttempts:
+		return transport.StateFailed, fmt.Sprintf("worker lost: delivered again after attempt %d", attempt)
+	}
+	return 0, ""
+}

@@ -307,15 +307,10 @@ func (t *Transport) Claim(ctx context.Context, p transport.ClaimParams) (transpo
 	parts := row(v)
 	for _, g := range row(parts[0]) {
 		f := row(g)
-		d := transport.Delivery{Owner: p.Owner, LeaseUntil: p.LeaseUntil}
-		d.Name, d.Queue, d.Priority = str(f, 0), str(f, 1), int(num(f, 2))
-		d.Expires, d.Attempt, d.MaxAttempts = fromMS(num(f, 3)), int(num(f, 4)), int(num(f, 5))
-		d.Timeout, d.ResultTTL = time.Duration(num(f, 6))*time.Millisecond, time.Duration(num(f, 7))*time.Millisecond
-		d.UniqueKey, d.Payload = str(f, 8), []byte(str(f, 9))
-		if err := wire.DecodeMeta(str(f, 10), &d.Message); err != nil {
+		d, err := deliveryFrom(f, str(f, 13), p.Owner, p.LeaseUntil)
+		if err != nil {
 			return res, err
 		}
-		d.Created, d.LastError, d.ID = fromMS(num(f, 11)), str(f, 12), str(f, 13)
 		res.Deliveries = append(res.Deliveries, d)
 	}
 	for _, e := range row(parts[1]) {
@@ -333,6 +328,64 @@ func (t *Transport) Claim(ctx context.Context, p transport.ClaimParams) (transpo
 		t.publishLocal(transport.Event{Kind: transport.EventFinished, IDs: ids})
 	}
 	return res, nil
+}
+
+// deliveryFrom reads a leased task from the script's fields: name queue
+// prio exp att max tmo ttl uk pay meta created err.
+func deliveryFrom(f []any, id, owner string, leaseUntil time.Time) (transport.Delivery, error) {
+	d := transport.Delivery{Owner: owner, LeaseUntil: leaseUntil}
+	d.ID, d.Name, d.Queue, d.Priority = id, str(f, 0), str(f, 1), int(num(f, 2))
+	d.Expires, d.Attempt, d.MaxAttempts = fromMS(num(f, 3)), int(num(f, 4)), int(num(f, 5))
+	d.Timeout, d.ResultTTL = time.Duration(num(f, 6))*time.Millisecond, time.Duration(num(f, 7))*time.Millisecond
+	d.UniqueKey, d.Payload = str(f, 8), []byte(str(f, 9))
+	d.Created, d.LastError = fromMS(num(f, 11)), str(f, 12)
+	return d, wire.DecodeMeta(str(f, 10), &d.Message)
+}
+
+var _ transport.IDClaimer = (*Transport)(nil)
+
+// ClaimIDs implements transport.IDClaimer.
+func (t *Transport) ClaimIDs(ctx context.Context, p transport.ClaimIDsParams) ([]transport.ClaimIDResult, error) {
+	out := make([]transport.ClaimIDResult, len(p.IDs))
+	if len(p.IDs) == 0 {
+		return out, nil
+	}
+	args := []any{ms(p.Now), p.Owner, ms(p.LeaseUntil), len(p.IDs)}
+	for i, id := range p.IDs {
+		tk := "0"
+		if i < len(p.Takeover) && p.Takeover[i] {
+			tk = "1"
+		}
+		args = append(args, id, tk)
+	}
+	v, err := t.run(ctx, claimIDsScript, args...)
+	if err != nil {
+		return nil, fmt.Errorf("docket: redis claim by id: %w", err)
+	}
+	var ended []string
+	for i, x := range row(v) {
+		r := row(x)
+		switch str(r, 0) {
+		case "lease":
+			d, err := deliveryFrom(r[1:], p.IDs[i], p.Owner, p.LeaseUntil)
+			if err != nil {
+				return nil, err
+			}
+			out[i] = transport.ClaimIDResult{Delivery: &d, State: transport.StateRunning}
+		case "end":
+			out[i] = transport.ClaimIDResult{State: transport.State(num(r, 1)), Ended: true}
+			ended = append(ended, p.IDs[i])
+		case "left":
+			out[i] = transport.ClaimIDResult{State: transport.State(num(r, 1))}
+			if out[i].State == transport.StateScheduled {
+				out[i].RunAt = fromMS(num(r, 2))
+			}
+		}
+	}
+	if len(ended) > 0 {
+		t.publishLocal(transport.Event{Kind: transport.EventFinished, IDs: ended})
+	}
+	return out, nil
 }
 
 // Extend implements transport.Transport.

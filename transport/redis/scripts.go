@@ -308,3 +308,43 @@ end
 redis.call('HSET', sk, 'last_slot', slot, 'last_fired', now, 'last_task', id)
 return {1, 1, id, ''}
 `)
+
+// claimIDsScript: ARGV = P now owner lease_until n (id takeover)...
+// -> per id: {'lease', fields...} | {'end', state} | {'left', state, run_at} | {'none'}.
+// The rules are those of the SQLite store's leaseDecision.
+var claimIDsScript = goredis.NewScript(lib + `
+local now, owner, deadline, n = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local out = {}
+for i = 0, n - 1 do
+	local id, takeover = ARGV[6 + i*2], ARGV[7 + i*2] == '1'
+	local tk = k('t', id)
+	local f = redis.call('HMGET', tk, 'state', 'run_at', 'exp', 'att', 'max', 'cancel', 'queue')
+	if not f[1] then
+		out[i + 1] = {'none'}
+	else
+		local st, runat, exp, att, max = tonumber(f[1]), tonumber(f[2]), tonumber(f[3]), tonumber(f[4]), tonumber(f[5])
+		if st >= 4 or (st == 3 and not takeover and runat > now) or (st == 1 and runat > now) then
+			out[i + 1] = {'left', st, runat}
+		elseif st == 3 and f[6] == '1' then
+			terminal(id, 6, now, 'cancelled; the worker was lost in attempt ' .. att, nil)
+			out[i + 1] = {'end', 6}
+		elseif exp > 0 and exp <= now then
+			terminal(id, 7, now, 'expired before start', nil)
+			out[i + 1] = {'end', 7}
+		elseif att >= max then
+			terminal(id, 5, now, 'worker lost: delivered again after attempt ' .. att, nil)
+			out[i + 1] = {'end', 5}
+		else
+			redis.call('ZREM', k('r', f[7]), id)
+			redis.call('ZREM', k('sched'), id)
+			redis.call('ZADD', k('lease'), deadline, id)
+			redis.call('HINCRBY', tk, 'att', 1)
+			redis.call('HSET', tk, 'state', 3, 'owner', owner, 'run_at', deadline, 'started', now, 'cancel', 0)
+			local row = redis.call('HMGET', tk, 'name', 'queue', 'prio', 'exp', 'att', 'max', 'tmo', 'ttl', 'uk', 'pay', 'meta', 'created', 'err')
+			table.insert(row, 1, 'lease')
+			out[i + 1] = row
+		end
+	end
+end
+return out
+`)

@@ -261,3 +261,26 @@ func (t *Transport) ScheduleDelete(ctx context.Context, p transport.ScheduleDele
 	}
 	return s.ScheduleDelete(ctx, p)
 }
+
+// ClaimIDs implements transport.IDClaimer when the store does, and
+// announces the tasks it ended.
+func (t *Transport) ClaimIDs(ctx context.Context, p transport.ClaimIDsParams) ([]transport.ClaimIDResult, error) {
+	c, ok := t.Store.(transport.IDClaimer)
+	if !ok {
+		return nil, transport.ErrUnsupported
+	}
+	res, err := c.ClaimIDs(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	var ended []string
+	for i, r := range res {
+		if r.Ended {
+			ended = append(ended, p.IDs[i])
+		}
+	}
+	if len(ended) > 0 {
+		t.publish(transport.Event{Kind: transport.EventFinished, IDs: ended})
+	}
+	return res, nil
+}
