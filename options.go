@@ -293,6 +293,7 @@ type config struct {
 	maxResult     int
 	nameLimits    map[string]int
 	rateLimits    map[string]rateLimit
+	resultURL     string
 	errs          []error
 }
 
@@ -425,6 +426,21 @@ func PollInterval(d time.Duration) Option {
 	return func(c *config) {
 		if c.check(!(d < time.Millisecond || d > time.Minute), invalid("PollInterval", d, "must be within 1ms..1m")) {
 			c.pollInterval = d
+		}
+	}
+}
+
+// ResultStore names the store that keeps task state for a broker
+// transport (RabbitMQ): a Redis URL for several hosts, or a SQLite file on
+// one. With it, results outlive their producer, any process can look a task
+// up, unique keys and cancellation are enforced durably, and schedules fire
+// each slot once; the broker still carries every task. The default is
+// $DOCKET_RESULT_URL. Transports that keep their own state (SQLite,
+// Redis) refuse it.
+func ResultStore(url string) Option {
+	return func(c *config) {
+		if c.check(url != "", invalid("ResultStore", url, "must not be empty")) {
+			c.resultURL = url
 		}
 	}
 }

@@ -55,6 +55,8 @@ type Queue struct {
 //	"memory:NAME"            an in-memory database shared by this process's
 //	                         Queues opened with the same NAME
 //	"redis://host:6379/0"    needs import _ ".../transport/redis"
+//	"amqp://host:5672/vhost" needs import _ ".../transport/amqp"; task state in
+//	                         the ResultStore option or $DOCKET_RESULT_URL
 //
 // An unknown scheme fails with an error naming the import that registers it.
 func Open(ctx context.Context, rawURL string, opts ...Option) (*Queue, error) {
@@ -78,13 +80,29 @@ func Open(ctx context.Context, rawURL string, opts ...Option) (*Queue, error) {
 	if err != nil {
 		return nil, err
 	}
-	t, err := transport.Open(ctx, u, transport.Config{
+	tcfg := transport.Config{
 		Logger:       cfg.logger,
 		Now:          cfg.clock.Now,
 		PollInterval: cfg.pollInterval,
-	})
+	}
+	resultURL := cfg.resultURL
+	if resultURL == "" {
+		resultURL = os.Getenv("DOCKET_RESULT_URL")
+	}
+	if resultURL != "" {
+		if tcfg.ResultURL, err = parseURL(resultURL); err != nil {
+			return nil, fmt.Errorf("docket: result store: %w", err)
+		}
+	}
+	t, err := transport.Open(ctx, u, tcfg)
 	if err != nil {
 		return nil, err
+	}
+	if tcfg.ResultURL != nil {
+		if rs, ok := t.(transport.ResultStorer); !ok || rs.ResultStore() == nil {
+			t.Close()
+			return nil, fmt.Errorf("docket: a result store (%s) is for broker transports; %s keeps its own state", transport.Redact(tcfg.ResultURL), u.Scheme)
+		}
 	}
 	q := &Queue{
 		t:        t,

@@ -20,6 +20,17 @@ type Config struct {
 	Now func() time.Time
 	// PollInterval bounds how stale cross-process change detection may be.
 	PollInterval time.Duration
+	// ResultURL, when set, names the store a broker transport keeps task
+	// state in (see ResultStorer). Transports that keep their own state
+	// are refused it by docket.Open.
+	ResultURL *url.URL
+}
+
+// ResultStorer is implemented by broker transports that keep task state in
+// another transport, opened from Config.ResultURL. ResultStore returns it,
+// or nil when none was configured.
+type ResultStorer interface {
+	ResultStore() Transport
 }
 
 // OpenFunc opens a transport for a parsed URL.

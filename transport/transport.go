@@ -319,20 +319,21 @@ type ClaimIDsParams struct {
 	Owner      string
 	LeaseUntil time.Time
 	IDs        []string
-	// Takeover, per id, also leases a task that another worker holds under
-	// a lease that has not lapsed: the broker redelivered it because that
-	// worker's connection died, so the new attempt fences out its writes.
-	// Without it, such a task is left alone (the delivery is a duplicate).
-	Takeover []bool
 }
 
 // ClaimIDResult is the outcome of ClaimIDs for one id.
+//
+// A task that is due (ready, or scheduled and due, or running under a
+// lapsed lease) is leased as its next attempt. A task that is not due, or
+// held under a live lease (a duplicate delivery, or a redelivery while the
+// first holder may still run it), is left alone with RunAt saying when to
+// ask again. Final and unknown tasks are left alone.
 type ClaimIDResult struct {
 	Delivery *Delivery // the task, leased; nil when it was not
 	State    State     // otherwise its state; 0 when there is no such task
-	RunAt    time.Time // for Scheduled: when it falls due
+	RunAt    time.Time // Scheduled: when it falls due; Running: when the lease ends
 	// Ended: this call moved the task to its terminal State (it expired,
-	// or it had no attempt left after a lost worker).
+	// or its worker was lost with no attempt left).
 	Ended bool
 }
 

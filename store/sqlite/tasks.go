@@ -621,8 +621,7 @@ func (s *Store) ClaimIDs(ctx context.Context, p transport.ClaimIDsParams) ([]tra
 			if err != nil {
 				return fmt.Errorf("docket: claim task %s: %w", id, err)
 			}
-			takeover := i < len(p.Takeover) && p.Takeover[i]
-			end, reason := leaseDecision(state, runAt, expires, attempt, maxAttempts, cancel != 0, takeover, now)
+			end, reason := leaseDecision(state, runAt, expires, attempt, maxAttempts, cancel != 0, now)
 			switch {
 			case end != 0:
 				if _, err := r.exec(ctx, endIDSQL, now, int(end), reason, id); err != nil {
@@ -631,7 +630,7 @@ func (s *Store) ClaimIDs(ctx context.Context, p transport.ClaimIDsParams) ([]tra
 				out[i] = transport.ClaimIDResult{State: end, Ended: true}
 			case reason != "":
 				out[i] = transport.ClaimIDResult{State: state}
-				if state == transport.StateScheduled {
+				if !state.Terminal() {
 					out[i].RunAt = fromMS(runAt)
 				}
 			default:
@@ -664,13 +663,13 @@ func (s *Store) ClaimIDs(ctx context.Context, p transport.ClaimIDsParams) ([]tra
 
 // leaseDecision says what ClaimIDs does with a task: end it (end is the
 // terminal state, reason the error to record), leave it (end 0 and a
-// reason: already final, held by a live lease, or not due), or lease it
+// reason: already final, held under a live lease, or not due), or lease it
 // (end 0, reason empty).
-func leaseDecision(state transport.State, runAt, expires int64, attempt, maxAttempts int, cancel, takeover bool, now int64) (end transport.State, reason string) {
+func leaseDecision(state transport.State, runAt, expires int64, attempt, maxAttempts int, cancel bool, now int64) (end transport.State, reason string) {
 	switch {
 	case state.Terminal():
 		return 0, "final"
-	case state == transport.StateRunning && !takeover && runAt > now:
+	case state == transport.StateRunning && runAt > now:
 		return 0, "held"
 	case state == transport.StateScheduled && runAt > now:
 		return 0, "not due"

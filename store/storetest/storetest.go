@@ -542,9 +542,9 @@ func testConcurrentClaims(t *testing.T, s store.Store) {
 }
 
 // ClaimIDs (for stores behind a broker): a task is leased by id whatever
-// its queue position; a live lease is left alone unless taken over, which
-// fences the old holder out; not-due, final and unknown tasks are left;
-// expired, cancelled-while-lost and out-of-attempts tasks end.
+// its queue position; a task under a live lease or not due is left with
+// the time to ask again; final and unknown tasks are left; expired,
+// cancelled-while-lost and out-of-attempts tasks end.
 func testClaimIDs(t *testing.T, s store.Store) {
 	c, ok := s.(transport.IDClaimer)
 	if !ok {
@@ -554,19 +554,15 @@ func testClaimIDs(t *testing.T, s store.Store) {
 		msg("a"), msg("b", func(m *transport.Message) { m.ETA = base.Add(time.Hour) }),
 		msg("c", func(m *transport.Message) { m.Expires = base.Add(time.Second) }),
 		msg("d", func(m *transport.Message) { m.MaxAttempts = 1 }), msg("e"))
-	claimIDs := func(now time.Time, owner string, takeover bool, ids ...string) []transport.ClaimIDResult {
+	claimIDs := func(now time.Time, owner string, ids ...string) []transport.ClaimIDResult {
 		t.Helper()
-		tk := make([]bool, len(ids))
-		for i := range tk {
-			tk[i] = takeover
-		}
-		res, err := c.ClaimIDs(ctx, transport.ClaimIDsParams{Now: now, Owner: owner, LeaseUntil: now.Add(30 * time.Second), IDs: ids, Takeover: tk})
+		res, err := c.ClaimIDs(ctx, transport.ClaimIDsParams{Now: now, Owner: owner, LeaseUntil: now.Add(30 * time.Second), IDs: ids})
 		if err != nil || len(res) != len(ids) {
 			t.Fatalf("ClaimIDs(%v): %v, %v", ids, res, err)
 		}
 		return res
 	}
-	res := claimIDs(base, "w1", false, "a", "b", "nope")
+	res := claimIDs(base, "w1", "a", "b", "nope")
 	if d := res[0].Delivery; d == nil || d.ID != "a" || d.Attempt != 1 || d.Owner != "w1" || d.Name != "t.noop" || string(d.Payload) != "{}" {
 		t.Fatalf("a: %+v", res[0])
 	}
@@ -576,32 +572,33 @@ func testClaimIDs(t *testing.T, s store.Store) {
 	if res[2].Delivery != nil || res[2].State != 0 {
 		t.Fatalf("unknown id: %+v", res[2])
 	}
+	// c, d and e stay claimable from their queue; a is leased.
 	if got := claim(t, s, base, "w9", 10); len(got.Deliveries) != 3 {
-		// c, d and e stay claimable by queue; a is leased.
 		t.Fatalf("queue claim after ClaimIDs: %v", ids(got.Deliveries))
 	}
-	// The queue claim above leased c, d and e to w9; a duplicate copy
-	// of a live lease is left alone, a takeover fences the holder out.
-	if r := claimIDs(base.Add(time.Second), "w2", false, "a")[0]; r.Delivery != nil || r.State != transport.StateRunning {
-		t.Fatalf("duplicate of a live lease: %+v", r)
+	// A second copy of a is left while w1's lease lives, and leased as
+	// the next attempt once it lapsed, fencing w1 out.
+	if r := claimIDs(base.Add(time.Second), "w2", "a")[0]; r.Delivery != nil || r.State != transport.StateRunning || !r.RunAt.Equal(base.Add(30*time.Second)) {
+		t.Fatalf("copy of a task under a live lease: %+v", r)
 	}
-	r := claimIDs(base.Add(time.Second), "w2", true, "a")[0]
+	r := claimIDs(base.Add(31*time.Second), "w2", "a")[0]
 	if r.Delivery == nil || r.Delivery.Attempt != 2 {
-		t.Fatalf("takeover: %+v", r)
+		t.Fatalf("after the lease lapsed: %+v", r)
 	}
-	if f := finish(t, s, base.Add(2*time.Second), transport.Outcome{Lease: transport.Lease{ID: "a", Attempt: 1, Owner: "w1"}, State: transport.StateSucceeded}); !f.Lost {
-		t.Fatal("the taken-over holder's outcome was written")
+	if f := finish(t, s, base.Add(32*time.Second), transport.Outcome{Lease: transport.Lease{ID: "a", Attempt: 1, Owner: "w1"}, State: transport.StateSucceeded}); !f.Lost {
+		t.Fatal("the lapsed holder's outcome was written")
 	}
-	finish(t, s, base.Add(2*time.Second), transport.Outcome{Lease: r.Delivery.Lease(), State: transport.StateSucceeded, Result: []byte("1")})
-	if r := claimIDs(base.Add(3*time.Second), "w3", true, "a")[0]; r.Delivery != nil || r.State != transport.StateSucceeded || r.Ended {
+	finish(t, s, base.Add(32*time.Second), transport.Outcome{Lease: r.Delivery.Lease(), State: transport.StateSucceeded, Result: []byte("1")})
+	later := base.Add(time.Minute)
+	if r := claimIDs(later, "w3", "a")[0]; r.Delivery != nil || r.State != transport.StateSucceeded || r.Ended {
 		t.Fatalf("finished task: %+v", r)
 	}
-	// c expired while w9 held it and its connection died.
-	if r := claimIDs(base.Add(3*time.Second), "w3", true, "c")[0]; !r.Ended || r.State != transport.StateExpired {
+	// c expired while w9 held it and w9 was lost.
+	if r := claimIDs(later, "w3", "c")[0]; !r.Ended || r.State != transport.StateExpired {
 		t.Fatalf("expired: %+v", r)
 	}
 	// d had one attempt, and its worker was lost.
-	if r := claimIDs(base.Add(3*time.Second), "w3", true, "d")[0]; !r.Ended || r.State != transport.StateFailed {
+	if r := claimIDs(later, "w3", "d")[0]; !r.Ended || r.State != transport.StateFailed {
 		t.Fatalf("out of attempts: %+v", r)
 	}
 	if in := get(t, s, "d"); in.State != transport.StateFailed || in.Error == "" {
@@ -611,11 +608,11 @@ func testClaimIDs(t *testing.T, s store.Store) {
 	if cr, err := s.Cancel(ctx, transport.CancelParams{Now: base.Add(3 * time.Second), ID: "e"}); err != nil || cr.State != transport.StateRunning {
 		t.Fatalf("Cancel(e) = %+v, %v", cr, err)
 	}
-	if r := claimIDs(base.Add(4*time.Second), "w3", true, "e")[0]; !r.Ended || r.State != transport.StateCancelled {
+	if r := claimIDs(later, "w3", "e")[0]; !r.Ended || r.State != transport.StateCancelled {
 		t.Fatalf("cancelled while lost: %+v", r)
 	}
 	// b falls due.
-	if r := claimIDs(base.Add(2*time.Hour), "w3", false, "b")[0]; r.Delivery == nil || r.Delivery.Attempt != 1 {
+	if r := claimIDs(base.Add(2*time.Hour), "w3", "b")[0]; r.Delivery == nil || r.Delivery.Attempt != 1 {
 		t.Fatalf("due: %+v", r)
 	}
 }

@@ -127,7 +127,12 @@ type Transport struct {
 	buf      []*held         // delivered, not claimed yet
 	inflight map[string]*held
 
-	// producer side
+	// the result store, when one is configured
+	store   transport.Transport
+	claimer transport.IDClaimer
+	unsub   func()
+
+	// producer side (RabbitMQ alone)
 	replies bool // a reply queue is wanted (this process enqueued)
 	known   map[string]*record
 	revoked map[string]time.Time
@@ -150,15 +155,56 @@ func open(ctx context.Context, u *url.URL, cfg transport.Config) (transport.Tran
 		queues: map[string]bool{}, inflight: map[string]*held{},
 		known: map[string]*record{}, revoked: map[string]time.Time{},
 	}
+	if cfg.ResultURL != nil {
+		if err := t.openStore(ctx, cfg); err != nil {
+			return nil, err
+		}
+	}
 	s, err := t.connect(ctx)
 	if err != nil {
+		if t.store != nil {
+			t.unsub()
+			t.store.Close()
+		}
 		return nil, err
 	}
 	t.install(s)
 	t.bg.Add(1)
 	go t.sweep()
+	if t.store != nil {
+		return &Stored{t}, nil
+	}
 	return t, nil
 }
+
+// openStore opens the result store named by cfg.ResultURL and forwards its
+// notifications (finished tasks, cancel requests, other processes'
+// writes); new work is announced by RabbitMQ, not by the store.
+func (t *Transport) openStore(ctx context.Context, cfg transport.Config) error {
+	scfg := cfg
+	scfg.ResultURL = nil
+	st, err := transport.Open(ctx, cfg.ResultURL, scfg)
+	if err != nil {
+		return fmt.Errorf("docket: amqp result store: %w", err)
+	}
+	c, ok := st.(transport.IDClaimer)
+	if !ok {
+		st.Close()
+		return fmt.Errorf("docket: amqp result store %s cannot lease tasks by id", transport.Redact(cfg.ResultURL))
+	}
+	t.store, t.claimer, t.unsub = st, c, func() {}
+	if sub, ok := st.(transport.Subscriber); ok {
+		t.unsub = sub.Subscribe(func(e transport.Event) {
+			if e.Kind != transport.EventReady {
+				t.publishEvent(e)
+			}
+		})
+	}
+	return nil
+}
+
+// ResultStore implements transport.ResultStorer.
+func (t *Transport) ResultStore() transport.Transport { return t.store }
 
 func parseOptions(u *url.URL) (options, *url.URL, error) {
 	opt := options{prefix: "docket", quorum: true, deliveryLimit: 20}
@@ -232,6 +278,10 @@ func (t *Transport) Close() error {
 	}
 	t.bg.Wait()
 	t.listeners.Stop()
+	if t.store != nil {
+		t.unsub()
+		return t.store.Close()
+	}
 	return nil
 }
 

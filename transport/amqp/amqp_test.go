@@ -5,13 +5,18 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
+	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/docketq/docket"
 	"github.com/docketq/docket/transport/amqp"
+	_ "github.com/docketq/docket/transport/redis"
 	"github.com/docketq/docket/transport/transporttest"
 )
 
@@ -101,6 +106,71 @@ func TestConformanceClassic(t *testing.T) {
 		NoSchedules:   true,
 		NoSharedState: true,
 	})
+}
+
+// With a result store, the whole suite runs: unique keys, beat slots and
+// lookups from any process.
+func TestConformanceSQLiteStore(t *testing.T) {
+	brokerURL(t)
+	var stores sync.Map // broker URL -> result store URL
+	transporttest.Run(t, transporttest.Backend{
+		NewURL: func(t *testing.T) string {
+			u := freshURL(t, "")
+			stores.Store(u, "sqlite:"+filepath.Join(t.TempDir(), "state.db"))
+			return u
+		},
+		Options: func(t *testing.T, url string) []docket.Option {
+			v, _ := stores.Load(url)
+			return []docket.Option{docket.ResultStore(v.(string))}
+		},
+		NoPriority: true,
+	})
+}
+
+func TestConformanceRedisStore(t *testing.T) {
+	brokerURL(t)
+	redis := os.Getenv("DOCKET_TEST_REDIS_URL")
+	if redis == "" {
+		t.Skip("DOCKET_TEST_REDIS_URL is not set: skipping RabbitMQ with a Redis result store")
+	}
+	var stores sync.Map
+	transporttest.Run(t, transporttest.Backend{
+		NewURL: func(t *testing.T) string {
+			u := freshURL(t, "queue_type=classic")
+			stores.Store(u, redisWithPrefix(t, redis))
+			return u
+		},
+		Options: func(t *testing.T, url string) []docket.Option {
+			v, _ := stores.Load(url)
+			return []docket.Option{docket.ResultStore(v.(string))}
+		},
+	})
+}
+
+// redisWithPrefix returns base with a fresh key prefix, whose keys are
+// deleted when the test ends.
+func redisWithPrefix(t *testing.T, base string) string {
+	prefix := fmt.Sprintf("dockettest-amqp-%d-%d", os.Getpid(), seq.Add(1))
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	q.Set("prefix", prefix)
+	u.RawQuery = q.Encode()
+	t.Cleanup(func() {
+		opts, err := goredis.ParseURL(base)
+		if err != nil {
+			return
+		}
+		c := goredis.NewClient(opts)
+		defer c.Close()
+		keys, _ := c.Keys(bg, "{"+prefix+"}:*").Result()
+		if len(keys) > 0 {
+			c.Del(bg, keys...)
+		}
+	})
+	return u.String()
 }
 
 var bg = context.Background()

@@ -105,40 +105,36 @@ func (t *Transport) Claim(ctx context.Context, p transport.ClaimParams) (transpo
 			return res, err
 		}
 	}
-	var give, ended []*held
-	var ends []transport.Status
 	t.mu.Lock()
 	picked := t.pick(p)
-	for _, h := range picked {
-		id := h.msg.ID
-		switch {
-		case h.bad != nil:
-			ended = append(ended, h)
-		case t.isRevoked(id):
-			ends = append(ends, transport.Status{ID: id, State: transport.StateCancelled})
-			ended = append(ended, h)
-		case !h.msg.Expires.IsZero() && !p.Now.Before(h.msg.Expires):
-			ends = append(ends, transport.Status{ID: id, State: transport.StateExpired})
-			ended = append(ended, h)
-		case p.Now.Before(h.msg.ETA):
-			ended = append(ended, h) // early: sent around the delay levels again
-		case h.attempt > h.msg.MaxAttempts:
-			ends = append(ends, transport.Status{ID: id, State: transport.StateFailed})
-			ended = append(ended, h)
-		default:
-			h.owner = p.Owner
-			t.inflight[id] = h
-			give = append(give, h)
-		}
-	}
 	t.mu.Unlock()
-	if len(ended) > 0 {
-		if err := t.dispose(s, p.Now, ended); err != nil {
+	if len(picked) == 0 {
+		return res, nil
+	}
+	var give []*held
+	var settle []settlement
+	if t.store != nil {
+		give, settle, res.Ended, err = t.leaseStored(ctx, s, p, picked)
+		if err != nil {
+			t.requeue(picked)
+			return res, err
+		}
+	} else {
+		give, settle, res.Ended = t.leaseAlone(ctx, s, p, picked)
+	}
+	if len(settle) > 0 {
+		if err := t.settle(s, settle); err != nil {
 			t.cfg.Logger.Warn("docket: amqp: could not settle undeliverable tasks; reconnecting", "err", err)
 			s.fail(err)
 		}
 	}
 	var running []outgoing
+	t.mu.Lock()
+	for _, h := range give {
+		h.owner = p.Owner
+		t.inflight[h.msg.ID] = h
+	}
+	t.mu.Unlock()
 	for _, h := range give {
 		d := transport.Delivery{Message: h.msg, Attempt: h.attempt, Owner: p.Owner, LeaseUntil: p.LeaseUntil, LastError: h.lastErr}
 		res.Deliveries = append(res.Deliveries, d)
@@ -151,7 +147,6 @@ func (t *Transport) Claim(ctx context.Context, p transport.ClaimParams) (transpo
 	for _, o := range running {
 		s.pub.PublishWithDeferredConfirmWithContext(ctx, o.exchange, o.key, false, false, o.msg)
 	}
-	res.Ended = ends
 	return res, nil
 }
 
@@ -185,53 +180,142 @@ func (t *Transport) pick(p transport.ClaimParams) []*held {
 	return out
 }
 
-// dispose settles deliveries that must not run: undecodable ones and those
-// out of attempts go to the dead-letter queue with the reason; cancelled
-// and expired ones end; early ones go around the delay levels again. The
-// producer hears of each ending. Each is acknowledged once its messages
-// were confirmed.
-func (t *Transport) dispose(s *session, now time.Time, hs []*held) error {
+// requeue puts picked deliveries back at the front of the buffer.
+func (t *Transport) requeue(hs []*held) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.sess == nil || len(hs) == 0 || hs[0].s != t.sess {
+		return
+	}
+	t.buf = append(append([]*held(nil), hs...), t.buf...)
+}
+
+// settlement is a delivery that will not run now, and the messages to
+// publish before it is acknowledged.
+type settlement struct {
+	h   *held
+	out []outgoing
+	end string // the id of a task this ended, for EventFinished (rpc mode)
+}
+
+// leaseAlone decides, with RabbitMQ alone, which deliveries run: the
+// message's headers and this process's memory of cancellations are all
+// there is to go by.
+func (t *Transport) leaseAlone(ctx context.Context, s *session, p transport.ClaimParams, picked []*held) (give []*held, settle []settlement, ended []transport.Status) {
+	for _, h := range picked {
+		id := h.msg.ID
+		var state transport.State
+		var reason string
+		t.mu.Lock()
+		revoked := t.isRevoked(id)
+		t.mu.Unlock()
+		switch {
+		case h.bad != nil:
+			settle = append(settle, settlement{h: h, out: []outgoing{t.deadLetter(h, "undecodable: "+h.bad.Error())}})
+			continue
+		case revoked:
+			state, reason = transport.StateCancelled, "cancelled before it started"
+		case !h.msg.Expires.IsZero() && !p.Now.Before(h.msg.Expires):
+			state, reason = transport.StateExpired, "expired before it started"
+		case p.Now.Before(h.msg.ETA):
+			// Early (an ETA beyond one trip through the delay levels, or
+			// another host's clock): around the levels again.
+			c, err := t.copyOf(ctx, s, h, h.used, h.lastErr, h.msg.ETA, p.Now)
+			if err != nil {
+				t.requeue([]*held{h})
+				continue
+			}
+			settle = append(settle, settlement{h: h, out: []outgoing{c}})
+			continue
+		case h.attempt > h.msg.MaxAttempts:
+			state = transport.StateFailed
+			reason = fmt.Sprintf("worker lost: delivered %d times without an outcome (max attempts %d)", h.attempt-1, h.msg.MaxAttempts)
+		default:
+			give = append(give, h)
+			continue
+		}
+		st := settlement{h: h, end: id}
+		if state == transport.StateFailed {
+			st.out = append(st.out, t.deadLetter(h, reason))
+		}
+		if o, ok := stateMessage(h, state, h.attempt-1, p.Now, nil, reason, time.Time{}); ok {
+			st.out = append(st.out, o)
+		}
+		t.apply(id, stateUpdate{state: state, attempt: h.attempt - 1, at: p.Now, err: reason})
+		settle = append(settle, st)
+		ended = append(ended, transport.Status{ID: id, State: state})
+	}
+	return give, settle, ended
+}
+
+// leaseStored leases the delivered tasks in the result store, which keeps
+// their state and fences every write. A task the store does not lease is
+// settled: dropped when it is final or unknown (a duplicate copy, or a
+// cancelled task), sent around the delay levels until the store says it is
+// due (a retry not due yet, or a copy of a task another worker holds under
+// a live lease), dead-lettered when its worker was lost too often.
+func (t *Transport) leaseStored(ctx context.Context, s *session, p transport.ClaimParams, picked []*held) (give []*held, settle []settlement, ended []transport.Status, err error) {
+	var ids []string
+	var good []*held
+	for _, h := range picked {
+		if h.bad != nil {
+			settle = append(settle, settlement{h: h, out: []outgoing{t.deadLetter(h, "undecodable: "+h.bad.Error())}})
+			continue
+		}
+		ids = append(ids, h.msg.ID)
+		good = append(good, h)
+	}
+	if len(ids) == 0 {
+		return nil, settle, nil, nil
+	}
+	res, err := t.claimer.ClaimIDs(ctx, transport.ClaimIDsParams{Now: p.Now, Owner: p.Owner, LeaseUntil: p.LeaseUntil, IDs: ids})
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	for i, r := range res {
+		h := good[i]
+		switch {
+		case r.Delivery != nil:
+			h.msg, h.attempt, h.lastErr = r.Delivery.Message, r.Delivery.Attempt, r.Delivery.LastError
+			give = append(give, h)
+		case r.Ended:
+			st := settlement{h: h}
+			if r.State == transport.StateFailed {
+				st.out = append(st.out, t.deadLetter(h, "worker lost: delivered again after its last attempt"))
+			}
+			settle = append(settle, st)
+			ended = append(ended, transport.Status{ID: ids[i], State: r.State})
+		case r.State == 0 || r.State.Terminal():
+			settle = append(settle, settlement{h: h})
+		default:
+			c, err := t.copyOf(ctx, s, h, h.used, h.lastErr, r.RunAt, p.Now)
+			if err != nil {
+				return nil, nil, nil, err
+			}
+			settle = append(settle, settlement{h: h, out: []outgoing{c}})
+		}
+	}
+	return give, settle, ended, nil
+}
+
+// settle publishes what each settlement needs, waits for the broker's
+// confirms, and then acknowledges the deliveries.
+func (t *Transport) settle(s *session, items []settlement) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var out []outgoing
 	var finished []string
-	for _, h := range hs {
-		var state transport.State
-		var reason string
-		t.mu.Lock()
-		revoked := t.isRevoked(h.msg.ID)
-		t.mu.Unlock()
-		switch {
-		case h.bad != nil:
-			out = append(out, t.deadLetter(h, "undecodable: "+h.bad.Error()))
-			continue
-		case revoked:
-			state, reason = transport.StateCancelled, "cancelled before it started"
-		case !h.msg.Expires.IsZero() && !now.Before(h.msg.Expires):
-			state, reason = transport.StateExpired, "expired before it started"
-		case now.Before(h.msg.ETA):
-			o, err := t.copyOf(ctx, s, h, h.used, h.lastErr, h.msg.ETA, now)
-			if err != nil {
-				return err
-			}
-			out = append(out, o)
-			continue
-		default:
-			state = transport.StateFailed
-			reason = fmt.Sprintf("worker lost: delivered %d times without an outcome (max attempts %d)", h.attempt-1, h.msg.MaxAttempts)
-			out = append(out, t.deadLetter(h, reason))
+	for _, st := range items {
+		out = append(out, st.out...)
+		if st.end != "" {
+			finished = append(finished, st.end)
 		}
-		if o, ok := stateMessage(h, state, h.attempt-1, now, nil, reason, time.Time{}); ok {
-			out = append(out, o)
-		}
-		t.apply(h.msg.ID, stateUpdate{state: state, attempt: h.attempt - 1, at: now, err: reason})
-		finished = append(finished, h.msg.ID)
 	}
 	if err := t.publish(ctx, s, out); err != nil {
 		return err
 	}
-	for _, h := range hs {
-		if err := h.d.Ack(false); err != nil {
+	for _, st := range items {
+		if err := st.h.d.Ack(false); err != nil {
 			return t.wrap("ack", err)
 		}
 	}
@@ -275,19 +359,37 @@ func (t *Transport) copyOf(ctx context.Context, s *session, h *held, used int, l
 	return outgoing{exchange: ex, key: key, mandatory: true, msg: pub}, nil
 }
 
-// lease returns the in-flight delivery l holds, if its session still lives.
+// lease returns the in-flight delivery l holds. With RabbitMQ alone the
+// lease is the channel that delivered the task, so it must still be open;
+// with a result store the lease is the store's.
 func (t *Transport) lease(l transport.Lease) *held {
 	h := t.inflight[l.ID]
-	if h == nil || h.attempt != l.Attempt || h.owner != l.Owner || h.s != t.sess || !h.s.alive() {
+	if h == nil || h.attempt != l.Attempt || h.owner != l.Owner {
+		return nil
+	}
+	if t.store == nil && (h.s != t.sess || !h.s.alive()) {
 		return nil
 	}
 	return h
 }
 
-// Extend implements transport.Transport. The lease is the consumer's
-// channel, which RabbitMQ keeps while the connection lives; Extend reports
-// it lost once the session that delivered the task is gone.
+// Extend implements transport.Transport. With RabbitMQ alone the lease is
+// the consumer's channel, which RabbitMQ keeps while the connection lives:
+// Extend reports it lost once the session that delivered the task is gone.
+// With a result store, Extend renews the store's lease.
 func (t *Transport) Extend(ctx context.Context, p transport.ExtendParams) ([]transport.ExtendResult, error) {
+	if t.store != nil {
+		out, err := t.store.Extend(ctx, p)
+		if err != nil {
+			return nil, err
+		}
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		for i, l := range p.Leases {
+			out[i].CancelRequested = out[i].CancelRequested || t.isRevoked(l.ID)
+		}
+		return out, nil
+	}
 	out := make([]transport.ExtendResult, len(p.Leases))
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -305,44 +407,57 @@ func (t *Transport) Extend(ctx context.Context, p transport.ExtendParams) ([]tra
 // must follow (the final state to the producer; a retry's or a release's
 // new copy), waits for the broker's confirms, and then acknowledges the
 // delivery. A crash in between leaves the delivery unacknowledged: it is
-// delivered again (at least once).
+// delivered again (at least once). With a result store, the outcome is
+// written to the store first, fenced on its lease; a delivery whose
+// connection died meanwhile is delivered again, and the store settles it.
 func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]transport.FinishResult, error) {
 	res := make([]transport.FinishResult, len(p.Items))
 	if len(p.Items) == 0 {
 		return res, nil
 	}
-	s, err := t.current()
-	if err != nil {
-		// The session that delivered these tasks is gone: every lease is.
-		for i := range res {
-			res[i].Lost = true
+	for _, o := range p.Items {
+		switch o.State {
+		case transport.StateScheduled, transport.StateReady, transport.StateSucceeded, transport.StateFailed, transport.StateCancelled:
+		default:
+			return nil, fmt.Errorf("docket: finish task %s: invalid outcome state %v", o.ID, o.State)
 		}
-		t.forget(p.Items)
-		return res, nil
+	}
+	if t.store != nil {
+		var err error
+		if res, err = t.store.Finish(ctx, p); err != nil {
+			return nil, err
+		}
 	}
 	hs := make([]*held, len(p.Items))
 	t.mu.Lock()
 	for i, o := range p.Items {
-		if hs[i] = t.lease(o.Lease); hs[i] == nil {
+		if hs[i] = t.lease(o.Lease); hs[i] == nil && t.store == nil {
 			res[i].Lost = true
 		}
 	}
 	t.mu.Unlock()
+	s, err := t.current()
+	if err != nil {
+		// The session that delivered these tasks is gone: with RabbitMQ
+		// alone, so are their leases; with a store, the outcomes are
+		// written and the redelivered copies will be settled by it.
+		t.forget(p.Items)
+		if t.store == nil {
+			for i := range res {
+				res[i].Lost = true
+			}
+		}
+		return res, nil
+	}
 	var out []outgoing
 	var finished []string
 	for i, o := range p.Items {
 		h := hs[i]
-		if h == nil {
+		if h == nil || res[i].Lost {
 			continue
 		}
-		u := stateUpdate{state: o.State, attempt: h.attempt, at: p.Now, err: o.Error, runAt: o.RunAt}
+		u := t.update(h, o, p.Now)
 		switch o.State {
-		case transport.StateSucceeded, transport.StateFailed, transport.StateCancelled:
-			if h.msg.IgnoreResult {
-				o.Result = nil
-			}
-			u.result = o.Result
-			finished = append(finished, o.ID)
 		case transport.StateScheduled:
 			c, err := t.copyOf(ctx, s, h, h.attempt, o.Error, o.RunAt, p.Now)
 			if err != nil {
@@ -355,9 +470,8 @@ func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]tra
 				return nil, err
 			}
 			out = append(out, c)
-			u.attempt, u.err = h.attempt-1, h.lastErr
 		default:
-			return nil, fmt.Errorf("docket: finish task %s: invalid outcome state %v", o.ID, o.State)
+			finished = append(finished, o.ID)
 		}
 		if m, ok := stateMessage(h, u.state, u.attempt, p.Now, u.result, u.err, u.runAt); ok {
 			out = append(out, m)
@@ -371,7 +485,9 @@ func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]tra
 		if h == nil {
 			continue
 		}
-		if err := h.d.Ack(false); err != nil {
+		// A delivery whose outcome the store refused is an obsolete copy:
+		// acknowledged, like a settled one.
+		if err := h.d.Ack(false); err != nil && t.store == nil {
 			// The channel is gone; the broker redelivers the task, and
 			// the copy or result just published may run or count twice.
 			res[i].Lost = true
@@ -379,16 +495,28 @@ func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]tra
 		t.mu.Lock()
 		delete(t.inflight, o.ID)
 		t.mu.Unlock()
-		u := stateUpdate{state: o.State, attempt: h.attempt, at: p.Now, err: o.Error, runAt: o.RunAt, result: o.Result}
-		if o.State == transport.StateReady {
-			u.attempt, u.err = h.attempt-1, h.lastErr
+		if !res[i].Lost {
+			t.apply(o.ID, t.update(h, o, p.Now))
 		}
-		t.apply(o.ID, u)
 	}
-	if len(finished) > 0 {
+	if len(finished) > 0 && t.store == nil {
 		t.publishEvent(transport.Event{Kind: transport.EventFinished, IDs: finished})
 	}
 	return res, nil
+}
+
+// update is the state change an outcome reports to the producer.
+func (t *Transport) update(h *held, o transport.Outcome, now time.Time) stateUpdate {
+	u := stateUpdate{state: o.State, attempt: h.attempt, at: now, err: o.Error, runAt: o.RunAt}
+	switch o.State {
+	case transport.StateReady:
+		u.attempt, u.err = h.attempt-1, h.lastErr
+	case transport.StateSucceeded, transport.StateFailed, transport.StateCancelled:
+		if !h.msg.IgnoreResult {
+			u.result = o.Result
+		}
+	}
+	return u
 }
 
 // forget drops the in-flight entries of outcomes whose leases were lost.

@@ -176,6 +176,9 @@ func (t *Transport) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]t
 	if len(p.Messages) == 0 {
 		return nil, nil
 	}
+	if t.store != nil {
+		return t.enqueueStored(ctx, p)
+	}
 	for i := range p.Messages {
 		if k := p.Messages[i].UniqueKey; k != "" {
 			return nil, fmt.Errorf("docket: amqp: unique key %q: %w: RabbitMQ keeps no shared task state to enforce it", k, transport.ErrUnsupported)
@@ -239,6 +242,70 @@ func (t *Transport) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]t
 	return res, nil
 }
 
+// enqueueStored records the messages in the result store (which checks ids
+// and unique keys, all or nothing) and then publishes the new ones. If the
+// publish fails, the recorded tasks are cancelled in the store, so that no
+// task waits there for a message that does not exist.
+func (t *Transport) enqueueStored(ctx context.Context, p transport.EnqueueParams) ([]transport.EnqueueResult, error) {
+	for i := range p.Messages {
+		if p.Messages[i].Created.IsZero() {
+			p.Messages[i].Created = p.Now
+		}
+	}
+	res, err := t.store.Enqueue(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	var fresh []transport.Message
+	for i, r := range res {
+		if !r.Existing {
+			fresh = append(fresh, p.Messages[i])
+		}
+	}
+	if err := t.publishNew(ctx, p.Now, fresh); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// publishNew publishes messages the result store just recorded; on failure
+// it cancels them there.
+func (t *Transport) publishNew(ctx context.Context, now time.Time, msgs []transport.Message) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	err := func() error {
+		s, err := t.session(ctx)
+		if err != nil {
+			return err
+		}
+		out := make([]outgoing, len(msgs))
+		for i := range msgs {
+			pub, err := encode(&msgs[i], 0, "", "")
+			if err != nil {
+				return err
+			}
+			ex, key, err := t.route(ctx, s, msgs[i].Queue, msgs[i].ETA, now)
+			if err != nil {
+				return err
+			}
+			out[i] = outgoing{exchange: ex, key: key, mandatory: true, msg: pub}
+		}
+		return t.publish(ctx, s, out)
+	}()
+	if err == nil {
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, m := range msgs {
+		if _, cerr := t.store.Cancel(cctx, transport.CancelParams{Now: now, ID: m.ID}); cerr != nil {
+			return fmt.Errorf("%w (and cancelling task %s in the result store failed: %v)", err, m.ID, cerr)
+		}
+	}
+	return err
+}
+
 // wantReplies makes sure this process consumes its reply queue.
 func (t *Transport) wantReplies(s *session) error {
 	if _, ok := s.declared.Load(t.replyQueue()); ok {
@@ -272,6 +339,16 @@ func (t *Transport) broadcastCancel(ctx context.Context, ids []string) error {
 // Cancelled otherwise (the worker that receives it drops it and reports
 // Cancelled).
 func (t *Transport) Cancel(ctx context.Context, p transport.CancelParams) (transport.CancelResult, error) {
+	if t.store != nil {
+		res, err := t.store.Cancel(ctx, p)
+		if err != nil || res.State != transport.StateRunning {
+			return res, err
+		}
+		// Running: the store flagged it; the broadcast reaches its handler
+		// at once, wherever it runs.
+		t.revoke([]string{p.ID})
+		return res, t.broadcastCancel(ctx, []string{p.ID})
+	}
 	t.revoke([]string{p.ID})
 	if err := t.broadcastCancel(ctx, []string{p.ID}); err != nil {
 		return transport.CancelResult{}, err
@@ -288,8 +365,12 @@ func (t *Transport) Cancel(ctx context.Context, p transport.CancelParams) (trans
 	return transport.CancelResult{State: transport.StateCancelled}, nil
 }
 
-// Get implements transport.Transport for the tasks this process enqueued.
+// Get implements transport.Transport: from the result store, or, with
+// RabbitMQ alone, for the tasks this process enqueued.
 func (t *Transport) Get(ctx context.Context, p transport.GetParams) (transport.Info, error) {
+	if t.store != nil {
+		return t.store.Get(ctx, p)
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	r := t.known[p.ID]
@@ -299,9 +380,12 @@ func (t *Transport) Get(ctx context.Context, p transport.GetParams) (transport.I
 	return r.info, nil
 }
 
-// Lookup implements transport.Transport for the tasks this process
-// enqueued.
+// Lookup implements transport.Transport: from the result store, or, with
+// RabbitMQ alone, for the tasks this process enqueued.
 func (t *Transport) Lookup(ctx context.Context, p transport.LookupParams) ([]transport.Status, error) {
+	if t.store != nil {
+		return t.store.Lookup(ctx, p)
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	out := make([]transport.Status, 0, len(p.IDs))

@@ -351,12 +351,8 @@ func (t *Transport) ClaimIDs(ctx context.Context, p transport.ClaimIDsParams) ([
 		return out, nil
 	}
 	args := []any{ms(p.Now), p.Owner, ms(p.LeaseUntil), len(p.IDs)}
-	for i, id := range p.IDs {
-		tk := "0"
-		if i < len(p.Takeover) && p.Takeover[i] {
-			tk = "1"
-		}
-		args = append(args, id, tk)
+	for _, id := range p.IDs {
+		args = append(args, id)
 	}
 	v, err := t.run(ctx, claimIDsScript, args...)
 	if err != nil {
@@ -377,7 +373,7 @@ func (t *Transport) ClaimIDs(ctx context.Context, p transport.ClaimIDsParams) ([
 			ended = append(ended, p.IDs[i])
 		case "left":
 			out[i] = transport.ClaimIDResult{State: transport.State(num(r, 1))}
-			if out[i].State == transport.StateScheduled {
+			if !out[i].State.Terminal() {
 				out[i].RunAt = fromMS(num(r, 2))
 			}
 		}

@@ -309,21 +309,21 @@ redis.call('HSET', sk, 'last_slot', slot, 'last_fired', now, 'last_task', id)
 return {1, 1, id, ''}
 `)
 
-// claimIDsScript: ARGV = P now owner lease_until n (id takeover)...
+// claimIDsScript: ARGV = P now owner lease_until n id...
 // -> per id: {'lease', fields...} | {'end', state} | {'left', state, run_at} | {'none'}.
 // The rules are those of the SQLite store's leaseDecision.
 var claimIDsScript = goredis.NewScript(lib + `
 local now, owner, deadline, n = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local out = {}
 for i = 0, n - 1 do
-	local id, takeover = ARGV[6 + i*2], ARGV[7 + i*2] == '1'
+	local id = ARGV[6 + i]
 	local tk = k('t', id)
 	local f = redis.call('HMGET', tk, 'state', 'run_at', 'exp', 'att', 'max', 'cancel', 'queue')
 	if not f[1] then
 		out[i + 1] = {'none'}
 	else
 		local st, runat, exp, att, max = tonumber(f[1]), tonumber(f[2]), tonumber(f[3]), tonumber(f[4]), tonumber(f[5])
-		if st >= 4 or (st == 3 and not takeover and runat > now) or (st == 1 and runat > now) then
+		if st >= 4 or (st == 3 and runat > now) or (st == 1 and runat > now) then
 			out[i + 1] = {'left', st, runat}
 		elseif st == 3 and f[6] == '1' then
 			terminal(id, 6, now, 'cancelled; the worker was lost in attempt ' .. att, nil)

@@ -28,6 +28,9 @@ import (
 type Backend struct {
 	// NewURL returns the URL of a fresh, empty backend.
 	NewURL func(t *testing.T) string
+	// Options, if set, returns the options every Queue of a test opens the
+	// URL with (a result store, say).
+	Options func(t *testing.T, url string) []docket.Option
 	// NoSchedules skips the beat tests (a backend without a schedule store).
 	NoSchedules bool
 	// NoSharedState skips what needs task state shared by every process:
@@ -66,8 +69,11 @@ func Run(t *testing.T, b Backend) {
 
 var bg = context.Background()
 
-func open(t *testing.T, url string, opts ...docket.Option) *docket.Queue {
+func open(t *testing.T, b Backend, url string, opts ...docket.Option) *docket.Queue {
 	t.Helper()
+	if b.Options != nil {
+		opts = append(b.Options(t, url), opts...)
+	}
 	q, err := docket.Open(bg, url, opts...)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
@@ -109,7 +115,7 @@ func double() *docket.Task[args, int] {
 }
 
 func testEnqueueRunWait(t *testing.T, b Backend) {
-	q := open(t, b.NewURL(t))
+	q := open(t, b, b.NewURL(t))
 	d := double()
 	q.Register(d)
 	run(t, q)
@@ -132,7 +138,7 @@ func testEnqueueRunWait(t *testing.T, b Backend) {
 // Queue on the same backend (another host).
 func testWaitFromAnotherQueue(t *testing.T, b Backend) {
 	url := b.NewURL(t)
-	producer, worker := open(t, url), open(t, url)
+	producer, worker := open(t, b, url), open(t, b, url)
 	d := double()
 	producer.Register(d)
 	worker.Register(d)
@@ -150,7 +156,7 @@ func testWaitFromAnotherQueue(t *testing.T, b Backend) {
 }
 
 func testETA(t *testing.T, b Backend) {
-	q := open(t, b.NewURL(t))
+	q := open(t, b, b.NewURL(t))
 	started := make(chan time.Time, 1)
 	task := docket.NewTask("tt.eta", func(ctx context.Context, _ int) (int, error) { started <- time.Now(); return 0, nil })
 	q.Register(task)
@@ -172,7 +178,7 @@ func testETA(t *testing.T, b Backend) {
 }
 
 func testRetries(t *testing.T, b Backend) {
-	q := open(t, b.NewURL(t))
+	q := open(t, b, b.NewURL(t))
 	var calls atomic.Int32
 	task := docket.NewTask("tt.flaky", func(ctx context.Context, _ int) (int, error) {
 		if calls.Add(1) < 3 {
@@ -199,7 +205,7 @@ func testRetries(t *testing.T, b Backend) {
 }
 
 func testExpiry(t *testing.T, b Backend) {
-	q := open(t, b.NewURL(t))
+	q := open(t, b, b.NewURL(t))
 	var ran atomic.Bool
 	task := docket.NewTask("tt.expire", func(ctx context.Context, _ int) (int, error) { ran.Store(true); return 0, nil })
 	q.Register(task)
@@ -215,7 +221,7 @@ func testPriority(t *testing.T, b Backend) {
 	if b.NoPriority {
 		t.Skip("backend has no message priorities")
 	}
-	q := open(t, b.NewURL(t), docket.Concurrency(1), docket.Prefetch(0))
+	q := open(t, b, b.NewURL(t), docket.Concurrency(1), docket.Prefetch(0))
 	var mu sync.Mutex
 	var order []int
 	task := docket.NewTask("tt.prio", func(ctx context.Context, p int) (int, error) {
@@ -248,7 +254,7 @@ func testUnique(t *testing.T, b Backend) {
 	if b.NoSharedState {
 		t.Skip("backend keeps no shared task state for unique keys and ids")
 	}
-	q := open(t, b.NewURL(t))
+	q := open(t, b, b.NewURL(t))
 	d := double()
 	q.Register(d)
 	a, err := d.Enqueue(bg, q, args{1}, docket.Unique("k:1", docket.Reject))
@@ -278,7 +284,7 @@ func testUnique(t *testing.T, b Backend) {
 }
 
 func testBatch(t *testing.T, b Backend) {
-	q := open(t, b.NewURL(t))
+	q := open(t, b, b.NewURL(t))
 	d := double()
 	q.Register(d)
 	if _, err := d.Enqueue(bg, q, args{1}, docket.WithID("taken")); err != nil {
@@ -296,7 +302,7 @@ func testBatch(t *testing.T, b Backend) {
 }
 
 func testCancelQueued(t *testing.T, b Backend) {
-	q := open(t, b.NewURL(t))
+	q := open(t, b, b.NewURL(t))
 	var ran atomic.Bool
 	task := docket.NewTask("tt.never", func(ctx context.Context, _ int) (int, error) { ran.Store(true); return 0, nil })
 	q.Register(task)
@@ -323,7 +329,7 @@ func testCancelQueued(t *testing.T, b Backend) {
 // Cancel from one Queue reaches a handler running under another.
 func testCancelRunning(t *testing.T, b Backend) {
 	url := b.NewURL(t)
-	producer, worker := open(t, url), open(t, url)
+	producer, worker := open(t, b, url), open(t, b, url)
 	started := make(chan struct{}, 1)
 	task := docket.NewTask("tt.block", func(ctx context.Context, _ int) (int, error) {
 		started <- struct{}{}
@@ -351,7 +357,7 @@ func testCancelRunning(t *testing.T, b Backend) {
 // consuming the attempt; another worker completes it.
 func testShutdownReleases(t *testing.T, b Backend) {
 	url := b.NewURL(t)
-	first := open(t, url, docket.ShutdownGrace(50*time.Millisecond))
+	first := open(t, b, url, docket.ShutdownGrace(50*time.Millisecond))
 	started := make(chan int, 2)
 	var runs atomic.Int32
 	task := docket.NewTask("tt.release", func(ctx context.Context, _ int) (int, error) {
@@ -375,7 +381,7 @@ func testShutdownReleases(t *testing.T, b Backend) {
 	if err != nil || info.State != docket.StateReady || info.Attempt != 0 {
 		t.Fatalf("after a graceful stop: %+v, %v", info, err)
 	}
-	second := open(t, url)
+	second := open(t, b, url)
 	second.Register(task)
 	run(t, second)
 	if _, err := r.Wait(wctx(t)); err != nil {
@@ -402,7 +408,7 @@ func testBeat(t *testing.T, b Backend) {
 		return 0, nil
 	}, docket.IgnoreResult())
 	for range 2 {
-		q := open(t, url)
+		q := open(t, b, url)
 		q.Register(task)
 		if err := q.Schedule("tick", docket.Every(100*time.Millisecond), task, 0, docket.MisfireGrace(5*time.Second)); err != nil {
 			t.Fatal(err)
