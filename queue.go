@@ -466,6 +466,13 @@ func (q *Queue) onEvent(e transport.Event) {
 		if w != nil {
 			w.cancelTasks(e.IDs, errCancelRequested)
 		}
+	case transport.EventLost:
+		q.mu.RLock()
+		w := q.worker
+		q.mu.RUnlock()
+		if w != nil {
+			w.cancelTasks(e.IDs, errLeaseLost)
+		}
 	case transport.EventChanged:
 		signal(q.wake)
 		signal(q.recheck)

@@ -290,6 +290,10 @@ const (
 	// EventChanged: something changed that this process did not see directly
 	// (another process wrote); listeners re-check what they wait for.
 	EventChanged
+	// EventLost: the leases of the running tasks in IDs are gone (the
+	// broker connection that held them died); their handlers stop, and
+	// their outcomes will be refused.
+	EventLost
 )
 
 // Event is a notification pushed by a Subscriber.

@@ -340,17 +340,28 @@ func (t *Transport) install(s *session) {
 		t.sess = nil
 		t.ready = make(chan struct{})
 		t.buf = t.buf[:0]
-		lost := false
-		for _, h := range t.inflight {
-			lost = lost || h.s == s
+		var lost []string
+		for id, h := range t.inflight {
+			if h.s == s {
+				// Alone, the channel was the lease: it is gone, and the
+				// broker delivers the task again. With a store, the
+				// store's lease lives on, and with it this entry.
+				if t.store == nil {
+					delete(t.inflight, id)
+					lost = append(lost, id)
+				}
+			}
 		}
 		closed := t.closed
 		t.mu.Unlock()
+		if len(lost) > 0 {
+			t.publishEvent(transport.Event{Kind: transport.EventLost, IDs: lost})
+		}
 		s.conn.Close()
 		if closed {
 			return
 		}
-		t.cfg.Logger.Warn("docket: amqp connection lost; reconnecting", "server", t.where, "err", s.cause(), "leases_lost", lost)
+		t.cfg.Logger.Warn("docket: amqp connection lost; reconnecting", "server", t.where, "err", s.cause(), "leases_lost", len(lost))
 		t.reconnect()
 	}()
 }

@@ -45,9 +45,29 @@ func (t *Transport) consume(ctx context.Context, s *session, queue string) error
 		}
 	}
 	qn := t.queueName(queue)
-	msgs, err := s.cons.ConsumeWithContext(ctx, qn, t.consumerTag(queue), false, false, false, false, nil)
-	if err != nil {
-		return t.wrap("consume "+qn, err)
+	// The consumer must outlive ctx (ConsumeWithContext would cancel it
+	// when ctx ends), but the call must not: a broker that does not answer
+	// ends the session, which unblocks it.
+	type started struct {
+		msgs <-chan amqp.Delivery
+		err  error
+	}
+	answer := make(chan started, 1)
+	go func() {
+		msgs, err := s.cons.Consume(qn, t.consumerTag(queue), false, false, false, false, nil)
+		answer <- started{msgs, err}
+	}()
+	var msgs <-chan amqp.Delivery
+	select {
+	case a := <-answer:
+		if a.err != nil {
+			return t.wrap("consume "+qn, a.err)
+		}
+		msgs = a.msgs
+	case <-ctx.Done():
+		err := fmt.Errorf("consume %s: no answer from the broker: %w", qn, context.Cause(ctx))
+		s.fail(err)
+		return t.wrap("consume", err)
 	}
 	s.consumers[queue] = true
 	s.loops.Add(1)
@@ -100,11 +120,16 @@ func (t *Transport) Claim(ctx context.Context, p transport.ClaimParams) (transpo
 		t.queues[q] = true
 	}
 	t.mu.Unlock()
+	// The worker's ctx never ends; a broker that does not answer must not
+	// hold the worker's loop forever.
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
 	for _, q := range p.Queues {
-		if err := t.consume(ctx, s, q); err != nil {
+		if err := t.consume(cctx, s, q); err != nil {
 			return res, err
 		}
 	}
+	ctx = cctx
 	t.mu.Lock()
 	picked := t.pick(p)
 	t.mu.Unlock()
@@ -151,12 +176,16 @@ func (t *Transport) Claim(ctx context.Context, p transport.ClaimParams) (transpo
 }
 
 // pick removes from the buffer up to p.Limit deliveries of p's queues whose
-// names are not excluded, highest priority first, then oldest first. A task
-// already in flight here (a duplicate copy) waits for its twin to finish.
+// names are not excluded, highest priority first, then oldest first. A copy
+// of a task in flight here on the same connection (a duplicate) waits for
+// its twin to finish.
 func (t *Transport) pick(p transport.ClaimParams) []*held {
 	var cand []int
 	for i, h := range t.buf {
-		if h.bad == nil && (!slices.Contains(p.Queues, h.msg.Queue) || slices.Contains(p.Exclude, h.msg.Name) || t.inflight[h.msg.ID] != nil) {
+		if h.bad == nil && (!slices.Contains(p.Queues, h.msg.Queue) || slices.Contains(p.Exclude, h.msg.Name)) {
+			continue
+		}
+		if twin := t.inflight[h.msg.ID]; h.bad == nil && twin != nil && twin.s == h.s {
 			continue
 		}
 		cand = append(cand, i)

@@ -214,7 +214,7 @@ func (t *Transport) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]t
 	t.mu.Lock()
 	for i := range p.Messages {
 		in := transport.Info{Message: p.Messages[i], State: transport.StateReady}
-		in.Payload, in.ReturnExisting = nil, false
+		in.ReturnExisting = false
 		if p.Now.Before(in.ETA) {
 			in.State, in.RunAt = transport.StateScheduled, in.ETA
 		}
