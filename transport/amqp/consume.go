@@ -90,10 +90,12 @@ func (t *Transport) received(s *session, queue string, d amqp.Delivery) {
 		h.bad = fmt.Errorf("message for queue %q arrived in queue %q", m.Queue, queue)
 	}
 	t.mu.Lock()
-	if t.sess != s {
+	if !s.alive() || t.closed {
 		t.mu.Unlock()
 		return // the session ended: the broker redelivers it
 	}
+	// s may not be installed yet (its consumers start while it connects);
+	// pick hands out only deliveries of the installed session.
 	t.buf = append(t.buf, h)
 	t.mu.Unlock()
 	t.publishEvent(transport.Event{Kind: transport.EventReady, Queue: queue})
@@ -181,7 +183,12 @@ func (t *Transport) Claim(ctx context.Context, p transport.ClaimParams) (transpo
 // its twin to finish.
 func (t *Transport) pick(p transport.ClaimParams) []*held {
 	var cand []int
+	stale := 0
 	for i, h := range t.buf {
+		if h.s != t.sess {
+			stale++
+			continue
+		}
 		if h.bad == nil && (!slices.Contains(p.Queues, h.msg.Queue) || slices.Contains(p.Exclude, h.msg.Name)) {
 			continue
 		}
@@ -200,7 +207,7 @@ func (t *Transport) pick(p transport.ClaimParams) []*held {
 	}
 	keep := t.buf[:0]
 	for i, h := range t.buf {
-		if !taken[i] {
+		if !taken[i] && (stale == 0 || h.s == t.sess) {
 			keep = append(keep, h)
 		}
 	}
