@@ -403,6 +403,23 @@ func TestFaultRandomKills(t *testing.T) {
 		t.Parallel()
 		randomKills(t, redisURL(t), 2, 2)
 	})
+	t.Run("rabbitmq+redis", func(t *testing.T) {
+		t.Parallel()
+		randomKills(t, amqpURL(t), 2, 2, redisURL(t))
+	})
+}
+
+// amqpURL returns DOCKET_TEST_AMQP_URL with a fresh name prefix, or skips.
+func amqpURL(t *testing.T) string {
+	base := os.Getenv("DOCKET_TEST_AMQP_URL")
+	if base == "" {
+		t.Skip("DOCKET_TEST_AMQP_URL is not set; skipping the RabbitMQ variant")
+	}
+	sep := "?"
+	if strings.Contains(base, "?") {
+		sep = "&"
+	}
+	return fmt.Sprintf("%s%sprefix=fault%d-%d", base, sep, os.Getpid(), time.Now().UnixNano()%1e9)
 }
 
 // redisURL returns DOCKET_TEST_REDIS_URL with a fresh key prefix, or skips.
@@ -418,7 +435,9 @@ func redisURL(t *testing.T) string {
 	return fmt.Sprintf("%s%sprefix=faulttest-%d-%d", base, sep, os.Getpid(), time.Now().UnixNano())
 }
 
-func randomKills(t *testing.T, url string, nWorkers, nProducers int) {
+// randomKills runs the scenario on url; result, when set, is the result
+// store of a broker URL.
+func randomKills(t *testing.T, url string, nWorkers, nProducers int, result ...string) {
 	length := 20 * time.Second
 	if os.Getenv("DOCKET_SOAK") != "" {
 		length = 5 * time.Minute
@@ -430,7 +449,13 @@ func randomKills(t *testing.T, url string, nWorkers, nProducers int) {
 	hdir := filepath.Join(dir, "history")
 	os.Mkdir(hdir, 0o700)
 	db := url
-	q, err := docket.Open(bg, url)
+	var opts []docket.Option
+	env := []string{"DOCKET_TEST_LEASE=1s", "DOCKET_TEST_HISTORY=" + hdir}
+	if len(result) > 0 {
+		opts = append(opts, docket.ResultStore(result[0]))
+		env = append(env, "DOCKET_RESULT_URL="+result[0])
+	}
+	q, err := docket.Open(bg, url, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -438,7 +463,7 @@ func randomKills(t *testing.T, url string, nWorkers, nProducers int) {
 	q.Register(faultTask)
 	h, _ := history.Open(filepath.Join(hdir, "test.jsonl"))
 	defer h.Close()
-	env := []string{"DOCKET_TEST_LEASE=1s", "DOCKET_TEST_HISTORY=" + hdir}
+
 	rng := rand.New(rand.NewPCG(2, uint64(time.Now().UnixNano())))
 	workers := make([]*proc, nWorkers)
 	producers := make([]*proc, nProducers)

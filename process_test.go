@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/docketq/docket"
+	_ "github.com/docketq/docket/transport/amqp"  // and on RabbitMQ
 	_ "github.com/docketq/docket/transport/redis" // fault tests also run on Redis
 )
 

@@ -286,10 +286,11 @@ func (t *Transport) leaseAlone(ctx context.Context, s *session, p transport.Clai
 
 // leaseStored leases the delivered tasks in the result store, which keeps
 // their state and fences every write. A task the store does not lease is
-// settled: dropped when it is final or unknown (a duplicate copy, or a
-// cancelled task), sent around the delay levels until the store says it is
-// due (a retry not due yet, or a copy of a task another worker holds under
-// a live lease), dead-lettered when its worker was lost too often.
+// settled: dropped when it is final (a duplicate copy, or a cancelled
+// task) or was never recorded; sent around the delay levels until the
+// store says it is due (a retry not due yet, a copy of a task another
+// worker holds under a live lease, or a task not recorded yet);
+// dead-lettered when its worker was lost too often.
 func (t *Transport) leaseStored(ctx context.Context, s *session, p transport.ClaimParams, picked []*held) (give []*held, settle []settlement, ended []transport.Status, err error) {
 	var ids []string
 	var good []*held
@@ -321,7 +322,16 @@ func (t *Transport) leaseStored(ctx context.Context, s *session, p transport.Cla
 			}
 			settle = append(settle, st)
 			ended = append(ended, transport.Status{ID: ids[i], State: r.State})
+		case r.State == 0 && p.Now.Sub(h.msg.Created) < unrecordedWait:
+			// Published, but its producer has not recorded it yet.
+			c, err := t.copyOf(ctx, s, h, h.used, h.lastErr, p.Now.Add(unrecordedRetry), p.Now)
+			if err != nil {
+				return nil, nil, nil, err
+			}
+			settle = append(settle, settlement{h: h, out: []outgoing{c}})
 		case r.State == 0 || r.State.Terminal():
+			// Never accepted (its producer failed to record it), or a
+			// copy of a task that already ended.
 			settle = append(settle, settlement{h: h})
 		default:
 			c, err := t.copyOf(ctx, s, h, h.used, h.lastErr, r.RunAt, p.Now)
@@ -333,6 +343,14 @@ func (t *Transport) leaseStored(ctx context.Context, s *session, p transport.Cla
 	}
 	return give, settle, ended, nil
 }
+
+// A delivered task the result store does not know is retried every
+// unrecordedRetry until it is unrecordedWait old, then dropped: its
+// producer publishes before it records the task.
+const (
+	unrecordedWait  = 10 * time.Second
+	unrecordedRetry = 250 * time.Millisecond
+)
 
 // settle publishes what each settlement needs, waits for the broker's
 // confirms, and then acknowledges the deliveries.

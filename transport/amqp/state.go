@@ -242,68 +242,43 @@ func (t *Transport) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]t
 	return res, nil
 }
 
-// enqueueStored records the messages in the result store (which checks ids
-// and unique keys, all or nothing) and then publishes the new ones. If the
-// publish fails, the recorded tasks are cancelled in the store, so that no
-// task waits there for a message that does not exist.
+// enqueueStored publishes the messages and then records them in the result
+// store, which checks ids and unique keys, all or nothing. A message whose
+// task the store did not record (the store refused it, or this process
+// died in between) finds no task when it is delivered, and is dropped: the
+// task was never accepted. Publishing first leaves no task in the store
+// without a message.
 func (t *Transport) enqueueStored(ctx context.Context, p transport.EnqueueParams) ([]transport.EnqueueResult, error) {
 	for i := range p.Messages {
 		if p.Messages[i].Created.IsZero() {
 			p.Messages[i].Created = p.Now
 		}
 	}
-	res, err := t.store.Enqueue(ctx, p)
-	if err != nil {
+	if err := t.publishNew(ctx, p.Now, p.Messages); err != nil {
 		return nil, err
 	}
-	var fresh []transport.Message
-	for i, r := range res {
-		if !r.Existing {
-			fresh = append(fresh, p.Messages[i])
-		}
-	}
-	if err := t.publishNew(ctx, p.Now, fresh); err != nil {
-		return nil, err
-	}
-	return res, nil
+	return t.store.Enqueue(ctx, p)
 }
 
-// publishNew publishes messages the result store just recorded; on failure
-// it cancels them there.
+// publishNew publishes new tasks, with no attempt used.
 func (t *Transport) publishNew(ctx context.Context, now time.Time, msgs []transport.Message) error {
-	if len(msgs) == 0 {
-		return nil
+	s, err := t.session(ctx)
+	if err != nil {
+		return err
 	}
-	err := func() error {
-		s, err := t.session(ctx)
+	out := make([]outgoing, len(msgs))
+	for i := range msgs {
+		pub, err := encode(&msgs[i], 0, "", "")
 		if err != nil {
 			return err
 		}
-		out := make([]outgoing, len(msgs))
-		for i := range msgs {
-			pub, err := encode(&msgs[i], 0, "", "")
-			if err != nil {
-				return err
-			}
-			ex, key, err := t.route(ctx, s, msgs[i].Queue, msgs[i].ETA, now)
-			if err != nil {
-				return err
-			}
-			out[i] = outgoing{exchange: ex, key: key, mandatory: true, msg: pub}
+		ex, key, err := t.route(ctx, s, msgs[i].Queue, msgs[i].ETA, now)
+		if err != nil {
+			return err
 		}
-		return t.publish(ctx, s, out)
-	}()
-	if err == nil {
-		return nil
+		out[i] = outgoing{exchange: ex, key: key, mandatory: true, msg: pub}
 	}
-	cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	for _, m := range msgs {
-		if _, cerr := t.store.Cancel(cctx, transport.CancelParams{Now: now, ID: m.ID}); cerr != nil {
-			return fmt.Errorf("%w (and cancelling task %s in the result store failed: %v)", err, m.ID, cerr)
-		}
-	}
-	return err
+	return t.publish(ctx, s, out)
 }
 
 // wantReplies makes sure this process consumes its reply queue.

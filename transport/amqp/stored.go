@@ -73,21 +73,22 @@ func (s *Stored) ScheduleDelete(ctx context.Context, p transport.ScheduleDeleteP
 	return ss.ScheduleDelete(ctx, p)
 }
 
-// ScheduleFire implements transport.ScheduleStore: the store records the
-// slot and the task in one step, then the task is published. If the
-// publish fails, the task is cancelled in the store and the error
-// returned; that slot does not fire.
+// ScheduleFire implements transport.ScheduleStore: the slot's task is
+// published, then the store records the slot and the task in one step. If
+// the store does not fire the slot (another process did, or this one died
+// in between), the message finds no task and is dropped when delivered.
 func (s *Stored) ScheduleFire(ctx context.Context, p transport.ScheduleFireParams) (transport.ScheduleFireResult, error) {
 	ss, err := s.schedules()
 	if err != nil {
 		return transport.ScheduleFireResult{}, err
 	}
-	res, err := ss.ScheduleFire(ctx, p)
-	if err != nil || !res.Fired || p.Message == nil || res.TaskID != p.Message.ID {
-		return res, err
+	if p.Message != nil && !p.Slot.IsZero() {
+		if p.Message.Created.IsZero() {
+			p.Message.Created = p.Now
+		}
+		if err := s.publishNew(ctx, p.Now, []transport.Message{*p.Message}); err != nil {
+			return transport.ScheduleFireResult{}, fmt.Errorf("docket: schedule %s: %w", p.Name, err)
+		}
 	}
-	if err := s.publishNew(ctx, p.Now, []transport.Message{*p.Message}); err != nil {
-		return res, fmt.Errorf("docket: schedule %s: %w", p.Name, err)
-	}
-	return res, nil
+	return ss.ScheduleFire(ctx, p)
 }
