@@ -342,7 +342,11 @@ func (q *Queue) Schedule(name string, sched Schedule, task Registrable, args any
 		return err
 	}
 	if _, ok := q.t.(transport.ScheduleStore); !ok {
-		return fmt.Errorf("docket: schedule %q: %w: %s keeps no schedule state shared by every process", name, ErrUnsupported, q)
+		hint := ""
+		if _, broker := q.t.(transport.ResultStorer); broker {
+			hint = "; give it a result store (the ResultStore option or $DOCKET_RESULT_URL)"
+		}
+		return fmt.Errorf("docket: schedule %q: %w: %s keeps no schedule state shared by every process%s", name, ErrUnsupported, q, hint)
 	}
 	var o scheduleOpts
 	for _, opt := range opts {

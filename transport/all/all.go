@@ -1,4 +1,4 @@
-// Package all registers every docket transport (today: Redis) — import it
+// Package all registers every docket transport (Redis and RabbitMQ) — import it
 // once, for its side effect, in a program whose backend is chosen by URL at
 // run time; transports added later come with it.
 //
@@ -9,5 +9,6 @@
 package all
 
 import (
+	_ "github.com/docketq/docket/transport/amqp"  // amqp://, amqps://
 	_ "github.com/docketq/docket/transport/redis" // redis://, rediss://
 )

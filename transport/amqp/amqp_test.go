@@ -2,10 +2,12 @@ package amqp_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -174,3 +176,79 @@ func redisWithPrefix(t *testing.T, base string) string {
 }
 
 var bg = context.Background()
+
+// Without a result store, what needs shared state fails clearly at the
+// call instead of hanging or silently doing less.
+func TestAloneRefusesSharedState(t *testing.T) {
+	url := freshURL(t, "")
+	q, err := docket.Open(bg, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	task := docket.NewTask("alone.job", func(ctx context.Context, _ int) (int, error) { return 1, nil })
+	q.Register(task)
+	if _, err := task.Enqueue(bg, q, 1, docket.Unique("k", docket.Reject)); !errors.Is(err, docket.ErrUnsupported) || !strings.Contains(err.Error(), "result store") {
+		t.Errorf("unique key: %v", err)
+	}
+	if err := q.Schedule("tick", docket.Every(time.Second), task, 1); !errors.Is(err, docket.ErrUnsupported) || !strings.Contains(err.Error(), "result store") {
+		t.Errorf("schedule: %v", err)
+	}
+	if _, err := q.List(bg, docket.ListOptions{}); !errors.Is(err, docket.ErrUnsupported) {
+		t.Errorf("list: %v", err)
+	}
+	if _, err := q.Info(bg, "01HZZZZZZZZZZZZZZZZZZZZZZZ"); !errors.Is(err, docket.ErrNotFound) {
+		t.Errorf("info of a task another process enqueued: %v", err)
+	}
+	// A result store given to a transport that keeps its own state.
+	if _, err := docket.Open(bg, "memory:", docket.ResultStore("memory:")); err == nil || !strings.Contains(err.Error(), "broker transports") {
+		t.Errorf("result store on SQLite: %v", err)
+	}
+	if s := fmt.Sprint(q); strings.Contains(s, "guest:guest") {
+		t.Errorf("String shows the password: %s", s)
+	}
+}
+
+// With a result store, a message is published before its task is
+// recorded. A message whose task the store refused (here: a unique key
+// already held) finds no task when delivered, is retried for a few seconds
+// in case its producer is still recording it, and is then dropped: it
+// never runs.
+func TestUnrecordedMessageNeverRuns(t *testing.T) {
+	url := freshURL(t, "")
+	q, err := docket.Open(bg, url, docket.ResultStore("sqlite:"+filepath.Join(t.TempDir(), "state.db")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	var mu sync.Mutex
+	ran := map[int]int{}
+	task := docket.NewTask("unrecorded.job", func(ctx context.Context, v int) (int, error) {
+		mu.Lock()
+		ran[v]++
+		mu.Unlock()
+		return v, nil
+	})
+	q.Register(task)
+	a, err := task.Enqueue(bg, q, 1, docket.Unique("k", docket.Reject))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := task.Enqueue(bg, q, 2, docket.Unique("k", docket.Reject)); !errors.Is(err, docket.ErrDuplicate) {
+		t.Fatalf("second unique enqueue: %v", err)
+	}
+	ctx, stop := context.WithCancel(bg)
+	defer stop()
+	go q.Run(ctx)
+	wctx, cancel := context.WithTimeout(bg, 30*time.Second)
+	defer cancel()
+	if v, err := a.Wait(wctx); err != nil || v != 1 {
+		t.Fatalf("Wait = %v, %v", v, err)
+	}
+	time.Sleep(12 * time.Second) // past the 10s during which it is retried
+	mu.Lock()
+	defer mu.Unlock()
+	if ran[1] != 1 || ran[2] != 0 {
+		t.Fatalf("runs: %v; want the recorded task once and the refused one never", ran)
+	}
+}

@@ -181,7 +181,7 @@ func (t *Transport) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]t
 	}
 	for i := range p.Messages {
 		if k := p.Messages[i].UniqueKey; k != "" {
-			return nil, fmt.Errorf("docket: amqp: unique key %q: %w: RabbitMQ keeps no shared task state to enforce it", k, transport.ErrUnsupported)
+			return nil, fmt.Errorf("docket: amqp: unique key %q: %w: RabbitMQ alone keeps no shared task state to enforce it; give it a result store (the ResultStore option or $DOCKET_RESULT_URL)", k, transport.ErrUnsupported)
 		}
 	}
 	s, err := t.session(ctx)
@@ -350,7 +350,7 @@ func (t *Transport) Get(ctx context.Context, p transport.GetParams) (transport.I
 	defer t.mu.Unlock()
 	r := t.known[p.ID]
 	if r == nil {
-		return transport.Info{}, fmt.Errorf("docket: task %s: %w (with RabbitMQ alone a process knows only the tasks it enqueued)", p.ID, transport.ErrNotFound)
+		return transport.Info{}, fmt.Errorf("docket: task %s: %w (with RabbitMQ alone a process knows only the tasks it enqueued; a result store shares them)", p.ID, transport.ErrNotFound)
 	}
 	return r.info, nil
 }
