@@ -1,6 +1,6 @@
 // Package docket is a background-task queue and periodic scheduler that runs
 // inside your Go binary on one SQLite file, and moves the same program onto
-// Redis by changing a URL.
+// Redis or RabbitMQ by changing a URL.
 //
 // A program opens a Queue, defines typed tasks, registers them, runs workers
 // and enqueues:
@@ -48,8 +48,9 @@
 // rescued by lease expiry like any crash, bounded by its attempts.
 //
 // ETAs are durable and never held by a worker. Countdown and ETA tasks wait
-// in the store (SQLite) or a sorted set (Redis), not in worker memory, so
-// a one-week countdown costs nothing and survives restarts.
+// in the store (SQLite), a sorted set (Redis) or RabbitMQ's delay queues,
+// not in worker memory, so a one-week countdown costs nothing and survives
+// restarts.
 //
 // Expiry is not timeout. A task past its Expires time is never started and
 // ends expired. Timeout bounds one running attempt.

@@ -59,9 +59,23 @@
 // reply queue (PREFIX.reply.ID, deleted ten minutes after its producer is
 // gone), and workers send it each task's start, retry, release and final
 // state with its result. Wait, Info and Cancel work for the tasks a process
-// enqueued itself. Unique keys, listing, lookups of other processes' tasks
-// and periodic schedules need state shared by every process, which RabbitMQ
-// does not keep: those calls return an error wrapping ErrUnsupported.
+// enqueued itself; it keeps their final states (not their arguments) in
+// memory for an hour (or
+// their ResultTTL, if shorter). Unique keys, listing, lookups of other
+// processes' tasks and periodic schedules need state shared by every
+// process, which RabbitMQ does not keep: those calls return an error
+// wrapping ErrUnsupported.
+//
+// With a result store (docket's ResultStore option or $DOCKET_RESULT_URL:
+// a Redis URL, or a SQLite file on one host), RabbitMQ carries the tasks and
+// the store keeps their state, with everything SQLite and Redis offer:
+// results that outlive their producer, lookups from any process, unique
+// keys, persisted cancellation, schedules that fire each slot once. Enqueue
+// publishes, then records the task in the store; a worker leases each
+// delivered task in the store by id, and the store's lease and fence decide
+// which copy runs: a copy of a finished task is dropped, a copy of a task
+// another worker holds waits in the delay levels until that lease lapses, a
+// message whose task was never recorded is dropped after ten seconds.
 //
 // Cancel is broadcast on the PREFIX.control fanout exchange to every
 // connected process: a running handler's ctx is cancelled wherever it runs,
@@ -403,8 +417,12 @@ func (t *Transport) reconnect() {
 	}
 }
 
-// sweep forgets finished tasks after their result TTL and cancellations
-// after a day.
+// keepFinished bounds how long, with RabbitMQ alone, a producer remembers
+// its finished tasks.
+const keepFinished = time.Hour
+
+// sweep forgets finished tasks after their result TTL (at most
+// keepFinished) and cancellations after a day.
 func (t *Transport) sweep() {
 	defer t.bg.Done()
 	tick := time.NewTicker(time.Minute)
@@ -418,7 +436,7 @@ func (t *Transport) sweep() {
 		now := t.cfg.Now()
 		t.mu.Lock()
 		for id, r := range t.known {
-			if r.info.State.Terminal() && now.After(r.info.Finished.Add(r.info.ResultTTL)) {
+			if r.info.State.Terminal() && now.After(r.info.Finished.Add(min(r.info.ResultTTL, keepFinished))) {
 				delete(t.known, id)
 			}
 		}

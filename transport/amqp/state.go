@@ -48,6 +48,7 @@ func (t *Transport) apply(id string, u stateUpdate) {
 		in.Started, in.RunAt = u.at, time.Time{}
 	case u.state.Terminal():
 		in.Finished, in.Error, in.Result = u.at, u.err, u.result
+		in.Payload = nil // the arguments are not needed any more
 	default:
 		in.RunAt, in.Error = u.runAt, u.err
 		if u.state == transport.StateScheduled {
