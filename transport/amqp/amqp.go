@@ -60,11 +60,10 @@
 // gone), and workers send it each task's start, retry, release and final
 // state with its result. Wait, Info and Cancel work for the tasks a process
 // enqueued itself; it keeps their final states (not their arguments) in
-// memory for an hour (or
-// their ResultTTL, if shorter). Unique keys, listing, lookups of other
-// processes' tasks and periodic schedules need state shared by every
-// process, which RabbitMQ does not keep: those calls return an error
-// wrapping ErrUnsupported.
+// memory for an hour, or their ResultTTL if shorter. Unique keys, listing,
+// lookups of other processes' tasks and periodic schedules need state
+// shared by every process, which RabbitMQ does not keep: those calls return
+// an error wrapping ErrUnsupported.
 //
 // With a result store (docket's ResultStore option or $DOCKET_RESULT_URL:
 // a Redis URL, or a SQLite file on one host), RabbitMQ carries the tasks and
