@@ -252,3 +252,75 @@ func TestUnrecordedMessageNeverRuns(t *testing.T) {
 		t.Fatalf("runs: %v; want the recorded task once and the refused one never", ran)
 	}
 }
+
+// A refused login and an unreachable broker: clear errors without the
+// password.
+func TestConnectErrorsHidePassword(t *testing.T) {
+	u, err := url.Parse(brokerURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.UserPassword("guest", "s3cret-wrong")
+	ctx, cancel := context.WithTimeout(bg, 20*time.Second)
+	defer cancel()
+	_, err = docket.Open(ctx, u.String())
+	if err == nil || strings.Contains(err.Error(), "s3cret-wrong") {
+		t.Fatalf("wrong password: %v", err)
+	}
+	u.Host = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	_, err = docket.Open(ctx, u.String())
+	if err == nil || strings.Contains(err.Error(), "s3cret-wrong") {
+		t.Fatalf("unreachable broker: %v", err)
+	}
+}
+
+// Countdowns that cross several delay levels start on time: never early,
+// and late only by the broker's hops.
+func TestCountdownsOnTime(t *testing.T) {
+	url := freshURL(t, "")
+	q, err := docket.Open(bg, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	var mu sync.Mutex
+	started := map[int]time.Time{}
+	task := docket.NewTask("countdown.job", func(ctx context.Context, ms int) (int, error) {
+		mu.Lock()
+		started[ms] = time.Now()
+		mu.Unlock()
+		return ms, nil
+	})
+	q.Register(task)
+	ctx, stop := context.WithCancel(bg)
+	defer stop()
+	go q.Run(ctx)
+	// 37 = 32+4+1, 300 = 256+32+8+4, 1500 = 1024+256+128+64+16+8+4, 2900.
+	delays := []int{37, 300, 1500, 2900}
+	enqueued := map[int]time.Time{}
+	var rs []*docket.Result[int]
+	for _, ms := range delays {
+		enqueued[ms] = time.Now()
+		r, err := task.Enqueue(bg, q, ms, docket.In(time.Duration(ms)*time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs = append(rs, r)
+	}
+	wctx, cancel := context.WithTimeout(bg, 30*time.Second)
+	defer cancel()
+	for _, r := range rs {
+		if _, err := r.Wait(wctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, ms := range delays {
+		late := started[ms].Sub(enqueued[ms]) - time.Duration(ms)*time.Millisecond
+		t.Logf("countdown %dms: started %v after its time", ms, late.Round(time.Millisecond))
+		if late < 0 || late > time.Second {
+			t.Errorf("countdown %dms started %v after its time; want within [0, 1s]", ms, late)
+		}
+	}
+}

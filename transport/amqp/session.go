@@ -209,21 +209,22 @@ func (t *Transport) setup(ctx context.Context, s *session) error {
 // hands it over before it reads the confirm, so once a publisher saw its
 // confirm, a sync (one round through this goroutine) guarantees that a
 // return of its message was recorded.
+//
+// It runs until amqp091 closes returns (when the channel closes), even after
+// the session failed: a return left unread would block amqp091's reader,
+// and with it the connection's Close.
 func (s *session) collectReturns(returns chan amqp.Return) {
 	for {
 		select {
 		case r, ok := <-returns:
 			if !ok {
-				returns = nil
-				continue
+				return
 			}
 			s.returnsMu.Lock()
 			s.returned[r.MessageId] = true
 			s.returnsMu.Unlock()
 		case c := <-s.barrier:
 			close(c)
-		case <-s.dead:
-			return
 		}
 	}
 }
