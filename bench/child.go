@@ -38,6 +38,7 @@ type ChildSpec struct {
 	Poll        time.Duration // Options.Poll
 	RedisAddr   string        // for asynq
 	RedisDB     int           // for asynq
+	AMQPURL     string        // for docket-amqp and amqp091
 	// PeerDefaults runs the peers with their own default poll intervals
 	// instead of the harness's -poll.
 	PeerDefaults bool
@@ -57,7 +58,7 @@ type child struct {
 }
 
 func (h *Harness) startChild(ctx context.Context, spec ChildSpec) (*child, error) {
-	spec.Poll, spec.RedisAddr, spec.RedisDB = h.Poll, h.RedisAddr, h.RedisDB
+	spec.Poll, spec.RedisAddr, spec.RedisDB, spec.AMQPURL = h.Poll, h.RedisAddr, h.RedisDB, h.AMQPURL
 	if spec.PeerDefaults {
 		spec.Poll = 0
 	}
@@ -173,7 +174,7 @@ func childMain(rawSpec string) int {
 
 func runChild(spec ChildSpec) (map[string]float64, error) {
 	ctx := context.Background()
-	s, err := systemByName(spec.System, spec.RedisAddr, spec.RedisDB)
+	s, err := systemByName(spec.System, hosts{RedisAddr: spec.RedisAddr, RedisDB: spec.RedisDB, AMQPURL: spec.AMQPURL})
 	if err != nil {
 		return nil, err
 	}

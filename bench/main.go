@@ -1,10 +1,12 @@
 // Command bench measures docket side by side with other Go job queues:
-// River and goqite on the same SQLite driver and settings, and asynq on
-// Redis. It prints a markdown table; see README.md.
+// River and goqite on the same SQLite driver and settings, asynq on Redis,
+// and, on RabbitMQ, docket-amqp against the plain amqp091-go loop. It
+// prints a markdown table; see README.md.
 //
 //	go run . -runs 3              # everything (about 25 minutes)
 //	go run . -quick               # smaller sizes, one run: a smoke test
 //	go run . -only drain8,latency # some measurements
+//	go run . -systems docket-amqp,amqp091 # RabbitMQ only
 package main
 
 import (
@@ -27,6 +29,7 @@ type Harness struct {
 	Poll      time.Duration // the peers' poll interval (-poll)
 	RedisAddr string        // Redis for asynq
 	RedisDB   int           // asynq's database, flushed before each measurement
+	AMQPURL   string        // RabbitMQ for docket-amqp and amqp091
 	root      string
 	log       io.Writer
 }
@@ -37,20 +40,45 @@ func (h *Harness) newDir() (string, error) {
 	return os.MkdirTemp(h.root, "m")
 }
 
-// clean removes the files of the last measurement.
-func (h *Harness) clean() error {
+// clean removes the stores of the last measurement, which ran on s: the
+// files, and for a system whose store lives elsewhere (a storeDropper) what
+// it holds there too.
+func (h *Harness) clean(ctx context.Context, s System) error {
 	entries, err := os.ReadDir(h.root)
 	if err != nil {
 		return err
 	}
 	var errs []error
 	for _, e := range entries {
-		errs = append(errs, os.RemoveAll(filepath.Join(h.root, e.Name())))
+		dir := filepath.Join(h.root, e.Name())
+		if d, ok := s.(storeDropper); ok && e.IsDir() {
+			errs = append(errs, d.Drop(ctx, dir))
+		}
+		errs = append(errs, os.RemoveAll(dir))
 	}
 	return errors.Join(errs...)
 }
 
-func systemByName(name, redisAddr string, redisDB int) (System, error) {
+// hosts says where the systems that need a server find it.
+type hosts struct {
+	RedisAddr string // asynq (RedisDB) and docket-redis (RedisDB-1)
+	RedisDB   int
+	AMQPURL   string // docket-amqp and amqp091
+}
+
+// unsupporter is a System that knows up front which measurements do not
+// apply to it: Unsupported returns an *NA for those, nil otherwise.
+type unsupporter interface {
+	Unsupported(measurement string) error
+}
+
+// ratioPairs are extra ratio columns shown when both systems are in the
+// run and the first is not already the table's baseline: a docket system
+// against the peer it is meant to be compared with.
+var ratioPairs = [][2]string{{"docket-amqp", "amqp091"}}
+
+func systemByName(name string, hs hosts) (System, error) {
+	redisAddr, redisDB := hs.RedisAddr, hs.RedisDB
 	switch strings.ToLower(name) {
 	case "docket":
 		return docketSystem{}, nil
@@ -62,8 +90,12 @@ func systemByName(name, redisAddr string, redisDB int) (System, error) {
 		return asynqSystem{addr: redisAddr, db: redisDB}, nil
 	case "docket-redis":
 		return docketRedisSystem{addr: redisAddr, db: redisDB - 1}, nil
+	case "docket-amqp":
+		return docketAMQPSystem{b: amqpBroker{url: hs.AMQPURL}}, nil
+	case "amqp091":
+		return amqpSystem{b: amqpBroker{url: hs.AMQPURL}}, nil
 	}
-	return nil, fmt.Errorf("unknown system %q (known: docket, river, goqite, asynq, docket-redis)", name)
+	return nil, fmt.Errorf("unknown system %q (known: docket, river, goqite, asynq, docket-redis, docket-amqp, amqp091)", name)
 }
 
 func main() {
@@ -82,18 +114,19 @@ func run() error {
 		quick     = flag.Bool("quick", false, "small sizes and short windows, 1 run unless -runs is given: a smoke test")
 		only      = flag.String("only", "", "comma-separated measurement names to run (default all but claim1m); -list shows them")
 		list      = flag.Bool("list", false, "list the measurements and exit")
-		systems   = flag.String("systems", "docket,river,goqite,asynq,docket-redis", "comma-separated systems; docket is the ratio baseline")
+		systems   = flag.String("systems", "docket,river,goqite,asynq,docket-redis", "comma-separated systems (also docket-amqp, amqp091); the first, a docket system, is the ratio baseline")
 		poll      = flag.Duration("poll", 5*time.Millisecond, "poll interval given to the peers' fetch loops (docket's cross-process poll is 5ms)")
 		claim1m   = flag.Bool("claim1m", false, "also measure claim cost with 1,000,000 pending tasks (slow to set up)")
 		redisAddr = flag.String("redis", "127.0.0.1:6379", "Redis for asynq")
 		redisDB   = flag.Int("redis-db", 13, "Redis database for asynq (docket-redis uses the one below it); each is flushed before its system's measurements")
+		amqpURL   = flag.String("amqp", "amqp://guest:guest@127.0.0.1:5672/", "RabbitMQ for docket-amqp and amqp091 (each store is a fresh name prefix, deleted afterwards)")
 		dir       = flag.String("dir", "", "where the temporary stores go (default: the system temp dir)")
 	)
 	flag.Parse()
 	runsSet := false
 	flag.Visit(func(f *flag.Flag) { runsSet = runsSet || f.Name == "runs" })
 
-	h := &Harness{Scale: fullScale(), Runs: *runs, Poll: *poll, RedisAddr: *redisAddr, RedisDB: *redisDB, log: os.Stderr}
+	h := &Harness{Scale: fullScale(), Runs: *runs, Poll: *poll, RedisAddr: *redisAddr, RedisDB: *redisDB, AMQPURL: *amqpURL, log: os.Stderr}
 	if *quick {
 		h.Scale = quickScale()
 		if !runsSet {
@@ -116,14 +149,14 @@ func run() error {
 	}
 	var syss []System
 	for _, name := range strings.Split(*systems, ",") {
-		s, err := systemByName(strings.TrimSpace(name), *redisAddr, *redisDB)
+		s, err := systemByName(strings.TrimSpace(name), h.hosts())
 		if err != nil {
 			return err
 		}
 		syss = append(syss, s)
 	}
-	if syss[0].Name() != "docket" {
-		return errors.New("-systems must start with docket (the baseline of the ratios)")
+	if !strings.HasPrefix(syss[0].Name(), "docket") {
+		return errors.New("-systems must start with a docket system (docket, docket-redis or docket-amqp: the baseline of the ratios)")
 	}
 	if h.root, err = os.MkdirTemp(*dir, "docket-bench-"); err != nil {
 		return err
@@ -154,11 +187,17 @@ func run() error {
 					t.add(m, s, Result{}, err)
 					continue
 				}
+				if u, ok := s.(unsupporter); ok {
+					if err := u.Unsupported(m.Name); err != nil {
+						t.add(m, s, Result{}, err)
+						continue
+					}
+				}
 				mctx, cancel := context.WithTimeout(ctx, 20*time.Minute)
 				t0 := time.Now()
 				res, err := m.Run(mctx, h, s)
 				cancel()
-				if cerr := h.clean(); cerr != nil && err == nil {
+				if cerr := h.clean(ctx, s); cerr != nil && err == nil {
 					err = cerr
 				}
 				t.add(m, s, res, err)
@@ -169,6 +208,10 @@ func run() error {
 	fmt.Fprintf(h.log, "done in %s\n", time.Since(start).Round(time.Second))
 	printReport(os.Stdout, h, t, chosen, syss, time.Since(start))
 	return nil
+}
+
+func (h *Harness) hosts() hosts {
+	return hosts{RedisAddr: h.RedisAddr, RedisDB: h.RedisDB, AMQPURL: h.AMQPURL}
 }
 
 // choose picks the measurements named in only (all but claim1m when

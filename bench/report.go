@@ -137,16 +137,31 @@ func printReport(w io.Writer, h *Harness, t *table, ms []Measurement, syss []Sys
 	fmt.Fprintf(w, "## docket vs. peers (%s)\n\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"))
 	fmt.Fprintf(w, "Flags: `%s` (took %s)\n\n", strings.Join(os.Args[1:], " "), took.Round(time.Second))
 	fmt.Fprintf(w, "Machine: %s\n\n", machine(h))
-	fmt.Fprintf(w, "Each cell: median of %d runs (min–max); ratio columns compare medians and are oriented so that >1 means docket did better (throughput: docket/peer; latency, cost, size, memory, CPU: peer/docket).\n\n", h.Runs)
+	fmt.Fprintf(w, "Each cell: median of %d runs (min–max); ratio columns (\"A vs B\") compare medians and are oriented so that >1 means A, the docket system, did better (throughput: A/B; latency, cost, size, memory, CPU: B/A).\n\n", h.Runs)
 
+	// Ratio columns: the first system against each other one, then the
+	// ratioPairs present in the run.
+	type pair struct{ a, b int }
+	var pairs []pair
+	for i := range syss[1:] {
+		pairs = append(pairs, pair{0, i + 1})
+	}
+	index := func(name string) int {
+		return slices.IndexFunc(syss, func(s System) bool { return s.Name() == name })
+	}
+	for _, rp := range ratioPairs {
+		if a, b := index(rp[0]), index(rp[1]); a > 0 && b >= 0 {
+			pairs = append(pairs, pair{a, b})
+		}
+	}
 	header := []string{"measurement"}
 	sep := []string{"---"}
 	for _, s := range syss {
 		header = append(header, s.Name())
 		sep = append(sep, "---:")
 	}
-	for _, s := range syss[1:] {
-		header = append(header, "docket vs "+s.Name())
+	for _, p := range pairs {
+		header = append(header, syss[p.a].Name()+" vs "+syss[p.b].Name())
 		sep = append(sep, "---:")
 	}
 	fmt.Fprintf(w, "| %s |\n| %s |\n", strings.Join(header, " | "), strings.Join(sep, " | "))
@@ -160,15 +175,14 @@ func printReport(w io.Writer, h *Harness, t *table, ms []Measurement, syss []Sys
 				c, meds[i], oks[i] = t.cell(cellKey{m.Name, mt.Key, s.Name()})
 				row = append(row, c)
 			}
-			for i := range syss[1:] {
-				p := i + 1
+			for _, p := range pairs {
 				switch {
-				case !oks[0] || !oks[p]:
+				case !oks[p.a] || !oks[p.b]:
 					row = append(row, "—")
-				case mt.HigherBetter && meds[p] > 0:
-					row = append(row, ratio(meds[0]/meds[p]))
-				case !mt.HigherBetter && meds[0] > 0:
-					row = append(row, ratio(meds[p]/meds[0]))
+				case mt.HigherBetter && meds[p.b] > 0:
+					row = append(row, ratio(meds[p.a]/meds[p.b]))
+				case !mt.HigherBetter && meds[p.a] > 0:
+					row = append(row, ratio(meds[p.b]/meds[p.a]))
 				default:
 					row = append(row, "—")
 				}
@@ -207,7 +221,7 @@ func machine(h *Harness) string {
 		var deps []string
 		for _, d := range bi.Deps {
 			switch d.Path {
-			case "github.com/riverqueue/river", "github.com/riverqueue/river/riverdriver/riversqlite", "maragu.dev/goqite", "github.com/hibiken/asynq", "modernc.org/sqlite":
+			case "github.com/riverqueue/river", "github.com/riverqueue/river/riverdriver/riversqlite", "maragu.dev/goqite", "github.com/hibiken/asynq", "modernc.org/sqlite", "github.com/rabbitmq/amqp091-go":
 				deps = append(deps, d.Path+" "+d.Version)
 			}
 		}
@@ -215,6 +229,11 @@ func machine(h *Harness) string {
 	}
 	if v := redisVersion(h); v != "" {
 		parts = append(parts, "Redis "+v+" at "+h.RedisAddr+" db "+strconv.Itoa(h.RedisDB))
+	}
+	if b := (amqpBroker{url: h.AMQPURL}); h.AMQPURL != "" {
+		if v := b.version(); v != "" {
+			parts = append(parts, "RabbitMQ "+v+" at "+b.where())
+		}
 	}
 	return strings.Join(parts, "; ")
 }

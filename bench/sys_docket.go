@@ -38,9 +38,9 @@ func (docketSystem) Open(ctx context.Context, o Options) (Instance, error) {
 	return openDocket(ctx, "sqlite:"+filepath.Join(o.Dir, "docket.db"), o)
 }
 
-// openDocket opens docket on url with the harness's options.
-func openDocket(ctx context.Context, url string, o Options) (*docketInstance, error) {
-	opts := []docket.Option{docket.Concurrency(max(1, o.Concurrency))}
+// openDocket opens docket on url with the harness's options, then extra.
+func openDocket(ctx context.Context, url string, o Options, extra ...docket.Option) (*docketInstance, error) {
+	opts := append([]docket.Option{docket.Concurrency(max(1, o.Concurrency))}, extra...)
 	taskOpts := []docket.TaskOption{docket.IgnoreResult()}
 	if o.ShortRetention {
 		opts = append(opts, docket.PruneInterval(10*time.Millisecond))

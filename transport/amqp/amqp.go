@@ -57,8 +57,10 @@
 // With RabbitMQ alone, state travels back to the producer over RabbitMQ,
 // like Celery's rpc result backend: every message names the producer's
 // reply queue (PREFIX.reply.ID, deleted ten minutes after its producer is
-// gone), and workers send it each task's start, retry, release and final
-// state with its result. Wait, Info and Cancel work for the tasks a process
+// gone), and workers send it each task's retries, releases and final state
+// with its result, one message per producer for each batch of outcomes.
+// A task's start is not reported to a producer in another process: its
+// Info says ready until the task retries or ends. Wait, Info and Cancel work for the tasks a process
 // enqueued itself; it keeps their final states (not their arguments) in
 // memory for an hour, or their ResultTTL if shorter. Unique keys, listing,
 // lookups of other processes' tasks and periodic schedules need state

@@ -23,7 +23,7 @@ import (
 )
 
 // brokerURL returns DOCKET_TEST_AMQP_URL or skips the test.
-func brokerURL(t *testing.T) string {
+func brokerURL(t testing.TB) string {
 	t.Helper()
 	u := os.Getenv("DOCKET_TEST_AMQP_URL")
 	if u == "" {
@@ -36,7 +36,7 @@ var seq atomic.Int64
 
 // freshURL returns the broker URL with a prefix no other test uses, and
 // deletes that prefix's queues and exchanges when the test ends.
-func freshURL(t *testing.T, params string) string {
+func freshURL(t testing.TB, params string) string {
 	t.Helper()
 	base := brokerURL(t)
 	prefix := fmt.Sprintf("t%d-%d", time.Now().UnixNano()%1e9, seq.Add(1))
@@ -53,7 +53,7 @@ func freshURL(t *testing.T, params string) string {
 }
 
 // deleteTopology removes what docket declared under prefix.
-func deleteTopology(t *testing.T, base, prefix string) {
+func deleteTopology(t testing.TB, base, prefix string) {
 	conn, err := amqp091.Dial(base)
 	if err != nil {
 		t.Logf("cleanup: %v", err)

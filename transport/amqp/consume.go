@@ -140,6 +140,7 @@ func (t *Transport) Claim(ctx context.Context, p transport.ClaimParams) (transpo
 	}
 	var give []*held
 	var settle []settlement
+	var rs reports
 	if t.store != nil {
 		give, settle, res.Ended, err = t.leaseStored(ctx, s, p, picked)
 		if err != nil {
@@ -147,15 +148,14 @@ func (t *Transport) Claim(ctx context.Context, p transport.ClaimParams) (transpo
 			return res, err
 		}
 	} else {
-		give, settle, res.Ended = t.leaseAlone(ctx, s, p, picked)
+		give, settle, res.Ended, rs = t.leaseAlone(ctx, s, p, picked)
 	}
 	if len(settle) > 0 {
-		if err := t.settle(s, settle); err != nil {
+		if err := t.settle(s, settle, rs); err != nil {
 			t.cfg.Logger.Warn("docket: amqp: could not settle undeliverable tasks; reconnecting", "err", err)
 			s.fail(err)
 		}
 	}
-	var running []outgoing
 	t.mu.Lock()
 	for _, h := range give {
 		h.owner = p.Owner
@@ -165,14 +165,9 @@ func (t *Transport) Claim(ctx context.Context, p transport.ClaimParams) (transpo
 	for _, h := range give {
 		d := transport.Delivery{Message: h.msg, Attempt: h.attempt, Owner: p.Owner, LeaseUntil: p.LeaseUntil, LastError: h.lastErr}
 		res.Deliveries = append(res.Deliveries, d)
-		if o, ok := stateMessage(h, transport.StateRunning, h.attempt, p.Now, nil, "", time.Time{}); ok {
-			running = append(running, o)
-		}
+		// A producer in this process sees the start; others are not told
+		// (a message per start would double the broker's work per task).
 		t.apply(h.msg.ID, stateUpdate{state: transport.StateRunning, attempt: h.attempt, at: p.Now})
-	}
-	// Start events are informational: sent without waiting for confirms.
-	for _, o := range running {
-		s.pub.PublishWithDeferredConfirmWithContext(ctx, o.exchange, o.key, false, false, o.msg)
 	}
 	return res, nil
 }
@@ -237,7 +232,8 @@ type settlement struct {
 // leaseAlone decides, with RabbitMQ alone, which deliveries run: the
 // message's headers and this process's memory of cancellations are all
 // there is to go by.
-func (t *Transport) leaseAlone(ctx context.Context, s *session, p transport.ClaimParams, picked []*held) (give []*held, settle []settlement, ended []transport.Status) {
+func (t *Transport) leaseAlone(ctx context.Context, s *session, p transport.ClaimParams, picked []*held) (give []*held, settle []settlement, ended []transport.Status, rs reports) {
+	rs = reports{}
 	for _, h := range picked {
 		id := h.msg.ID
 		var state transport.State
@@ -274,14 +270,13 @@ func (t *Transport) leaseAlone(ctx context.Context, s *session, p transport.Clai
 		if state == transport.StateFailed {
 			st.out = append(st.out, t.deadLetter(h, reason))
 		}
-		if o, ok := stateMessage(h, state, h.attempt-1, p.Now, nil, reason, time.Time{}); ok {
-			st.out = append(st.out, o)
-		}
-		t.apply(id, stateUpdate{state: state, attempt: h.attempt - 1, at: p.Now, err: reason})
+		u := stateUpdate{state: state, attempt: h.attempt - 1, at: p.Now, err: reason}
+		rs.add(h, u)
+		t.apply(id, u)
 		settle = append(settle, st)
 		ended = append(ended, transport.Status{ID: id, State: state})
 	}
-	return give, settle, ended
+	return give, settle, ended, rs
 }
 
 // leaseStored leases the delivered tasks in the result store, which keeps
@@ -344,6 +339,20 @@ func (t *Transport) leaseStored(ctx context.Context, s *session, p transport.Cla
 	return give, settle, ended, nil
 }
 
+// sendReports publishes state reports on the consumer channel, the one the
+// acks that follow them travel on: RabbitMQ handles a channel's frames in
+// order, so it never sees an ack without the report before it, and no
+// confirm round trip is needed. (Reports are transient, for a reply queue
+// that does not survive a broker restart either.)
+func (t *Transport) sendReports(ctx context.Context, s *session, rs reports) error {
+	for _, o := range rs.messages() {
+		if err := s.cons.PublishWithContext(ctx, o.exchange, o.key, false, false, o.msg); err != nil {
+			return t.wrap("report", err)
+		}
+	}
+	return nil
+}
+
 // A delivered task the result store does not know is retried every
 // unrecordedRetry until it is unrecordedWait old, then dropped: its
 // producer publishes before it records the task.
@@ -353,8 +362,8 @@ const (
 )
 
 // settle publishes what each settlement needs, waits for the broker's
-// confirms, and then acknowledges the deliveries.
-func (t *Transport) settle(s *session, items []settlement) error {
+// confirms, sends the state reports, and then acknowledges the deliveries.
+func (t *Transport) settle(s *session, items []settlement, rs reports) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var out []outgoing
@@ -366,6 +375,9 @@ func (t *Transport) settle(s *session, items []settlement) error {
 		}
 	}
 	if err := t.publish(ctx, s, out); err != nil {
+		return err
+	}
+	if err := t.sendReports(ctx, s, rs); err != nil {
 		return err
 	}
 	for _, st := range items {
@@ -505,6 +517,7 @@ func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]tra
 	}
 	var out []outgoing
 	var finished []string
+	rs := reports{}
 	for i, o := range p.Items {
 		h := hs[i]
 		if h == nil || res[i].Lost {
@@ -527,11 +540,12 @@ func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]tra
 		default:
 			finished = append(finished, o.ID)
 		}
-		if m, ok := stateMessage(h, u.state, u.attempt, p.Now, u.result, u.err, u.runAt); ok {
-			out = append(out, m)
-		}
+		rs.add(h, u)
 	}
 	if err := t.publish(ctx, s, out); err != nil {
+		return nil, err
+	}
+	if err := t.sendReports(ctx, s, rs); err != nil {
 		return nil, err
 	}
 	for i, o := range p.Items {

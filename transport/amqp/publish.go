@@ -29,17 +29,6 @@ const (
 	hReason   = "docket-dead-reason" // on dead-lettered copies
 )
 
-// Header names of a state message sent to a reply queue. The task id is
-// the correlation id, the result the body.
-const (
-	hState    = "docket-state"
-	hAttempt  = "docket-attempt"
-	hError    = "docket-error"
-	hStarted  = "docket-started"
-	hFinished = "docket-finished"
-	hRunAt    = "docket-run-at"
-)
-
 // outgoing is one message to publish.
 type outgoing struct {
 	exchange, key string

@@ -57,28 +57,44 @@ func (t *Transport) apply(id string, u stateUpdate) {
 	}
 }
 
-// stateMessage returns the report of a state change of h's task to its
-// producer's reply queue; false when the message names none.
-func stateMessage(h *held, st transport.State, attempt int, at time.Time, result []byte, errText string, runAt time.Time) (outgoing, bool) {
+// report is one state change of a task, as sent to its producer.
+type report struct {
+	ID      string          `json:"id"`
+	State   transport.State `json:"s"`
+	Attempt int             `json:"a"`
+	At      int64           `json:"t,omitempty"` // unix ms the task finished
+	RunAt   int64           `json:"r,omitempty"` // unix ms a retry falls due
+	Error   string          `json:"e,omitempty"`
+	Result  []byte          `json:"v,omitempty"`
+}
+
+// reports gathers state changes by reply queue, so that one call sends one
+// message to each producer however many of its tasks it settled: the
+// broker's work per task stays close to one delivery and one ack.
+type reports map[string][]report
+
+// add records u for h's task, if its message names a reply queue.
+func (rs reports) add(h *held, u stateUpdate) {
 	if h.d.ReplyTo == "" {
-		return outgoing{}, false
+		return
 	}
-	hd := amqp.Table{hState: int64(st), hAttempt: int64(attempt)}
-	if errText != "" {
-		hd[hError] = errText
+	r := report{ID: h.msg.ID, State: u.state, Attempt: u.attempt, Error: u.err, Result: u.result, RunAt: ms(u.runAt)}
+	if u.state.Terminal() {
+		r.At = ms(u.at)
 	}
-	if st == transport.StateRunning {
-		hd[hStarted] = ms(at)
-	} else if st.Terminal() {
-		hd[hFinished] = ms(at)
+	rs[h.d.ReplyTo] = append(rs[h.d.ReplyTo], r)
+}
+
+// messages returns one message per reply queue.
+func (rs reports) messages() []outgoing {
+	out := make([]outgoing, 0, len(rs))
+	for q, list := range rs {
+		body, _ := json.Marshal(list) // plain strings, ints and bytes: cannot fail
+		out = append(out, outgoing{key: q, msg: amqp.Publishing{
+			Type: "docket.states", ContentType: "application/json", Body: body, DeliveryMode: amqp.Transient,
+		}})
 	}
-	if !runAt.IsZero() {
-		hd[hRunAt] = ms(runAt)
-	}
-	return outgoing{key: h.d.ReplyTo, msg: amqp.Publishing{
-		Headers: hd, CorrelationId: h.msg.ID, Type: "docket.state", Body: result,
-		DeliveryMode: amqp.Transient,
-	}}, true
+	return out
 }
 
 func (t *Transport) replyQueue() string { return t.name("reply." + t.id) }
@@ -108,21 +124,23 @@ func (t *Transport) consumeReplies(s *session) error {
 }
 
 func (t *Transport) reply(d *amqp.Delivery) {
-	st := transport.State(hInt(d.Headers, hState))
-	if !st.Valid() || d.CorrelationId == "" {
+	var list []report
+	if err := json.Unmarshal(d.Body, &list); err != nil {
+		t.cfg.Logger.Warn("docket: amqp: undecodable state report", "err", err)
 		return
 	}
-	u := stateUpdate{
-		state: st, attempt: int(hInt(d.Headers, hAttempt)), err: hStr(d.Headers, hError),
-		runAt: fromMS(hInt(d.Headers, hRunAt)),
+	var finished []string
+	for _, r := range list {
+		if !r.State.Valid() || r.ID == "" {
+			continue
+		}
+		t.apply(r.ID, stateUpdate{state: r.State, attempt: r.Attempt, at: fromMS(r.At), err: r.Error, runAt: fromMS(r.RunAt), result: r.Result})
+		if r.State.Terminal() {
+			finished = append(finished, r.ID)
+		}
 	}
-	u.at = fromMS(hInt(d.Headers, hStarted))
-	if st.Terminal() {
-		u.at, u.result = fromMS(hInt(d.Headers, hFinished)), d.Body
-	}
-	t.apply(d.CorrelationId, u)
-	if st.Terminal() {
-		t.publishEvent(transport.Event{Kind: transport.EventFinished, IDs: []string{d.CorrelationId}})
+	if len(finished) > 0 {
+		t.publishEvent(transport.Event{Kind: transport.EventFinished, IDs: finished})
 	}
 }
 
