@@ -318,8 +318,10 @@ func (t *Transport) leaseStored(ctx context.Context, s *session, p transport.Cla
 			settle = append(settle, st)
 			ended = append(ended, transport.Status{ID: ids[i], State: r.State})
 		case r.State == 0 && p.Now.Sub(h.msg.Created) < unrecordedWait:
-			// Published, but its producer has not recorded it yet.
-			c, err := t.copyOf(ctx, s, h, h.used, h.lastErr, p.Now.Add(unrecordedRetry), p.Now)
+			// Published, but its producer has not recorded it yet: ask
+			// again soon, later the longer it has been missing.
+			retry := min(max(p.Now.Sub(h.msg.Created)/2, 10*time.Millisecond), time.Second)
+			c, err := t.copyOf(ctx, s, h, h.used, h.lastErr, p.Now.Add(retry), p.Now)
 			if err != nil {
 				return nil, nil, nil, err
 			}
@@ -353,13 +355,10 @@ func (t *Transport) sendReports(ctx context.Context, s *session, rs reports) err
 	return nil
 }
 
-// A delivered task the result store does not know is retried every
-// unrecordedRetry until it is unrecordedWait old, then dropped: its
-// producer publishes before it records the task.
-const (
-	unrecordedWait  = 10 * time.Second
-	unrecordedRetry = 250 * time.Millisecond
-)
+// A delivered task the result store does not know is tried again, after
+// half its age (10 ms to 1 s), until it is unrecordedWait old, then
+// dropped: its producer publishes before it records the task.
+const unrecordedWait = 10 * time.Second
 
 // settle publishes what each settlement needs, waits for the broker's
 // confirms, sends the state reports, and then acknowledges the deliveries.
