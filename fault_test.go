@@ -410,29 +410,25 @@ func TestFaultRandomKills(t *testing.T) {
 }
 
 // amqpURL returns DOCKET_TEST_AMQP_URL with a fresh name prefix, or skips.
-func amqpURL(t *testing.T) string {
-	base := os.Getenv("DOCKET_TEST_AMQP_URL")
-	if base == "" {
-		t.Skip("DOCKET_TEST_AMQP_URL is not set; skipping the RabbitMQ variant")
-	}
-	sep := "?"
-	if strings.Contains(base, "?") {
-		sep = "&"
-	}
-	return fmt.Sprintf("%s%sprefix=fault%d-%d", base, sep, os.Getpid(), time.Now().UnixNano()%1e9)
-}
+func amqpURL(t *testing.T) string { return brokerURL(t, "DOCKET_TEST_AMQP_URL", "RabbitMQ", "fault") }
 
 // redisURL returns DOCKET_TEST_REDIS_URL with a fresh key prefix, or skips.
 func redisURL(t *testing.T) string {
-	base := os.Getenv("DOCKET_TEST_REDIS_URL")
+	return brokerURL(t, "DOCKET_TEST_REDIS_URL", "Redis", "faulttest-")
+}
+
+// brokerURL returns the URL in the environment variable env with a prefix
+// no other test uses, or skips the test when it is unset.
+func brokerURL(t *testing.T, env, broker, prefix string) string {
+	base := os.Getenv(env)
 	if base == "" {
-		t.Skip("DOCKET_TEST_REDIS_URL is not set; skipping the Redis variant")
+		t.Skipf("%s is not set; skipping the %s variant", env, broker)
 	}
 	sep := "?"
 	if strings.Contains(base, "?") {
 		sep = "&"
 	}
-	return fmt.Sprintf("%s%sprefix=faulttest-%d-%d", base, sep, os.Getpid(), time.Now().UnixNano())
+	return fmt.Sprintf("%s%sprefix=%s%d-%d", base, sep, prefix, os.Getpid(), time.Now().UnixNano()%1e12)
 }
 
 // randomKills runs the scenario on url; result, when set, is the result

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/docketq/docket/internal/wire"
 	"github.com/docketq/docket/transport"
 )
 
@@ -22,7 +23,7 @@ func (s *Store) ScheduleInit(ctx context.Context, p transport.ScheduleInitParams
 	err := s.w.do(ctx, "schedule", func(r runner) error {
 		_, err := r.exec(ctx, `INSERT INTO docket_schedules (name, spec, next_at, updated_at) VALUES (?1, ?2, ?3, ?4)
 			ON CONFLICT (name) DO UPDATE SET spec = ?2, next_at = ?3, updated_at = ?4 WHERE spec != ?2`,
-			p.Name, p.Spec, ms(p.NextAt), ms(p.Now))
+			p.Name, p.Spec, wire.Millis(p.NextAt), wire.Millis(p.Now))
 		return err
 	})
 	if err != nil {
@@ -63,7 +64,7 @@ func (s *Store) ScheduleStates(ctx context.Context, p transport.ScheduleStatesPa
 		if err := rows.Scan(&st.Name, &st.Spec, &next, &slot, &fired, &task, &state, &updated); err != nil {
 			return nil, fmt.Errorf("docket: read schedules: %w", err)
 		}
-		st.NextAt, st.LastSlot, st.LastFiredAt, st.Updated = fromMS(next), fromMS(slot), fromMS(fired), fromMS(updated)
+		st.NextAt, st.LastSlot, st.LastFiredAt, st.Updated = wire.FromMillis(next), wire.FromMillis(slot), wire.FromMillis(fired), wire.FromMillis(updated)
 		st.LastTaskID, st.LastTaskState = task.String, transport.State(state.Int64)
 		out = append(out, st)
 	}
@@ -79,12 +80,12 @@ var errLostRace = errors.New("docket: schedule cursor moved")
 // ScheduleFire implements transport.ScheduleStore.
 func (s *Store) ScheduleFire(ctx context.Context, p transport.ScheduleFireParams) (transport.ScheduleFireResult, error) {
 	var res transport.ScheduleFireResult
-	now := ms(p.Now)
+	now := wire.Millis(p.Now)
 	err := s.w.do(ctx, "schedule", func(r runner) error {
 		res = transport.ScheduleFireResult{}
 		var lastTask sql.NullString
 		err := queryOne(ctx, r, []any{&lastTask}, `UPDATE docket_schedules SET next_at = ?, updated_at = ?
-			WHERE name = ? AND next_at = ? RETURNING last_task_id`, ms(p.NextAt), now, p.Name, ms(p.Cursor))
+			WHERE name = ? AND next_at = ? RETURNING last_task_id`, wire.Millis(p.NextAt), now, p.Name, wire.Millis(p.Cursor))
 		if errors.Is(err, sql.ErrNoRows) {
 			return errLostRace
 		}
@@ -107,7 +108,7 @@ func (s *Store) ScheduleFire(ctx context.Context, p transport.ScheduleFireParams
 			}
 		}
 		ins, err := r.exec(ctx, `INSERT INTO docket_schedule_runs (schedule, slot, task_id, fired_at) VALUES (?, ?, ?, ?)
-			ON CONFLICT DO NOTHING`, p.Name, ms(p.Slot), p.Message.ID, now)
+			ON CONFLICT DO NOTHING`, p.Name, wire.Millis(p.Slot), p.Message.ID, now)
 		if err != nil {
 			return err
 		}
@@ -121,7 +122,7 @@ func (s *Store) ScheduleFire(ctx context.Context, p transport.ScheduleFireParams
 		}
 		res.Fired, res.TaskID = true, out[0].ID
 		if _, err := r.exec(ctx, `UPDATE docket_schedules SET last_slot = ?, last_fired = ?, last_task_id = ? WHERE name = ?`,
-			ms(p.Slot), now, res.TaskID, p.Name); err != nil {
+			wire.Millis(p.Slot), now, res.TaskID, p.Name); err != nil {
 			return err
 		}
 		// Forget old slots, a few at a time.

@@ -16,20 +16,6 @@ import (
 )
 
 // Timestamps are stored as UTC Unix milliseconds; zero means unset.
-func ms(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.UnixMilli()
-}
-
-func fromMS(v int64) time.Time {
-	if v == 0 {
-		return time.Time{}
-	}
-	return time.UnixMilli(v).UTC()
-}
-
 func encodeMeta(m *transport.Message) (any, error) {
 	raw, err := wire.EncodeMeta(m)
 	if raw == "" || err != nil {
@@ -84,17 +70,17 @@ func (s *Store) EnqueueTx(ctx context.Context, tx *sql.Tx, p transport.EnqueuePa
 }
 
 func insert(ctx context.Context, r runner, p transport.EnqueueParams) ([]transport.EnqueueResult, error) {
-	now := ms(p.Now)
+	now := wire.Millis(p.Now)
 	out := make([]transport.EnqueueResult, len(p.Messages))
 	for i := range p.Messages {
 		m := &p.Messages[i]
 		state, runAt := transport.StateReady, now
 		var finished int64
 		var reason any
-		if eta := ms(m.ETA); eta > now {
+		if eta := wire.Millis(m.ETA); eta > now {
 			state, runAt = transport.StateScheduled, eta
 		}
-		if exp := ms(m.Expires); exp != 0 && exp <= now {
+		if exp := wire.Millis(m.Expires); exp != 0 && exp <= now {
 			state, runAt, finished, reason = transport.StateExpired, now+m.ResultTTL.Milliseconds(), now, "expired before enqueue"
 		}
 		mt, err := encodeMeta(m)
@@ -105,11 +91,11 @@ func insert(ctx context.Context, r runner, p transport.EnqueueParams) ([]transpo
 		if m.UniqueKey != "" {
 			uk = m.UniqueKey
 		}
-		created := ms(m.Created)
+		created := wire.Millis(m.Created)
 		if created == 0 {
 			created = now
 		}
-		res, err := r.exec(ctx, insertSQL, m.ID, m.Name, m.Queue, int(state), m.Priority, runAt, ms(m.Expires),
+		res, err := r.exec(ctx, insertSQL, m.ID, m.Name, m.Queue, int(state), m.Priority, runAt, wire.Millis(m.Expires),
 			m.MaxAttempts, m.Timeout.Milliseconds(), m.ResultTTL.Milliseconds(), uk, m.Payload, mt, created, finished, reason)
 		if err != nil {
 			return nil, fmt.Errorf("docket: insert task %s: %w", m.ID, err)
@@ -246,7 +232,7 @@ func (s *Store) Claim(ctx context.Context, p transport.ClaimParams) (transport.C
 	}
 	err := s.w.do(ctx, "claim", func(r runner) error {
 		res = transport.ClaimResult{}
-		now := ms(p.Now)
+		now := wire.Millis(p.Now)
 		rows, err := r.query(ctx, promoteSQL, now)
 		if err != nil {
 			return fmt.Errorf("docket: promote due tasks: %w", err)
@@ -272,9 +258,9 @@ func (s *Store) Claim(ctx context.Context, p transport.ClaimParams) (transport.C
 			want = min(want, maxClaim)
 			var rows *sql.Rows
 			if exclude == "" {
-				rows, err = r.query(ctx, claimQuery(want, false), now, p.Owner, ms(p.LeaseUntil), q)
+				rows, err = r.query(ctx, claimQuery(want, false), now, p.Owner, wire.Millis(p.LeaseUntil), q)
 			} else {
-				rows, err = r.query(ctx, claimQuery(want, true), now, p.Owner, ms(p.LeaseUntil), q, exclude)
+				rows, err = r.query(ctx, claimQuery(want, true), now, p.Owner, wire.Millis(p.LeaseUntil), q, exclude)
 			}
 			if err != nil {
 				return fmt.Errorf("docket: claim: %w", err)
@@ -302,7 +288,7 @@ func (s *Store) Claim(ctx context.Context, p transport.ClaimParams) (transport.C
 				return fmt.Errorf("docket: claim: %w", err)
 			}
 			if next.Valid {
-				res.NextAt = fromMS(next.Int64)
+				res.NextAt = wire.FromMillis(next.Int64)
 			}
 		}
 		return nil
@@ -344,7 +330,7 @@ func scanDelivery(rows *sql.Rows) (transport.Delivery, transport.State, error) {
 	if err != nil {
 		return d, 0, fmt.Errorf("docket: read claimed task: %w", err)
 	}
-	d.Expires, d.Created, d.LeaseUntil = fromMS(expires), fromMS(created), fromMS(lease)
+	d.Expires, d.Created, d.LeaseUntil = wire.FromMillis(expires), wire.FromMillis(created), wire.FromMillis(lease)
 	d.Timeout, d.ResultTTL = time.Duration(timeout)*time.Millisecond, time.Duration(ttl)*time.Millisecond
 	d.UniqueKey, d.LastError = uk.String, lastErr.String
 	if err := decodeMeta(mt, &d.Message); err != nil {
@@ -361,7 +347,7 @@ func (s *Store) Extend(ctx context.Context, p transport.ExtendParams) ([]transpo
 	if len(p.Leases) == 0 {
 		return out, nil
 	}
-	until := ms(p.Until)
+	until := wire.Millis(p.Until)
 	err := s.w.do(ctx, "extend", func(r runner) error {
 		for i, l := range p.Leases {
 			var cancel int
@@ -404,14 +390,14 @@ func (s *Store) Finish(ctx context.Context, p transport.FinishParams) ([]transpo
 			return nil, fmt.Errorf("docket: finish task %s: invalid outcome state %v", o.ID, o.State)
 		}
 	}
-	now := ms(p.Now)
+	now := wire.Millis(p.Now)
 	err := s.w.do(ctx, "finish", func(r runner) error {
 		for i, o := range p.Items {
 			var errText any
 			if o.Error != "" {
 				errText = o.Error
 			}
-			res, err := r.exec(ctx, finishSQL, int(o.State), now, ms(o.RunAt), o.Result, errText, o.ID, o.Attempt, o.Owner)
+			res, err := r.exec(ctx, finishSQL, int(o.State), now, wire.Millis(o.RunAt), o.Result, errText, o.ID, o.Attempt, o.Owner)
 			if err != nil {
 				return fmt.Errorf("docket: finish task %s: %w", o.ID, err)
 			}
@@ -441,7 +427,7 @@ const cancelSQL = `UPDATE docket_tasks SET
 func (s *Store) Cancel(ctx context.Context, p transport.CancelParams) (transport.CancelResult, error) {
 	var res transport.CancelResult
 	err := s.w.do(ctx, "cancel", func(r runner) error {
-		err := queryOne(ctx, r, []any{&res.State}, cancelSQL, ms(p.Now), p.ID)
+		err := queryOne(ctx, r, []any{&res.State}, cancelSQL, wire.Millis(p.Now), p.ID)
 		if errors.Is(err, sql.ErrNoRows) {
 			return fmt.Errorf("docket: cancel %s: %w", p.ID, transport.ErrNotFound)
 		}
@@ -464,7 +450,7 @@ func scanInfo(sc interface{ Scan(...any) error }) (transport.Info, error) {
 	if err != nil {
 		return in, err
 	}
-	in.RunAt, in.Expires, in.Created, in.Started, in.Finished = fromMS(runAt), fromMS(expires), fromMS(created), fromMS(started), fromMS(finished)
+	in.RunAt, in.Expires, in.Created, in.Started, in.Finished = wire.FromMillis(runAt), wire.FromMillis(expires), wire.FromMillis(created), wire.FromMillis(started), wire.FromMillis(finished)
 	if in.State == transport.StateScheduled {
 		in.ETA = in.RunAt
 	}
@@ -574,7 +560,7 @@ func (s *Store) Prune(ctx context.Context, p transport.PruneParams) (int, error)
 	}
 	var n int64
 	err := s.w.do(ctx, "prune", func(r runner) error {
-		res, err := r.exec(ctx, pruneSQL, ms(p.Now), limit)
+		res, err := r.exec(ctx, pruneSQL, wire.Millis(p.Now), limit)
 		if err != nil {
 			return fmt.Errorf("docket: prune: %w", err)
 		}
@@ -606,7 +592,7 @@ const endIDSQL = `UPDATE docket_tasks SET state = ?2, error = ?3, owner = NULL, 
 // ClaimIDs implements transport.IDClaimer.
 func (s *Store) ClaimIDs(ctx context.Context, p transport.ClaimIDsParams) ([]transport.ClaimIDResult, error) {
 	out := make([]transport.ClaimIDResult, len(p.IDs))
-	now := ms(p.Now)
+	now := wire.Millis(p.Now)
 	err := s.w.do(ctx, "claim", func(r runner) error {
 		for i, id := range p.IDs {
 			out[i] = transport.ClaimIDResult{}
@@ -631,10 +617,10 @@ func (s *Store) ClaimIDs(ctx context.Context, p transport.ClaimIDsParams) ([]tra
 			case reason != "":
 				out[i] = transport.ClaimIDResult{State: state}
 				if !state.Terminal() {
-					out[i].RunAt = fromMS(runAt)
+					out[i].RunAt = wire.FromMillis(runAt)
 				}
 			default:
-				rows, err := r.query(ctx, claimIDSQL, now, p.Owner, ms(p.LeaseUntil), id)
+				rows, err := r.query(ctx, claimIDSQL, now, p.Owner, wire.Millis(p.LeaseUntil), id)
 				if err != nil {
 					return fmt.Errorf("docket: claim task %s: %w", id, err)
 				}

@@ -243,7 +243,7 @@ func (t *Transport) leaseAlone(ctx context.Context, s *session, p transport.Clai
 		t.mu.Unlock()
 		switch {
 		case h.bad != nil:
-			settle = append(settle, settlement{h: h, out: []outgoing{t.deadLetter(h, "undecodable: "+h.bad.Error())}})
+			settle = append(settle, settlement{h: h, out: []outgoing{t.undecodable(h)}})
 			continue
 		case revoked:
 			state, reason = transport.StateCancelled, "cancelled before it started"
@@ -291,7 +291,7 @@ func (t *Transport) leaseStored(ctx context.Context, s *session, p transport.Cla
 	var good []*held
 	for _, h := range picked {
 		if h.bad != nil {
-			settle = append(settle, settlement{h: h, out: []outgoing{t.deadLetter(h, "undecodable: "+h.bad.Error())}})
+			settle = append(settle, settlement{h: h, out: []outgoing{t.undecodable(h)}})
 			continue
 		}
 		ids = append(ids, h.msg.ID)
@@ -388,6 +388,12 @@ func (t *Transport) settle(s *session, items []settlement, rs reports) error {
 		t.publishEvent(transport.Event{Kind: transport.EventFinished, IDs: finished})
 	}
 	return nil
+}
+
+// undecodable returns the dead-letter copy of a message that could not be
+// decoded, with the reason.
+func (t *Transport) undecodable(h *held) outgoing {
+	return t.deadLetter(h, "undecodable: "+h.bad.Error())
 }
 
 // deadLetter returns a copy of h for the dead-letter queue, with reason.
@@ -636,7 +642,7 @@ func (t *Transport) giveBack(ctx context.Context, s *session) error {
 	now := t.cfg.Now()
 	for _, h := range buf {
 		if h.bad != nil {
-			out = append(out, t.deadLetter(h, "undecodable: "+h.bad.Error()))
+			out = append(out, t.undecodable(h))
 			continue
 		}
 		c, err := t.copyOf(ctx, s, h, h.used, h.lastErr, h.msg.ETA, now)

@@ -36,20 +36,6 @@ type outgoing struct {
 	msg           amqp.Publishing
 }
 
-func ms(t time.Time) int64 {
-	if t.IsZero() {
-		return 0
-	}
-	return t.UnixMilli()
-}
-
-func fromMS(v int64) time.Time {
-	if v == 0 {
-		return time.Time{}
-	}
-	return time.UnixMilli(v).UTC()
-}
-
 // encode builds the publishing of m, with attempts already used and the
 // last error carried over from earlier copies.
 func encode(m *transport.Message, attempts int, lastErr, replyTo string) (amqp.Publishing, error) {
@@ -59,13 +45,13 @@ func encode(m *transport.Message, attempts int, lastErr, replyTo string) (amqp.P
 	}
 	h := amqp.Table{
 		hQueue: m.Queue, hPriority: int64(m.Priority), hMax: int64(m.MaxAttempts),
-		hCreated: ms(m.Created), hAttempts: int64(attempts),
+		hCreated: wire.Millis(m.Created), hAttempts: int64(attempts),
 	}
 	if !m.ETA.IsZero() {
-		h[hETA] = ms(m.ETA)
+		h[hETA] = wire.Millis(m.ETA)
 	}
 	if !m.Expires.IsZero() {
-		h[hExpires] = ms(m.Expires)
+		h[hExpires] = wire.Millis(m.Expires)
 	}
 	if m.Timeout > 0 {
 		h[hTimeout] = m.Timeout.Milliseconds()
@@ -128,9 +114,9 @@ func decode(d *amqp.Delivery) (transport.Message, int, string, error) {
 	h := d.Headers
 	m := transport.Message{
 		ID: d.MessageId, Name: d.Type, Queue: hStr(h, hQueue), Payload: d.Body,
-		Priority: int(hInt(h, hPriority)), ETA: fromMS(hInt(h, hETA)), Expires: fromMS(hInt(h, hExpires)),
+		Priority: int(hInt(h, hPriority)), ETA: wire.FromMillis(hInt(h, hETA)), Expires: wire.FromMillis(hInt(h, hExpires)),
 		MaxAttempts: int(hInt(h, hMax)), Timeout: time.Duration(hInt(h, hTimeout)) * time.Millisecond,
-		ResultTTL: time.Duration(hInt(h, hTTL)) * time.Millisecond, Created: fromMS(hInt(h, hCreated)),
+		ResultTTL: time.Duration(hInt(h, hTTL)) * time.Millisecond, Created: wire.FromMillis(hInt(h, hCreated)),
 	}
 	switch {
 	case m.ID == "":

@@ -8,6 +8,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/docketq/docket/internal/wire"
 	"github.com/docketq/docket/transport"
 )
 
@@ -78,9 +79,9 @@ func (rs reports) add(h *held, u stateUpdate) {
 	if h.d.ReplyTo == "" {
 		return
 	}
-	r := report{ID: h.msg.ID, State: u.state, Attempt: u.attempt, Error: u.err, Result: u.result, RunAt: ms(u.runAt)}
+	r := report{ID: h.msg.ID, State: u.state, Attempt: u.attempt, Error: u.err, Result: u.result, RunAt: wire.Millis(u.runAt)}
 	if u.state.Terminal() {
-		r.At = ms(u.at)
+		r.At = wire.Millis(u.at)
 	}
 	rs[h.d.ReplyTo] = append(rs[h.d.ReplyTo], r)
 }
@@ -134,7 +135,7 @@ func (t *Transport) reply(d *amqp.Delivery) {
 		if !r.State.Valid() || r.ID == "" {
 			continue
 		}
-		t.apply(r.ID, stateUpdate{state: r.State, attempt: r.Attempt, at: fromMS(r.At), err: r.Error, runAt: fromMS(r.RunAt), result: r.Result})
+		t.apply(r.ID, stateUpdate{state: r.State, attempt: r.Attempt, at: wire.FromMillis(r.At), err: r.Error, runAt: wire.FromMillis(r.RunAt), result: r.Result})
 		if r.State.Terminal() {
 			finished = append(finished, r.ID)
 		}
@@ -257,7 +258,6 @@ func (t *Transport) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]t
 		}
 		return nil, err
 	}
-	t.publishEvent(transport.Event{Kind: transport.EventChanged})
 	return res, nil
 }
 

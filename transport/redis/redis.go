@@ -188,20 +188,6 @@ func (t *Transport) run(ctx context.Context, s *goredis.Script, args ...any) (an
 	return v, t.wrap(err)
 }
 
-func ms(tm time.Time) int64 {
-	if tm.IsZero() {
-		return 0
-	}
-	return tm.UnixMilli()
-}
-
-func fromMS(v int64) time.Time {
-	if v == 0 {
-		return time.Time{}
-	}
-	return time.UnixMilli(v).UTC()
-}
-
 func ukHash(key string) string {
 	if key == "" {
 		return ""
@@ -216,12 +202,12 @@ func messageArgs(args []any, m *transport.Message) ([]any, error) {
 	if err != nil {
 		return nil, err
 	}
-	created := ms(m.Created)
+	created := wire.Millis(m.Created)
 	ret := "0"
 	if m.ReturnExisting {
 		ret = "1"
 	}
-	return append(args, m.ID, m.Name, m.Queue, m.Priority, ms(m.ETA), ms(m.Expires), m.MaxAttempts,
+	return append(args, m.ID, m.Name, m.Queue, m.Priority, wire.Millis(m.ETA), wire.Millis(m.Expires), m.MaxAttempts,
 		m.Timeout.Milliseconds(), m.ResultTTL.Milliseconds(), m.UniqueKey, ukHash(m.UniqueKey),
 		string(m.Payload), meta, created, ret), nil
 }
@@ -231,7 +217,7 @@ func (t *Transport) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]t
 	if len(p.Messages) == 0 {
 		return nil, nil
 	}
-	args := []any{ms(p.Now), ulid.Make().String(), len(p.Messages)}
+	args := []any{wire.Millis(p.Now), ulid.Make().String(), len(p.Messages)}
 	for i := range p.Messages {
 		if p.Messages[i].Created.IsZero() {
 			p.Messages[i].Created = p.Now
@@ -292,7 +278,7 @@ func (t *Transport) Claim(ctx context.Context, p transport.ClaimParams) (transpo
 	if p.Limit <= 0 || len(p.Queues) == 0 {
 		return res, nil
 	}
-	args := []any{ms(p.Now), p.Owner, ms(p.LeaseUntil), p.Limit, len(p.Queues)}
+	args := []any{wire.Millis(p.Now), p.Owner, wire.Millis(p.LeaseUntil), p.Limit, len(p.Queues)}
 	for _, q := range p.Queues {
 		args = append(args, q)
 	}
@@ -318,7 +304,7 @@ func (t *Transport) Claim(ctx context.Context, p transport.ClaimParams) (transpo
 		res.Ended = append(res.Ended, transport.Status{ID: str(r, 0), State: transport.State(num(r, 1))})
 	}
 	if n := num(parts, 2); n > 0 {
-		res.NextAt = fromMS(n)
+		res.NextAt = wire.FromMillis(n)
 	}
 	if len(res.Ended) > 0 {
 		ids := make([]string, len(res.Ended))
@@ -335,10 +321,10 @@ func (t *Transport) Claim(ctx context.Context, p transport.ClaimParams) (transpo
 func deliveryFrom(f []any, id, owner string, leaseUntil time.Time) (transport.Delivery, error) {
 	d := transport.Delivery{Owner: owner, LeaseUntil: leaseUntil}
 	d.ID, d.Name, d.Queue, d.Priority = id, str(f, 0), str(f, 1), int(num(f, 2))
-	d.Expires, d.Attempt, d.MaxAttempts = fromMS(num(f, 3)), int(num(f, 4)), int(num(f, 5))
+	d.Expires, d.Attempt, d.MaxAttempts = wire.FromMillis(num(f, 3)), int(num(f, 4)), int(num(f, 5))
 	d.Timeout, d.ResultTTL = time.Duration(num(f, 6))*time.Millisecond, time.Duration(num(f, 7))*time.Millisecond
 	d.UniqueKey, d.Payload = str(f, 8), []byte(str(f, 9))
-	d.Created, d.LastError = fromMS(num(f, 11)), str(f, 12)
+	d.Created, d.LastError = wire.FromMillis(num(f, 11)), str(f, 12)
 	return d, wire.DecodeMeta(str(f, 10), &d.Message)
 }
 
@@ -350,7 +336,7 @@ func (t *Transport) ClaimIDs(ctx context.Context, p transport.ClaimIDsParams) ([
 	if len(p.IDs) == 0 {
 		return out, nil
 	}
-	args := []any{ms(p.Now), p.Owner, ms(p.LeaseUntil), len(p.IDs)}
+	args := []any{wire.Millis(p.Now), p.Owner, wire.Millis(p.LeaseUntil), len(p.IDs)}
 	for _, id := range p.IDs {
 		args = append(args, id)
 	}
@@ -374,7 +360,7 @@ func (t *Transport) ClaimIDs(ctx context.Context, p transport.ClaimIDsParams) ([
 		case "left":
 			out[i] = transport.ClaimIDResult{State: transport.State(num(r, 1))}
 			if !out[i].State.Terminal() {
-				out[i].RunAt = fromMS(num(r, 2))
+				out[i].RunAt = wire.FromMillis(num(r, 2))
 			}
 		}
 	}
@@ -390,7 +376,7 @@ func (t *Transport) Extend(ctx context.Context, p transport.ExtendParams) ([]tra
 	if len(p.Leases) == 0 {
 		return out, nil
 	}
-	args := []any{ms(p.Until), len(p.Leases)}
+	args := []any{wire.Millis(p.Until), len(p.Leases)}
 	for _, l := range p.Leases {
 		args = append(args, l.ID, l.Attempt, l.Owner)
 	}
@@ -416,14 +402,14 @@ func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]tra
 	if len(p.Items) == 0 {
 		return out, nil
 	}
-	args := []any{ms(p.Now), len(p.Items)}
+	args := []any{wire.Millis(p.Now), len(p.Items)}
 	for _, o := range p.Items {
 		switch o.State {
 		case transport.StateScheduled, transport.StateReady, transport.StateSucceeded, transport.StateFailed, transport.StateCancelled:
 		default:
 			return nil, fmt.Errorf("docket: finish task %s: invalid outcome state %v", o.ID, o.State)
 		}
-		args = append(args, o.ID, o.Attempt, o.Owner, int(o.State), ms(o.RunAt), string(o.Result), o.Error)
+		args = append(args, o.ID, o.Attempt, o.Owner, int(o.State), wire.Millis(o.RunAt), string(o.Result), o.Error)
 	}
 	v, err := t.run(ctx, finishScript, args...)
 	if err != nil {
@@ -445,7 +431,7 @@ func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]tra
 
 // Cancel implements transport.Transport.
 func (t *Transport) Cancel(ctx context.Context, p transport.CancelParams) (transport.CancelResult, error) {
-	v, err := t.run(ctx, cancelScript, ms(p.Now), p.ID)
+	v, err := t.run(ctx, cancelScript, wire.Millis(p.Now), p.ID)
 	if err != nil {
 		return transport.CancelResult{}, fmt.Errorf("docket: redis cancel %s: %w", p.ID, err)
 	}
@@ -477,10 +463,10 @@ func infoFrom(id string, h map[string]string) (transport.Info, error) {
 	in := transport.Info{State: transport.State(n("state")), Attempt: int(n("att"))}
 	in.ID, in.Name, in.Queue, in.Priority = id, h["name"], h["queue"], int(n("prio"))
 	in.Payload, in.MaxAttempts = []byte(h["pay"]), int(n("max"))
-	in.Expires, in.Created = fromMS(n("exp")), fromMS(n("created"))
+	in.Expires, in.Created = wire.FromMillis(n("exp")), wire.FromMillis(n("created"))
 	in.Timeout, in.ResultTTL = time.Duration(n("tmo"))*time.Millisecond, time.Duration(n("ttl"))*time.Millisecond
 	in.UniqueKey, in.Error, in.CancelRequested = h["uk"], h["err"], h["cancel"] == "1"
-	in.RunAt, in.Started, in.Finished = fromMS(n("run_at")), fromMS(n("started")), fromMS(n("finished"))
+	in.RunAt, in.Started, in.Finished = wire.FromMillis(n("run_at")), wire.FromMillis(n("started")), wire.FromMillis(n("finished"))
 	if r, ok := h["res"]; ok {
 		in.Result = []byte(r)
 	}
@@ -521,7 +507,7 @@ func (t *Transport) Prune(ctx context.Context, p transport.PruneParams) (int, er
 	if limit <= 0 {
 		limit = 1000
 	}
-	v, err := t.run(ctx, pruneScript, ms(p.Now), limit)
+	v, err := t.run(ctx, pruneScript, wire.Millis(p.Now), limit)
 	if err != nil {
 		return 0, fmt.Errorf("docket: redis prune: %w", err)
 	}

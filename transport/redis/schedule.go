@@ -7,12 +7,13 @@ import (
 
 	"github.com/oklog/ulid/v2"
 
+	"github.com/docketq/docket/internal/wire"
 	"github.com/docketq/docket/transport"
 )
 
 // ScheduleInit implements transport.ScheduleStore.
 func (t *Transport) ScheduleInit(ctx context.Context, p transport.ScheduleInitParams) (transport.ScheduleState, error) {
-	if _, err := t.run(ctx, scheduleInitScript, ms(p.Now), p.Name, p.Spec, ms(p.NextAt)); err != nil {
+	if _, err := t.run(ctx, scheduleInitScript, wire.Millis(p.Now), p.Name, p.Spec, wire.Millis(p.NextAt)); err != nil {
 		return transport.ScheduleState{}, fmt.Errorf("docket: redis init schedule %s: %w", p.Name, err)
 	}
 	sts, err := t.ScheduleStates(ctx, transport.ScheduleStatesParams{Now: p.Now, Names: []string{p.Name}})
@@ -44,8 +45,8 @@ func (t *Transport) ScheduleStates(ctx context.Context, p transport.ScheduleStat
 			continue
 		}
 		n := func(k string) int64 { v, _ := strconv.ParseInt(h[k], 10, 64); return v }
-		st := transport.ScheduleState{Name: name, Spec: h["spec"], NextAt: fromMS(n("next_at")), LastSlot: fromMS(n("last_slot")),
-			LastFiredAt: fromMS(n("last_fired")), LastTaskID: h["last_task"], Updated: fromMS(n("updated"))}
+		st := transport.ScheduleState{Name: name, Spec: h["spec"], NextAt: wire.FromMillis(n("next_at")), LastSlot: wire.FromMillis(n("last_slot")),
+			LastFiredAt: wire.FromMillis(n("last_fired")), LastTaskID: h["last_task"], Updated: wire.FromMillis(n("updated"))}
 		if st.LastTaskID != "" {
 			if s, err := t.rdb.HGet(ctx, t.key("t", st.LastTaskID), "state").Int(); err == nil {
 				st.LastTaskState = transport.State(s)
@@ -64,9 +65,9 @@ func (t *Transport) ScheduleFire(ctx context.Context, p transport.ScheduleFirePa
 	}
 	slot := ""
 	if !p.Slot.IsZero() && p.Message != nil {
-		slot = strconv.FormatInt(ms(p.Slot), 10)
+		slot = strconv.FormatInt(wire.Millis(p.Slot), 10)
 	}
-	args := []any{ms(p.Now), p.Name, strconv.FormatInt(ms(p.Cursor), 10), strconv.FormatInt(ms(p.NextAt), 10), slot, skip, ulid.Make().String()}
+	args := []any{wire.Millis(p.Now), p.Name, strconv.FormatInt(wire.Millis(p.Cursor), 10), strconv.FormatInt(wire.Millis(p.NextAt), 10), slot, skip, ulid.Make().String()}
 	if slot != "" {
 		m := *p.Message
 		if m.Created.IsZero() {
