@@ -17,6 +17,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"time"
@@ -121,8 +122,20 @@ func run() error {
 		redisDB   = flag.Int("redis-db", 13, "Redis database for asynq (docket-redis uses the one below it); each is flushed before its system's measurements")
 		amqpURL   = flag.String("amqp", "amqp://guest:guest@127.0.0.1:5672/", "RabbitMQ for docket-amqp and amqp091 (each store is a fresh name prefix, deleted afterwards)")
 		dir       = flag.String("dir", "", "where the temporary stores go (default: the system temp dir)")
+		cpuprof   = flag.String("cpuprofile", "", "write a CPU profile of the whole run (this process; not the child processes) to this file")
 	)
 	flag.Parse()
+	if *cpuprof != "" {
+		f, err := os.Create(*cpuprof)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	runsSet := false
 	flag.Visit(func(f *flag.Flag) { runsSet = runsSet || f.Name == "runs" })
 

@@ -2,6 +2,7 @@ package amqp
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -138,6 +139,7 @@ func (t *Transport) Claim(ctx context.Context, p transport.ClaimParams) (transpo
 	if len(picked) == 0 {
 		return res, nil
 	}
+
 	var give []*held
 	var settle []settlement
 	var rs reports
@@ -346,7 +348,12 @@ func (t *Transport) leaseStored(ctx context.Context, s *session, p transport.Cla
 // order, so it never sees an ack without the report before it, and no
 // confirm round trip is needed. (Reports are transient, for a reply queue
 // that does not survive a broker restart either.)
+//
+// Reports to this process's own reply queue are not sent: the caller
+// applies every update here too. A binary that enqueues and works (the
+// common case) sends no reports at all.
 func (t *Transport) sendReports(ctx context.Context, s *session, rs reports) error {
+	delete(rs, t.replyQueue())
 	for _, o := range rs.messages() {
 		if err := s.cons.PublishWithContext(ctx, o.exchange, o.key, false, false, o.msg); err != nil {
 			return t.wrap("report", err)
@@ -379,10 +386,12 @@ func (t *Transport) settle(s *session, items []settlement, rs reports) error {
 	if err := t.sendReports(ctx, s, rs); err != nil {
 		return err
 	}
-	for _, st := range items {
-		if err := st.h.d.Ack(false); err != nil {
-			return t.wrap("ack", err)
-		}
+	hs := make([]*held, len(items))
+	for i, st := range items {
+		hs[i] = st.h
+	}
+	if err := ackHeld(hs); err != nil {
+		return t.wrap("ack", err)
 	}
 	if len(finished) > 0 {
 		t.publishEvent(transport.Event{Kind: transport.EventFinished, IDs: finished})
@@ -553,17 +562,19 @@ func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]tra
 	if err := t.sendReports(ctx, s, rs); err != nil {
 		return nil, err
 	}
+	// A delivery whose outcome the store refused is an obsolete copy:
+	// acknowledged, like a settled one.
+	if err := ackHeld(slices.DeleteFunc(slices.Clone(hs), func(h *held) bool { return h == nil })); err != nil && t.store == nil {
+		// The channel is gone; the broker redelivers the tasks, and the
+		// copies or results just published may run or count twice.
+		for i := range res {
+			res[i].Lost = true
+		}
+	}
 	for i, o := range p.Items {
 		h := hs[i]
 		if h == nil {
 			continue
-		}
-		// A delivery whose outcome the store refused is an obsolete copy:
-		// acknowledged, like a settled one.
-		if err := h.d.Ack(false); err != nil && t.store == nil {
-			// The channel is gone; the broker redelivers the task, and
-			// the copy or result just published may run or count twice.
-			res[i].Lost = true
 		}
 		t.mu.Lock()
 		delete(t.inflight, o.ID)
@@ -635,7 +646,9 @@ func (t *Transport) giveBack(ctx context.Context, s *session) error {
 	s.consumeMu.Unlock()
 	s.loops.Wait()
 	t.mu.Lock()
-	buf := t.buf
+	// Deliveries of an earlier session need nothing: the broker put them
+	// back when it ended.
+	buf := slices.DeleteFunc(t.buf, func(h *held) bool { return h.s != s })
 	t.buf = nil
 	t.mu.Unlock()
 	var out []outgoing
@@ -654,10 +667,29 @@ func (t *Transport) giveBack(ctx context.Context, s *session) error {
 	if err := t.publish(ctx, s, out); err != nil {
 		return err
 	}
-	for _, h := range buf {
-		if err := h.d.Ack(false); err != nil {
-			return t.wrap("ack", err)
-		}
+	if err := ackHeld(buf); err != nil {
+		return t.wrap("ack", err)
 	}
 	return nil
+}
+
+// ackHeld acknowledges each of hs on the channel that delivered it (see
+// session.ack). A delivery of a session that ended cannot be acknowledged:
+// the broker has put it back.
+func ackHeld(hs []*held) error {
+	tags := map[*session][]uint64{}
+	for _, h := range hs {
+		tags[h.s] = append(tags[h.s], h.d.DeliveryTag)
+	}
+	var errs []error
+	for s, list := range tags {
+		if !s.alive() {
+			errs = append(errs, fmt.Errorf("the channel that delivered %d of the tasks is closed: %w", len(list), s.cause()))
+			continue
+		}
+		if err := s.ack(list); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }

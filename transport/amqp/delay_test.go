@@ -2,6 +2,7 @@ package amqp
 
 import (
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -139,4 +140,33 @@ func mustURL(t *testing.T, s string) *url.URL {
 		t.Fatal(err)
 	}
 	return u
+}
+
+// TestAckBook: outcomes that close the gap from the floor go in one frame
+// with the multiple flag, naming a tag not acknowledged before; the rest go
+// alone; nothing is acknowledged twice.
+func TestAckBook(t *testing.T) {
+	var b ackBook
+	check := func(tags []uint64, wantMulti uint64, wantSingle []uint64, wantFloor uint64) {
+		t.Helper()
+		m, s := b.plan(tags)
+		if m != wantMulti || !slices.Equal(s, wantSingle) || b.floor != wantFloor {
+			t.Fatalf("plan(%v) = %d, %v (floor %d); want %d, %v (floor %d)", tags, m, s, b.floor, wantMulti, wantSingle, wantFloor)
+		}
+	}
+	check([]uint64{2, 1, 3}, 3, nil, 3)
+	check([]uint64{5, 7}, 0, []uint64{5, 7}, 3) // 4 still runs
+	check([]uint64{6}, 0, []uint64{6}, 3)       // still above the gap
+	check([]uint64{4}, 4, nil, 7)               // closes it: 5–7 were sent alone
+	check([]uint64{9, 8, 10}, 10, nil, 10)      // out of order within a batch
+	check([]uint64{10, 9, 3}, 0, nil, 10)       // already acknowledged: nothing
+	check([]uint64{12}, 0, []uint64{12}, 10)    // above a gap
+	check([]uint64{11, 13}, 13, nil, 13)        // one frame covers 11–13
+	check([]uint64{15}, 0, []uint64{15}, 13)    // above a gap
+	check([]uint64{14}, 14, nil, 15)            // the frame names 14, not 15: 15 is acknowledged
+	check([]uint64{16, 16, 17}, 17, nil, 17)    // duplicates in one call
+	check(nil, 0, nil, 17)
+	if len(b.above) != 0 {
+		t.Fatalf("tags above the floor kept: %v", b.above)
+	}
 }

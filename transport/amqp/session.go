@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -35,6 +36,84 @@ type session struct {
 	consumers map[string]bool    // docket queues consumed
 	loops     sync.WaitGroup     // the consumers' delivery loops
 	delayMu   sync.Mutex         // serialises the delay topology declaration
+
+	ackMu sync.Mutex // guards acks and orders the ack frames
+	acks  ackBook
+}
+
+// ack acknowledges the deliveries of cons with the given tags in as few
+// frames as ackBook allows.
+func (s *session) ack(tags []uint64) error {
+	s.ackMu.Lock()
+	defer s.ackMu.Unlock()
+	multiple, single := s.acks.plan(tags)
+	if multiple > 0 {
+		if err := s.cons.Ack(multiple, true); err != nil {
+			return err
+		}
+	}
+	for _, tag := range single {
+		if err := s.cons.Ack(tag, false); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ackBook keeps which deliveries of a channel are acknowledged, to
+// acknowledge new ones in as few frames as possible. Delivery tags number
+// a channel's deliveries 1, 2, 3…, so once every tag from the floor up is
+// acknowledged or being acknowledged, one frame with the multiple flag
+// covers them; tags above a gap (a delivery still running, or not even
+// handed to a consumer yet) are acknowledged one by one. A task queue
+// finishes tasks roughly in the order they arrive, so a batch of outcomes
+// mostly takes one frame instead of one each, for the broker as much as
+// for this process.
+type ackBook struct {
+	floor uint64              // every tag up to this one is acknowledged
+	above map[uint64]struct{} // tags above floor acknowledged one by one
+}
+
+// plan records tags as acknowledged and returns the frames that do it:
+// the tag to acknowledge with the multiple flag (0 for none) and the tags
+// to acknowledge alone. Tags already acknowledged are ignored.
+func (b *ackBook) plan(tags []uint64) (multiple uint64, single []uint64) {
+	mine := make(map[uint64]struct{}, len(tags))
+	for _, tag := range tags {
+		if _, done := b.above[tag]; tag > b.floor && !done {
+			mine[tag] = struct{}{}
+		}
+	}
+	floor := b.floor
+	for {
+		if _, ok := mine[floor+1]; ok {
+			// The multiple frame names one of ours: naming a tag
+			// acknowledged before is an error to RabbitMQ.
+			multiple = floor + 1
+		} else if _, ok := b.above[floor+1]; !ok {
+			break
+		}
+		floor++
+	}
+	for tag := range mine {
+		if tag > floor {
+			single = append(single, tag)
+		}
+	}
+	slices.Sort(single)
+	if b.above == nil {
+		b.above = map[uint64]struct{}{}
+	}
+	for _, tag := range single {
+		b.above[tag] = struct{}{}
+	}
+	for tag := range b.above {
+		if tag <= floor {
+			delete(b.above, tag)
+		}
+	}
+	b.floor = floor
+	return multiple, single
 }
 
 func (s *session) fail(err error) {

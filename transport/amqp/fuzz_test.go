@@ -1,0 +1,90 @@
+package amqp
+
+import (
+	"bytes"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/docketq/docket/transport"
+)
+
+// TestTaskRoundTrip: every field a worker needs survives encode and
+// decode, including the free-form ones that travel in headers of their own.
+func TestTaskRoundTrip(t *testing.T) {
+	at := time.UnixMilli(1_764_000_000_123).UTC()
+	m := transport.Message{
+		ID: "01M86BNTZZT36VSKGS0W2D3SC4", Name: "mail.send", Queue: "q.with-dots_and:colons", Payload: []byte(`{"to":"a"}`),
+		Priority: -3, MaxAttempts: 7, Created: at, ETA: at.Add(time.Hour), Expires: at.Add(48 * time.Hour),
+		Timeout: 90 * time.Second, ResultTTL: 36 * time.Hour, Headers: map[string]string{"k": "v w"}, IgnoreResult: true,
+	}
+	pub, err := encode(&m, 4, "boom: it failed", "p.reply.x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pub.Headers) != 2 {
+		t.Errorf("headers %v: want the last error and the metadata", pub.Headers)
+	}
+	d := amqp.Delivery{Headers: pub.Headers, MessageId: pub.MessageId, Type: pub.Type, Body: pub.Body, ReplyTo: pub.ReplyTo}
+	got, used, lastErr, err := decode(&d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if used != 4 || lastErr != "boom: it failed" {
+		t.Errorf("attempts %d, last error %q", used, lastErr)
+	}
+	if got.ID != m.ID || got.Name != m.Name || got.Queue != m.Queue || string(got.Payload) != string(m.Payload) ||
+		got.Priority != m.Priority || got.MaxAttempts != m.MaxAttempts || !got.Created.Equal(m.Created) ||
+		!got.ETA.Equal(m.ETA) || !got.Expires.Equal(m.Expires) || got.Timeout != m.Timeout || got.ResultTTL != m.ResultTTL ||
+		got.Headers["k"] != "v w" || !got.IgnoreResult {
+		t.Errorf("decoded %+v\nwant %+v", got, m)
+	}
+	// The zero times and durations stay zero.
+	plain := transport.Message{ID: "x", Name: "n", Queue: "default", MaxAttempts: 1}
+	pub, err = encode(&plain, 0, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pub.Headers != nil {
+		t.Errorf("headers %v: want none", pub.Headers)
+	}
+	d = amqp.Delivery{Headers: pub.Headers, MessageId: "x", Type: "n", Body: pub.Body}
+	got, _, _, err = decode(&d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.Created.IsZero() || !got.ETA.IsZero() || !got.Expires.IsZero() || got.Timeout != 0 || got.ResultTTL != 0 || len(got.Payload) != 0 {
+		t.Errorf("decoded %+v: want zero times and durations", got)
+	}
+}
+
+// FuzzEnvelope: a task message's body arrives from the broker, written by
+// any client; no bytes may panic the parser, and a body it accepts encodes
+// back to one that parses to the same fields and the same payload.
+func FuzzEnvelope(f *testing.F) {
+	for _, s := range []string{
+		"docket/1 0 20 0 1764000000000 0 0 0 0 default\n{}", "docket/1 -5 3 2 1764000000000 1764000360000 1764086400000 30000 86400000 q with spaces\n\x00\xff\n",
+		"", "docket/1", "docket/1 0 20 0 0 0 0 0\n", "docket/2 0 20 0 0 0 0 0 0 default\n", "docket/1 x 20 0 0 0 0 0 0 q\n",
+		"docket/1 0 20 -1 0 0 0 0 0 q\n", "docket/1 0 20 0 0 0 0 -9223372036854775808 9223372036854775807 q\n",
+		"docket/1  0 20 0 0 0 0 0 0 q\n", "docket/1 0 20 0 0 0 0 0 0 \x00\xff\n", `{"args":[1]}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var m transport.Message
+		attempts, err := openEnvelope(body, &m)
+		if err != nil {
+			return
+		}
+		again := envelope(&m, attempts)
+		var m2 transport.Message
+		attempts2, err := openEnvelope(again, &m2)
+		if err != nil {
+			t.Fatalf("%q opened, but its encoding %q does not: %v", body, again, err)
+		}
+		if attempts2 != attempts || !bytes.Equal(m2.Payload, m.Payload) || !bytes.Equal(envelope(&m2, attempts2), again) {
+			t.Fatalf("%q: encoding not stable: %q then %q", body, again, envelope(&m2, attempts2))
+		}
+	})
+}
