@@ -20,6 +20,7 @@ import (
 
 	"github.com/docketq/docket"
 	"github.com/docketq/docket/dockettest"
+	"github.com/docketq/docket/internal/amqptest"
 	"github.com/docketq/docket/internal/history"
 )
 
@@ -409,8 +410,14 @@ func TestFaultRandomKills(t *testing.T) {
 	})
 }
 
-// amqpURL returns DOCKET_TEST_AMQP_URL with a fresh name prefix, or skips.
-func amqpURL(t *testing.T) string { return brokerURL(t, "DOCKET_TEST_AMQP_URL", "RabbitMQ", "fault") }
+// amqpURL returns DOCKET_TEST_AMQP_URL with a fresh name prefix, or skips;
+// what docket declares under the prefix is deleted after the test.
+func amqpURL(t *testing.T) string {
+	u := brokerURL(t, "DOCKET_TEST_AMQP_URL", "RabbitMQ", "fault")
+	prefix := u[strings.LastIndex(u, "prefix=")+len("prefix="):]
+	t.Cleanup(func() { amqptest.DeleteTopology(t, os.Getenv("DOCKET_TEST_AMQP_URL"), prefix, docket.DefaultQueue) })
+	return u
+}
 
 // redisURL returns DOCKET_TEST_REDIS_URL with a fresh key prefix, or skips.
 func redisURL(t *testing.T) string {

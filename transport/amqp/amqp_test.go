@@ -13,11 +13,11 @@ import (
 	"testing"
 	"time"
 
-	amqp091 "github.com/rabbitmq/amqp091-go"
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/docketq/docket"
-	"github.com/docketq/docket/transport/amqp"
+	"github.com/docketq/docket/internal/amqptest"
+	_ "github.com/docketq/docket/transport/amqp"
 	_ "github.com/docketq/docket/transport/redis"
 	"github.com/docketq/docket/transport/transporttest"
 )
@@ -40,7 +40,7 @@ func freshURL(t testing.TB, params string) string {
 	t.Helper()
 	base := brokerURL(t)
 	prefix := fmt.Sprintf("t%d-%d", time.Now().UnixNano()%1e9, seq.Add(1))
-	t.Cleanup(func() { deleteTopology(t, base, prefix) })
+	t.Cleanup(func() { amqptest.DeleteTopology(t, base, prefix, "default", "other", "mail", "poison") })
 	sep := "?"
 	if u, err := url.Parse(base); err == nil && u.RawQuery != "" {
 		sep = "&"
@@ -50,45 +50,6 @@ func freshURL(t testing.TB, params string) string {
 		s += "&" + params
 	}
 	return s
-}
-
-// deleteTopology removes what docket declared under prefix.
-func deleteTopology(t testing.TB, base, prefix string) {
-	conn, err := amqp091.Dial(base)
-	if err != nil {
-		t.Logf("cleanup: %v", err)
-		return
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		return
-	}
-	queues := []string{prefix + ".dead"}
-	for _, q := range []string{"default", "other", "mail", "poison"} {
-		queues = append(queues, prefix+".q."+q)
-	}
-	exchanges := []string{prefix + ".dead", prefix + ".deliver", prefix + ".control"}
-	for l := 0; l < amqp.Levels; l++ {
-		n := fmt.Sprintf("%s.delay.%02d", prefix, l)
-		queues = append(queues, n)
-		exchanges = append(exchanges, n)
-	}
-	for _, q := range queues {
-		if _, err := ch.QueueDelete(q, false, false, false); err != nil {
-			// A failed delete of a missing queue closes the channel.
-			if ch, err = conn.Channel(); err != nil {
-				return
-			}
-		}
-	}
-	for _, x := range exchanges {
-		if err := ch.ExchangeDelete(x, false, false); err != nil {
-			if ch, err = conn.Channel(); err != nil {
-				return
-			}
-		}
-	}
 }
 
 func TestConformanceQuorum(t *testing.T) {

@@ -21,6 +21,7 @@ type held struct {
 	attempt int    // the attempt this delivery is
 	used    int    // attempts used before it (the retry copies' count plus redeliveries)
 	lastErr string // the previous attempt's error
+	replyTo string // the producer's reply queue, if any
 	bad     error  // the message could not be decoded
 	owner   string
 }
@@ -83,12 +84,12 @@ func (t *Transport) consume(ctx context.Context, s *session, queue string) error
 
 func (t *Transport) received(s *session, queue string, d amqp.Delivery) {
 	h := &held{s: s, d: d}
-	m, used, lastErr, err := decode(&d)
-	h.msg, h.lastErr, h.bad = m, lastErr, err
-	h.used = used + deliveries(&d)
+	dec, err := decode(&d)
+	h.msg, h.lastErr, h.replyTo, h.bad = dec.msg, dec.lastErr, dec.replyTo, err
+	h.used = dec.used + deliveries(&d)
 	h.attempt = h.used + 1
-	if err == nil && m.Queue != queue {
-		h.bad = fmt.Errorf("message for queue %q arrived in queue %q", m.Queue, queue)
+	if err == nil && h.msg.Queue != queue {
+		h.bad = fmt.Errorf("message for queue %q arrived in queue %q", h.msg.Queue, queue)
 	}
 	t.mu.Lock()
 	if !s.alive() || t.closed {
@@ -428,7 +429,7 @@ func publishingOf(d *amqp.Delivery) amqp.Publishing {
 // waits until at.
 func (t *Transport) copyOf(ctx context.Context, s *session, h *held, used int, lastErr string, at, now time.Time) (outgoing, error) {
 	m := h.msg
-	pub, err := encode(&m, used, lastErr, h.d.ReplyTo)
+	pub, err := encode(&m, used, lastErr, h.replyTo)
 	if err != nil {
 		return outgoing{}, err
 	}

@@ -19,6 +19,7 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/docketq/docket"
+	"github.com/docketq/docket/internal/amqptest"
 	"github.com/docketq/docket/internal/chaos"
 )
 
@@ -308,7 +309,7 @@ func TestFaultConnectionCutAndBlackholed(t *testing.T) {
 	u.Host = proxy.Addr()
 	u.RawQuery = "heartbeat=2"
 	modes(t, u.String(), func(t *testing.T, url string, opts []docket.Option, strict bool) {
-		t.Cleanup(func() { deleteTopology(t, base, prefixOf(url)) })
+		t.Cleanup(func() { amqptest.DeleteTopology(t, base, prefixOf(url), "default", "other", "mail", "poison") })
 		traffic(t, url, opts, strict, func() {
 			proxy.ResetAll()
 			time.Sleep(time.Second)

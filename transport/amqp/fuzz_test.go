@@ -26,13 +26,14 @@ func TestTaskRoundTrip(t *testing.T) {
 	if len(pub.Headers) != 2 {
 		t.Errorf("headers %v: want the last error and the metadata", pub.Headers)
 	}
-	d := amqp.Delivery{Headers: pub.Headers, MessageId: pub.MessageId, Type: pub.Type, Body: pub.Body, ReplyTo: pub.ReplyTo}
-	got, used, lastErr, err := decode(&d)
+	d := amqp.Delivery{Headers: pub.Headers, MessageId: pub.MessageId, Body: pub.Body}
+	dec, err := decode(&d)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if used != 4 || lastErr != "boom: it failed" {
-		t.Errorf("attempts %d, last error %q", used, lastErr)
+	got := dec.msg
+	if dec.used != 4 || dec.lastErr != "boom: it failed" || dec.replyTo != "p.reply.x" {
+		t.Errorf("attempts %d, last error %q, reply to %q", dec.used, dec.lastErr, dec.replyTo)
 	}
 	if got.ID != m.ID || got.Name != m.Name || got.Queue != m.Queue || string(got.Payload) != string(m.Payload) ||
 		got.Priority != m.Priority || got.MaxAttempts != m.MaxAttempts || !got.Created.Equal(m.Created) ||
@@ -49,10 +50,14 @@ func TestTaskRoundTrip(t *testing.T) {
 	if pub.Headers != nil {
 		t.Errorf("headers %v: want none", pub.Headers)
 	}
-	d = amqp.Delivery{Headers: pub.Headers, MessageId: "x", Type: "n", Body: pub.Body}
-	got, _, _, err = decode(&d)
+	d = amqp.Delivery{Headers: pub.Headers, MessageId: "x", Body: pub.Body}
+	dec, err = decode(&d)
 	if err != nil {
 		t.Fatal(err)
+	}
+	got = dec.msg
+	if got.Name != "n" || dec.replyTo != "" {
+		t.Errorf("name %q, reply to %q", got.Name, dec.replyTo)
 	}
 	if !got.Created.IsZero() || !got.ETA.IsZero() || !got.Expires.IsZero() || got.Timeout != 0 || got.ResultTTL != 0 || len(got.Payload) != 0 {
 		t.Errorf("decoded %+v: want zero times and durations", got)
@@ -64,27 +69,28 @@ func TestTaskRoundTrip(t *testing.T) {
 // back to one that parses to the same fields and the same payload.
 func FuzzEnvelope(f *testing.F) {
 	for _, s := range []string{
-		"docket/1 0 20 0 1764000000000 0 0 0 0 default\n{}", "docket/1 -5 3 2 1764000000000 1764000360000 1764086400000 30000 86400000 q with spaces\n\x00\xff\n",
-		"", "docket/1", "docket/1 0 20 0 0 0 0 0\n", "docket/2 0 20 0 0 0 0 0 0 default\n", "docket/1 x 20 0 0 0 0 0 0 q\n",
-		"docket/1 0 20 -1 0 0 0 0 0 q\n", "docket/1 0 20 0 0 0 0 -9223372036854775808 9223372036854775807 q\n",
-		"docket/1  0 20 0 0 0 0 0 0 q\n", "docket/1 0 20 0 0 0 0 0 0 \x00\xff\n", `{"args":[1]}`,
+		"docket/1 mail.send p.reply.01M8 0 20 0 1764000000000 0 0 0 0 default\n{}",
+		"docket/1 n - -5 3 2 1764000000000 1764000360000 1764086400000 30000 86400000 q with spaces\n\x00\xff\n",
+		"", "docket/1", "docket/1 n - 0 20 0 0 0 0 0\n", "docket/2 n - 0 20 0 0 0 0 0 0 default\n", "docket/1 n - x 20 0 0 0 0 0 0 q\n",
+		"docket/1 n - 0 20 -1 0 0 0 0 0 q\n", "docket/1 n - 0 20 0 0 0 0 -9223372036854775808 9223372036854775807 q\n",
+		"docket/1  n - 0 20 0 0 0 0 0 0 q\n", "docket/1 n r 0 20 0 0 0 0 0 0 \x00\xff\n", `{"args":[1]}`,
 	} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		var m transport.Message
-		attempts, err := openEnvelope(body, &m)
+		attempts, reply, err := openEnvelope(body, &m)
 		if err != nil {
 			return
 		}
-		again := envelope(&m, attempts)
+		again := envelope(&m, attempts, reply)
 		var m2 transport.Message
-		attempts2, err := openEnvelope(again, &m2)
+		attempts2, reply2, err := openEnvelope(again, &m2)
 		if err != nil {
 			t.Fatalf("%q opened, but its encoding %q does not: %v", body, again, err)
 		}
-		if attempts2 != attempts || !bytes.Equal(m2.Payload, m.Payload) || !bytes.Equal(envelope(&m2, attempts2), again) {
-			t.Fatalf("%q: encoding not stable: %q then %q", body, again, envelope(&m2, attempts2))
+		if attempts2 != attempts || reply2 != reply || m2.Name != m.Name || !bytes.Equal(m2.Payload, m.Payload) || !bytes.Equal(envelope(&m2, attempts2, reply2), again) {
+			t.Fatalf("%q: encoding not stable: %q then %q", body, again, envelope(&m2, attempts2, reply2))
 		}
 	})
 }

@@ -16,14 +16,15 @@ import (
 	"github.com/docketq/docket/transport"
 )
 
-// A task message is the task id as its message id, the task name as its
-// type, the producer's reply queue as reply-to, and a body that starts
-// with one line of the fields docket needs (see envelope) followed by the
-// payload. The fields travel in the body rather than in headers because
-// RabbitMQ decodes the header table of every message it routes: one short
-// header costs it about a tenth of its publish rate, ten of them a third,
-// and properties and body bytes next to nothing. The rare free-form fields
-// (the last error, the metadata) keep headers of their own.
+// A task message is the task id as its message id (the one property
+// besides persistence) and a body that starts with one line of the fields
+// docket needs (see envelope), followed by the payload. The fields travel
+// in the body because RabbitMQ decodes the header table and the string
+// properties of every message it routes: ten small headers cost it about
+// a third of its publish rate here, the task name and reply queue as
+// properties about a tenth, the same bytes in the body next to nothing.
+// The rare free-form fields (the last error, the metadata) keep headers of
+// their own.
 const (
 	hLastErr = "docket-last-error"  // the previous attempt's error; absent when none
 	hMeta    = "docket-meta"        // wire.EncodeMeta; absent when empty
@@ -37,15 +38,25 @@ const envelopeTag = "docket/1"
 // envelopeFields is the number of integer fields on the first line.
 const envelopeFields = 8
 
+// noReply stands for "no reply queue" on the first line.
+const noReply = "-"
+
 // envelope returns the body of m's message: the line
 //
-//	docket/1 PRIORITY MAX_ATTEMPTS ATTEMPTS CREATED ETA EXPIRES TIMEOUT RESULT_TTL QUEUE
+//	docket/1 NAME REPLY_TO PRIORITY MAX_ATTEMPTS ATTEMPTS CREATED ETA EXPIRES TIMEOUT RESULT_TTL QUEUE
 //
-// with the attempts used before this copy, times in Unix ms and durations
-// in ms (0 when none), then a newline and the payload, byte for byte.
-func envelope(m *transport.Message, attempts int) []byte {
-	b := make([]byte, 0, 96+len(m.Queue)+len(m.Payload))
+// with the producer's reply queue (- for none), the attempts used before
+// this copy, times in Unix ms and durations in ms (0 when none), then a
+// newline and the payload, byte for byte. Names, queues and reply queues
+// never contain spaces or newlines.
+func envelope(m *transport.Message, attempts int, replyTo string) []byte {
+	if replyTo == "" {
+		replyTo = noReply
+	}
+	b := make([]byte, 0, 128+len(m.Name)+len(replyTo)+len(m.Queue)+len(m.Payload))
 	b = append(b, envelopeTag...)
+	b = append(append(b, ' '), m.Name...)
+	b = append(append(b, ' '), replyTo...)
 	for _, v := range [envelopeFields]int64{
 		int64(m.Priority), int64(m.MaxAttempts), int64(attempts), wire.Millis(m.Created), wire.Millis(m.ETA),
 		wire.Millis(m.Expires), m.Timeout.Milliseconds(), m.ResultTTL.Milliseconds(),
@@ -53,41 +64,51 @@ func envelope(m *transport.Message, attempts int) []byte {
 		b = append(b, ' ')
 		b = strconv.AppendInt(b, v, 10)
 	}
-	b = append(b, ' ')
-	b = append(b, m.Queue...)
+	b = append(append(b, ' '), m.Queue...)
 	b = append(b, '\n')
 	return append(b, m.Payload...)
 }
 
-// openEnvelope fills m's fields and payload from a task message's body and
-// returns the attempts used before this copy. The payload shares body's
-// bytes.
-func openEnvelope(body []byte, m *transport.Message) (int, error) {
+// openEnvelope fills m's name, fields and payload from a task message's
+// body and returns the attempts used before this copy and the reply queue.
+// The payload shares body's bytes.
+func openEnvelope(body []byte, m *transport.Message) (attempts int, replyTo string, err error) {
 	line, payload, ok := bytes.Cut(body, []byte{'\n'})
 	if !ok || !bytes.HasPrefix(line, []byte(envelopeTag+" ")) {
-		return 0, fmt.Errorf("the body does not start with a %s line (not a docket task)", envelopeTag)
+		return 0, "", fmt.Errorf("the body does not start with a %s line (not a docket task)", envelopeTag)
 	}
 	rest := string(line[len(envelopeTag)+1:])
+	var words [2]string // the name and the reply queue
+	for i := range words {
+		var ok bool
+		if words[i], rest, ok = strings.Cut(rest, " "); !ok || words[i] == "" {
+			return 0, "", fmt.Errorf("the %s line ends early", envelopeTag)
+		}
+	}
 	var n [envelopeFields]int64
 	for i := range n {
 		field, after, ok := strings.Cut(rest, " ")
 		if !ok {
-			return 0, fmt.Errorf("the %s line has %d fields, want %d and the queue", envelopeTag, i, envelopeFields)
+			return 0, "", fmt.Errorf("the %s line ends early", envelopeTag)
 		}
 		x, err := strconv.ParseInt(field, 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("the %s line: field %d: %w", envelopeTag, i+1, err)
+			return 0, "", fmt.Errorf("the %s line: field %d: %w", envelopeTag, i+3, err)
 		}
 		n[i], rest = x, after
 	}
 	if n[0] != int64(int(n[0])) || n[1] != int64(int(n[1])) || n[2] < 0 || n[2] != int64(int(n[2])) {
-		return 0, fmt.Errorf("the %s line: a field is out of range", envelopeTag)
+		return 0, "", fmt.Errorf("the %s line: a field is out of range", envelopeTag)
 	}
+	m.Name = words[0]
 	m.Priority, m.MaxAttempts = int(n[0]), int(n[1])
 	m.Created, m.ETA, m.Expires = wire.FromMillis(n[3]), wire.FromMillis(n[4]), wire.FromMillis(n[5])
 	m.Timeout, m.ResultTTL = millis(n[6]), millis(n[7])
 	m.Queue, m.Payload = rest, payload
-	return int(n[2]), nil
+	if replyTo = words[1]; replyTo == noReply {
+		replyTo = ""
+	}
+	return int(n[2]), replyTo, nil
 }
 
 // millis returns ms as a duration, 0 for values a duration cannot hold.
@@ -128,7 +149,7 @@ func encode(m *transport.Message, attempts int, lastErr, replyTo string) (amqp.P
 	}
 	return amqp.Publishing{
 		Headers: h, DeliveryMode: amqp.Persistent, Priority: uint8(min(prio, 9)),
-		MessageId: m.ID, Type: m.Name, ReplyTo: replyTo, Timestamp: m.Created, Body: envelope(m, attempts),
+		MessageId: m.ID, Body: envelope(m, attempts, replyTo),
 	}, nil
 }
 
@@ -164,29 +185,36 @@ func hStr(h amqp.Table, k string) string {
 	return ""
 }
 
-// decode reads a delivered task message. It returns the message, the
-// attempts used before this copy was published, and the last error.
-func decode(d *amqp.Delivery) (transport.Message, int, string, error) {
-	m := transport.Message{ID: d.MessageId, Name: d.Type}
-	switch {
-	case m.ID == "":
-		return m, 0, "", errors.New("message has no message-id (not a docket task)")
-	case m.Name == "":
-		return m, 0, "", errors.New("message has no type (the task name)")
+// decoded is a delivered task message, read.
+type decoded struct {
+	msg     transport.Message
+	used    int    // attempts used before this copy was published
+	lastErr string // the previous attempt's error
+	replyTo string // the producer's reply queue, if any
+}
+
+// decode reads a delivered task message.
+func decode(d *amqp.Delivery) (decoded, error) {
+	out := decoded{msg: transport.Message{ID: d.MessageId}}
+	m := &out.msg
+	if m.ID == "" {
+		return out, errors.New("message has no message-id (not a docket task)")
 	}
-	attempts, err := openEnvelope(d.Body, &m)
+	var err error
+	out.used, out.replyTo, err = openEnvelope(d.Body, m)
 	switch {
 	case err != nil:
-		return m, 0, "", err
+		return out, err
 	case m.Queue == "":
-		return m, 0, "", errors.New("message names no queue")
+		return out, errors.New("message names no queue")
 	case m.MaxAttempts < 1:
-		return m, 0, "", fmt.Errorf("message has max attempts %d", m.MaxAttempts)
+		return out, fmt.Errorf("message has max attempts %d", m.MaxAttempts)
 	}
-	if err := wire.DecodeMeta(hStr(d.Headers, hMeta), &m); err != nil {
-		return m, 0, "", err
+	if err := wire.DecodeMeta(hStr(d.Headers, hMeta), m); err != nil {
+		return out, err
 	}
-	return m, attempts, hStr(d.Headers, hLastErr), nil
+	out.lastErr = hStr(d.Headers, hLastErr)
+	return out, nil
 }
 
 // deliveries returns how often the broker delivered this copy before: the

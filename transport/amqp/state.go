@@ -76,14 +76,14 @@ type reports map[string][]report
 
 // add records u for h's task, if its message names a reply queue.
 func (rs reports) add(h *held, u stateUpdate) {
-	if h.d.ReplyTo == "" {
+	if h.replyTo == "" {
 		return
 	}
 	r := report{ID: h.msg.ID, State: u.state, Attempt: u.attempt, Error: u.err, Result: u.result, RunAt: wire.Millis(u.runAt)}
 	if u.state.Terminal() {
 		r.At = wire.Millis(u.at)
 	}
-	rs[h.d.ReplyTo] = append(rs[h.d.ReplyTo], r)
+	rs[h.replyTo] = append(rs[h.replyTo], r)
 }
 
 // messages returns one message per reply queue.
