@@ -6,7 +6,8 @@
 //	q, err := docket.Open(ctx, "amqp://user:password@host:5672/vhost")
 //
 // URLs are RabbitMQ URIs (amqp://, or amqps:// for TLS, which verifies the
-// server by default) plus docket parameters:
+// server's certificate against the system's roots; to trust a private CA,
+// point SSL_CERT_FILE or SSL_CERT_DIR at it) plus docket parameters:
 //
 //	prefix=NAME          name prefix of every exchange and queue (default "docket")
 //	queue_type=TYPE      quorum (default) or classic

@@ -54,8 +54,8 @@ func serverBinary() string {
 }
 
 // startNode starts a node whose consumer_timeout is consumerTimeout (and
-// whose channels check it every second).
-func startNode(t *testing.T, consumerTimeout time.Duration) *node {
+// whose channels check it every second), with extra lines of rabbitmq.conf.
+func startNode(t *testing.T, consumerTimeout time.Duration, extra ...string) *node {
 	t.Helper()
 	brokerURL(t) // broker tests are opt-in
 	if serverBinary() == "" {
@@ -64,7 +64,7 @@ func startNode(t *testing.T, consumerTimeout time.Duration) *node {
 	n := &node{t: t, port: freePort(t), dist: freePort(t), dir: t.TempDir()}
 	n.name = fmt.Sprintf("docket-test-%d@localhost", n.port)
 	conf := fmt.Sprintf("listeners.tcp.default = 127.0.0.1:%d\nloopback_users = none\nconsumer_timeout = %d\n",
-		n.port, consumerTimeout.Milliseconds())
+		n.port, consumerTimeout.Milliseconds()) + strings.Join(extra, "\n") + "\n"
 	files := map[string]string{
 		"rabbitmq.conf":   conf,
 		"advanced.config": "[{rabbit, [{channel_tick_interval, 1000}]}].\n",
