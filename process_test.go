@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/docketq/docket"
+	"github.com/docketq/docket/internal/history"
 	_ "github.com/docketq/docket/transport/amqp"  // and on RabbitMQ
 	_ "github.com/docketq/docket/transport/redis" // fault tests also run on Redis
 )
@@ -92,7 +94,9 @@ func workerMain() int {
 	if conc == 0 {
 		conc = 10
 	}
-	q, err := docket.Open(ctx, os.Getenv("DOCKET_TEST_DB"), docket.LeaseDuration(lease), docket.ShutdownGrace(time.Second), docket.Concurrency(conc))
+	openHistory()
+	q, err := docket.Open(ctx, os.Getenv("DOCKET_TEST_DB"), docket.LeaseDuration(lease), docket.ShutdownGrace(time.Second), docket.Concurrency(conc),
+		docket.Logger(slog.New(leaseLog{slog.NewTextHandler(os.Stderr, nil)})))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -102,7 +106,6 @@ func workerMain() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	openHistory()
 	if os.Getenv("DOCKET_TEST_BEAT") != "" {
 		if err := q.Schedule("fast", docket.Every(25*time.Millisecond), tickTask, 0, docket.MisfireGrace(10*time.Second)); err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -116,6 +119,33 @@ func workerMain() int {
 	}
 	return 0
 }
+
+// leaseLog records in the history each lease docket reports lost (a worker
+// starved of CPU past its lease, or one whose outcome was refused), which
+// excuses an overlap with the next attempt.
+type leaseLog struct{ slog.Handler }
+
+func (h leaseLog) Handle(ctx context.Context, r slog.Record) error {
+	if strings.Contains(r.Message, "lease lost") {
+		e := history.Event{Kind: history.LeaseLost}
+		r.Attrs(func(a slog.Attr) bool {
+			switch a.Key {
+			case "task":
+				e.ID = a.Value.String()
+			case "attempt":
+				e.Attempt = int(a.Value.Int64())
+			}
+			return true
+		})
+		if e.ID != "" {
+			record(e)
+		}
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h leaseLog) WithAttrs(as []slog.Attr) slog.Handler { return leaseLog{h.Handler.WithAttrs(as)} }
+func (h leaseLog) WithGroup(name string) slog.Handler    { return leaseLog{h.Handler.WithGroup(name)} }
 
 type proc struct {
 	cmd   *exec.Cmd

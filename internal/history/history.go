@@ -28,6 +28,7 @@ const (
 	End        = "end"         // a handler returned (Outcome: ok or the error)
 	Kill       = "kill"        // the test killed process Proc
 	Stop       = "stop"        // the test froze process Proc (SIGSTOP)
+	LeaseLost  = "lease-lost"  // the worker running attempt Attempt of ID was told its lease was lost
 )
 
 // Event is one line of history.
@@ -137,7 +138,8 @@ func Check(events []Event, final map[string]Final, opt Options) []error {
 	acked := map[string]Event{}
 	starts := map[string][]Event{}
 	ends := map[string]map[int]Event{}
-	faults := map[int][]Event{} // proc -> kills/stops
+	faults := map[int][]Event{}       // proc -> kills/stops
+	lost := map[string]map[int]bool{} // id -> attempts whose lease was lost
 	for _, e := range events {
 		switch e.Kind {
 		case EnqueueOK:
@@ -151,6 +153,11 @@ func Check(events []Event, final map[string]Final, opt Options) []error {
 			ends[e.ID][e.Attempt] = e
 		case Kill, Stop:
 			faults[e.Proc] = append(faults[e.Proc], e)
+		case LeaseLost:
+			if lost[e.ID] == nil {
+				lost[e.ID] = map[int]bool{}
+			}
+			lost[e.ID][e.Attempt] = true
 		}
 	}
 	ids := make([]string, 0, len(acked))
@@ -185,7 +192,7 @@ func Check(events []Event, final map[string]Final, opt Options) []error {
 				errs = append(errs, fmt.Errorf("I7 %s attempt %d started %v before its ETA", id, s.Attempt, eta.Sub(s.T)))
 			}
 		}
-		errs = append(errs, checkOverlap(id, ss, ends[id], faults)...)
+		errs = append(errs, checkOverlap(id, ss, ends[id], faults, lost[id])...)
 		if f.State == "succeeded" && f.Result != "" && f.Result != fmt.Sprintf("attempt:%d", f.Attempt) {
 			errs = append(errs, fmt.Errorf("I5 %s succeeded with result %q but its last attempt is %d", id, f.Result, f.Attempt))
 		}
@@ -195,8 +202,11 @@ func Check(events []Event, final map[string]Final, opt Options) []error {
 }
 
 // checkOverlap: attempt k+1 may start before attempt k ended only if the
-// process running k was killed or frozen before k+1 started.
-func checkOverlap(id string, ss []Event, ends map[int]Event, faults map[int][]Event) []error {
+// process running k was killed or frozen before k+1 started, or if k's
+// worker was told its lease was lost (a live worker starved of CPU past its
+// lease: the contract lets the lease's end start the next attempt, and the
+// late outcome is refused).
+func checkOverlap(id string, ss []Event, ends map[int]Event, faults map[int][]Event, lost map[int]bool) []error {
 	var errs []error
 	sort.Slice(ss, func(i, j int) bool { return ss[i].Attempt < ss[j].Attempt })
 	for i := 1; i < len(ss); i++ {
@@ -205,7 +215,7 @@ func checkOverlap(id string, ss []Event, ends map[int]Event, faults map[int][]Ev
 		if ended && !end.T.After(cur.T) {
 			continue // no overlap
 		}
-		excused := false
+		excused := lost[prev.Attempt]
 		for _, f := range faults[prev.Proc] {
 			if !f.T.Before(prev.T) && !f.T.After(cur.T) {
 				excused = true

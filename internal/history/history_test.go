@@ -2,6 +2,7 @@ package history
 
 import (
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -83,5 +84,24 @@ func TestCheckFindsViolations(t *testing.T) {
 	}
 	if errs := Check(killed, map[string]Final{"a": {State: "succeeded", Attempt: 2, Max: 3, Result: "attempt:2"}}, Options{}); len(errs) != 0 {
 		t.Fatalf("kill then rescue: %v", errs)
+	}
+	// So is one whose first attempt's worker was told its lease was lost,
+	// even when it learns it after the second attempt started; a lost lease
+	// of another attempt or task excuses nothing.
+	starved := []Event{
+		{Kind: EnqueueOK, ID: "a", T: at(0)},
+		{Kind: Start, ID: "a", Attempt: 1, Proc: 1, T: at(1)},
+		{Kind: Start, ID: "a", Attempt: 2, Proc: 2, T: at(2)},
+		{Kind: End, ID: "a", Attempt: 1, Proc: 1, T: at(3)},
+		{Kind: End, ID: "a", Attempt: 2, Proc: 2, T: at(4)},
+	}
+	final := map[string]Final{"a": {State: "succeeded", Attempt: 2, Max: 3, Result: "attempt:2"}}
+	if errs := Check(append(starved, Event{Kind: LeaseLost, ID: "a", Attempt: 1, Proc: 1, T: at(3)}), final, Options{}); len(errs) != 0 {
+		t.Fatalf("lease lost then rescue: %v", errs)
+	}
+	for _, other := range []Event{{Kind: LeaseLost, ID: "a", Attempt: 2, Proc: 2, T: at(3)}, {Kind: LeaseLost, ID: "b", Attempt: 1, Proc: 1, T: at(3)}} {
+		if errs := Check(append(slices.Clone(starved), other), final, Options{}); len(errs) == 0 {
+			t.Errorf("overlap excused by %+v", other)
+		}
 	}
 }
