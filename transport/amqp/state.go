@@ -103,10 +103,11 @@ func (t *Transport) replyQueue() string { return t.name("reply." + t.id) }
 // consumeReplies declares this process's reply queue and consumes it. The
 // queue is not exclusive, so replies sent while the connection is being
 // re-established wait in it; RabbitMQ deletes it replyExpires after this
-// process stopped using it.
+// process stopped using it. It is durable because RabbitMQ 4 deprecates
+// transient queues that are not exclusive; x-expires still removes it.
 func (t *Transport) consumeReplies(s *session) error {
 	rq := t.replyQueue()
-	if _, err := s.ctl.QueueDeclare(rq, false, false, false, false, amqp.Table{
+	if _, err := s.ctl.QueueDeclare(rq, true, false, false, false, amqp.Table{
 		"x-queue-type": "classic", "x-expires": replyExpires.Milliseconds(),
 	}); err != nil {
 		return t.wrap("declare "+rq, err)
