@@ -45,20 +45,20 @@
 // A task message has the task id as its message-id and a body of one line
 // of docket's fields followed by the task's arguments, byte for byte:
 //
-//	docket/1 NAME REPLY_TO PRIORITY MAX_ATTEMPTS ATTEMPTS CREATED ETA EXPIRES TIMEOUT RESULT_TTL QUEUE
+//	docket/1 NAME REPLY_TO PRIORITY MAX_ATTEMPTS ATTEMPTS CREATED ETA EXPIRES TIMEOUT RESULT_TTL QUEUE [META]
 //	{"to":"ada@example.com"}
 //
 // REPLY_TO is the producer's reply queue (- for none), times are Unix
-// milliseconds and durations milliseconds (0 when unset). The fields are in
-// the body, not in headers or properties, because RabbitMQ decodes the
-// header table and string properties of every message it routes: ten small
-// headers cost RabbitMQ 3.10 about a third of its publish rate here, the
-// name and reply queue as properties about a tenth, the same bytes in the
-// body next to nothing. Only the rare free-form fields are headers:
-// docket-last-error on a retry's copy, docket-meta (JSON) for task
-// headers, backoff and IgnoreResult, and docket-dead-reason on a
-// dead-lettered copy. A message without the first line is not a docket
-// task and is dead-lettered as undecodable.
+// milliseconds and durations milliseconds (0 when unset), and META, when
+// set, is JSON of the task's headers, retry backoff and IgnoreResult. The
+// fields are in the body, not in headers or properties, because RabbitMQ
+// decodes the header table and string properties of every message it
+// routes: ten small headers cost RabbitMQ 3.10 about a third of its
+// publish rate here, the name and reply queue as properties about a tenth,
+// the same bytes in the body next to nothing. Only two headers remain, on
+// the copies that need them: docket-last-error on a retry's copy and
+// docket-dead-reason on a dead-lettered one. A message without the first
+// line is not a docket task and is dead-lettered as undecodable.
 //
 // RabbitMQ closes a channel whose delivery stays unacknowledged longer than
 // its consumer_timeout (30 minutes by default). docket treats that like a

@@ -23,11 +23,9 @@ import (
 // properties of every message it routes: ten small headers cost it about
 // a third of its publish rate here, the task name and reply queue as
 // properties about a tenth, the same bytes in the body next to nothing.
-// The rare free-form fields (the last error, the metadata) keep headers of
-// their own.
+// Only the previous attempt's error, free-form text, keeps a header.
 const (
 	hLastErr = "docket-last-error"  // the previous attempt's error; absent when none
-	hMeta    = "docket-meta"        // wire.EncodeMeta; absent when empty
 	hReason  = "docket-dead-reason" // on dead-lettered copies
 )
 
@@ -43,17 +41,19 @@ const noReply = "-"
 
 // envelope returns the body of m's message: the line
 //
-//	docket/1 NAME REPLY_TO PRIORITY MAX_ATTEMPTS ATTEMPTS CREATED ETA EXPIRES TIMEOUT RESULT_TTL QUEUE
+//	docket/1 NAME REPLY_TO PRIORITY MAX_ATTEMPTS ATTEMPTS CREATED ETA EXPIRES TIMEOUT RESULT_TTL QUEUE [META]
 //
 // with the producer's reply queue (- for none), the attempts used before
-// this copy, times in Unix ms and durations in ms (0 when none), then a
-// newline and the payload, byte for byte. Names, queues and reply queues
-// never contain spaces or newlines.
-func envelope(m *transport.Message, attempts int, replyTo string) []byte {
+// this copy, times in Unix ms and durations in ms (0 when none), and meta
+// (wire.EncodeMeta: headers, backoff and IgnoreResult as JSON) when set;
+// then a newline and the payload, byte for byte. Names, queues and reply
+// queues never contain spaces or newlines, and JSON from encoding/json
+// never contains a raw newline.
+func envelope(m *transport.Message, attempts int, replyTo, meta string) []byte {
 	if replyTo == "" {
 		replyTo = noReply
 	}
-	b := make([]byte, 0, 128+len(m.Name)+len(replyTo)+len(m.Queue)+len(m.Payload))
+	b := make([]byte, 0, 128+len(m.Name)+len(replyTo)+len(m.Queue)+len(meta)+len(m.Payload))
 	b = append(b, envelopeTag...)
 	b = append(append(b, ' '), m.Name...)
 	b = append(append(b, ' '), replyTo...)
@@ -65,6 +65,9 @@ func envelope(m *transport.Message, attempts int, replyTo string) []byte {
 		b = strconv.AppendInt(b, v, 10)
 	}
 	b = append(append(b, ' '), m.Queue...)
+	if meta != "" {
+		b = append(append(b, ' '), meta...)
+	}
 	b = append(b, '\n')
 	return append(b, m.Payload...)
 }
@@ -104,7 +107,12 @@ func openEnvelope(body []byte, m *transport.Message) (attempts int, replyTo stri
 	m.Priority, m.MaxAttempts = int(n[0]), int(n[1])
 	m.Created, m.ETA, m.Expires = wire.FromMillis(n[3]), wire.FromMillis(n[4]), wire.FromMillis(n[5])
 	m.Timeout, m.ResultTTL = millis(n[6]), millis(n[7])
-	m.Queue, m.Payload = rest, payload
+	var meta string
+	m.Queue, meta, _ = strings.Cut(rest, " ")
+	if err := wire.DecodeMeta(meta, m); err != nil {
+		return 0, "", err
+	}
+	m.Payload = payload
 	if replyTo = words[1]; replyTo == noReply {
 		replyTo = ""
 	}
@@ -134,14 +142,8 @@ func encode(m *transport.Message, attempts int, lastErr, replyTo string) (amqp.P
 		return amqp.Publishing{}, err
 	}
 	var h amqp.Table
-	if lastErr != "" || meta != "" {
-		h = amqp.Table{}
-	}
 	if lastErr != "" {
-		h[hLastErr] = lastErr
-	}
-	if meta != "" {
-		h[hMeta] = meta
+		h = amqp.Table{hLastErr: lastErr}
 	}
 	prio := m.Priority
 	if prio < 0 {
@@ -149,7 +151,7 @@ func encode(m *transport.Message, attempts int, lastErr, replyTo string) (amqp.P
 	}
 	return amqp.Publishing{
 		Headers: h, DeliveryMode: amqp.Persistent, Priority: uint8(min(prio, 9)),
-		MessageId: m.ID, Body: envelope(m, attempts, replyTo),
+		MessageId: m.ID, Body: envelope(m, attempts, replyTo, meta),
 	}, nil
 }
 
@@ -209,9 +211,6 @@ func decode(d *amqp.Delivery) (decoded, error) {
 		return out, errors.New("message names no queue")
 	case m.MaxAttempts < 1:
 		return out, fmt.Errorf("message has max attempts %d", m.MaxAttempts)
-	}
-	if err := wire.DecodeMeta(hStr(d.Headers, hMeta), m); err != nil {
-		return out, err
 	}
 	out.lastErr = hStr(d.Headers, hLastErr)
 	return out, nil
