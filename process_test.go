@@ -134,6 +134,8 @@ func (h leaseLog) Handle(ctx context.Context, r slog.Record) error {
 				e.ID = a.Value.String()
 			case "attempt":
 				e.Attempt = int(a.Value.Int64())
+			case "lease_until":
+				e.Until = a.Value.Time()
 			}
 			return true
 		})

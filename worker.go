@@ -372,6 +372,13 @@ func (w *worker) fetchLoop() {
 	}
 }
 
+// until returns the end of ex's lease as last renewed.
+func (ex *execution) until() time.Time {
+	ex.mu.Lock()
+	defer ex.mu.Unlock()
+	return ex.leaseUntil
+}
+
 func (w *worker) accept(d transport.Delivery) {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	ex := &execution{d: d, ctx: ctx, cancel: cancel, leaseUntil: d.LeaseUntil}
@@ -546,7 +553,7 @@ func (w *worker) completer() {
 		}
 		for i, r := range batch {
 			if err == nil && res[i].Lost {
-				q.cfg.logger.Warn("docket: lease lost before the outcome was recorded; discarded", "task", r.ex.d.ID, "attempt", r.ex.d.Attempt, "outcome", r.out.State)
+				q.cfg.logger.Warn("docket: lease lost before the outcome was recorded; discarded", "task", r.ex.d.ID, "attempt", r.ex.d.Attempt, "outcome", r.out.State, "lease_until", r.ex.until())
 			}
 			w.done(r.ex)
 		}
@@ -598,7 +605,7 @@ func (w *worker) heartbeatLoop() {
 		for i, ex := range exs {
 			switch {
 			case res[i].Lost:
-				q.cfg.logger.Warn("docket: lease lost; stopping the handler", "task", ex.d.ID, "attempt", ex.d.Attempt)
+				q.cfg.logger.Warn("docket: lease lost; stopping the handler", "task", ex.d.ID, "attempt", ex.d.Attempt, "lease_until", ex.until())
 				ex.cancel(errLeaseLost)
 			case res[i].CancelRequested:
 				ex.cancel(errCancelRequested)

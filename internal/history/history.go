@@ -28,7 +28,7 @@ const (
 	End        = "end"         // a handler returned (Outcome: ok or the error)
 	Kill       = "kill"        // the test killed process Proc
 	Stop       = "stop"        // the test froze process Proc (SIGSTOP)
-	LeaseLost  = "lease-lost"  // the worker running attempt Attempt of ID was told its lease was lost
+	LeaseLost  = "lease-lost"  // the worker running attempt Attempt of ID was told its lease (ending Until) was lost
 )
 
 // Event is one line of history.
@@ -40,6 +40,7 @@ type Event struct {
 	Outcome string    `json:"o,omitempty"`
 	Key     string    `json:"u,omitempty"` // unique key, for EnqueueOK
 	ETA     time.Time `json:"eta,omitzero"`
+	Until   time.Time `json:"until,omitzero"` // LeaseLost: the end of the lease as last renewed
 	T       time.Time `json:"t"`
 }
 
@@ -138,8 +139,8 @@ func Check(events []Event, final map[string]Final, opt Options) []error {
 	acked := map[string]Event{}
 	starts := map[string][]Event{}
 	ends := map[string]map[int]Event{}
-	faults := map[int][]Event{}       // proc -> kills/stops
-	lost := map[string]map[int]bool{} // id -> attempts whose lease was lost
+	faults := map[int][]Event{}            // proc -> kills/stops
+	lost := map[string]map[int]time.Time{} // id -> attempt -> end of its lost lease
 	for _, e := range events {
 		switch e.Kind {
 		case EnqueueOK:
@@ -155,9 +156,9 @@ func Check(events []Event, final map[string]Final, opt Options) []error {
 			faults[e.Proc] = append(faults[e.Proc], e)
 		case LeaseLost:
 			if lost[e.ID] == nil {
-				lost[e.ID] = map[int]bool{}
+				lost[e.ID] = map[int]time.Time{}
 			}
-			lost[e.ID][e.Attempt] = true
+			lost[e.ID][e.Attempt] = e.Until
 		}
 	}
 	ids := make([]string, 0, len(acked))
@@ -203,10 +204,12 @@ func Check(events []Event, final map[string]Final, opt Options) []error {
 
 // checkOverlap: attempt k+1 may start before attempt k ended only if the
 // process running k was killed or frozen before k+1 started, or if k's
-// worker was told its lease was lost (a live worker starved of CPU past its
-// lease: the contract lets the lease's end start the next attempt, and the
-// late outcome is refused).
-func checkOverlap(id string, ss []Event, ends map[int]Event, faults map[int][]Event, lost map[int]bool) []error {
+// worker was told its lease was lost and that lease had ended when k+1
+// started (a live worker starved of CPU past its lease: the contract lets
+// the lease's end start the next attempt, and the late outcome is
+// refused). A lease reported lost that was still running when k+1 started
+// excuses nothing: that is a premature redelivery.
+func checkOverlap(id string, ss []Event, ends map[int]Event, faults map[int][]Event, lost map[int]time.Time) []error {
 	var errs []error
 	sort.Slice(ss, func(i, j int) bool { return ss[i].Attempt < ss[j].Attempt })
 	for i := 1; i < len(ss); i++ {
@@ -215,7 +218,8 @@ func checkOverlap(id string, ss []Event, ends map[int]Event, faults map[int][]Ev
 		if ended && !end.T.After(cur.T) {
 			continue // no overlap
 		}
-		excused := lost[prev.Attempt]
+		until, wasLost := lost[prev.Attempt]
+		excused := wasLost && !until.IsZero() && !until.After(cur.T)
 		for _, f := range faults[prev.Proc] {
 			if !f.T.Before(prev.T) && !f.T.After(cur.T) {
 				excused = true

@@ -96,10 +96,15 @@ func TestCheckFindsViolations(t *testing.T) {
 		{Kind: End, ID: "a", Attempt: 2, Proc: 2, T: at(4)},
 	}
 	final := map[string]Final{"a": {State: "succeeded", Attempt: 2, Max: 3, Result: "attempt:2"}}
-	if errs := Check(append(starved, Event{Kind: LeaseLost, ID: "a", Attempt: 1, Proc: 1, T: at(3)}), final, Options{}); len(errs) != 0 {
+	if errs := Check(append(slices.Clone(starved), Event{Kind: LeaseLost, ID: "a", Attempt: 1, Proc: 1, Until: at(2), T: at(3)}), final, Options{}); len(errs) != 0 {
 		t.Fatalf("lease lost then rescue: %v", errs)
 	}
-	for _, other := range []Event{{Kind: LeaseLost, ID: "a", Attempt: 2, Proc: 2, T: at(3)}, {Kind: LeaseLost, ID: "b", Attempt: 1, Proc: 1, T: at(3)}} {
+	for _, other := range []Event{
+		{Kind: LeaseLost, ID: "a", Attempt: 1, Proc: 1, Until: at(3), T: at(3)}, // still leased when attempt 2 started
+		{Kind: LeaseLost, ID: "a", Attempt: 1, Proc: 1, T: at(3)},               // no lease end known
+		{Kind: LeaseLost, ID: "a", Attempt: 2, Proc: 2, Until: at(1), T: at(3)},
+		{Kind: LeaseLost, ID: "b", Attempt: 1, Proc: 1, Until: at(1), T: at(3)},
+	} {
 		if errs := Check(append(slices.Clone(starved), other), final, Options{}); len(errs) == 0 {
 			t.Errorf("overlap excused by %+v", other)
 		}

@@ -26,8 +26,9 @@
 //
 // Workers consume with manual acknowledgements and a prefetch equal to
 // their capacity (concurrency plus prefetch). A task is acknowledged only
-// after its outcome was published: the result to the producer, or the
-// retry's copy to the delay exchanges. A lease is the consumer's channel: if
+// after its outcome was published (the result to the producer, or the
+// retry's copy to the delay exchanges) or, for a producer on the same
+// docket.Queue, recorded in its memory. A lease is the consumer's channel: if
 // the worker's connection dies, RabbitMQ redelivers the task to another
 // worker and the old worker's late outcome is refused (Lost). Attempts are
 // counted across redeliveries from the quorum queue's x-delivery-count (a
@@ -85,11 +86,10 @@
 // reply queue (PREFIX.reply.ID, deleted ten minutes after its producer is
 // gone), and workers send it each task's retries, releases and final state
 // with its result, one message per producer for each batch of outcomes
-// (none to a producer in the worker's own process, which sees them
-// directly).
-// A task's start is not reported to a producer in another process: its
-// Info says ready until the task retries or ends. Wait, Info and Cancel work for the tasks a process
-// enqueued itself; it keeps their final states (not their arguments) in
+// (none to a producer on the worker's own docket.Queue, which records
+// them directly). A task's start is not reported to a producer elsewhere:
+// its Info says ready until the task retries or ends. Wait, Info and
+// Cancel work for the tasks a process enqueued itself; it keeps their final states (not their arguments) in
 // memory for an hour, or their ResultTTL if shorter. Unique keys, listing,
 // lookups of other processes' tasks and periodic schedules need state
 // shared by every process, which RabbitMQ does not keep: those calls return
@@ -128,6 +128,7 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -155,6 +156,9 @@ type Transport struct {
 	opt   options
 	cfg   transport.Config
 	id    string // this process's reply and control queue suffix
+
+	replyName atomic.Pointer[string] // this process's reply queue (see consumeReplies)
+	replyMove int                    // reply queues given up (under mu)
 
 	mu        sync.Mutex
 	sess      *session      // nil while disconnected

@@ -347,14 +347,20 @@ func (t *Transport) leaseStored(ctx context.Context, s *session, p transport.Cla
 // sendReports publishes state reports on the consumer channel, the one the
 // acks that follow them travel on: RabbitMQ handles a channel's frames in
 // order, so it never sees an ack without the report before it, and no
-// confirm round trip is needed. (Reports are transient, for a reply queue
-// that does not survive a broker restart either.)
+// confirm round trip is needed. (Reports are transient messages: a broker
+// restart loses them, like the outcome of a task it had not acknowledged
+// yet.)
 //
-// Reports to this process's own reply queue are not sent: the caller
-// applies every update here too. A binary that enqueues and works (the
+// Reports to this process's own reply queues are applied here instead of
+// sent, also ahead of the acks: a binary that enqueues and works (the
 // common case) sends no reports at all.
 func (t *Transport) sendReports(ctx context.Context, s *session, rs reports) error {
-	delete(rs, t.replyQueue())
+	for q, list := range rs {
+		if t.ownReply(q) {
+			t.applyReports(list)
+			delete(rs, q)
+		}
+	}
 	for _, o := range rs.messages() {
 		if err := s.cons.PublishWithContext(ctx, o.exchange, o.key, false, false, o.msg); err != nil {
 			return t.wrap("report", err)

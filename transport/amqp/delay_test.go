@@ -170,3 +170,20 @@ func TestAckBook(t *testing.T) {
 		t.Fatalf("tags above the floor kept: %v", b.above)
 	}
 }
+
+// TestAckBookLongGap: one delivery that stays unacknowledged (a long task)
+// does not make every later acknowledgement cost more.
+func TestAckBookLongGap(t *testing.T) {
+	var b ackBook
+	const n = 200_000
+	start := time.Now()
+	for tag := uint64(2); tag <= n; tag++ {
+		if m, s := b.plan([]uint64{tag}); m != 0 || len(s) != 1 {
+			t.Fatalf("tag %d: %d, %v", tag, m, s)
+		}
+	}
+	if m, s := b.plan([]uint64{1}); m != 1 || len(s) != 0 || b.floor != n || len(b.above) != 0 {
+		t.Fatalf("closing the gap: %d, %v, floor %d, %d above", m, s, b.floor, len(b.above))
+	}
+	t.Logf("%d acknowledgements behind a gap in %v", n, time.Since(start))
+}

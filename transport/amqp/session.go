@@ -90,7 +90,9 @@ func (b *ackBook) plan(tags []uint64) (multiple uint64, single []uint64) {
 			// The multiple frame names one of ours: naming a tag
 			// acknowledged before is an error to RabbitMQ.
 			multiple = floor + 1
-		} else if _, ok := b.above[floor+1]; !ok {
+		} else if _, ok := b.above[floor+1]; ok {
+			delete(b.above, floor+1) // below the floor from now on
+		} else {
 			break
 		}
 		floor++
@@ -106,11 +108,6 @@ func (b *ackBook) plan(tags []uint64) (multiple uint64, single []uint64) {
 	}
 	for _, tag := range single {
 		b.above[tag] = struct{}{}
-	}
-	for tag := range b.above {
-		if tag <= floor {
-			delete(b.above, tag)
-		}
 	}
 	b.floor = floor
 	return multiple, single

@@ -3,7 +3,9 @@ package amqp
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -98,18 +100,46 @@ func (rs reports) messages() []outgoing {
 	return out
 }
 
-func (t *Transport) replyQueue() string { return t.name("reply." + t.id) }
+// replyQueue returns the reply queue this process names in its messages.
+func (t *Transport) replyQueue() string {
+	if q := t.replyName.Load(); q != nil {
+		return *q
+	}
+	q := t.name("reply." + t.id)
+	t.replyName.CompareAndSwap(nil, &q)
+	return *t.replyName.Load()
+}
+
+// ownReply reports whether q is one of this process's reply queues.
+func (t *Transport) ownReply(q string) bool {
+	own := t.name("reply." + t.id)
+	return q == own || strings.HasPrefix(q, own+".")
+}
 
 // consumeReplies declares this process's reply queue and consumes it. The
 // queue is not exclusive, so replies sent while the connection is being
 // re-established wait in it; RabbitMQ deletes it replyExpires after this
 // process stopped using it. It is durable because RabbitMQ 4 deprecates
-// transient queues that are not exclusive; x-expires still removes it.
+// transient queues that are not exclusive; x-expires still removes it. A
+// durable classic queue whose cluster node is down cannot be declared
+// again (404) until the node returns: this process then moves to a reply
+// queue of a new name (the session fails and reconnects with it), and the
+// reports sent to the old one are lost, as they were with a transient
+// queue that went down with its node.
 func (t *Transport) consumeReplies(s *session) error {
 	rq := t.replyQueue()
 	if _, err := s.ctl.QueueDeclare(rq, true, false, false, false, amqp.Table{
 		"x-queue-type": "classic", "x-expires": replyExpires.Milliseconds(),
 	}); err != nil {
+		var ae *amqp.Error
+		if errors.As(err, &ae) && ae.Code == amqp.NotFound {
+			t.mu.Lock()
+			t.replyMove++
+			next := t.name(fmt.Sprintf("reply.%s.%d", t.id, t.replyMove))
+			t.mu.Unlock()
+			t.replyName.Store(&next)
+			t.cfg.Logger.Warn("docket: amqp: reply queue unavailable (its node is down?); using a new one", "queue", rq, "new", next)
+		}
 		return t.wrap("declare "+rq, err)
 	}
 	msgs, err := s.ctl.Consume(rq, "", true, false, false, false, nil)
@@ -131,6 +161,11 @@ func (t *Transport) reply(d *amqp.Delivery) {
 		t.cfg.Logger.Warn("docket: amqp: undecodable state report", "err", err)
 		return
 	}
+	t.applyReports(list)
+}
+
+// applyReports applies state reports to this process's tasks.
+func (t *Transport) applyReports(list []report) {
 	var finished []string
 	for _, r := range list {
 		if !r.State.Valid() || r.ID == "" {
