@@ -202,6 +202,8 @@ func open(ctx context.Context, u *url.URL, cfg transport.Config) (transport.Tran
 		queues: map[string]bool{}, inflight: map[string]*held{},
 		known: map[string]*record{}, revoked: map[string]time.Time{},
 	}
+	reply := t.name("reply." + t.id)
+	t.replyName.Store(&reply)
 	if cfg.ResultURL != nil {
 		if err := t.openStore(ctx, cfg); err != nil {
 			return nil, err

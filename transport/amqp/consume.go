@@ -537,7 +537,6 @@ func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]tra
 		return res, nil
 	}
 	var out []outgoing
-	var finished []string
 	rs := reports{}
 	for i, o := range p.Items {
 		h := hs[i]
@@ -558,8 +557,6 @@ func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]tra
 				return nil, err
 			}
 			out = append(out, c)
-		default:
-			finished = append(finished, o.ID)
 		}
 		rs.add(h, u)
 	}
@@ -570,29 +567,22 @@ func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]tra
 		return nil, err
 	}
 	// A delivery whose outcome the store refused is an obsolete copy:
-	// acknowledged, like a settled one.
-	if err := ackHeld(slices.DeleteFunc(slices.Clone(hs), func(h *held) bool { return h == nil })); err != nil && t.store == nil {
+	// acknowledged, like a settled one. (A producer on this queue already
+	// has the outcomes: sendReports applied them.)
+	if err := ackHeld(hs); err != nil && t.store == nil {
 		// The channel is gone; the broker redelivers the tasks, and the
 		// copies or results just published may run or count twice.
 		for i := range res {
 			res[i].Lost = true
 		}
 	}
+	t.mu.Lock()
 	for i, o := range p.Items {
-		h := hs[i]
-		if h == nil {
-			continue
-		}
-		t.mu.Lock()
-		delete(t.inflight, o.ID)
-		t.mu.Unlock()
-		if !res[i].Lost {
-			t.apply(o.ID, t.update(h, o, p.Now))
+		if hs[i] != nil {
+			delete(t.inflight, o.ID)
 		}
 	}
-	if len(finished) > 0 && t.store == nil {
-		t.publishEvent(transport.Event{Kind: transport.EventFinished, IDs: finished})
-	}
+	t.mu.Unlock()
 	return res, nil
 }
 
@@ -680,13 +670,15 @@ func (t *Transport) giveBack(ctx context.Context, s *session) error {
 	return nil
 }
 
-// ackHeld acknowledges each of hs on the channel that delivered it (see
-// session.ack). A delivery of a session that ended cannot be acknowledged:
-// the broker has put it back.
+// ackHeld acknowledges each of hs (nil entries aside) on the channel that
+// delivered it (see session.ack). A delivery of a session that ended cannot
+// be acknowledged: the broker has put it back.
 func ackHeld(hs []*held) error {
 	tags := map[*session][]uint64{}
 	for _, h := range hs {
-		tags[h.s] = append(tags[h.s], h.d.DeliveryTag)
+		if h != nil {
+			tags[h.s] = append(tags[h.s], h.d.DeliveryTag)
+		}
 	}
 	var errs []error
 	for s, list := range tags {

@@ -101,14 +101,7 @@ func (rs reports) messages() []outgoing {
 }
 
 // replyQueue returns the reply queue this process names in its messages.
-func (t *Transport) replyQueue() string {
-	if q := t.replyName.Load(); q != nil {
-		return *q
-	}
-	q := t.name("reply." + t.id)
-	t.replyName.CompareAndSwap(nil, &q)
-	return *t.replyName.Load()
-}
+func (t *Transport) replyQueue() string { return *t.replyName.Load() }
 
 // ownReply reports whether q is one of this process's reply queues.
 func (t *Transport) ownReply(q string) bool {
