@@ -14,7 +14,7 @@ import (
 var (
 	// ErrInvalid is matched by every *ValidationError: a bad name, option or
 	// argument. Nothing was written.
-	ErrInvalid = errors.New("docket: invalid input")
+	ErrInvalid = transport.ErrInvalid
 	// ErrUnknownTask is matched by *UnknownTaskError.
 	ErrUnknownTask = errors.New("docket: unknown task")
 	// ErrTooLarge is matched by *TooLargeError (it also matches ErrInvalid).
@@ -35,6 +35,19 @@ var (
 	ErrStorageFull = transport.ErrStorageFull
 	// ErrReadOnly: the backend refuses writes.
 	ErrReadOnly = transport.ErrReadOnly
+	// ErrOutcomeUnknown: the enqueue was sent but the backend's answer
+	// was lost (a connection broke mid-request): the task may or may not
+	// be stored. Retry with the same id (WithID, or the id the failed call
+	// returned): the retry finds the stored task instead of storing a
+	// duplicate. Every other enqueue error means nothing was stored.
+	ErrOutcomeUnknown = transport.ErrOutcomeUnknown
+	// ErrIncompatible: Open found data docket cannot use (another
+	// application's SQLite file, a file that is not a database, a schema
+	// written by a newer docket); nothing was written.
+	ErrIncompatible = transport.ErrIncompatible
+	// ErrOtherDatabase: Tx was given a transaction on another database than
+	// the queue's; nothing was written. It also matches ErrInvalid.
+	ErrOtherDatabase = transport.ErrOtherDatabase
 	// ErrClosed: the Queue was closed.
 	ErrClosed = errors.New("docket: queue closed")
 	// ErrRunning: Run was called while the Queue's workers already run.

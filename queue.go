@@ -134,6 +134,12 @@ func parseURL(raw string) (*url.URL, error) {
 	if strings.HasPrefix(raw, "sqlite::memory:") {
 		raw = "memory:" + strings.TrimPrefix(raw, "sqlite::memory:")
 	}
+	sqlite := strings.HasPrefix(strings.ToLower(raw), "sqlite:")
+	if sqlite {
+		// A SQLite URL names a file and has no fragment: a '#' is part of
+		// the file name, never the end of it.
+		raw = strings.ReplaceAll(raw, "#", "%23")
+	}
 	u, err := url.Parse(raw)
 	if err != nil {
 		// url.Error repeats the URL; it may hold a password.
@@ -141,7 +147,10 @@ func parseURL(raw string) (*url.URL, error) {
 		if errors.As(err, &ue) {
 			err = ue.Err
 		}
-		return nil, fmt.Errorf("docket: invalid URL: %w", err)
+		if sqlite {
+			return nil, fmt.Errorf("%w: URL: %w (a '%%' in a file name must be written %%25)", ErrInvalid, err)
+		}
+		return nil, fmt.Errorf("%w: URL: %w", ErrInvalid, err)
 	}
 	return u, nil
 }

@@ -408,7 +408,28 @@ var (
 	ErrStorageFull = errors.New("docket: storage full")
 	// ErrReadOnly: the backend refuses writes.
 	ErrReadOnly = errors.New("docket: backend is read-only")
+	// ErrOutcomeUnknown: a write was sent but its outcome was never
+	// confirmed (the connection broke after the request left): it may or
+	// may not have been stored. Retrying an enqueue with the same task id
+	// is safe: it finds the stored task instead of making a duplicate.
+	ErrOutcomeUnknown = errors.New("docket: outcome unknown")
+	// ErrIncompatible: the backend holds data docket cannot use: another
+	// application's database, a file that is not a database, or a schema
+	// written by a newer docket. Nothing was written.
+	ErrIncompatible = errors.New("docket: incompatible backend data")
+	// ErrInvalid: bad input, such as a malformed URL or an unknown URL
+	// parameter; nothing was done. docket.ErrInvalid is the same error.
+	ErrInvalid = errors.New("docket: invalid input")
+	// ErrOtherDatabase: a transaction given for a transactional enqueue
+	// belongs to another database than the queue's; nothing was written.
+	// It also matches ErrInvalid.
+	ErrOtherDatabase error = otherDatabase{}
 )
+
+type otherDatabase struct{}
+
+func (otherDatabase) Error() string        { return "docket: transaction on another database" }
+func (otherDatabase) Is(target error) bool { return target == ErrInvalid }
 
 // DuplicateError reports a taken id or unique key. It matches ErrDuplicate
 // with errors.Is.

@@ -4,6 +4,9 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strings"
+
+	"github.com/docketq/docket/transport"
 )
 
 // schemaVersion is the PRAGMA user_version this package writes. Migrations
@@ -66,7 +69,9 @@ var migrations = []string{
 	CREATE INDEX docket_schedule_runs_fired ON docket_schedule_runs (fired_at);`,
 }
 
-// SchemaError reports a database file this version of docket cannot use.
+// SchemaError reports a database file this version of docket cannot use:
+// another application's database, or one written by a newer docket. It
+// matches transport.ErrIncompatible (docket.ErrIncompatible).
 type SchemaError struct {
 	Version int // the file's user_version
 	Reason  string
@@ -76,24 +81,95 @@ func (e *SchemaError) Error() string {
 	return fmt.Sprintf("docket: sqlite schema version %d: %s", e.Version, e.Reason)
 }
 
-// migrate brings the schema to schemaVersion on the writer connection.
-func migrate(ctx context.Context, conn *sql.Conn) error {
-	var version int
-	if err := conn.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
-		return fmt.Errorf("docket: read schema version: %w", err)
+// Unwrap returns transport.ErrIncompatible.
+func (e *SchemaError) Unwrap() error { return transport.ErrIncompatible }
+
+// checkSchema decides whether docket may use a file with this user_version
+// and these tables (docket's own and others). A file with tables docket did
+// not create and none of docket's is another application's database: it is
+// refused unless shared is set, so a mistyped path never adds tables to (or
+// switches the journal of) somebody else's file. Tables an application added
+// to docket's file later are fine.
+func checkSchema(version int, tables []string, shared bool) error {
+	var docket bool
+	var foreign []string
+	for _, t := range tables {
+		if t == "docket_tasks" {
+			docket = true
+		}
+		if !strings.HasPrefix(t, "docket_") {
+			foreign = append(foreign, t)
+		}
 	}
-	if version > schemaVersion {
+	switch {
+	case version > schemaVersion && docket:
 		return &SchemaError{Version: version, Reason: fmt.Sprintf("newer than this docket supports (%d); upgrade docket", schemaVersion)}
+	case version != 0 && !docket:
+		return &SchemaError{Version: version, Reason: "user_version was not written by docket: this is another application's database (docket owns PRAGMA user_version of its file)"}
+	case version == 0 && len(foreign) > 0 && !shared:
+		if len(foreign) > 3 {
+			foreign = append(foreign[:3], "…")
+		}
+		return &SchemaError{Version: version, Reason: fmt.Sprintf("the file holds tables docket did not create (%s): it is another application's database; to keep docket's tables beside them, open it with ?shared=true (Options.Shared)", strings.Join(foreign, ", "))}
+	}
+	return nil
+}
+
+// readSchema returns the file's user_version and table names.
+func readSchema(ctx context.Context, q interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}) (int, []string, error) {
+	var version int
+	if err := q.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
+		return 0, nil, fmt.Errorf("docket: read schema version: %w", classify(err))
+	}
+	rows, err := q.QueryContext(ctx, "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+	if err != nil {
+		return 0, nil, fmt.Errorf("docket: read schema: %w", classify(err))
+	}
+	defer rows.Close()
+	var tables []string
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			return 0, nil, fmt.Errorf("docket: read schema: %w", classify(err))
+		}
+		tables = append(tables, name)
+	}
+	if err := rows.Err(); err != nil {
+		return 0, nil, fmt.Errorf("docket: read schema: %w", classify(err))
+	}
+	return version, tables, nil
+}
+
+// inspect reads the file's schema on a plain connection, without the
+// pragmas docket sets (WAL, auto_vacuum), and refuses a file docket must not
+// touch before anything is written to it.
+func inspect(ctx context.Context, o Options) error {
+	db, err := sql.Open("sqlite", plainDSN(o))
+	if err != nil {
+		return fmt.Errorf("docket: open sqlite: %w", err)
+	}
+	defer db.Close()
+	version, tables, err := readSchema(ctx, db)
+	if err != nil {
+		return fmt.Errorf("docket: open sqlite %s: %w", o.Path, err)
+	}
+	return checkSchema(version, tables, o.Shared)
+}
+
+// migrate brings the schema to schemaVersion on the writer connection.
+func migrate(ctx context.Context, conn *sql.Conn, shared bool) error {
+	version, tables, err := readSchema(ctx, conn)
+	if err != nil {
+		return err
+	}
+	if err := checkSchema(version, tables, shared); err != nil {
+		return err
 	}
 	if version == schemaVersion {
 		return nil
-	}
-	var tables int
-	if err := conn.QueryRowContext(ctx, "SELECT count(*) FROM sqlite_schema WHERE name = 'docket_tasks'").Scan(&tables); err != nil {
-		return fmt.Errorf("docket: read schema: %w", err)
-	}
-	if version != 0 && tables == 0 {
-		return &SchemaError{Version: version, Reason: "user_version is set but docket's tables are missing; docket owns PRAGMA user_version of its file"}
 	}
 	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
 		return fmt.Errorf("docket: migrate: %w", err)

@@ -43,9 +43,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
-	"github.com/oklog/ulid/v2"
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 
 	"github.com/docketq/docket/store"
@@ -74,15 +74,27 @@ type Options struct {
 	BusyTimeout time.Duration
 	// ReadConns is the size of the read pool shared with DB(). Default 4.
 	ReadConns int
+	// Shared lets docket add its tables to an existing database that
+	// holds other tables (the application's own, for enqueueing in the
+	// same transactions as its writes). Without it such a file is refused
+	// with an error matching transport.ErrIncompatible before anything is
+	// written to it, so a mistyped path never changes another
+	// application's database.
+	Shared bool
 }
 
 // Store is the SQLite implementation of store.Store.
 type Store struct {
-	w      *writer
-	wdb    *sql.DB // holds the single writer connection
-	rdb    *sql.DB // readers, and the application's own queries via DB()
-	path   string
-	closed sync.Once
+	w       *writer
+	wdb     *sql.DB // holds the single writer connection
+	rdb     *sql.DB // readers, and the application's own queries via DB()
+	path    string
+	closed  sync.Once
+	file    string   // absolute path of the database file
+	scratch *scratch // the file behind a memory: database
+	// busyTimeout is the writer's busy_timeout, restored after a RESTART
+	// checkpoint that lowered it.
+	busyTimeout time.Duration
 	// checkpointer
 	ckptStop chan struct{}
 	ckptDone chan struct{}
@@ -106,7 +118,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		opts.BusyTimeout = 5 * time.Second
 	}
 	if opts.BusyTimeout < 0 {
-		return nil, errors.New("docket: sqlite busy_timeout must not be negative")
+		return nil, fmt.Errorf("%w: sqlite busy_timeout must not be negative", transport.ErrInvalid)
 	}
 	if opts.ReadConns <= 0 {
 		opts.ReadConns = 4
@@ -117,27 +129,52 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	case "normal", "full":
 		opts.Synchronous = strings.ToLower(opts.Synchronous)
 	default:
-		return nil, fmt.Errorf("docket: sqlite synchronous must be normal or full, not %q", opts.Synchronous)
+		return nil, fmt.Errorf("%w: sqlite synchronous must be normal or full, not %q", transport.ErrInvalid, opts.Synchronous)
 	}
-	var dsn, rdsn string
+	var scr *scratch
 	if opts.Memory {
-		dsn = memoryDSN(opts)
-		rdsn = dsn
-	} else {
-		if opts.Path == "" {
-			opts.Path = "docket.db"
-		}
-		if strings.ContainsRune(opts.Path, 0) {
-			return nil, errors.New("docket: sqlite path contains a NUL byte")
-		}
-		if err := createPrivate(opts.Path); err != nil {
+		var err error
+		if scr, err = openScratch(opts.MemoryName); err != nil {
 			return nil, err
 		}
-		dsn, rdsn = fileDSN(opts, true), fileDSN(opts, false)
+		opts.Path, opts.Synchronous = scr.path, "off"
 	}
-	s := &Store{path: opts.Path}
-	if opts.Memory {
-		s.path = ":memory:"
+	s, err := open(ctx, opts)
+	if err != nil {
+		if scr != nil {
+			scr.release()
+		}
+		return nil, err
+	}
+	if scr != nil {
+		s.path, s.scratch = ":memory:", scr
+	}
+	return s, nil
+}
+
+// open opens the file opts.Path.
+func open(ctx context.Context, opts Options) (*Store, error) {
+	if opts.Path == "" {
+		opts.Path = "docket.db"
+	}
+	if strings.ContainsRune(opts.Path, 0) {
+		return nil, fmt.Errorf("%w: sqlite path contains a NUL byte", transport.ErrInvalid)
+	}
+	if err := createPrivate(opts.Path); err != nil {
+		return nil, err
+	}
+	if err := checkWritable(opts.Path); err != nil {
+		return nil, err
+	}
+	if !opts.Memory {
+		if err := inspect(ctx, opts); err != nil {
+			return nil, err
+		}
+	}
+	dsn, rdsn := fileDSN(opts, true), fileDSN(opts, false)
+	s := &Store{path: opts.Path, file: opts.Path, busyTimeout: opts.BusyTimeout}
+	if abs, err := filepath.Abs(opts.Path); err == nil {
+		s.file = abs
 	}
 	var err error
 	if s.wdb, err = sql.Open("sqlite", dsn); err != nil {
@@ -152,7 +189,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		s.wdb.Close()
 		return nil, fmt.Errorf("docket: open sqlite %s: %w", s.path, classify(err))
 	}
-	if err := migrate(ctx, conn); err != nil {
+	if err := migrate(ctx, conn, opts.Shared || opts.Memory); err != nil {
 		conn.Close()
 		s.wdb.Close()
 		return nil, classify(err)
@@ -165,16 +202,30 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	s.rdb.SetMaxOpenConns(opts.ReadConns)
 	s.rdb.SetMaxIdleConns(opts.ReadConns)
 	s.w = newWriter(conn)
-	if !opts.Memory {
-		s.ckptStop, s.ckptDone = make(chan struct{}), make(chan struct{})
-		go s.checkpointer()
-	}
+	s.ckptStop, s.ckptDone = make(chan struct{}), make(chan struct{})
+	go s.checkpointer()
 	return s, nil
 }
 
-// checkpointer copies the WAL back into the database file every 100ms
-// after this process committed, from a reader connection, in PASSIVE mode:
-// it never blocks the writer or readers, and no commit pays for it.
+// WAL bounds. SQLite appends every commit to the -wal file and can only
+// start it over once a checkpoint has copied every frame back into the
+// database and no reader still uses one of them. Under a steady load some
+// reader or writer is always active, so background PASSIVE checkpoints copy
+// frames but the log is never reset and grows without bound. Past
+// walRestartFrames frames the store therefore asks for a RESTART checkpoint,
+// which waits briefly for readers (at most walRestartWait), holding off new
+// writers, so that the next commit starts the log from its beginning.
+// journal_size_limit then trims a file that a large transaction grew.
+const (
+	walRestartFrames = 4096 // 16 MiB of 4 KiB pages
+	walRestartWait   = 200 * time.Millisecond
+	walSizeLimit     = 64 << 20 // journal_size_limit
+)
+
+// checkpointer copies the WAL back into the database file every 100ms after
+// this process committed, from a reader connection, in PASSIVE mode: it never
+// blocks the writer or readers, and no commit pays for it. When the log has
+// grown past walRestartFrames it has the writer run a RESTART checkpoint.
 func (s *Store) checkpointer() {
 	defer close(s.ckptDone)
 	tick := time.NewTicker(100 * time.Millisecond)
@@ -186,12 +237,42 @@ func (s *Store) checkpointer() {
 			return
 		case <-tick.C:
 		}
-		if n := s.w.commits.Load(); n != seen {
-			seen = n
-			var busy, logged, done int
-			s.rdb.QueryRow("PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &logged, &done)
+		n := s.w.commits.Load()
+		if n == seen {
+			continue
+		}
+		seen = n
+		var busy, logged, done int
+		if err := s.rdb.QueryRow("PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &logged, &done); err != nil {
+			continue
+		}
+		if logged >= walRestartFrames {
+			s.restartWAL()
 		}
 	}
+}
+
+// restartWAL runs a RESTART checkpoint on the writer connection, between
+// its transactions, with the busy timeout lowered to walRestartWait: a
+// reader that holds a snapshot for longer (an application's long read
+// transaction on DB()) makes this attempt give up rather than stall
+// every write; the next tick tries again.
+func (s *Store) restartWAL() {
+	ctx := context.Background()
+	s.w.doNoTx(ctx, func(r runner) error {
+		_, err := r.exec(ctx, fmt.Sprintf("PRAGMA busy_timeout = %d", walRestartWait.Milliseconds()))
+		if err != nil {
+			return err
+		}
+		rows, err := r.query(ctx, "PRAGMA wal_checkpoint(RESTART)")
+		if err == nil {
+			for rows.Next() {
+			}
+			err = rows.Close()
+		}
+		_, rerr := r.exec(ctx, fmt.Sprintf("PRAGMA busy_timeout = %d", s.busyTimeout.Milliseconds()))
+		return errors.Join(err, rerr)
+	})
 }
 
 // createPrivate creates the database file with mode 0600 if it does not
@@ -204,6 +285,8 @@ func createPrivate(path string) error {
 		return f.Close()
 	case errors.Is(err, os.ErrExist):
 		return nil
+	case errors.Is(err, syscall.EROFS), errors.Is(err, os.ErrPermission):
+		return fmt.Errorf("docket: create sqlite database: %w: %w", transport.ErrReadOnly, err)
 	default:
 		return fmt.Errorf("docket: create sqlite database: %w", err)
 	}
@@ -219,11 +302,6 @@ func createPrivate(path string) error {
 // (incremental_vacuum). Readers never ask: the pragma would want a write
 // lock on every new connection.
 func fileDSN(o Options, writer bool) string {
-	abs, err := filepath.Abs(o.Path)
-	if err != nil {
-		abs = o.Path
-	}
-	u := url.URL{Scheme: "file", Path: abs}
 	q := url.Values{}
 	q.Set("_txlock", "immediate")
 	q.Set("_busy_timeout", strconv.FormatInt(o.BusyTimeout.Milliseconds(), 10))
@@ -236,24 +314,29 @@ func fileDSN(o Options, writer bool) string {
 	}
 	q.Add("_pragma", "journal_mode(WAL)")
 	q.Add("_pragma", "synchronous("+o.Synchronous+")")
-	q.Add("_pragma", "journal_size_limit(67108864)")
+	q.Add("_pragma", "journal_size_limit("+strconv.Itoa(walSizeLimit)+")")
 	q.Add("_pragma", "foreign_keys(0)")
-	// EscapedPath gives the percent-encoded form SQLite expects.
-	return "file:" + u.EscapedPath() + "?" + q.Encode()
+	return fileURI(o.Path, q)
 }
 
-// memoryDSN names a memdb database that every connection of this store
-// shares: a fresh one, or the one named by MemoryName.
-func memoryDSN(o Options) string {
+// plainDSN opens the file with none of docket's pragmas, to look at it
+// before anything is written.
+func plainDSN(o Options) string {
 	q := url.Values{}
-	q.Set("vfs", "memdb")
-	q.Set("_txlock", "immediate")
 	q.Set("_busy_timeout", strconv.FormatInt(o.BusyTimeout.Milliseconds(), 10))
-	name := "private-" + ulid.Make().String()
-	if o.MemoryName != "" {
-		name = "named-" + o.MemoryName
+	q.Set("mode", "rw")
+	return fileURI(o.Path, q)
+}
+
+// fileURI is the driver's file: URI for path with the query q. The path is
+// absolute and percent-encoded, as SQLite expects.
+func fileURI(path string, q url.Values) string {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		abs = path
 	}
-	return "file:/docket-" + name + "?" + q.Encode()
+	u := url.URL{Scheme: "file", Path: abs}
+	return "file:" + u.EscapedPath() + "?" + q.Encode()
 }
 
 // openURL is the transport.OpenFunc for the sqlite and memory schemes.
@@ -297,6 +380,12 @@ func ParseURL(u *url.URL) (Options, error) {
 		} else if unescaped, err := url.PathUnescape(p); err == nil {
 			p = unescaped
 		}
+		if u.Fragment != "" || u.RawFragment != "" {
+			// SQLite URLs have no fragment: a '#' belongs to the file name,
+			// and docket.Open keeps it there. A URL parsed elsewhere has
+			// cut the name short, so refuse it rather than open another file.
+			return o, fmt.Errorf("%w: sqlite URL %q: a '#' in a file name must be written %%23 (url.Parse cut the name at it)", transport.ErrInvalid, u.Redacted())
+		}
 		if p == ":memory:" {
 			o.Memory = true
 		} else {
@@ -313,11 +402,17 @@ func ParseURL(u *url.URL) (Options, error) {
 		case "busy_timeout":
 			d, err := time.ParseDuration(v)
 			if err != nil {
-				return o, fmt.Errorf("docket: sqlite busy_timeout %q: %w", v, err)
+				return o, fmt.Errorf("%w: sqlite busy_timeout %q: %w", transport.ErrInvalid, v, err)
 			}
 			o.BusyTimeout = d
+		case "shared":
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return o, fmt.Errorf("%w: sqlite shared %q: want true or false", transport.ErrInvalid, v)
+			}
+			o.Shared = b
 		default:
-			return o, fmt.Errorf("docket: unknown sqlite URL parameter %q (known: synchronous, busy_timeout)", key)
+			return o, fmt.Errorf("%w: unknown sqlite URL parameter %q (known: synchronous, busy_timeout, shared; a '?' in a file name must be written %%3F)", transport.ErrInvalid, key)
 		}
 	}
 	return o, nil
@@ -369,12 +464,13 @@ func (s *Store) Stats() Stats {
 func (s *Store) Close() error {
 	var err error
 	s.closed.Do(func() {
-		if s.ckptStop != nil {
-			close(s.ckptStop)
-			<-s.ckptDone
-		}
+		close(s.ckptStop)
+		<-s.ckptDone
 		s.w.close()
 		err = errors.Join(s.w.conn.Close(), s.wdb.Close(), s.rdb.Close())
+		if s.scratch != nil {
+			s.scratch.release()
+		}
 	})
 	return err
 }

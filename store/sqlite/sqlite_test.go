@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -21,9 +22,14 @@ var (
 	base = time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 )
 
-func openFile(t *testing.T, path string) *Store {
+func openFile(t *testing.T, path string, opts ...Options) *Store {
 	t.Helper()
-	s, err := Open(ctx, Options{Path: path})
+	var o Options
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	o.Path = path
+	s, err := Open(ctx, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,13 +195,40 @@ func TestForeignUserVersionRefused(t *testing.T) {
 	db, _ := sql.Open("sqlite", path)
 	db.Exec("CREATE TABLE users(id INTEGER PRIMARY KEY); PRAGMA user_version = 3")
 	db.Close()
-	_, err := Open(ctx, Options{Path: path})
-	var se *SchemaError
-	if !errors.As(err, &se) {
-		t.Fatalf("Open over an application's user_version: %v", err)
+	for _, shared := range []bool{false, true} {
+		_, err := Open(ctx, Options{Path: path, Shared: shared})
+		var se *SchemaError
+		if !errors.As(err, &se) || !errors.Is(err, transport.ErrIncompatible) {
+			t.Fatalf("Open over an application's user_version (shared %v): %v", shared, err)
+		}
 	}
 }
 
+// Another application's database is refused before a byte of it changes:
+// no docket tables, no switch to WAL.
+func TestForeignFileRefusedUntouched(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "app.db")
+	db, _ := sql.Open("sqlite", path)
+	if _, err := db.Exec("CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT); INSERT INTO users(name) VALUES ('ann')"); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	before, _ := os.ReadFile(path)
+	_, err := Open(ctx, Options{Path: path})
+	if !errors.Is(err, transport.ErrIncompatible) || !strings.Contains(err.Error(), "users") || !strings.Contains(err.Error(), "shared=true") {
+		t.Fatalf("Open of another application's database: %v", err)
+	}
+	after, _ := os.ReadFile(path)
+	if string(before) != string(after) {
+		t.Fatal("the refused file was modified")
+	}
+	if _, err := os.Stat(path + "-wal"); err == nil {
+		t.Fatal("the refused file was switched to WAL")
+	}
+}
+
+// With Shared, docket's tables go beside the application's; tables an
+// application adds to docket's own file later need nothing.
 func TestAppTablesShareTheFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "app.db")
 	db, _ := sql.Open("sqlite", path)
@@ -203,22 +236,65 @@ func TestAppTablesShareTheFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	db.Close()
-	s := openFile(t, path)
+	u, _ := url.Parse("sqlite:" + path + "?shared=true")
+	opts, err := ParseURL(u)
+	if err != nil || !opts.Shared {
+		t.Fatalf("ParseURL(shared=true) = %+v, %v", opts, err)
+	}
+	s := openFile(t, path, opts)
 	if _, err := s.DB().Exec("INSERT INTO users(name) VALUES ('ann')"); err != nil {
 		t.Fatal(err)
 	}
+	s.Close()
+
+	own := filepath.Join(t.TempDir(), "q.db")
+	s = openFile(t, own)
+	if _, err := s.DB().Exec("CREATE TABLE orders(id INTEGER PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	openFile(t, own) // reopened without Shared
 }
 
 func TestCorruptFileRefused(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "q.db")
 	junk := []byte(strings.Repeat("this is not a database ", 400))
 	os.WriteFile(path, junk, 0o600)
-	if _, err := Open(ctx, Options{Path: path}); err == nil {
-		t.Fatal("opened a corrupt file")
+	_, err := Open(ctx, Options{Path: path})
+	if !errors.Is(err, transport.ErrIncompatible) {
+		t.Fatalf("Open of a file that is not a database: %v", err)
 	}
 	got, _ := os.ReadFile(path)
 	if string(got) != string(junk) {
 		t.Fatal("the corrupt file was modified")
+	}
+}
+
+// A database on a read-only file system fails with ErrReadOnly. Mounting
+// needs root; elsewhere the test skips.
+func TestReadOnlyMount(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a read-only file system needs root")
+	}
+	dir := t.TempDir()
+	if err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", dir).Run(); err != nil {
+		t.Skipf("cannot mount a tmpfs here: %v", err)
+	}
+	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	existing := filepath.Join(dir, "q.db")
+	s := openFile(t, existing)
+	s.Close()
+	if out, err := exec.Command("mount", "-o", "remount,ro", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot remount read-only: %v %s", err, out)
+	}
+	for _, path := range []string{existing, filepath.Join(dir, "new.db")} {
+		s, err := Open(ctx, Options{Path: path})
+		if err == nil {
+			s.Close()
+		}
+		if !errors.Is(err, transport.ErrReadOnly) {
+			t.Errorf("Open(%s) on a read-only mount: %v", filepath.Base(path), err)
+		}
 	}
 }
 

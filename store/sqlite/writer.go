@@ -100,7 +100,7 @@ func (w *writer) submit(ctx context.Context, kind string, fn func(r runner) erro
 	return classify(err)
 }
 
-// classify wraps SQLite's busy, full and read-only errors in docket's
+// classify wraps SQLite's busy, full, read-only and not-a-database errors in docket's
 // typed errors, so callers can tell them apart with errors.Is.
 func classify(err error) error {
 	var se *sqlitedrv.Error
@@ -114,6 +114,8 @@ func classify(err error) error {
 		return fmt.Errorf("%w: %w", transport.ErrStorageFull, err)
 	case sqlite3.SQLITE_READONLY:
 		return fmt.Errorf("%w: %w", transport.ErrReadOnly, err)
+	case sqlite3.SQLITE_NOTADB:
+		return fmt.Errorf("%w: %w", transport.ErrIncompatible, err)
 	}
 	return err
 }
