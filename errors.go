@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/docketq/docket/transport"
@@ -35,11 +36,10 @@ var (
 	ErrStorageFull = transport.ErrStorageFull
 	// ErrReadOnly: the backend refuses writes.
 	ErrReadOnly = transport.ErrReadOnly
-	// ErrOutcomeUnknown: the enqueue was sent but the backend's answer
-	// was lost (a connection broke mid-request): the task may or may not
-	// be stored. Retry with the same id (WithID, or the id the failed call
-	// returned): the retry finds the stored task instead of storing a
-	// duplicate. Every other enqueue error means nothing was stored.
+	// ErrOutcomeUnknown is matched by *OutcomeUnknownError: the enqueue
+	// was sent but the backend's answer was lost (a connection broke
+	// mid-request), so the tasks may or may not be stored. Every other
+	// enqueue error means nothing was stored.
 	ErrOutcomeUnknown = transport.ErrOutcomeUnknown
 	// ErrIncompatible: Open found data docket cannot use (another
 	// application's SQLite file, a file that is not a database, a schema
@@ -64,6 +64,29 @@ var (
 // DuplicateError reports a taken task id or unique key; ExistingID names the
 // task that holds it.
 type DuplicateError = transport.DuplicateError
+
+// OutcomeUnknownError reports an enqueue whose outcome is unknown: the
+// request reached the backend, or may have, but its answer was lost. IDs
+// are the ids the tasks were given. To retry without making duplicates,
+// enqueue each again with WithID(id): a task that was stored after all
+// makes the retry fail with a *DuplicateError whose ExistingID is that same
+// id, which means it is stored; any other outcome is the retry's own.
+type OutcomeUnknownError struct {
+	Name string   // the task name
+	IDs  []string // the ids of the tasks of the call
+	Err  error    // the backend's error; it matches ErrOutcomeUnknown
+}
+
+func (e *OutcomeUnknownError) Error() string {
+	ids := strings.Join(e.IDs, ", ")
+	if len(e.IDs) > 3 {
+		ids = fmt.Sprintf("%s and %d more", strings.Join(e.IDs[:3], ", "), len(e.IDs)-3)
+	}
+	return fmt.Sprintf("docket: enqueue %s (ids %s): %v", e.Name, ids, e.Err)
+}
+
+// Unwrap returns the backend's error, which matches ErrOutcomeUnknown.
+func (e *OutcomeUnknownError) Unwrap() error { return e.Err }
 
 // ValidationError reports one invalid input. It matches ErrInvalid.
 type ValidationError struct {

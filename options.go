@@ -34,6 +34,7 @@ type taskOpts struct {
 	id           string
 	hasID        bool
 	headers      map[string]string
+	extraHeaders int // Header calls past maxHeaders
 }
 
 // Defaults of a task that sets none.
@@ -130,6 +131,10 @@ func WithID(id string) TaskOption { return func(o *taskOpts) { o.id, o.hasID = i
 // FromContext and by anyone through Info.
 func Header(key, value string) TaskOption {
 	return func(o *taskOpts) {
+		if _, replace := o.headers[key]; !replace && len(o.headers) >= maxHeaders {
+			o.extraHeaders++ // refused by validate, without growing the map
+			return
+		}
 		h := make(map[string]string, len(o.headers)+1)
 		for k, v := range o.headers {
 			h[k] = v
@@ -196,8 +201,8 @@ func (o *taskOpts) validate(enqueue bool) error {
 			return err
 		}
 	}
-	if len(o.headers) > maxHeaders {
-		return invalid("headers", len(o.headers), "at most 64 headers")
+	if n := len(o.headers) + o.extraHeaders; n > maxHeaders {
+		return invalid("headers", n, "at most 64 headers")
 	}
 	size := 0
 	for k, v := range o.headers {

@@ -269,6 +269,9 @@ func (q *Queue) EnqueueByName(ctx context.Context, name string, args any, opts .
 		return nil, &UnknownTaskError{Name: name}
 	}
 	p, err := encodeArgs(args, q.cfg.maxPayload)
+	if err == nil {
+		err = t.checkArgs(p)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("docket: enqueue %s: %w", name, err)
 	}
@@ -301,6 +304,13 @@ func (q *Queue) enqueue(ctx context.Context, tx *sql.Tx, name string, defaults *
 		res, err = q.t.Enqueue(ctx, params)
 	}
 	if err != nil {
+		if errors.Is(err, ErrOutcomeUnknown) {
+			ids := make([]string, len(msgs))
+			for i := range msgs {
+				ids[i] = msgs[i].ID
+			}
+			return nil, &OutcomeUnknownError{Name: name, IDs: ids, Err: err}
+		}
 		return nil, fmt.Errorf("docket: enqueue %s: %w", name, err)
 	}
 	q.noteQueue(msgs[0].Queue)
@@ -351,14 +361,16 @@ func buildMessages(now time.Time, name string, defaults *taskOpts, payloads [][]
 	if base.Expires, err = pickTime(now, "Expires", o.hasExpiresIn, o.expiresIn, o.hasExpiresAt, o.expiresAt); err != nil {
 		return nil, err
 	}
+	// Absolute times obey the bound relative ones do: within 100 years of
+	// now.
 	if !base.ETA.IsZero() {
-		if _, ok := addDelay(base.ETA, 0); !ok {
-			return nil, invalid("At", base.ETA, "ETA out of range")
+		if d := base.ETA.Sub(now); d > maxDelay || d < -maxDelay {
+			return nil, invalid("At", base.ETA, "ETA more than 100 years away")
 		}
 	}
 	if !base.Expires.IsZero() {
-		if _, ok := addDelay(base.Expires, 0); !ok {
-			return nil, invalid("ExpiresAt", base.Expires, "expiry out of range")
+		if d := base.Expires.Sub(now); d > maxDelay || d < -maxDelay {
+			return nil, invalid("ExpiresAt", base.Expires, "expiry more than 100 years away")
 		}
 		if !base.ETA.IsZero() && !base.Expires.After(base.ETA) {
 			return nil, invalid("Expires", base.Expires, "expiry is not after the ETA")

@@ -61,7 +61,9 @@ func (t *Task[A, R]) Name() string { return t.name }
 // Enqueue submits one task and returns a handle to its result. e is a
 // *Queue, or q.Tx(tx) to enqueue inside a database transaction. When
 // Enqueue returns nil the task is stored: it will reach exactly one terminal
-// state. On error nothing was stored.
+// state. On error nothing was stored, except for an *OutcomeUnknownError
+// (ErrOutcomeUnknown): a broker connection broke before the answer came,
+// and its doc says how to retry without duplicates.
 func (t *Task[A, R]) Enqueue(ctx context.Context, e Enqueuer, args A, opts ...TaskOption) (*Result[R], error) {
 	rs, err := t.EnqueueMany(ctx, e, []A{args}, opts...)
 	if err != nil {
@@ -124,6 +126,17 @@ func (t *Task[A, R]) invoke(ctx context.Context, payload []byte, maxResult int) 
 	return raw, nil
 }
 
+// checkArgs reports whether payload decodes as the task's arguments, so
+// that untyped arguments of the wrong shape fail at enqueue, not on a
+// worker.
+func (t *Task[A, R]) checkArgs(payload []byte) error {
+	var args A
+	if err := decodeJSON(payload, &args); err != nil {
+		return invalid("arguments", nil, fmt.Sprintf("do not decode as %T, the arguments of %s: %v", args, t.name, err))
+	}
+	return nil
+}
+
 // encodeAny encodes untyped arguments that must have the task's argument
 // type (used by Schedule, whose signature cannot be generic).
 func (t *Task[A, R]) encodeAny(args any, limit int) ([]byte, error) {
@@ -142,6 +155,7 @@ type Registrable interface {
 	taskErr() error
 	taskOptions() *taskOpts
 	invoke(ctx context.Context, payload []byte, maxResult int) ([]byte, error)
+	checkArgs(payload []byte) error
 	encodeAny(args any, limit int) ([]byte, error)
 }
 
@@ -149,8 +163,10 @@ func encodeArgs(v any, limit int) ([]byte, error) {
 	var raw []byte
 	switch x := v.(type) {
 	case json.RawMessage:
-		if !json.Valid(x) {
-			return nil, invalid("arguments", nil, "json.RawMessage is not valid JSON")
+		// Unmarshal, unlike json.Valid, says why: a syntax error, or
+		// nesting deeper than encoding/json decodes (so no worker could).
+		if err := json.Unmarshal(x, new(json.RawMessage)); err != nil {
+			return nil, invalid("arguments", nil, "json.RawMessage cannot be decoded: "+err.Error())
 		}
 		raw = x
 	default:
