@@ -88,6 +88,11 @@ type execution struct {
 	mu         sync.Mutex
 	leaseUntil time.Time
 	running    bool
+	// finished: the outcome is with the completer. A renewal that finds
+	// the lease gone then means the outcome was recorded first; a lease
+	// that was really lost is reported by the completer, whose write the
+	// fence refuses.
+	finished bool
 
 	held bool // counts against the worker's capacity; guarded by worker.mu
 }
@@ -484,6 +489,9 @@ func (w *worker) executor() {
 // handler that outlived a hard stop), the outcome is dropped: its task was
 // already released.
 func (w *worker) finish(ex *execution, out transport.Outcome) {
+	ex.mu.Lock()
+	ex.finished = true
+	ex.mu.Unlock()
 	w.unhold(ex)
 	select {
 	case w.finishCh <- finishReq{ex, out}:
@@ -603,7 +611,13 @@ func (w *worker) heartbeatLoop() {
 			continue
 		}
 		for i, ex := range exs {
+			ex.mu.Lock()
+			finished := ex.finished
+			ex.mu.Unlock()
 			switch {
+			case res[i].Lost && finished:
+				// Recorded, or about to be refused and reported by the
+				// completer: no handler is left to stop.
 			case res[i].Lost:
 				q.cfg.logger.Warn("docket: lease lost; stopping the handler", "task", ex.d.ID, "attempt", ex.d.Attempt, "lease_until", ex.until())
 				ex.cancel(errLeaseLost)

@@ -1,0 +1,89 @@
+package docket_test
+
+import (
+	"context"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/docketq/docket"
+)
+
+// warnings records docket's "lease lost" log lines.
+type warnings struct {
+	slog.Handler
+	mu   sync.Mutex
+	seen []lostLease
+}
+
+type lostLease struct {
+	id      string
+	attempt int
+	msg     string
+}
+
+func (h *warnings) Enabled(context.Context, slog.Level) bool { return true }
+
+func (h *warnings) Handle(_ context.Context, r slog.Record) error {
+	if !strings.Contains(r.Message, "lease lost") {
+		return nil
+	}
+	l := lostLease{msg: r.Message}
+	r.Attrs(func(a slog.Attr) bool {
+		switch a.Key {
+		case "task":
+			l.id = a.Value.String()
+		case "attempt":
+			l.attempt = int(a.Value.Int64())
+		}
+		return true
+	})
+	h.mu.Lock()
+	h.seen = append(h.seen, l)
+	h.mu.Unlock()
+	return nil
+}
+
+// A "lease lost" warning means a lease was lost: never one for an attempt
+// whose outcome was recorded. With short leases renewals keep crossing the
+// completions; a warned attempt must not be the one that finished the task.
+func TestNoLeaseLostWarningForCompletedTasks(t *testing.T) {
+	t.Parallel()
+	log := &warnings{}
+	q, err := docket.Open(bg, "sqlite:"+filepath.Join(t.TempDir(), "q.db"),
+		docket.LeaseDuration(150*time.Millisecond), docket.Concurrency(16), docket.Logger(slog.New(log)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	task := docket.NewTask("lease.quick", func(_ context.Context, n int) (int, error) {
+		time.Sleep(time.Millisecond)
+		return n, nil
+	})
+	q.Register(task)
+	rs, err := task.EnqueueMany(bg, q, make([]int, 3000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runWorkers(t, q)
+	for _, r := range rs {
+		if _, err := r.Wait(waitCtx(t)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	log.mu.Lock()
+	defer log.mu.Unlock()
+	for _, l := range log.seen {
+		info, err := q.Info(bg, l.id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.Attempt == l.attempt {
+			t.Errorf("%q for task %s attempt %d, the attempt that finished it (%s)", l.msg, l.id, l.attempt, info.State)
+		}
+	}
+	t.Logf("%d lease-lost warnings, none for a finishing attempt", len(log.seen))
+}
