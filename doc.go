@@ -27,6 +27,13 @@
 // the handler's side effects but before recording the outcome), so handlers
 // must be idempotent; docket never claims exactly-once execution.
 //
+// Enqueue errors. An error from Enqueue means nothing was stored, with one
+// exception: an *OutcomeUnknownError (ErrOutcomeUnknown) from a broker whose
+// connection broke after the request left, when the task may have been
+// stored. It names the task ids; enqueueing again WithID(id) stores the task
+// or fails with a *DuplicateError naming that same id, so a retry never
+// makes a second task.
+//
 // Leases, heartbeats, fencing. Claiming a task leases it to one worker for
 // LeaseDuration (default 30s); the worker renews the lease every third of
 // that while the handler runs. A lease that lapses (crash, kill -9, a frozen
@@ -61,7 +68,9 @@
 // Cancellation persists. Cancel makes a waiting task end cancelled without
 // running; a running task has its handler's ctx cancelled in whichever
 // process runs it and ends cancelled (unless the handler still returns
-// success).
+// success). A cancelled task is never put back: a worker that releases it
+// at shutdown, a failed attempt that would retry and a redelivery all end
+// it cancelled.
 //
 // Results are stored with the task for ResultTTL (default 24h), then
 // pruned in small batches. Wait wakes on completion: at once within the
@@ -102,7 +111,8 @@
 //
 // # Testing
 //
-// Open "memory:" for a private in-memory database, inject a clock with
+// Open "memory:" for a private scratch database (a WAL file in RAM, where
+// /dev/shm exists, removed by Close), inject a clock with
 // WithClock, and call Drain to run every due task synchronously through the
 // real execution path. Package dockettest wraps this for tests.
 package docket

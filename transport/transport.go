@@ -223,6 +223,9 @@ type Outcome struct {
 // FinishResult reports one outcome of a Finish call.
 type FinishResult struct {
 	Lost bool // fenced out: the lease was lost, the write did nothing
+	// Cancelled: a release or retry ended the task cancelled instead,
+	// because a cancel was pending.
+	Cancelled bool
 }
 
 // GetParams are the arguments of Transport.Get.

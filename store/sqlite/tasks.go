@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -52,7 +53,10 @@ func (s *Store) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]trans
 // and exist only if the caller commits it.
 func (s *Store) EnqueueTx(ctx context.Context, tx *sql.Tx, p transport.EnqueueParams) ([]transport.EnqueueResult, error) {
 	if tx == nil {
-		return nil, errors.New("docket: nil *sql.Tx")
+		return nil, fmt.Errorf("%w: nil *sql.Tx", transport.ErrInvalid)
+	}
+	if err := s.sameDatabase(ctx, tx); err != nil {
+		return nil, err
 	}
 	if _, err := tx.ExecContext(ctx, "SAVEPOINT docket_enqueue"); err != nil {
 		return nil, fmt.Errorf("docket: enqueue in transaction: %w", err)
@@ -67,6 +71,28 @@ func (s *Store) EnqueueTx(ctx context.Context, tx *sql.Tx, p transport.EnqueuePa
 		return nil, fmt.Errorf("docket: enqueue in transaction: %w", err)
 	}
 	return out, nil
+}
+
+// sameDatabase refuses a transaction on another database than the store's:
+// the task would be written there, where no worker of this queue looks.
+func (s *Store) sameDatabase(ctx context.Context, tx *sql.Tx) error {
+	var file string
+	err := tx.QueryRowContext(ctx, "SELECT file FROM pragma_database_list WHERE name = 'main'").Scan(&file)
+	if err != nil {
+		return fmt.Errorf("docket: enqueue in transaction: %w", classify(err))
+	}
+	if file == s.file {
+		return nil
+	}
+	if a, err := os.Stat(file); err == nil {
+		if b, err := os.Stat(s.file); err == nil && os.SameFile(a, b) {
+			return nil
+		}
+	}
+	if file == "" {
+		file = "an in-memory database"
+	}
+	return fmt.Errorf("%w: the transaction is on %s, the queue on %s", transport.ErrOtherDatabase, file, s.file)
 }
 
 func insert(ctx context.Context, r runner, p transport.EnqueueParams) ([]transport.EnqueueResult, error) {
@@ -371,14 +397,27 @@ func (s *Store) Extend(ctx context.Context, p transport.ExtendParams) ([]transpo
 
 // finishSQL writes one attempt's outcome, fenced on (id, attempt, owner).
 // ?1 new state, ?2 now, ?3 run_at for a retry, ?4 result, ?5 error,
-// ?6..?8 the lease. A release (state 2) gives the attempt back.
+// ?6..?8 the lease. A release (state 2) gives the attempt back and keeps
+// the previous attempt's error. A retry or a release of a task whose
+// cancel is pending ends it cancelled instead: a cancel that was accepted
+// is never lost by putting the task back.
 const finishSQL = `UPDATE docket_tasks SET
-	state = CASE WHEN ?1 = 1 AND ?3 <= ?2 THEN 2 ELSE ?1 END,
-	run_at = CASE WHEN ?1 = 1 THEN ?3 WHEN ?1 = 2 THEN ?2 ELSE ?2 + ttl_ms END,
-	finished_at = CASE WHEN ?1 >= 4 THEN ?2 ELSE 0 END,
+	state = CASE WHEN ?1 IN (1, 2) AND cancel = 1 THEN 6 WHEN ?1 = 1 AND ?3 <= ?2 THEN 2 ELSE ?1 END,
+	run_at = CASE WHEN ?1 >= 4 OR cancel = 1 THEN ?2 + ttl_ms WHEN ?1 = 1 THEN ?3 ELSE ?2 END,
+	finished_at = CASE WHEN ?1 >= 4 OR cancel = 1 THEN ?2 ELSE 0 END,
 	attempt = attempt - CASE WHEN ?1 = 2 THEN 1 ELSE 0 END,
-	result = ?4, error = ?5, owner = NULL, cancel = CASE WHEN ?1 >= 4 THEN cancel ELSE 0 END
-	WHERE id = ?6 AND attempt = ?7 AND owner = ?8 AND state = 3`
+	result = ?4,
+	error = CASE
+		WHEN ?1 = 2 AND cancel = 1 THEN '` + cancelledAtRelease + `'
+		WHEN ?1 = 1 AND cancel = 1 THEN 'cancelled; attempt ' || attempt || ' failed' || coalesce(': ' || ?5, '')
+		WHEN ?1 = 2 THEN error
+		ELSE ?5 END,
+	owner = NULL
+	WHERE id = ?6 AND attempt = ?7 AND owner = ?8 AND state = 3 RETURNING state`
+
+// cancelledAtRelease is the error recorded for a task whose worker gave it
+// back (at shutdown) while a cancel was pending.
+const cancelledAtRelease = "cancelled; its worker released it before it finished"
 
 // Finish implements store.Store.
 func (s *Store) Finish(ctx context.Context, p transport.FinishParams) ([]transport.FinishResult, error) {
@@ -397,15 +436,16 @@ func (s *Store) Finish(ctx context.Context, p transport.FinishParams) ([]transpo
 			if o.Error != "" {
 				errText = o.Error
 			}
-			res, err := r.exec(ctx, finishSQL, int(o.State), now, wire.Millis(o.RunAt), o.Result, errText, o.ID, o.Attempt, o.Owner)
-			if err != nil {
+			var state transport.State
+			err := queryOne(ctx, r, []any{&state}, finishSQL, int(o.State), now, wire.Millis(o.RunAt), o.Result, errText, o.ID, o.Attempt, o.Owner)
+			switch {
+			case errors.Is(err, sql.ErrNoRows):
+				out[i] = transport.FinishResult{Lost: true}
+			case err != nil:
 				return fmt.Errorf("docket: finish task %s: %w", o.ID, err)
+			default:
+				out[i] = transport.FinishResult{Cancelled: !o.State.Terminal() && state == transport.StateCancelled}
 			}
-			n, err := res.RowsAffected()
-			if err != nil {
-				return fmt.Errorf("docket: finish task %s: %w", o.ID, err)
-			}
-			out[i] = transport.FinishResult{Lost: n == 0}
 		}
 		return nil
 	})
@@ -650,7 +690,7 @@ func (s *Store) ClaimIDs(ctx context.Context, p transport.ClaimIDsParams) ([]tra
 // leaseDecision says what ClaimIDs does with a task: end it (end is the
 // terminal state, reason the error to record), leave it (end 0 and a
 // reason: already final, held under a live lease, or not due), or lease it
-// (end 0, reason empty).
+// (end 0, reason empty). A task with a cancel recorded is never leased.
 func leaseDecision(state transport.State, runAt, expires int64, attempt, maxAttempts int, cancel bool, now int64) (end transport.State, reason string) {
 	switch {
 	case state.Terminal():
@@ -661,6 +701,8 @@ func leaseDecision(state transport.State, runAt, expires int64, attempt, maxAtte
 		return 0, "not due"
 	case state == transport.StateRunning && cancel:
 		return transport.StateCancelled, fmt.Sprintf("cancelled; the worker was lost in attempt %d", attempt)
+	case cancel:
+		return transport.StateCancelled, "cancelled before start"
 	case expires > 0 && expires <= now:
 		return transport.StateExpired, "expired before start"
 	case attempt >= maxAttempts:

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -46,6 +47,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"Expiry", testExpiry},
 		{"RetryAndRelease", testRetryRelease},
 		{"Cancel", testCancel},
+		{"CancelSurvivesReleaseAndRetry", testCancelPending},
 		{"Lookup", testLookup},
 		{"Prune", testPrune},
 		{"ConcurrentClaims", testConcurrentClaims},
@@ -383,11 +385,11 @@ func testRetryRelease(t *testing.T, s store.Store) {
 		t.Fatalf("retry delivery %+v", d)
 	}
 	finish(t, s, retryAt, transport.Outcome{Lease: d.Lease(), State: transport.StateReady})
-	if in := get(t, s, "r1"); in.State != transport.StateReady || in.Attempt != 1 {
+	if in := get(t, s, "r1"); in.State != transport.StateReady || in.Attempt != 1 || in.Error != "boom" {
 		t.Fatalf("after release: %+v", in)
 	}
-	if d = claim(t, s, retryAt, "w2", 1).Deliveries[0]; d.Attempt != 2 {
-		t.Fatalf("release consumed an attempt: %d", d.Attempt)
+	if d = claim(t, s, retryAt, "w2", 1).Deliveries[0]; d.Attempt != 2 || d.LastError != "boom" {
+		t.Fatalf("release consumed an attempt or lost the last error: attempt %d, last error %q", d.Attempt, d.LastError)
 	}
 }
 
@@ -432,6 +434,104 @@ func testCancel(t *testing.T, s store.Store) {
 	res := claim(t, s, base.Add(time.Minute), "w2", 1, func(p *transport.ClaimParams) { p.Queues = []string{"solo"} })
 	if len(res.Deliveries) != 0 || get(t, s, "c4").State != transport.StateCancelled {
 		t.Fatalf("cancelled running task after lease loss: %+v", res)
+	}
+}
+
+// A cancel accepted while a task is leased is never lost: releasing the
+// task (graceful shutdown, or a prefetched task given back) or scheduling
+// a retry ends it cancelled instead of putting it back, and frees its
+// unique key. An outcome that ends the task otherwise stands, and a claim
+// by id never leases a task with a cancel recorded.
+func testCancelPending(t *testing.T, s store.Store) {
+	uk := func(m *transport.Message) { m.UniqueKey = "only-one" }
+	enqueue(t, s, base, msg("rel", uk), msg("retry"), msg("due"), msg("ok"), msg("fail"))
+	res := claim(t, s, base, "w", 5)
+	if len(res.Deliveries) != 5 {
+		t.Fatalf("claimed %v", ids(res.Deliveries))
+	}
+	leases := map[string]transport.Lease{}
+	for _, d := range res.Deliveries {
+		leases[d.ID] = d.Lease()
+		r, err := s.Cancel(ctx, transport.CancelParams{Now: base, ID: d.ID})
+		if err != nil || r.State != transport.StateRunning {
+			t.Fatalf("Cancel(%s) = %+v, %v", d.ID, r, err)
+		}
+	}
+	now := base.Add(time.Second)
+	outcomes := []transport.Outcome{
+		{Lease: leases["rel"], State: transport.StateReady},
+		{Lease: leases["retry"], State: transport.StateScheduled, RunAt: now.Add(time.Minute), Error: "boom"},
+		{Lease: leases["due"], State: transport.StateScheduled, RunAt: now, Error: "bang"},
+		{Lease: leases["ok"], State: transport.StateSucceeded, Result: []byte("7")},
+		{Lease: leases["fail"], State: transport.StateFailed, Error: "permanent"},
+	}
+	fr, err := s.Finish(ctx, transport.FinishParams{Now: now, Items: outcomes})
+	if err != nil {
+		t.Fatalf("Finish: %v", err)
+	}
+	for i, r := range fr {
+		if r.Lost {
+			t.Fatalf("outcome of %s was fenced out", outcomes[i].ID)
+		}
+		// The caller learns which put-backs ended the task, to wake its
+		// waiters.
+		if want := i < 3; r.Cancelled != want {
+			t.Errorf("Finish of %s: Cancelled = %v, want %v", outcomes[i].ID, r.Cancelled, want)
+		}
+	}
+	for _, c := range []struct {
+		id      string
+		attempt int
+		err     []string
+	}{
+		{"rel", 0, []string{"cancelled"}},
+		{"retry", 1, []string{"cancelled", "boom"}},
+		{"due", 1, []string{"cancelled", "bang"}},
+	} {
+		in := get(t, s, c.id)
+		if in.State != transport.StateCancelled || in.Attempt != c.attempt || !in.Finished.Equal(now) {
+			t.Errorf("%s after its attempt was put back with a cancel pending: state %v, attempt %d, finished %v; want cancelled, attempt %d, finished %v",
+				c.id, in.State, in.Attempt, in.Finished, c.attempt, now)
+		}
+		for _, want := range c.err {
+			if !strings.Contains(in.Error, want) {
+				t.Errorf("%s: error %q does not mention %q", c.id, in.Error, want)
+			}
+		}
+	}
+	if in := get(t, s, "ok"); in.State != transport.StateSucceeded || string(in.Result) != "7" {
+		t.Errorf("ok: a success with a cancel pending became %v %q", in.State, in.Result)
+	}
+	if in := get(t, s, "fail"); in.State != transport.StateFailed || in.Error != "permanent" {
+		t.Errorf("fail: a failure with a cancel pending became %v %q", in.State, in.Error)
+	}
+	sts, err := s.Lookup(ctx, transport.LookupParams{Now: now, IDs: []string{"rel", "retry", "due"}})
+	if err != nil || len(sts) != 3 {
+		t.Fatalf("Lookup: %v, %v", sts, err)
+	}
+	for _, st := range sts {
+		if st.State != transport.StateCancelled {
+			t.Errorf("Lookup(%s): %v", st.ID, st.State)
+		}
+	}
+	if got := claim(t, s, now.Add(time.Hour), "w2", 10); len(got.Deliveries) != 0 {
+		t.Fatalf("cancelled tasks were claimed again: %v", ids(got.Deliveries))
+	}
+	if ext, err := s.Extend(ctx, transport.ExtendParams{Now: now, Until: now.Add(time.Minute), Leases: []transport.Lease{leases["rel"]}}); err != nil || !ext[0].Lost {
+		t.Fatalf("Extend of a lease that was given back: %+v, %v", ext, err)
+	}
+	// The unique key is free again.
+	enqueue(t, s, now, msg("rel2", uk))
+	if c, ok := s.(transport.IDClaimer); ok {
+		r, err := c.ClaimIDs(ctx, transport.ClaimIDsParams{Now: now.Add(time.Hour), Owner: "w3", LeaseUntil: now.Add(2 * time.Hour), IDs: []string{"rel", "retry"}})
+		if err != nil {
+			t.Fatalf("ClaimIDs: %v", err)
+		}
+		for i, x := range r {
+			if x.Delivery != nil || x.State != transport.StateCancelled {
+				t.Errorf("ClaimIDs of cancelled task %d: %+v", i, x)
+			}
+		}
 	}
 }
 

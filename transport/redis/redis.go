@@ -35,6 +35,7 @@ package redis
 import (
 	"context"
 	"crypto/sha1"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -101,12 +102,43 @@ func open(ctx context.Context, u *url.URL, cfg transport.Config) (transport.Tran
 	}
 	opts.MaxRetries = 3 // safe: every write is idempotent (task ids, fences)
 	opts.DisableIdentity = true
+	if opts.TLSConfig != nil {
+		if err := probeTLS(ctx, opts); err != nil {
+			return nil, fmt.Errorf("docket: redis %s: %w", where, err)
+		}
+	}
 	t := &Transport{rdb: goredis.NewClient(opts), prefix: prefix, cfg: cfg, where: where}
 	if err := t.check(ctx, strict); err != nil {
 		t.rdb.Close()
 		return nil, err
 	}
 	return t, nil
+}
+
+// probeTLS completes one TLS handshake with the server before go-redis
+// dials: a plain server never answers a ClientHello (it waits for the end
+// of a command line), so without the probe a rediss:// URL aimed at it
+// only times out, through every retry.
+func probeTLS(ctx context.Context, opts *goredis.Options) error {
+	wait := opts.DialTimeout
+	if wait <= 0 {
+		wait = 5 * time.Second
+	}
+	pctx := ctx
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	d := tls.Dialer{Config: opts.TLSConfig}
+	c, err := d.DialContext(ctx, "tcp", opts.Addr)
+	if err != nil {
+		if pctx.Err() != nil {
+			return pctx.Err()
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("%w: no TLS handshake from %s within %v: the server may not speak TLS (a plain server takes redis://)", transport.ErrInvalid, opts.Addr, wait)
+		}
+		return fmt.Errorf("TLS handshake with %s: %w", opts.Addr, err)
+	}
+	return c.Close()
 }
 
 func validPrefix(p string) bool {
@@ -227,8 +259,14 @@ func (t *Transport) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]t
 			return nil, err
 		}
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	v, err := t.run(ctx, enqueueScript, args...)
 	if err != nil {
+		if outcomeUnknown(err) {
+			return nil, fmt.Errorf("docket: redis enqueue: %w: %w", transport.ErrOutcomeUnknown, err)
+		}
 		return nil, fmt.Errorf("docket: redis enqueue: %w", err)
 	}
 	rows, _ := v.([]any)
@@ -241,6 +279,16 @@ func (t *Transport) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]t
 		out[i] = transport.EnqueueResult{ID: str(r, 1), Existing: str(r, 0) == "existing"}
 	}
 	return out, nil
+}
+
+// outcomeUnknown reports whether a failed script call may still have run:
+// any failure but a reply from the server. go-redis retries a call whose
+// connection broke, so even "connection refused" can follow an attempt
+// whose reply was lost after Redis ran the script.
+func outcomeUnknown(err error) bool {
+	var reply goredis.Error
+	return !errors.As(err, &reply) && !errors.Is(err, transport.ErrStorageFull) &&
+		!errors.Is(err, transport.ErrReadOnly) && !errors.Is(err, transport.ErrBusy)
 }
 
 func row(v any) []any { r, _ := v.([]any); return r }
@@ -418,8 +466,10 @@ func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]tra
 	r := row(v)
 	var ended []string
 	for i, o := range p.Items {
-		out[i].Lost = num(r, i) == 0
-		if !out[i].Lost && o.State.Terminal() {
+		// 2: a retry or release that ended the task, its cancel pending.
+		n := num(r, i)
+		out[i].Lost, out[i].Cancelled = n == 0, n == 2
+		if n == 2 || (!out[i].Lost && o.State.Terminal()) {
 			ended = append(ended, o.ID)
 		}
 	}

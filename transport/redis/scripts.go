@@ -2,6 +2,11 @@ package redis
 
 import goredis "github.com/redis/go-redis/v9"
 
+// cancelledAtRelease is the error recorded for a task whose worker gave it
+// back (at shutdown) while a cancel was pending. The text is that of the
+// SQLite store.
+const cancelledAtRelease = "cancelled; its worker released it before it finished"
+
 // All state lives under one hash tag, {prefix}, so every key of a docket
 // deployment maps to one Redis Cluster slot and each script stays atomic.
 //
@@ -203,7 +208,9 @@ return out
 `)
 
 // finishScript: ARGV = P now n (id att owner state runat result error)...
-// -> per outcome 1 written, 0 fenced out.
+// -> per outcome 1 written, 2 written and the task ended cancelled instead
+// of being put back (a retry or release while a cancel was pending), 0
+// fenced out.
 var finishScript = goredis.NewScript(lib + `
 local now, n = tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
@@ -213,7 +220,7 @@ for i = 0, n - 1 do
 	local id, att, owner, state, runat = ARGV[b], ARGV[b+1], ARGV[b+2], tonumber(ARGV[b+3]), tonumber(ARGV[b+4])
 	local res, err = ARGV[b+5], ARGV[b+6]
 	local tk = k('t', id)
-	local f = redis.call('HMGET', tk, 'state', 'att', 'owner', 'queue', 'prio')
+	local f = redis.call('HMGET', tk, 'state', 'att', 'owner', 'queue', 'prio', 'cancel')
 	if f[1] == '3' and f[2] == att and f[3] == owner then
 		out[i + 1] = 1
 		if err == '' then err = nil end
@@ -221,9 +228,20 @@ for i = 0, n - 1 do
 			if res == '' then res = nil end
 			if state == 4 then redis.call('HDEL', tk, 'err') end
 			terminal(id, state, now, err, res)
+		elseif f[6] == '1' then
+			-- A cancel is pending: the task ends here, it is not put back.
+			out[i + 1] = 2
+			if state == 2 then
+				redis.call('HINCRBY', tk, 'att', -1)
+				terminal(id, 6, now, '` + cancelledAtRelease + `', nil)
+			elseif err then
+				terminal(id, 6, now, 'cancelled; attempt ' .. att .. ' failed: ' .. err, nil)
+			else
+				terminal(id, 6, now, 'cancelled; attempt ' .. att .. ' failed', nil)
+			end
 		else
 			redis.call('ZREM', k('lease'), id)
-			redis.call('HSET', tk, 'owner', '', 'cancel', 0)
+			redis.call('HSET', tk, 'owner', '')
 			if err then redis.call('HSET', tk, 'err', err) end
 			if state == 2 then
 				redis.call('HINCRBY', tk, 'att', -1)
@@ -311,7 +329,8 @@ return {1, 1, id, ''}
 
 // claimIDsScript: ARGV = P now owner lease_until n id...
 // -> per id: {'lease', fields...} | {'end', state} | {'left', state, run_at} | {'none'}.
-// The rules are those of the SQLite store's leaseDecision.
+// The rules are those of the SQLite store's leaseDecision: a task with a
+// cancel recorded is never leased.
 var claimIDsScript = goredis.NewScript(lib + `
 local now, owner, deadline, n = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local out = {}
@@ -327,6 +346,9 @@ for i = 0, n - 1 do
 			out[i + 1] = {'left', st, runat}
 		elseif st == 3 and f[6] == '1' then
 			terminal(id, 6, now, 'cancelled; the worker was lost in attempt ' .. att, nil)
+			out[i + 1] = {'end', 6}
+		elseif f[6] == '1' then
+			terminal(id, 6, now, 'cancelled before start', nil)
 			out[i + 1] = {'end', 6}
 		elseif exp > 0 and exp <= now then
 			terminal(id, 7, now, 'expired before start', nil)

@@ -149,7 +149,7 @@ func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]tra
 		if res[i].Lost {
 			continue
 		}
-		if o.State.Terminal() {
+		if o.State.Terminal() || res[i].Cancelled {
 			ended = append(ended, o.ID)
 		} else {
 			requeued = true

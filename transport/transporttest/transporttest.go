@@ -58,6 +58,7 @@ func Run(t *testing.T, b Backend) {
 		{"CancelQueued", testCancelQueued},
 		{"CancelRunningFromAnotherQueue", testCancelRunning},
 		{"GracefulShutdownReleases", testShutdownReleases},
+		{"CancelSurvivesRelease", testCancelSurvivesRelease},
 		{"BeatSlotsOnce", testBeat},
 	}
 	for _, tc := range tests {
@@ -390,6 +391,76 @@ func testShutdownReleases(t *testing.T, b Backend) {
 	}
 	if a := <-started; a != 1 {
 		t.Fatalf("the released task ran as attempt %d, want 1 again", a)
+	}
+}
+
+// A task cancelled while it waits in a worker's prefetch is released
+// cancelled when that worker stops: a worker started later never runs it,
+// and runs the other released task.
+func testCancelSurvivesRelease(t *testing.T, b Backend) {
+	url := b.NewURL(t)
+	first := open(t, b, url, docket.Concurrency(1), docket.Prefetch(4), docket.ShutdownGrace(100*time.Millisecond))
+	var mu sync.Mutex
+	runs := map[string]int{}
+	started := make(chan string, 4)
+	var blocked atomic.Bool
+	task := docket.NewTask("tt.cancelheld", func(ctx context.Context, n int) (int, error) {
+		tc, _ := docket.FromContext(ctx)
+		mu.Lock()
+		runs[tc.ID]++
+		mu.Unlock()
+		started <- tc.ID
+		if blocked.CompareAndSwap(false, true) {
+			// The first handler holds the only slot until shutdown.
+			<-ctx.Done()
+			return 0, ctx.Err()
+		}
+		return n, nil
+	})
+	first.Register(task)
+	rs, err := task.EnqueueMany(bg, first, []int{1, 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := run(t, first)
+	var runningID string
+	select {
+	case runningID = <-started:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no task started")
+	}
+	held, other := rs[0], rs[1]
+	if held.ID() == runningID {
+		held, other = other, held
+	}
+	// The other task is claimed (prefetched) but cannot start.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		info, err := held.Info(bg)
+		if err == nil && info.State == docket.StateRunning {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the second task was not prefetched: %+v, %v", info, err)
+		}
+	}
+	if err := held.Cancel(bg); err != nil {
+		t.Fatalf("Cancel: %v", err)
+	}
+	stop()
+	second := open(t, b, url)
+	second.Register(task)
+	run(t, second)
+	if _, err := other.Wait(wctx(t)); err != nil {
+		t.Fatalf("the task released without a cancel: %v", err)
+	}
+	if _, err := held.Wait(wctx(t)); !errors.Is(err, docket.ErrTaskCancelled) {
+		t.Fatalf("Wait on the task cancelled in the prefetch = %v; want ErrTaskCancelled", err)
+	}
+	mu.Lock()
+	n := runs[held.ID()]
+	mu.Unlock()
+	if n != 0 {
+		t.Fatalf("the cancelled task ran %d times", n)
 	}
 }
 
