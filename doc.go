@@ -32,7 +32,8 @@
 // connection broke after the request left, when the task may have been
 // stored. It names the task ids; enqueueing again WithID(id) stores the task
 // or fails with a *DuplicateError naming that same id, so a retry never
-// makes a second task.
+// makes a second task (on RabbitMQ alone, which keeps no index of ids, it
+// may run the task twice).
 //
 // Leases, heartbeats, fencing. Claiming a task leases it to one worker for
 // LeaseDuration (default 30s); the worker renews the lease every third of

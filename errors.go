@@ -71,6 +71,8 @@ type DuplicateError = transport.DuplicateError
 // enqueue each again with WithID(id): a task that was stored after all
 // makes the retry fail with a *DuplicateError whose ExistingID is that same
 // id, which means it is stored; any other outcome is the retry's own.
+// RabbitMQ alone keeps no index of ids, so there a retry may run the task
+// twice (handlers are idempotent anyway); with a result store it cannot.
 type OutcomeUnknownError struct {
 	Name string   // the task name
 	IDs  []string // the ids of the tasks of the call

@@ -14,6 +14,12 @@
 //	delivery_limit=N     quorum queues: deliveries before the broker dead-letters a
 //	                     message that keeps killing its worker (default 20)
 //
+// RabbitMQ's own URI parameters are passed to the client: heartbeat
+// (seconds, default 10), connection_timeout (milliseconds to dial, default
+// 10000), channel_max, auth_mechanism, and for amqps:// cacertfile,
+// certfile, keyfile and server_name_indication. Any other parameter is
+// refused with an error wrapping ErrInvalid that lists the known ones.
+//
 // # Delivery
 //
 // Each docket queue is a durable RabbitMQ queue named PREFIX.q.NAME, quorum
@@ -23,6 +29,10 @@
 // share the channel's confirm stream, and a batch is published whole before
 // its confirms are awaited. While the broker blocks publishers (a memory or
 // disk alarm), Enqueue waits for the alarm to clear or its ctx to end.
+//
+// Queues and exchanges are declared when first needed, once per
+// connection, one declaration at a time: a burst of first enqueues from
+// many goroutines waits for one declaration instead of making its own.
 //
 // Workers consume with manual acknowledgements and a prefetch equal to
 // their capacity (concurrency plus prefetch). A task is acknowledged only
@@ -40,6 +50,36 @@
 // delivery up to a tag is settled, one acknowledgement with the multiple
 // flag covers them all; deliveries above a gap (a task still running) are
 // acknowledged one by one.
+//
+// # Enqueue errors
+//
+// An error wrapping ErrOutcomeUnknown means the messages were sent but
+// their fate is unknown: the connection or a channel closed before the
+// broker's confirm arrived, Enqueue's ctx ended while it waited for the
+// confirm, or the broker took some messages of a batch and refused others.
+// The tasks may or may not be queued. Every other Enqueue error means
+// nothing was queued: no connection before ctx ended, the broker blocking
+// publishers until ctx ended, a declaration that failed, or every message
+// refused (a nack, ErrStorageFull, or a message the broker could not
+// route).
+//
+// With RabbitMQ alone nothing checks task ids, so docket cannot make a
+// retry safe: enqueueing the same id again (WithID) after ErrOutcomeUnknown
+// publishes a second message, and if the first was queued the task runs
+// twice. A batch of several tasks whose enqueue fails is also cancelled by
+// id (broadcast), so that none of it runs unless a worker took a task
+// first: retry it with new ids. Use a result store when retries must not
+// run a task twice.
+//
+// With a result store a task exists once the store recorded it, which
+// Enqueue does after the broker confirmed every message. A publish that
+// failed, confirmed or not, is therefore a definite error: nothing was
+// recorded, and a message that reached RabbitMQ finds no task and is
+// dropped. An ErrOutcomeUnknown then comes only from the store (its reply
+// was lost), and a retry with the same id finds the stored task: the store
+// refuses the id with a *DuplicateError naming the task (or returns it,
+// with Unique(…, ReturnExisting)), and the message the retry published is
+// settled by the store like any duplicate delivery, so the task runs once.
 //
 // # Messages
 //
@@ -126,7 +166,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/url"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -147,6 +189,7 @@ type options struct {
 	prefix        string
 	quorum        bool
 	deliveryLimit int
+	dialTimeout   time.Duration // connection_timeout
 }
 
 // Transport is the RabbitMQ implementation of transport.Transport.
@@ -255,34 +298,61 @@ func (t *Transport) openStore(ctx context.Context, cfg transport.Config) error {
 // ResultStore implements transport.ResultStorer.
 func (t *Transport) ResultStore() transport.Transport { return t.store }
 
+// docketParams are the URL parameters docket reads itself; clientParams
+// are RabbitMQ's URI query parameters, passed on to the client.
+var (
+	docketParams = []string{"prefix", "queue_type", "delivery_limit"}
+	clientParams = []string{"heartbeat", "connection_timeout", "channel_max", "auth_mechanism", "cacertfile", "certfile", "keyfile", "server_name_indication"}
+)
+
 func parseOptions(u *url.URL) (options, *url.URL, error) {
-	opt := options{prefix: "docket", quorum: true, deliveryLimit: 20}
+	opt := options{prefix: "docket", quorum: true, deliveryLimit: 20, dialTimeout: 10 * time.Second}
 	q := u.Query()
+	for key := range q {
+		if !slices.Contains(docketParams, key) && !slices.Contains(clientParams, key) {
+			return opt, nil, fmt.Errorf("docket: unknown amqp URL parameter %q (known: %s, %s): %w",
+				key, strings.Join(docketParams, ", "), strings.Join(clientParams, ", "), transport.ErrInvalid)
+		}
+	}
 	if p := q.Get("prefix"); p != "" {
 		opt.prefix = p
 	}
 	if !validPrefix(opt.prefix) {
-		return opt, nil, fmt.Errorf("docket: amqp prefix %q: use letters, digits, '_' and '-'", opt.prefix)
+		return opt, nil, fmt.Errorf("docket: amqp prefix %q: use letters, digits, '_' and '-': %w", opt.prefix, transport.ErrInvalid)
 	}
 	switch v := q.Get("queue_type"); v {
 	case "", "quorum":
 	case "classic":
 		opt.quorum = false
 	default:
-		return opt, nil, fmt.Errorf("docket: amqp queue_type=%q: want quorum or classic", v)
+		return opt, nil, fmt.Errorf("docket: amqp queue_type=%q: want quorum or classic: %w", v, transport.ErrInvalid)
 	}
 	if v := q.Get("delivery_limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > 1000 {
-			return opt, nil, fmt.Errorf("docket: amqp delivery_limit=%q: want a number from 1 to 1000", v)
+			return opt, nil, fmt.Errorf("docket: amqp delivery_limit=%q: want a number from 1 to 1000: %w", v, transport.ErrInvalid)
 		}
 		opt.deliveryLimit = n
 	}
-	for _, k := range []string{"prefix", "queue_type", "delivery_limit"} {
+	if v := q.Get("connection_timeout"); v != "" {
+		// RabbitMQ's URI parameter, in milliseconds; docket dials the
+		// connection itself, so it applies it here.
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return opt, nil, fmt.Errorf("docket: amqp connection_timeout=%q: want milliseconds, at least 1: %w", v, transport.ErrInvalid)
+		}
+		opt.dialTimeout = time.Duration(n) * time.Millisecond
+	}
+	for _, k := range docketParams {
 		q.Del(k)
 	}
 	clean := *u
 	clean.RawQuery = q.Encode()
+	// The client's own parameters are checked now rather than at each
+	// connection attempt.
+	if _, err := amqp.ParseURI(clean.String()); err != nil {
+		return opt, nil, fmt.Errorf("docket: amqp URL %s: %v: %w", transport.Redact(u), redactErr(err, clean.String()), transport.ErrInvalid)
+	}
 	return opt, &clean, nil
 }
 

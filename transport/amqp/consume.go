@@ -515,6 +515,7 @@ func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]tra
 			return nil, err
 		}
 	}
+	p.Items = t.withPendingCancels(p.Items)
 	hs := make([]*held, len(p.Items))
 	t.mu.Lock()
 	for i, o := range p.Items {

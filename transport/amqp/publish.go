@@ -238,16 +238,25 @@ func (t *Transport) route(ctx context.Context, s *session, queue string, at, now
 	if delay == 0 {
 		return "", t.queueName(queue), nil
 	}
-	if err := t.declareDelays(s); err != nil {
+	if err := t.declareDelays(ctx, s); err != nil {
 		return "", "", err
 	}
 	return t.levelName(Levels - 1), delayKey(delay, t.queueName(queue)), nil
 }
 
-// publish sends msgs and waits until the broker confirmed all of them. A
-// mandatory message the broker could not route, a message it refused, or a
-// connection lost before the confirm is an error; the caller cannot tell
-// which of the messages before it were accepted.
+// publish sends msgs and waits until the broker confirmed all of them.
+//
+// A failure before any message was sent (the broker blocks publishers
+// until ctx ends, the channel is closed) means nothing was queued and
+// wraps what caused it. Once a message was sent, a failure that leaves its
+// fate open (the connection or channel closed before its confirm arrived,
+// ctx ended while waiting for it, sending a later message of msgs failed)
+// is an *unconfirmedError, which matches transport.ErrOutcomeUnknown: the
+// broker may or may not have queued it. A message the broker refused
+// (nack) or returned as unroutable was not queued; when no message of
+// msgs may have been queued, that failure is definite (ErrStorageFull for
+// a nack), otherwise it too is an *unconfirmedError, since the call's
+// other messages may be queued.
 func (t *Transport) publish(ctx context.Context, s *session, msgs []outgoing) error {
 	if len(msgs) == 0 {
 		return nil
@@ -261,30 +270,107 @@ func (t *Transport) publish(ctx context.Context, s *session, msgs []outgoing) er
 		m := &msgs[i]
 		c, err := s.pub.PublishWithDeferredConfirmWithContext(ctx, m.exchange, m.key, m.mandatory, false, m.msg)
 		if err != nil {
-			return t.wrap("publish", err)
+			if i == 0 {
+				// Nothing left: amqp091 checks ctx and the channel
+				// before it writes, and a message whose frames were
+				// not all written is not routed.
+				return t.wrap("publish", err)
+			}
+			return t.unconfirmed(fmt.Sprintf("sending message %d of %d failed after the others were sent", i+1, len(msgs)), err, err)
 		}
 		confs = append(confs, c)
 		if m.mandatory {
 			mandatory = append(mandatory, m.msg.MessageId)
 		}
 	}
+	nacked := 0
 	for _, c := range confs {
 		select {
 		case <-c.Done():
-		case <-ctx.Done():
-			return t.wrap("publish", fmt.Errorf("waiting for the broker's confirm: %w", context.Cause(ctx)))
-		}
-		if !c.Acked() {
-			if !s.alive() {
-				return t.wrap("publish", fmt.Errorf("connection lost before the broker confirmed (the message may or may not be queued): %w", transport.ErrBusy))
+		default:
+			select {
+			case <-c.Done():
+			case <-ctx.Done():
+				cause := context.Cause(ctx)
+				return t.unconfirmed("gave up waiting for the broker's confirm", cause, cause)
 			}
-			return t.wrap("publish", fmt.Errorf("%w: the broker refused the message (nack)", transport.ErrStorageFull))
 		}
+		if c.Acked() {
+			continue
+		}
+		// amqp091 marks the channel closed before it releases the
+		// confirms still awaited as nacks.
+		if s.pub.IsClosed() || !s.alive() {
+			cause := s.cause()
+			if cause == nil {
+				cause = amqp.ErrClosed
+			}
+			return t.unconfirmed("the connection was lost before the broker confirmed", cause,
+				fmt.Errorf("%v: %w", cause, transport.ErrBusy))
+		}
+		nacked++
 	}
+	var returned []string
 	if len(mandatory) > 0 {
-		if id, ok := s.wasReturned(mandatory); ok {
-			return t.wrap("publish", fmt.Errorf("message %s was unroutable: its queue does not exist", id))
-		}
+		returned = s.wasReturned(mandatory)
 	}
-	return nil
+	var refused error
+	switch {
+	case nacked > 0:
+		refused = fmt.Errorf("%w: the broker refused %d of %d messages (nack)", transport.ErrStorageFull, nacked, len(msgs))
+	case len(returned) > 0:
+		refused = fmt.Errorf("message %s was unroutable: its queue does not exist", returned[0])
+	default:
+		return nil
+	}
+	// A returned message was confirmed (acked) but not queued.
+	if nacked+len(returned) < len(msgs) {
+		return t.unconfirmed("the broker queued some of the messages and refused others", refused, refused)
+	}
+	return t.wrap("publish", refused)
+}
+
+// unconfirmedError is a publish failure after messages were sent, when the
+// broker may have queued some of them: it matches
+// transport.ErrOutcomeUnknown, and its cause. Definite is the failure as
+// it stands if nothing was queued after all, for a caller for whom a
+// queued message alone is no task (see enqueueStored).
+type unconfirmedError struct {
+	where    string
+	what     string
+	cause    error // may be nil
+	definite error
+}
+
+func (t *Transport) unconfirmed(what string, cause, definite error) error {
+	return &unconfirmedError{where: t.where, what: what, cause: cause, definite: definite}
+}
+
+func (e *unconfirmedError) Error() string {
+	s := "docket: amqp publish " + e.where + ": " + e.what
+	if e.cause != nil {
+		s += ": " + e.cause.Error()
+	}
+	return s + " (the messages may or may not be queued): " + transport.ErrOutcomeUnknown.Error()
+}
+
+// Unwrap returns transport.ErrOutcomeUnknown and the cause.
+func (e *unconfirmedError) Unwrap() []error {
+	if e.cause == nil {
+		return []error{transport.ErrOutcomeUnknown}
+	}
+	return []error{transport.ErrOutcomeUnknown, e.cause}
+}
+
+// unrecorded returns the error of a failed publish of new tasks that a
+// result store was to record next: the store recorded nothing, and a
+// message whose task was never recorded is dropped when delivered, so
+// the outcome is known after all: no task was stored, whatever reached
+// the broker. Other errors are returned as they are.
+func unrecorded(err error) error {
+	var ue *unconfirmedError
+	if !errors.As(err, &ue) {
+		return err
+	}
+	return fmt.Errorf("docket: amqp publish %s: %s; no task was recorded (a message that reached RabbitMQ finds no task and is dropped): %w", ue.where, ue.what, ue.definite)
 }

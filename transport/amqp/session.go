@@ -19,7 +19,7 @@ type session struct {
 	conn *amqp.Connection
 	pub  *amqp.Channel // confirm mode: every publish
 	cons *amqp.Channel // task consumers and their acks
-	ctl  *amqp.Channel // declarations, control and reply consumers
+	ctl  *amqp.Channel // declarations, control and reply consumers (see lockCtl)
 
 	dead    chan struct{} // closed when the session failed
 	once    sync.Once
@@ -32,10 +32,10 @@ type session struct {
 	returned  map[string]bool    // ids of messages returned unroutable
 	barrier   chan chan struct{} // see collectReturns
 	declared  sync.Map           // names declared on this session
+	ctlSem    chan struct{}      // held while a call on ctl awaits its answer
 	consumeMu sync.Mutex         // guards consumers
 	consumers map[string]bool    // docket queues consumed
 	loops     sync.WaitGroup     // the consumers' delivery loops
-	delayMu   sync.Mutex         // serialises the delay topology declaration
 
 	ackMu sync.Mutex // guards acks and orders the ack frames
 	acks  ackBook
@@ -113,6 +113,28 @@ func (b *ackBook) plan(tags []uint64) (multiple uint64, single []uint64) {
 	return multiple, single
 }
 
+// lockCtl takes the right to call synchronous methods on ctl, waiting
+// until ctx ends or the session fails. A channel answers its synchronous
+// methods in order, and amqp091 hands each answer to whichever caller
+// waits for one: two calls in flight on one channel can receive each
+// other's answers (the loser fails with 503 "unexpected command
+// received"). Every declaration and consumer start on ctl holds this
+// right, and checks again under it whether another caller already
+// declared what it needs, so concurrent first uses declare once.
+func (s *session) lockCtl(ctx context.Context) error {
+	select {
+	case s.ctlSem <- struct{}{}:
+		return nil
+	case <-s.dead:
+		return fmt.Errorf("connection lost: %w", s.cause())
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// unlockCtl gives back the right taken by lockCtl.
+func (s *session) unlockCtl() { <-s.ctlSem }
+
 func (s *session) fail(err error) {
 	s.once.Do(func() {
 		s.errMu.Lock()
@@ -148,7 +170,7 @@ func (t *Transport) connect(ctx context.Context) (*session, error) {
 			"connection_name": "docket " + t.id,
 		},
 		Dial: func(network, addr string) (net.Conn, error) {
-			d := net.Dialer{Timeout: 10 * time.Second}
+			d := net.Dialer{Timeout: t.opt.dialTimeout}
 			conn, err := d.DialContext(ctx, network, addr)
 			if err != nil {
 				return nil, err
@@ -170,6 +192,7 @@ func (t *Transport) connect(ctx context.Context) (*session, error) {
 	s := &session{
 		conn: conn, dead: make(chan struct{}), returned: map[string]bool{},
 		barrier: make(chan chan struct{}), consumers: map[string]bool{},
+		ctlSem: make(chan struct{}, 1),
 	}
 	if err := t.setup(ctx, s); err != nil {
 		conn.Close()
@@ -239,6 +262,42 @@ func (t *Transport) setup(ctx context.Context, s *session) error {
 		return err
 	}
 	// Control: every process hears every cancel request.
+	if err := s.lockCtl(ctx); err != nil {
+		return t.wrap("declare", err)
+	}
+	err = t.declareControl(s)
+	s.unlockCtl()
+	if err != nil {
+		return err
+	}
+	t.mu.Lock()
+	replies, capacity := t.replies, t.capacity
+	queues := make([]string, 0, len(t.queues))
+	for q := range t.queues {
+		queues = append(queues, q)
+	}
+	t.mu.Unlock()
+	if replies {
+		if err := t.consumeReplies(ctx, s); err != nil {
+			return err
+		}
+	}
+	if len(queues) > 0 {
+		if err := s.cons.Qos(capacity, 0, false); err != nil {
+			return t.wrap("set prefetch", err)
+		}
+		for _, q := range queues {
+			if err := t.consume(ctx, s, q); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// declareControl declares the control exchange and this process's control
+// queue, and consumes it. The caller holds ctl's right (lockCtl).
+func (t *Transport) declareControl(s *session) error {
 	ctl := t.name("control")
 	if err := s.ctl.ExchangeDeclare(ctl, "fanout", true, false, false, false, nil); err != nil {
 		return t.wrap("declare "+ctl, err)
@@ -255,28 +314,6 @@ func (t *Transport) setup(ctx context.Context, s *session) error {
 		return t.wrap("consume "+cq, err)
 	}
 	go t.controlLoop(msgs)
-	t.mu.Lock()
-	replies, capacity := t.replies, t.capacity
-	queues := make([]string, 0, len(t.queues))
-	for q := range t.queues {
-		queues = append(queues, q)
-	}
-	t.mu.Unlock()
-	if replies {
-		if err := t.consumeReplies(s); err != nil {
-			return err
-		}
-	}
-	if len(queues) > 0 {
-		if err := s.cons.Qos(capacity, 0, false); err != nil {
-			return t.wrap("set prefetch", err)
-		}
-		for _, q := range queues {
-			if err := t.consume(ctx, s, q); err != nil {
-				return err
-			}
-		}
-	}
 	return nil
 }
 
@@ -305,9 +342,9 @@ func (s *session) collectReturns(returns chan amqp.Return) {
 	}
 }
 
-// wasReturned reports (and forgets) whether the message id came back
-// unroutable. Call it after the message's confirm arrived.
-func (s *session) wasReturned(ids []string) (string, bool) {
+// wasReturned returns (and forgets) the ids among ids that came back
+// unroutable. Call it after their confirms arrived.
+func (s *session) wasReturned(ids []string) []string {
 	c := make(chan struct{})
 	select {
 	case s.barrier <- c:
@@ -316,13 +353,14 @@ func (s *session) wasReturned(ids []string) (string, bool) {
 	}
 	s.returnsMu.Lock()
 	defer s.returnsMu.Unlock()
+	var out []string
 	for _, id := range ids {
 		if s.returned[id] {
 			delete(s.returned, id)
-			return id, true
+			out = append(out, id)
 		}
 	}
-	return "", false
+	return out
 }
 
 // waitUnblocked returns once the broker accepts publishes, or ctx ended.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -119,8 +120,12 @@ func (t *Transport) ownReply(q string) bool {
 // queue of a new name (the session fails and reconnects with it), and the
 // reports sent to the old one are lost, as they were with a transient
 // queue that went down with its node.
-func (t *Transport) consumeReplies(s *session) error {
+func (t *Transport) consumeReplies(ctx context.Context, s *session) error {
 	rq := t.replyQueue()
+	if err := s.lockCtl(ctx); err != nil {
+		return t.wrap("declare "+rq, err)
+	}
+	defer s.unlockCtl()
 	if _, err := s.ctl.QueueDeclare(rq, true, false, false, false, amqp.Table{
 		"x-queue-type": "classic", "x-expires": replyExpires.Milliseconds(),
 	}); err != nil {
@@ -216,11 +221,54 @@ func (t *Transport) isRevoked(id string) bool {
 	return ok
 }
 
+// cancelledAtRelease is the error recorded for a task whose worker gave it
+// back (at shutdown) while a cancel was pending; the stores record the
+// same text.
+const cancelledAtRelease = "cancelled; its worker released it before it finished"
+
+// withPendingCancels returns items with every retry or release of a task
+// whose cancel this process received turned into the task's cancellation:
+// with RabbitMQ alone, publishing the task again would lose the cancel for
+// every process that did not receive the broadcast. (With a result store,
+// the store does the same under its fence.) items is not modified.
+func (t *Transport) withPendingCancels(items []transport.Outcome) []transport.Outcome {
+	if t.store != nil {
+		return items
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []transport.Outcome
+	for i, o := range items {
+		if (o.State != transport.StateReady && o.State != transport.StateScheduled) || !t.isRevoked(o.ID) {
+			continue
+		}
+		if out == nil {
+			out = slices.Clone(items)
+		}
+		c := &out[i]
+		switch {
+		case o.State == transport.StateReady:
+			c.Error = cancelledAtRelease
+		case o.Error != "":
+			c.Error = fmt.Sprintf("cancelled; attempt %d failed: %s", o.Attempt, o.Error)
+		default:
+			c.Error = fmt.Sprintf("cancelled; attempt %d failed", o.Attempt)
+		}
+		c.State, c.RunAt, c.Result = transport.StateCancelled, time.Time{}, nil
+	}
+	if out == nil {
+		return items
+	}
+	return out
+}
+
 // Enqueue implements transport.Transport: it publishes every message and
 // returns once the broker confirmed them all. RabbitMQ cannot check ids or
 // unique keys; a message with a unique key is refused (ErrUnsupported).
 // When a batch fails part way, the messages already accepted are cancelled
 // (broadcast), so none of the batch runs unless a worker took one first.
+// A failure after the messages were sent, before every confirm arrived,
+// matches ErrOutcomeUnknown (see publish).
 func (t *Transport) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]transport.EnqueueResult, error) {
 	if len(p.Messages) == 0 {
 		return nil, nil
@@ -237,7 +285,7 @@ func (t *Transport) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]t
 	if err != nil {
 		return nil, err
 	}
-	if err := t.wantReplies(s); err != nil {
+	if err := t.wantReplies(ctx, s); err != nil {
 		return nil, err
 	}
 	out := make([]outgoing, len(p.Messages))
@@ -303,7 +351,7 @@ func (t *Transport) enqueueStored(ctx context.Context, p transport.EnqueueParams
 		}
 	}
 	if err := t.publishNew(ctx, p.Now, p.Messages); err != nil {
-		return nil, err
+		return nil, unrecorded(err)
 	}
 	return t.store.Enqueue(ctx, p)
 }
@@ -330,7 +378,7 @@ func (t *Transport) publishNew(ctx context.Context, now time.Time, msgs []transp
 }
 
 // wantReplies makes sure this process consumes its reply queue.
-func (t *Transport) wantReplies(s *session) error {
+func (t *Transport) wantReplies(ctx context.Context, s *session) error {
 	if _, ok := s.declared.Load(t.replyQueue()); ok {
 		return nil
 	}
@@ -342,7 +390,7 @@ func (t *Transport) wantReplies(s *session) error {
 	if _, ok := s.declared.Load(t.replyQueue()); ok {
 		return nil
 	}
-	return t.consumeReplies(s)
+	return t.consumeReplies(ctx, s)
 }
 
 func (t *Transport) broadcastCancel(ctx context.Context, ids []string) error {

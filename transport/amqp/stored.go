@@ -87,7 +87,7 @@ func (s *Stored) ScheduleFire(ctx context.Context, p transport.ScheduleFireParam
 			p.Message.Created = p.Now
 		}
 		if err := s.publishNew(ctx, p.Now, []transport.Message{*p.Message}); err != nil {
-			return transport.ScheduleFireResult{}, fmt.Errorf("docket: schedule %s: %w", p.Name, err)
+			return transport.ScheduleFireResult{}, fmt.Errorf("docket: schedule %s: %w", p.Name, unrecorded(err))
 		}
 	}
 	return ss.ScheduleFire(ctx, p)

@@ -85,6 +85,13 @@ func (t *Transport) declareQueue(ctx context.Context, s *session, queue string) 
 	if _, ok := s.declared.Load(qn); ok {
 		return nil
 	}
+	if err := s.lockCtl(ctx); err != nil {
+		return t.wrap("declare queue "+qn, err)
+	}
+	defer s.unlockCtl()
+	if _, ok := s.declared.Load(qn); ok {
+		return nil // declared while this call waited
+	}
 	if err := t.declareBase(s); err != nil {
 		return err
 	}
@@ -99,7 +106,8 @@ func (t *Transport) declareQueue(ctx context.Context, s *session, queue string) 
 }
 
 // declareBase declares the dead-letter exchange and queue and the final
-// delivery exchange of the delay chain.
+// delivery exchange of the delay chain (once per session). The caller
+// holds ctl's right (lockCtl).
 func (t *Transport) declareBase(s *session) error {
 	if _, ok := s.declared.Load("base"); ok {
 		return nil
@@ -131,14 +139,16 @@ func (t *Transport) declareBase(s *session) error {
 // their key) to level L-1; keys with bit L clear pass straight to level
 // L-1. Quorum delay queues dead-letter at least once, so a message is never
 // dropped between levels.
-func (t *Transport) declareDelays(s *session) error {
+func (t *Transport) declareDelays(ctx context.Context, s *session) error {
 	if _, ok := s.declared.Load("delays"); ok {
 		return nil
 	}
-	s.delayMu.Lock()
-	defer s.delayMu.Unlock()
+	if err := s.lockCtl(ctx); err != nil {
+		return t.wrap("declare the delay levels", err)
+	}
+	defer s.unlockCtl()
 	if _, ok := s.declared.Load("delays"); ok {
-		return nil
+		return nil // declared while this call waited
 	}
 	if err := t.declareBase(s); err != nil {
 		return err
