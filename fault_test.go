@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,6 +23,7 @@ import (
 	"github.com/docketq/docket/dockettest"
 	"github.com/docketq/docket/internal/amqptest"
 	"github.com/docketq/docket/internal/history"
+	"github.com/docketq/docket/internal/longtest"
 )
 
 // The fault suite: processes killed at exact steps and at random, frozen,
@@ -138,12 +140,14 @@ func producerMain() int {
 }
 
 // startRole starts the test binary in a role; its stdout lines arrive on
-// the returned proc.
+// the returned proc. Its stderr (docket's log and errors) is kept and
+// shown only if the test fails.
 func startRole(t *testing.T, role, db string, env ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), append(env, "DOCKET_TEST_ROLE="+role, "DOCKET_TEST_DB="+db)...)
-	cmd.Stderr = os.Stderr
+	stderr := &tailBuffer{max: 64 << 10}
+	cmd.Stderr = stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -168,8 +172,41 @@ func startRole(t *testing.T, role, db string, env ...string) *proc {
 	t.Cleanup(func() {
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		cmd.Wait()
+		if t.Failed() {
+			if out := stderr.String(); out != "" {
+				t.Logf("stderr of %s process %d:\n%s", role, cmd.Process.Pid, out)
+			}
+		}
 	})
 	return p
+}
+
+// tailBuffer keeps the last max bytes written to it.
+type tailBuffer struct {
+	mu      sync.Mutex
+	max     int
+	buf     []byte
+	dropped bool
+}
+
+func (b *tailBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.buf = append(b.buf, p...)
+	if over := len(b.buf) - b.max; over > 0 {
+		b.buf = append(b.buf[:0], b.buf[over:]...)
+		b.dropped = true
+	}
+	return len(p), nil
+}
+
+func (b *tailBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.dropped {
+		return "[…]" + string(b.buf)
+	}
+	return string(b.buf)
 }
 
 // kill SIGKILLs p, waits for it, and records the fault in the history.
@@ -339,9 +376,9 @@ func TestFaultKillAtFailpoints(t *testing.T) {
 	}
 }
 
-// A3: a producer killed at random in a tight enqueue loop, 50 times: the
-// file stays intact, every acknowledged task is there, and every batch is
-// all or nothing.
+// A3: a producer killed at random in a tight enqueue loop, 10 times (50
+// with DOCKET_TEST_LONG=1): the file stays intact, every acknowledged task
+// is there, and every batch is all or nothing.
 func TestFaultKillDuringEnqueue(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -349,7 +386,7 @@ func TestFaultKillDuringEnqueue(t *testing.T) {
 	q := openFile(t, db)
 	rng := rand.New(rand.NewPCG(1, uint64(time.Now().UnixNano())))
 	var acked []string
-	runs := 50
+	runs := longtest.Pick(10, 50)
 	for range runs {
 		p := startRole(t, "producer", db)
 		p.expect(t, "ready")
@@ -393,7 +430,8 @@ func TestFaultKillDuringEnqueue(t *testing.T) {
 
 // A10: three workers and two producers on one file, killed and restarted
 // at random. Afterwards every acknowledged task ends once, and the history
-// holds. DOCKET_SOAK=1 runs it for five minutes instead of twenty seconds.
+// holds. It runs for five seconds, twenty with DOCKET_TEST_LONG=1, five
+// minutes with DOCKET_TEST_LONG=soak.
 func TestFaultRandomKills(t *testing.T) {
 	t.Parallel()
 	t.Run("sqlite", func(t *testing.T) {
@@ -441,12 +479,12 @@ func brokerURL(t *testing.T, env, broker, prefix string) string {
 // randomKills runs the scenario on url; result, when set, is the result
 // store of a broker URL.
 func randomKills(t *testing.T, url string, nWorkers, nProducers int, result ...string) {
-	length := 20 * time.Second
-	if os.Getenv("DOCKET_SOAK") != "" {
+	length := longtest.Pick(5*time.Second, 20*time.Second)
+	if longtest.Soak() {
 		length = 5 * time.Minute
 	}
 	if testing.Short() {
-		length = 5 * time.Second
+		length = 2 * time.Second
 	}
 	dir := t.TempDir()
 	hdir := filepath.Join(dir, "history")
@@ -629,22 +667,32 @@ func TestFaultBadPayloads(t *testing.T) {
 	echoBytes := docket.NewTask("echo.bytes", func(ctx context.Context, b []byte) ([]byte, error) { return b, nil })
 	q.Register(typed, echo, echoBytes)
 
-	bad, _ := q.EnqueueByName(bg, "typed.point", json.RawMessage(`{"X":"not a number"}`))
-	deep := strings.Repeat("[", 5000) + strings.Repeat("]", 5000)
-	deepR, err := q.EnqueueByName(bg, "typed.point", json.RawMessage(deep))
+	undecodable := json.RawMessage(`{"X":"not a number"}`)
+	deep := json.RawMessage(strings.Repeat("[", 5000) + strings.Repeat("]", 5000))
+	// EnqueueByName checks arguments against the registered type...
+	for _, args := range []json.RawMessage{undecodable, deep, json.RawMessage(strings.Repeat("[", 20000) + strings.Repeat("]", 20000))} {
+		if _, err := q.EnqueueByName(bg, "typed.point", args); !errors.Is(err, docket.ErrInvalid) {
+			t.Fatalf("EnqueueByName with arguments that do not decode: %v", err)
+		}
+	}
+	// ...but a producer that registered the name with another type (an
+	// older build, another language) stores them; the worker fails them.
+	raw := docket.NewTask("typed.point", func(ctx context.Context, m json.RawMessage) (point, error) { return point{}, nil })
+	bad, err := raw.Enqueue(bg, q, undecodable)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := q.EnqueueByName(bg, "typed.point", json.RawMessage(strings.Repeat("[", 20000)+strings.Repeat("]", 20000))); !errors.Is(err, docket.ErrInvalid) {
-		t.Fatalf("JSON nested deeper than the decoder allows: %v", err)
+	deepR, err := raw.Enqueue(bg, q, deep)
+	if err != nil {
+		t.Fatal(err)
 	}
 	nul, _ := echo.Enqueue(bg, q, "a\x00b\x00")
 	invalid, _ := echo.Enqueue(bg, q, "ok\xffend")
-	raw := []byte{0, 0xff, 0xfe, 'x', 0}
-	bytesR, _ := echoBytes.Enqueue(bg, q, raw)
+	rawBytes := []byte{0, 0xff, 0xfe, 'x', 0}
+	bytesR, _ := echoBytes.Enqueue(bg, q, rawBytes)
 	dockettest.Drain(t, q)
 
-	for name, r := range map[string]*docket.Result[json.RawMessage]{"undecodable": bad, "deep": deepR} {
+	for name, r := range map[string]*docket.Result[point]{"undecodable": bad, "deep": deepR} {
 		_, err := r.Wait(bg)
 		if !errors.Is(err, docket.ErrTaskFailed) || !strings.Contains(err.Error(), "decode arguments") {
 			t.Errorf("%s arguments: %v", name, err)
@@ -661,7 +709,7 @@ func TestFaultBadPayloads(t *testing.T) {
 	if v, err := invalid.Wait(bg); err != nil || v != "ok\uFFFDend" {
 		t.Errorf("invalid UTF-8 in a string: %q, %v", v, err)
 	}
-	if v, err := bytesR.Wait(bg); err != nil || string(v) != string(raw) {
+	if v, err := bytesR.Wait(bg); err != nil || string(v) != string(rawBytes) {
 		t.Errorf("raw bytes: %q, %v", v, err)
 	}
 }
@@ -813,16 +861,33 @@ func TestFaultTruncatedWAL(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "q.db")
 	q := openFile(t, path)
+	// A crash can only tear the part of the WAL no checkpoint has copied
+	// into the database yet (a checkpoint syncs the WAL first). A read
+	// transaction begun while the WAL is empty keeps the store's background
+	// checkpoints from copying any of the commits below, so that any cut of
+	// the copied WAL is one a crash could leave.
+	hold, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hold.Close()
+	reader, err := hold.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var before int
+	if err := reader.QueryRow("SELECT count(*) FROM docket_tasks").Scan(&before); err != nil {
+		t.Fatal(err)
+	}
 	const n = 300
 	for i := range n {
 		if _, err := echoTask.Enqueue(bg, q, fmt.Sprintf("%04d", i)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	// Copy while the writer is idle (no checkpoint in between: the WAL
-	// holds the recent commits).
 	main, _ := os.ReadFile(path)
 	wal, _ := os.ReadFile(path + "-wal")
+	reader.Rollback()
 	if len(wal) == 0 {
 		t.Skip("the WAL was checkpointed away; nothing to truncate")
 	}

@@ -15,12 +15,15 @@ import (
 	"time"
 
 	"github.com/docketq/docket"
+	"github.com/docketq/docket/internal/longtest"
 )
 
-// Load tests. CI runs short variants; DOCKET_SOAK=1 runs the long ones
-// (1,000,000 pending tasks; ten minutes at 500 tasks/s).
+// Load tests. By default they run short variants (10,000 pending tasks;
+// six seconds at 500 tasks/s); DOCKET_TEST_LONG=1 runs the long ones
+// (100,000; one minute), DOCKET_TEST_LONG=soak the soak lengths (1,000,000;
+// ten minutes). See internal/longtest.
 
-func soak() bool { return os.Getenv("DOCKET_SOAK") != "" }
+func soak() bool { return longtest.Soak() }
 
 func rssBytes() int64 {
 	f, err := os.Open("/proc/self/status")
@@ -59,7 +62,7 @@ func fileSize(paths ...string) int64 {
 // the backlog, and claiming from the head costs about the same as from a
 // short queue (the claim plan is an index search; TestQueryPlans checks it).
 func TestLoadDeepBacklog(t *testing.T) {
-	depth := 100_000
+	depth := longtest.Pick(10_000, 100_000)
 	if soak() {
 		depth = 1_000_000
 	}
@@ -127,15 +130,15 @@ func TestLoadDeepBacklog(t *testing.T) {
 	}
 }
 
-// Sustained load: 500 tasks/s with workers keeping up, for one minute (ten
-// with DOCKET_SOAK=1). Afterwards, goroutines, heap, RSS and the WAL are
+// Sustained load: 500 tasks/s with workers keeping up, for six seconds
+// (one minute with DOCKET_TEST_LONG=1, ten with DOCKET_TEST_LONG=soak). Afterwards, goroutines, heap, RSS and the WAL are
 // back to steady state, and the file shrinks back once retention has
 // pruned the finished tasks.
 func TestSoakSustainedLoad(t *testing.T) {
 	if testing.Short() {
-		t.Skip("a minute of load; skipped with -short")
+		t.Skip("seconds of sustained load; skipped with -short")
 	}
-	length := time.Minute
+	length := longtest.Pick(6*time.Second, time.Minute)
 	if soak() {
 		length = 10 * time.Minute
 	}

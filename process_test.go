@@ -20,6 +20,7 @@ import (
 
 	"github.com/docketq/docket"
 	"github.com/docketq/docket/internal/history"
+	"github.com/docketq/docket/internal/longtest"
 	_ "github.com/docketq/docket/transport/amqp"  // and on RabbitMQ
 	_ "github.com/docketq/docket/transport/redis" // fault tests also run on Redis
 )
@@ -271,6 +272,11 @@ func freezeOutsideWrite(t *testing.T, p *proc, db string) {
 	defer probe.Close()
 	for range 100 {
 		syscall.Kill(p.cmd.Process.Pid, syscall.SIGSTOP)
+		// kill returns before the process has stopped: until each of
+		// its threads has handled the signal (which, on a busy machine,
+		// can take a while), they run on, and may take the write lock
+		// after the probe below found it free.
+		waitStopped(t, p.cmd.Process.Pid)
 		tx, err := probe.Begin()
 		if err == nil {
 			tx.Rollback()
@@ -280,6 +286,41 @@ func freezeOutsideWrite(t *testing.T, p *proc, db string) {
 		time.Sleep(time.Millisecond)
 	}
 	t.Fatal("could not freeze the worker outside a write transaction")
+}
+
+// waitStopped waits until every thread of process pid is stopped (state T
+// in /proc/<pid>/task/<tid>/stat).
+func waitStopped(t *testing.T, pid int) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if allStopped(t, pid) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d did not stop within 30s of SIGSTOP", pid)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func allStopped(t *testing.T, pid int) bool {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatalf("threads of process %d: %v", pid, err)
+	}
+	for _, task := range tasks {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name()))
+		if err != nil {
+			return false // a thread that just exited; look again
+		}
+		// pid (comm) state ...: comm may hold spaces and parentheses.
+		s := string(stat)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 || i+2 >= len(s) || s[i+2] != 'T' {
+			return false
+		}
+	}
+	return true
 }
 
 func TestFrozenWorkerCannotOverwrite(t *testing.T) {
@@ -347,19 +388,21 @@ func testCrashingTask(t *testing.T, mode string) {
 }
 
 // Two processes run the same schedule on one file; one of them is killed
-// and restarted at random moments. Across 1,000 slots every slot fires
-// exactly once: none twice, none missing.
+// and restarted at random moments. Across 200 slots (1,000 with
+// DOCKET_TEST_LONG=1) every slot fires exactly once: none twice, none
+// missing.
 func TestBeatTwoProcessesWithKills(t *testing.T) {
 	t.Parallel()
 	if testing.Short() {
-		t.Skip("25 s of slots; skipped with -short")
+		t.Skip("seconds of slots; skipped with -short")
 	}
+	nSlots := longtest.Pick(200, 1000)
 	db := filepath.Join(t.TempDir(), "beat.db")
 	startWorker(t, db, "DOCKET_TEST_BEAT=1")
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
 	t0 := time.Now()
 	kills := 0
-	for time.Since(t0) < 1000*25*time.Millisecond {
+	for time.Since(t0) < time.Duration(nSlots)*25*time.Millisecond {
 		b := startWorker(t, db, "DOCKET_TEST_BEAT=1")
 		time.Sleep(time.Duration(100+rng.IntN(1400)) * time.Millisecond)
 		syscall.Kill(-b.cmd.Process.Pid, syscall.SIGKILL)
@@ -392,7 +435,7 @@ func TestBeatTwoProcessesWithKills(t *testing.T) {
 		perSlot[s]++
 	}
 	slices.SortFunc(slots, time.Time.Compare)
-	if len(slots) < 1000 {
+	if len(slots) < nSlots {
 		t.Fatalf("only %d slots fired in %v", len(slots), time.Since(t0))
 	}
 	for i, s := range slots {

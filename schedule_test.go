@@ -13,6 +13,7 @@ import (
 
 	"github.com/docketq/docket"
 	"github.com/docketq/docket/dockettest"
+	"github.com/docketq/docket/internal/longtest"
 )
 
 var dstZones = []string{"America/New_York", "Europe/London", "Australia/Lord_Howe", "UTC"}
@@ -85,23 +86,40 @@ func perLocalDay(loc *time.Location, runs []time.Time) map[string]int {
 	return out
 }
 
-// A full year of slots in four zones, for specs that hit the DST gaps and
-// repeats, matches the minute-by-minute oracle exactly.
+// dstWindows returns the spans of 2027 the DST tests cover in loc: the
+// first week and three days either side of each transition, or the whole
+// year with DOCKET_TEST_LONG=1.
+func dstWindows(loc *time.Location) [][2]time.Time {
+	from := time.Date(2027, 1, 1, 0, 0, 0, 0, loc)
+	if longtest.Enabled() {
+		return [][2]time.Time{{from, time.Date(2028, 1, 1, 0, 0, 0, 0, loc)}}
+	}
+	windows := [][2]time.Time{{from, from.AddDate(0, 0, 7)}}
+	for _, tr := range transitions(loc, 2027) {
+		windows = append(windows, [2]time.Time{tr.Add(-72 * time.Hour), tr.Add(72 * time.Hour)})
+	}
+	return windows
+}
+
+// Slots in four zones, for specs that hit the DST gaps and repeats, match
+// the minute-by-minute oracle exactly: around every transition of 2027 (a
+// full year with DOCKET_TEST_LONG=1).
 func TestCronDSTFullYear(t *testing.T) {
 	t.Parallel()
 	for _, zone := range dstZones {
 		loc, _ := time.LoadLocation(zone)
-		from := time.Date(2027, 1, 1, 0, 0, 0, 0, loc)
-		to := time.Date(2028, 1, 1, 0, 0, 0, 0, loc)
-		for _, s := range dstSpecs {
-			got := scheduleRuns(docket.Cron("CRON_TZ="+zone+" "+s.spec), from, to)
-			want := oracleRuns(loc, s, from, to)
-			if !slices.EqualFunc(got, want, time.Time.Equal) {
-				i := 0
-				for i < len(got) && i < len(want) && got[i].Equal(want[i]) {
-					i++
+		for _, w := range dstWindows(loc) {
+			from, to := w[0], w[1]
+			for _, s := range dstSpecs {
+				got := scheduleRuns(docket.Cron("CRON_TZ="+zone+" "+s.spec), from, to)
+				want := oracleRuns(loc, s, from, to)
+				if !slices.EqualFunc(got, want, time.Time.Equal) {
+					i := 0
+					for i < len(got) && i < len(want) && got[i].Equal(want[i]) {
+						i++
+					}
+					t.Errorf("%s %q from %v: %d runs, oracle %d; first difference at #%d: got %v want %v", zone, s.spec, at([]time.Time{from}, 0, loc), len(got), len(want), i, at(got, i, loc), at(want, i, loc))
 				}
-				t.Errorf("%s %q: %d runs, oracle %d; first difference at #%d: got %v want %v", zone, s.spec, len(got), len(want), i, at(got, i, loc), at(want, i, loc))
 			}
 		}
 	}
@@ -148,23 +166,27 @@ func TestCronDSTTransitionDays(t *testing.T) {
 	}
 }
 
-// The durable path, end to end: a year of "30 2 * * *" in each zone and
-// the transition weeks of the hourly and quarter-hourly specs, fired by the
-// scheduler into the store and run by Drain, give the oracle's slots.
+// The durable path, end to end: "30 2 * * *" in each zone around every
+// transition (a whole year with DOCKET_TEST_LONG=1) and the hourly and
+// quarter-hourly specs across each transition (±6 hours; ±36 with
+// DOCKET_TEST_LONG=1), fired by the scheduler into the store and run by
+// Drain, give the oracle's slots.
 func TestBeatThroughStoreMatchesOracle(t *testing.T) {
 	t.Parallel()
+	around := longtest.Pick(6*time.Hour, 36*time.Hour)
 	for _, zone := range dstZones {
 		loc, _ := time.LoadLocation(zone)
-		windows := []struct {
+		type window struct {
 			spec     minuteSpec
 			from, to time.Time
-		}{{dstSpecs[0], time.Date(2027, 1, 1, 0, 0, 0, 0, loc), time.Date(2028, 1, 1, 0, 0, 0, 0, loc)}}
+		}
+		var windows []window
+		for _, w := range dstWindows(loc) {
+			windows = append(windows, window{dstSpecs[0], w[0], w[1]})
+		}
 		for _, tr := range transitions(loc, 2027) {
 			for _, s := range dstSpecs[1:] {
-				windows = append(windows, struct {
-					spec     minuteSpec
-					from, to time.Time
-				}{s, tr.Add(-36 * time.Hour), tr.Add(36 * time.Hour)})
+				windows = append(windows, window{s, tr.Add(-around), tr.Add(around)})
 			}
 		}
 		for _, w := range windows {

@@ -21,6 +21,7 @@ import (
 	"github.com/docketq/docket"
 	"github.com/docketq/docket/internal/amqptest"
 	"github.com/docketq/docket/internal/chaos"
+	"github.com/docketq/docket/internal/longtest"
 )
 
 // node is a private RabbitMQ node started by a test, on its own ports and
@@ -254,13 +255,17 @@ func traffic(t *testing.T, url string, opts []docket.Option, strict bool, fault 
 }
 
 // modes runs f with RabbitMQ alone and with a SQLite result store, each
-// under its own prefix of url.
+// under its own prefix of url. By default only the second runs; both with
+// DOCKET_TEST_LONG=1.
 func modes(t *testing.T, url string, f func(t *testing.T, url string, opts []docket.Option, strict bool)) {
 	sep := "?"
 	if strings.Contains(url, "?") {
 		sep = "&"
 	}
-	t.Run("alone", func(t *testing.T) { f(t, fmt.Sprintf("%s%sprefix=alone%d", url, sep, seq.Add(1)), nil, false) })
+	t.Run("alone", func(t *testing.T) {
+		longtest.Require(t, "the second mode (sqlite-store runs by default)")
+		f(t, fmt.Sprintf("%s%sprefix=alone%d", url, sep, seq.Add(1)), nil, false)
+	})
 	t.Run("sqlite-store", func(t *testing.T) {
 		f(t, fmt.Sprintf("%s%sprefix=stored%d", url, sep, seq.Add(1)), []docket.Option{docket.ResultStore("sqlite:" + filepath.Join(t.TempDir(), "state.db"))}, true)
 	})
@@ -270,6 +275,7 @@ func modes(t *testing.T, url string, f func(t *testing.T, url string, opts []doc
 // definite errors or success, the worker resumes without a restart, and
 // every confirmed task completes.
 func TestFaultBrokerRestart(t *testing.T) {
+	longtest.Require(t, "boots a private RabbitMQ node twice")
 	n := startNode(t, 30*time.Minute)
 	modes(t, n.url(), func(t *testing.T, url string, opts []docket.Option, strict bool) {
 		traffic(t, url, opts, strict, func() {
@@ -282,6 +288,7 @@ func TestFaultBrokerRestart(t *testing.T) {
 
 // Every connection closed by the broker, five times in a row.
 func TestFaultConnectionsClosed(t *testing.T) {
+	longtest.Require(t, "boots a private RabbitMQ node")
 	n := startNode(t, 30*time.Minute)
 	modes(t, n.url(), func(t *testing.T, url string, opts []docket.Option, strict bool) {
 		traffic(t, url, opts, strict, func() {
@@ -325,6 +332,7 @@ func TestFaultConnectionCutAndBlackholed(t *testing.T) {
 // hanging, workers keep acknowledging, and everything resumes when the
 // alarm clears.
 func TestFaultMemoryAlarm(t *testing.T) {
+	longtest.Require(t, "boots a private RabbitMQ node")
 	n := startNode(t, 30*time.Minute)
 	q, err := docket.Open(bg, n.url())
 	if err != nil {
