@@ -161,23 +161,25 @@ func inspect(ctx context.Context, o Options) error {
 
 // migrate brings the schema to schemaVersion on the writer connection.
 func migrate(ctx context.Context, conn *sql.Conn, shared bool) error {
-	version, tables, err := readSchema(ctx, conn)
-	if err != nil {
-		return err
-	}
-	if err := checkSchema(version, tables, shared); err != nil {
-		return err
+	var version int
+	if err := conn.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
+		return fmt.Errorf("docket: read schema version: %w", classify(err))
 	}
 	if version == schemaVersion {
-		return nil
+		return nil // inspect checked the file before it was opened
 	}
 	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
 		return fmt.Errorf("docket: migrate: %w", err)
 	}
-	// Re-read inside the write lock: another process may have migrated.
-	if err := conn.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
+	// Read and check again inside the write lock: another process may
+	// have migrated (or written a newer schema) since.
+	version, tables, err := readSchema(ctx, conn)
+	if err == nil {
+		err = checkSchema(version, tables, shared)
+	}
+	if err != nil {
 		conn.ExecContext(ctx, "ROLLBACK")
-		return fmt.Errorf("docket: read schema version: %w", err)
+		return err
 	}
 	for v := version; v < schemaVersion; v++ {
 		if _, err := conn.ExecContext(ctx, migrations[v]); err != nil {
