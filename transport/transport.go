@@ -312,6 +312,16 @@ type Subscriber interface {
 	Subscribe(fn func(Event)) (unsubscribe func())
 }
 
+// ChangeCounter is implemented by backends that other processes write to
+// directly (a database file): Changes returns a number that differs from
+// its previous value whenever another connection or process committed a
+// change since the last call (for SQLite, PRAGMA data_version). It must be
+// cheap: docket polls it every few milliseconds while anyone waits, to wake
+// workers and waiters on writes it did not make itself.
+type ChangeCounter interface {
+	Changes(ctx context.Context) (uint64, error)
+}
+
 // IDClaimer is implemented by transports that can lease given tasks by id.
 // A broker transport that keeps task state in another transport (its
 // result store) uses it: the broker decides which task runs when, the
