@@ -83,7 +83,7 @@ var faultTask = docket.NewTask("fault.work", func(ctx context.Context, a FaultAr
 // ten, each acknowledgement printed and recorded after Enqueue returns.
 func producerMain() int {
 	ctx := context.Background()
-	q, err := docket.Open(ctx, os.Getenv("DOCKET_TEST_DB"))
+	q, err := docket.Open(ctx, os.Getenv("DOCKET_TEST_DB"), docket.ResultStore(os.Getenv("DOCKET_RESULT_URL")))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1

@@ -439,15 +439,12 @@ func PollInterval(d time.Duration) Option {
 // transport (RabbitMQ): a Redis URL for several hosts, or a SQLite file on
 // one. With it, results outlive their producer, any process can look a task
 // up, unique keys and cancellation are enforced durably, and schedules fire
-// each slot once; the broker still carries every task. The default is
-// $DOCKET_RESULT_URL. Transports that keep their own state (SQLite,
+// each slot once; the broker still carries every task. An empty url means
+// none, so that ResultStore(os.Getenv("DOCKET_RESULT_URL")) reads it from
+// the environment when set. Transports that keep their own state (SQLite,
 // Redis) refuse it.
 func ResultStore(url string) Option {
-	return func(c *config) {
-		if c.check(url != "", invalid("ResultStore", url, "must not be empty")) {
-			c.resultURL = url
-		}
-	}
+	return func(c *config) { c.resultURL = url }
 }
 
 // PruneInterval is how often a running worker deletes finished tasks whose

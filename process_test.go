@@ -97,6 +97,7 @@ func workerMain() int {
 	}
 	openHistory()
 	q, err := docket.Open(ctx, os.Getenv("DOCKET_TEST_DB"), docket.LeaseDuration(lease), docket.ShutdownGrace(time.Second), docket.Concurrency(conc),
+		docket.ResultStore(os.Getenv("DOCKET_RESULT_URL")),
 		docket.Logger(slog.New(leaseLog{slog.NewTextHandler(os.Stderr, nil)})))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"maps"
 	"net/url"
-	"os"
 	"regexp"
 	"slices"
 	"sort"
@@ -43,35 +42,36 @@ type Queue struct {
 	recheck  chan struct{} // another process wrote: re-check waiters and running tasks
 	beatWake chan struct{} // schedules changed
 	closing  chan struct{}
+	// life is the Queue's lifetime: background loops run under it, and
+	// Close ends it.
+	life    context.Context
+	endLife context.CancelFunc
+	// pushed: the Queue hears of other processes' writes (a Subscriber or
+	// a ChangeCounter), so Wait polls only as a safety net.
+	pushed   bool
 	bg       sync.WaitGroup
 	closeMu  sync.Once
 }
 
 // Open connects to the backend named by rawURL and returns a Queue.
 //
-//	""                       $DOCKET_URL, or else ./docket.db
+//	""                       ./docket.db (the same as "sqlite:docket.db")
 //	"sqlite:app.db"          a SQLite file (a bare path works too)
 //	"sqlite::memory:"        a private in-memory database (also "memory:")
 //	"memory:NAME"            an in-memory database shared by this process's
 //	                         Queues opened with the same NAME
 //	"redis://host:6379/0"    needs import _ ".../transport/redis"
-//	"amqp://host:5672/vhost" needs import _ ".../transport/amqp"; task state in
-//	                         the ResultStore option or $DOCKET_RESULT_URL
+//	"amqp://host:5672/vhost" needs import _ ".../transport/amqp"; task state
+//	                         in the store named by the ResultStore option
 //
-// An unknown scheme fails with an error naming the import that registers it.
+// Open reads no environment variable: a program that takes its backend from
+// the environment says so, as the examples do with
+// docket.Open(ctx, os.Getenv("DOCKET_URL")). An unknown scheme fails with an
+// error naming the import that registers it.
 func Open(ctx context.Context, rawURL string, opts ...Option) (*Queue, error) {
-	cfg := defaultConfig()
-	for _, o := range opts {
-		o(&cfg)
-	}
-	if err := errors.Join(cfg.errs...); err != nil {
+	cfg, err := newConfig(opts)
+	if err != nil {
 		return nil, err
-	}
-	if cfg.prefetch < 0 {
-		cfg.prefetch = 4 * cfg.concurrency
-	}
-	if rawURL == "" {
-		rawURL = os.Getenv("DOCKET_URL")
 	}
 	if rawURL == "" {
 		rawURL = "sqlite:docket.db"
@@ -85,12 +85,8 @@ func Open(ctx context.Context, rawURL string, opts ...Option) (*Queue, error) {
 		Now:          cfg.clock.Now,
 		PollInterval: cfg.pollInterval,
 	}
-	resultURL := cfg.resultURL
-	if resultURL == "" {
-		resultURL = os.Getenv("DOCKET_RESULT_URL")
-	}
-	if resultURL != "" {
-		if tcfg.ResultURL, err = parseURL(resultURL); err != nil {
+	if cfg.resultURL != "" {
+		if tcfg.ResultURL, err = parseURL(cfg.resultURL); err != nil {
 			return nil, fmt.Errorf("docket: result store: %w", err)
 		}
 	}
@@ -101,12 +97,50 @@ func Open(ctx context.Context, rawURL string, opts ...Option) (*Queue, error) {
 	if tcfg.ResultURL != nil {
 		if rs, ok := t.(transport.ResultStorer); !ok || rs.ResultStore() == nil {
 			t.Close()
-			return nil, fmt.Errorf("docket: a result store (%s) is for broker transports; %s keeps its own state", transport.Redact(tcfg.ResultURL), u.Scheme)
+			return nil, fmt.Errorf("docket: a result store (%s) is for broker transports; %s keeps its own state: %w", transport.Redact(tcfg.ResultURL), u.Scheme, ErrInvalid)
 		}
 	}
+	return newQueue(t, transport.Redact(u), cfg), nil
+}
+
+// New returns a Queue on a backend the caller built, as sql.OpenDB does for
+// a driver.Connector: for example redis.New with the application's own
+// *redis.Client, amqp.New with its connection settings, or sqlite.Open with
+// options a URL cannot carry. The Queue owns backend from then on: Close
+// closes it. Options that name a backend (ResultStore) are refused; give
+// the result store to the broker's constructor instead.
+func New(backend transport.Transport, opts ...Option) (*Queue, error) {
+	if backend == nil {
+		return nil, invalid("backend", nil, "is nil")
+	}
+	cfg, err := newConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.resultURL != "" {
+		return nil, invalid("ResultStore", cfg.resultURL, "applies to Open; pass the result store to the broker's constructor")
+	}
+	return newQueue(backend, fmt.Sprintf("%T", backend), cfg), nil
+}
+
+func newConfig(opts []Option) (config, error) {
+	cfg := defaultConfig()
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if err := errors.Join(cfg.errs...); err != nil {
+		return cfg, err
+	}
+	if cfg.prefetch < 0 {
+		cfg.prefetch = 4 * cfg.concurrency
+	}
+	return cfg, nil
+}
+
+func newQueue(t transport.Transport, name string, cfg config) *Queue {
 	q := &Queue{
 		t:        t,
-		url:      transport.Redact(u),
+		url:      name,
 		cfg:      cfg,
 		tasks:    map[string]Registrable{},
 		queues:   map[string]bool{},
@@ -115,13 +149,20 @@ func Open(ctx context.Context, rawURL string, opts ...Option) (*Queue, error) {
 		beatWake: make(chan struct{}, 1),
 		closing:  make(chan struct{}),
 	}
+	q.life, q.endLife = context.WithCancel(context.Background())
 	q.waiters.m = map[string][]chan struct{}{}
 	if s, ok := t.(transport.Subscriber); ok {
 		q.unsub = s.Subscribe(q.onEvent)
+		q.pushed = true
+	}
+	if cc, ok := t.(transport.ChangeCounter); ok {
+		q.pushed = true
+		q.bg.Add(1)
+		go q.watchChanges(q.life, cc)
 	}
 	q.bg.Add(1)
 	go q.rechecker()
-	return q, nil
+	return q
 }
 
 var schemeRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9+.-]*:`)
@@ -172,6 +213,7 @@ func (q *Queue) Close() error {
 			w.shutdown(ctx)
 		}
 		close(q.closing)
+		q.endLife()
 		if q.unsub != nil {
 			q.unsub()
 		}
@@ -302,6 +344,9 @@ func (q *Queue) enqueue(ctx context.Context, tx *sql.Tx, name string, defaults *
 		res, err = te.EnqueueTx(ctx, tx, params)
 	} else {
 		res, err = q.t.Enqueue(ctx, params)
+		if err == nil {
+			q.enqueued(msgs)
+		}
 	}
 	if err != nil {
 		if errors.Is(err, ErrOutcomeUnknown) {
@@ -442,7 +487,7 @@ func (q *Queue) Info(ctx context.Context, id string) (*TaskInfo, error) {
 // whichever process runs it, and ends cancelled unless the handler still
 // returns success. Cancelling a finished task does nothing.
 func (q *Queue) Cancel(ctx context.Context, id string) error {
-	_, err := q.t.Cancel(ctx, transport.CancelParams{Now: q.now(), ID: id})
+	_, err := q.cancel(ctx, id)
 	return err
 }
 
@@ -512,8 +557,7 @@ func signal(ch chan struct{}) {
 // seen within the poll interval.
 func (q *Queue) rechecker() {
 	defer q.bg.Done()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	ctx := q.life
 	for {
 		select {
 		case <-q.closing:

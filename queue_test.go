@@ -585,14 +585,20 @@ func TestOpenURLs(t *testing.T) {
 		}
 		q.Close()
 	}
+	// "" is ./docket.db; the environment is read only when the program
+	// passes it.
 	t.Setenv("DOCKET_URL", "sqlite:"+filepath.Join(dir, "env.db"))
+	t.Chdir(dir)
 	q, err := docket.Open(bg, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	q.Close()
-	if _, err := os.Stat(filepath.Join(dir, "env.db")); err != nil {
-		t.Fatalf(`Open("") did not use $DOCKET_URL: %v`, err)
+	if _, err := os.Stat(filepath.Join(dir, "docket.db")); err != nil {
+		t.Fatalf(`Open("") did not open ./docket.db: %v`, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "env.db")); err == nil {
+		t.Fatal(`Open("") read $DOCKET_URL`)
 	}
 	q.Close() // twice is fine
 	if _, err := docket.NewTask("x", func(context.Context, int) (int, error) { return 0, nil }).Enqueue(bg, q, 1); !errors.Is(err, docket.ErrClosed) {

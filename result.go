@@ -34,7 +34,7 @@ func (r *Result[R]) Cancel(ctx context.Context) error { return r.q.Cancel(ctx, r
 // process is noticed within the queue's PollInterval.
 func (r *Result[R]) Wait(ctx context.Context) (R, error) {
 	var zero R
-	_, push := r.q.t.(transport.Subscriber)
+	push := r.q.pushed
 	poll := 10 * time.Millisecond
 	for {
 		ch, remove := r.q.waiters.add(r.id)

@@ -645,7 +645,7 @@ func (q *Queue) fireOne(ctx context.Context, ss transport.ScheduleStore, e *sche
 			}
 			p.Slot, p.Message = plan.slot, &msgs[0]
 		}
-		res, err := ss.ScheduleFire(ctx, p)
+		res, err := q.fire(ctx, ss, p)
 		if err != nil {
 			return time.Time{}, err
 		}

@@ -331,7 +331,7 @@ func (w *worker) fetchLoop() {
 			now := q.now()
 			exclude, refill := w.limits.excluded(time.Now())
 			limit := min(free, 256)
-			res, err := q.t.Claim(ctx, transport.ClaimParams{
+			res, err := q.claim(ctx, transport.ClaimParams{
 				Now: now, Owner: w.owner, Queues: w.queueOrder(), Limit: limit,
 				LeaseUntil: now.Add(q.cfg.lease), Exclude: exclude, Capacity: w.conc + w.prefetch,
 			})
@@ -547,7 +547,7 @@ func (w *worker) completer() {
 		var err error
 		giveUp := time.Now().Add(q.cfg.lease)
 		for attempt := 0; ; attempt++ {
-			res, err = q.t.Finish(ctx, transport.FinishParams{Now: q.now(), Items: items})
+			res, err = q.finish(ctx, transport.FinishParams{Now: q.now(), Items: items})
 			if err == nil || time.Now().After(giveUp) {
 				break
 			}
@@ -800,7 +800,7 @@ func (q *Queue) Drain(ctx context.Context) (int, error) {
 			return n, err
 		}
 		now := q.now()
-		res, err := q.t.Claim(ctx, transport.ClaimParams{
+		res, err := q.claim(ctx, transport.ClaimParams{
 			Now: now, Owner: owner, Queues: q.allQueues(), Limit: 1, LeaseUntil: now.Add(q.cfg.lease),
 		})
 		if err != nil {
@@ -821,7 +821,7 @@ func (q *Queue) Drain(ctx context.Context) (int, error) {
 			if skip {
 				continue
 			}
-			if _, err := q.t.Finish(context.WithoutCancel(ctx), transport.FinishParams{Now: q.now(), Items: []transport.Outcome{out}}); err != nil {
+			if _, err := q.finish(context.WithoutCancel(ctx), transport.FinishParams{Now: q.now(), Items: []transport.Outcome{out}}); err != nil {
 				return n, err
 			}
 		}

@@ -48,9 +48,7 @@ import (
 
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
 
-	"github.com/docketq/docket/store"
 	"github.com/docketq/docket/transport"
-	"github.com/docketq/docket/transport/storetransport"
 )
 
 func init() {
@@ -83,7 +81,10 @@ type Options struct {
 	Shared bool
 }
 
-// Store is the SQLite implementation of store.Store.
+// Store is docket's SQLite backend: a transport.Transport that keeps every
+// task in one database file. It implements every optional capability:
+// schedules, listing, retention, leasing by id (as a RabbitMQ result
+// store), transactional enqueue, DB and ChangeCounter.
 type Store struct {
 	w       *writer
 	wdb     *sql.DB // holds the single writer connection
@@ -101,8 +102,10 @@ type Store struct {
 }
 
 var (
-	_ store.Store                = (*Store)(nil)
-	_ store.ChangeCounter        = (*Store)(nil)
+	_ transport.Transport        = (*Store)(nil)
+	_ transport.ChangeCounter    = (*Store)(nil)
+	_ transport.ScheduleStore    = (*Store)(nil)
+	_ transport.IDClaimer        = (*Store)(nil)
 	_ transport.Pruner           = (*Store)(nil)
 	_ transport.TxEnqueuer       = (*Store)(nil)
 	_ transport.DBProvider       = (*Store)(nil)
@@ -340,16 +343,12 @@ func fileURI(path string, q url.Values) string {
 }
 
 // openURL is the transport.OpenFunc for the sqlite and memory schemes.
-func openURL(ctx context.Context, u *url.URL, cfg transport.Config) (transport.Transport, error) {
+func openURL(ctx context.Context, u *url.URL, _ transport.Config) (transport.Transport, error) {
 	opts, err := ParseURL(u)
 	if err != nil {
 		return nil, err
 	}
-	s, err := Open(ctx, opts)
-	if err != nil {
-		return nil, err
-	}
-	return storetransport.New(s, cfg), nil
+	return Open(ctx, opts)
 }
 
 // ParseURL turns a sqlite: or memory: URL into Options.
@@ -427,7 +426,7 @@ func (s *Store) Path() string { return s.path }
 // close it; Close does.
 func (s *Store) DB() *sql.DB { return s.rdb }
 
-// Changes implements store.ChangeCounter with PRAGMA data_version on the
+// Changes implements transport.ChangeCounter with PRAGMA data_version on the
 // writer connection, which changes only when another connection commits.
 func (s *Store) Changes(ctx context.Context) (uint64, error) {
 	var v uint64

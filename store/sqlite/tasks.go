@@ -35,7 +35,7 @@ const insertSQL = `INSERT INTO docket_tasks
 	VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
 	ON CONFLICT DO NOTHING`
 
-// Enqueue implements store.Store: one group-commit op for the whole batch.
+// Enqueue implements transport.Transport: one group-commit op for the whole batch.
 func (s *Store) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]transport.EnqueueResult, error) {
 	var out []transport.EnqueueResult
 	err := s.w.do(ctx, "enqueue", func(r runner) error {
@@ -245,7 +245,7 @@ const maxClaim = 256
 // keyed by it); the texts are the same for every store.
 var claimQueries [2][maxClaim + 1]atomic.Pointer[string]
 
-// Claim implements store.Store.
+// Claim implements transport.Transport.
 func (s *Store) Claim(ctx context.Context, p transport.ClaimParams) (transport.ClaimResult, error) {
 	var res transport.ClaimResult
 	if p.Limit <= 0 || len(p.Queues) == 0 {
@@ -367,7 +367,7 @@ func scanDelivery(rows *sql.Rows) (transport.Delivery, transport.State, error) {
 
 const extendSQL = `UPDATE docket_tasks SET run_at = ? WHERE id = ? AND attempt = ? AND owner = ? AND state = 3 RETURNING cancel`
 
-// Extend implements store.Store.
+// Extend implements transport.Transport.
 func (s *Store) Extend(ctx context.Context, p transport.ExtendParams) ([]transport.ExtendResult, error) {
 	out := make([]transport.ExtendResult, len(p.Leases))
 	if len(p.Leases) == 0 {
@@ -419,7 +419,7 @@ const finishSQL = `UPDATE docket_tasks SET
 // back (at shutdown) while a cancel was pending.
 const cancelledAtRelease = "cancelled; its worker released it before it finished"
 
-// Finish implements store.Store.
+// Finish implements transport.Transport.
 func (s *Store) Finish(ctx context.Context, p transport.FinishParams) ([]transport.FinishResult, error) {
 	out := make([]transport.FinishResult, len(p.Items))
 	for _, o := range p.Items {
@@ -463,7 +463,7 @@ const cancelSQL = `UPDATE docket_tasks SET
 	error = CASE WHEN state IN (1, 2) THEN 'cancelled before start' ELSE error END
 	WHERE id = ?2 RETURNING state`
 
-// Cancel implements store.Store.
+// Cancel implements transport.Transport.
 func (s *Store) Cancel(ctx context.Context, p transport.CancelParams) (transport.CancelResult, error) {
 	var res transport.CancelResult
 	err := s.w.do(ctx, "cancel", func(r runner) error {
@@ -499,7 +499,7 @@ func scanInfo(sc interface{ Scan(...any) error }) (transport.Info, error) {
 	return in, decodeMeta(mt, &in.Message)
 }
 
-// Get implements store.Store. It reads from the pool, not the writer.
+// Get implements transport.Transport. It reads from the pool, not the writer.
 func (s *Store) Get(ctx context.Context, p transport.GetParams) (transport.Info, error) {
 	row := s.rdb.QueryRowContext(ctx, "SELECT "+infoCols+" FROM docket_tasks WHERE id = ?", p.ID)
 	in, err := scanInfo(row)
@@ -512,7 +512,7 @@ func (s *Store) Get(ctx context.Context, p transport.GetParams) (transport.Info,
 	return in, nil
 }
 
-// Lookup implements store.Store.
+// Lookup implements transport.Transport.
 func (s *Store) Lookup(ctx context.Context, p transport.LookupParams) ([]transport.Status, error) {
 	if len(p.IDs) == 0 {
 		return nil, nil

@@ -1,0 +1,140 @@
+package docket
+
+import (
+	"context"
+	"time"
+
+	"github.com/docketq/docket/transport"
+)
+
+// A Queue learns that something changed in three ways:
+//
+//   - its own writes: after each successful write the Queue wakes its own
+//     workers and waiters at once (the methods below), whatever the backend;
+//   - a backend that pushes (transport.Subscriber): Redis's pub/sub,
+//     RabbitMQ's replies and cancel broadcast, which carry other processes'
+//     writes;
+//   - a backend that other processes write to directly
+//     (transport.ChangeCounter, such as a SQLite file): watchChanges polls
+//     its counter and re-checks what this process waits for.
+//
+// All three end in onEvent.
+
+// enqueued announces new work in this process.
+func (q *Queue) enqueued(msgs []transport.Message) {
+	var last string
+	for i := range msgs {
+		if qn := msgs[i].Queue; qn != last {
+			q.onEvent(transport.Event{Kind: transport.EventReady, Queue: qn})
+			last = qn
+		}
+	}
+}
+
+// claim leases tasks and announces those the claim ended instead.
+func (q *Queue) claim(ctx context.Context, p transport.ClaimParams) (transport.ClaimResult, error) {
+	res, err := q.t.Claim(ctx, p)
+	if err == nil && len(res.Ended) > 0 {
+		ids := make([]string, len(res.Ended))
+		for i, st := range res.Ended {
+			ids[i] = st.ID
+		}
+		q.onEvent(transport.Event{Kind: transport.EventFinished, IDs: ids})
+	}
+	return res, err
+}
+
+// finish records outcomes and announces the tasks that ended, and new work
+// for retries and releases.
+func (q *Queue) finish(ctx context.Context, p transport.FinishParams) ([]transport.FinishResult, error) {
+	res, err := q.t.Finish(ctx, p)
+	if err != nil {
+		return res, err
+	}
+	var ended []string
+	requeued := false
+	for i, o := range p.Items {
+		switch {
+		case res[i].Lost:
+		case o.State.Terminal() || res[i].Cancelled:
+			ended = append(ended, o.ID)
+		default:
+			requeued = true
+		}
+	}
+	if len(ended) > 0 {
+		q.onEvent(transport.Event{Kind: transport.EventFinished, IDs: ended})
+	}
+	if requeued {
+		q.onEvent(transport.Event{Kind: transport.EventReady})
+	}
+	return res, nil
+}
+
+// cancel cancels a task and announces the outcome: the end of a waiting
+// task, or the cancel of a running one (which may run here).
+func (q *Queue) cancel(ctx context.Context, id string) (transport.CancelResult, error) {
+	res, err := q.t.Cancel(ctx, transport.CancelParams{Now: q.now(), ID: id})
+	if err != nil {
+		return res, err
+	}
+	switch res.State {
+	case transport.StateRunning:
+		q.onEvent(transport.Event{Kind: transport.EventCancel, IDs: []string{id}})
+	case transport.StateCancelled:
+		q.onEvent(transport.Event{Kind: transport.EventFinished, IDs: []string{id}})
+	}
+	return res, nil
+}
+
+// fire fires a schedule's slot and announces the task it enqueued.
+func (q *Queue) fire(ctx context.Context, ss transport.ScheduleStore, p transport.ScheduleFireParams) (transport.ScheduleFireResult, error) {
+	res, err := ss.ScheduleFire(ctx, p)
+	if err == nil && res.Fired && p.Message != nil {
+		q.onEvent(transport.Event{Kind: transport.EventReady, Queue: p.Message.Queue})
+	}
+	return res, err
+}
+
+// watchChanges publishes EventChanged when another process committed to
+// the backend. It checks every PollInterval while changes come, and slows
+// to 20 times that after a second without any, so an idle process costs
+// almost nothing; the first change after a quiet spell is noticed within
+// the slower interval, and the fast pace resumes.
+func (q *Queue) watchChanges(ctx context.Context, cc transport.ChangeCounter) {
+	defer q.bg.Done()
+	fast, slow := q.cfg.pollInterval, 20*q.cfg.pollInterval
+	last, err := cc.Changes(ctx)
+	timer := time.NewTimer(fast)
+	defer timer.Stop()
+	failures := 0
+	quietSince := time.Now()
+	for {
+		select {
+		case <-q.closing:
+			return
+		case <-timer.C:
+		}
+		v, err2 := cc.Changes(ctx)
+		switch {
+		case err2 != nil:
+			if ctx.Err() != nil {
+				return
+			}
+			failures++
+			if failures == 1 || failures%1000 == 0 {
+				q.cfg.logger.Warn("docket: change check failed", "err", err2)
+			}
+		case err != nil || v != last:
+			failures = 0
+			last, err = v, nil
+			quietSince = time.Now()
+			q.onEvent(transport.Event{Kind: transport.EventChanged})
+		}
+		next := fast
+		if time.Since(quietSince) > time.Second {
+			next = slow
+		}
+		timer.Reset(next)
+	}
+}
