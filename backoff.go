@@ -2,8 +2,9 @@ package docket
 
 import (
 	"math"
-	"math/rand/v2"
 	"time"
+
+	"github.com/docketq/docket/internal/backoff"
 )
 
 // Backoff decides how long to wait before retrying. attempt is the number of
@@ -32,23 +33,7 @@ func defaultBackoff() Exponential {
 
 // Delay implements Backoff.
 func (e Exponential) Delay(attempt int, _ error) time.Duration {
-	if attempt < 1 {
-		attempt = 1
-	}
-	d := float64(e.Base) * math.Pow(2, float64(attempt-1))
-	if e.Max > 0 && d > float64(e.Max) {
-		d = float64(e.Max)
-	}
-	if e.Jitter > 0 {
-		d *= 1 + e.Jitter*(2*rand.Float64()-1)
-	}
-	if d > float64(math.MaxInt64/2) {
-		d = float64(math.MaxInt64 / 2)
-	}
-	if d < 0 {
-		d = 0
-	}
-	return time.Duration(d)
+	return backoff.Spread(backoff.Exp(e.Base, e.Max, attempt-1), e.Jitter)
 }
 
 func (e Exponential) validate() error {

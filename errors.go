@@ -48,8 +48,8 @@ var (
 	// ErrOtherDatabase: Tx was given a transaction on another database than
 	// the queue's; nothing was written. It also matches ErrInvalid.
 	ErrOtherDatabase = transport.ErrOtherDatabase
-	// ErrClosed: the Queue was closed.
-	ErrClosed = errors.New("docket: queue closed")
+	// ErrClosed: the Queue, or the backend under it, was closed.
+	ErrClosed = transport.ErrClosed
 	// ErrRunning: Run was called while the Queue's workers already run.
 	ErrRunning = errors.New("docket: workers already running")
 
@@ -220,3 +220,12 @@ func (e *PermanentError) Unwrap() error { return e.Err }
 
 // Permanent marks err as not worth retrying: the task fails at once.
 func Permanent(err error) error { return &PermanentError{Err: err} }
+
+// PanicError is the error recorded for an attempt whose handler panicked.
+// A panic counts as a failed attempt and is retried like any error.
+type PanicError struct {
+	Value any
+	Stack string
+}
+
+func (e *PanicError) Error() string { return fmt.Sprintf("panic: %v\n\n%s", e.Value, e.Stack) }

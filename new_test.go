@@ -30,7 +30,7 @@ func TestNewWithMinimalBackend(t *testing.T) {
 	if err := q.Register(add); err != nil {
 		t.Fatal(err)
 	}
-	err = q.Schedule("tick", docket.Every(time.Minute), add, [2]int{1, 2})
+	err = add.Schedule(q, "tick", docket.Every(time.Minute), [2]int{1, 2})
 	if !errors.Is(err, docket.ErrUnsupported) {
 		t.Fatalf("Schedule on a backend without schedules: %v, want ErrUnsupported", err)
 	}

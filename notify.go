@@ -2,6 +2,9 @@ package docket
 
 import (
 	"context"
+	"maps"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/docketq/docket/transport"
@@ -137,4 +140,130 @@ func (q *Queue) watchChanges(ctx context.Context, cc transport.ChangeCounter) {
 		}
 		timer.Reset(next)
 	}
+}
+
+// onEvent receives the transport's notifications. It must not block.
+func (q *Queue) onEvent(e transport.Event) {
+	switch e.Kind {
+	case transport.EventReady:
+		signal(q.wake)
+	case transport.EventFinished:
+		q.waiters.notify(e.IDs)
+	case transport.EventCancel:
+		q.mu.RLock()
+		w := q.worker
+		q.mu.RUnlock()
+		if w != nil {
+			w.cancelTasks(e.IDs, errCancelRequested)
+		}
+	case transport.EventLost:
+		q.mu.RLock()
+		w := q.worker
+		q.mu.RUnlock()
+		if w != nil {
+			w.cancelTasks(e.IDs, errLeaseLost)
+		}
+	case transport.EventChanged:
+		signal(q.wake)
+		signal(q.recheck)
+	}
+}
+
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// rechecker looks up the tasks this process waits on or runs whenever
+// another process wrote, so that results and cancels made elsewhere are
+// seen within the poll interval.
+func (q *Queue) rechecker() {
+	defer q.bg.Done()
+	ctx := q.life
+	for {
+		select {
+		case <-q.closing:
+			return
+		case <-q.recheck:
+		}
+		ids := q.waiters.ids()
+		q.mu.RLock()
+		w := q.worker
+		q.mu.RUnlock()
+		var running []string
+		if w != nil {
+			running = w.runningIDs()
+		}
+		if len(ids)+len(running) == 0 {
+			continue
+		}
+		sts, err := q.t.Lookup(ctx, transport.LookupParams{Now: q.now(), IDs: append(ids, running...)})
+		if err != nil {
+			q.cfg.logger.Warn("docket: look up tasks", "err", err)
+			continue
+		}
+		var done, cancels []string
+		for _, st := range sts {
+			if st.State.Terminal() {
+				done = append(done, st.ID)
+			}
+			if st.CancelRequested {
+				cancels = append(cancels, st.ID)
+			}
+		}
+		q.waiters.notify(done)
+		if w != nil && len(cancels) > 0 {
+			w.cancelTasks(cancels, errCancelRequested)
+		}
+	}
+}
+
+// hub wakes Wait calls when their task finishes.
+type hub struct {
+	mu sync.Mutex
+	m  map[string][]chan struct{}
+}
+
+func (h *hub) add(id string) (chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	h.mu.Lock()
+	h.m[id] = append(h.m[id], ch)
+	h.mu.Unlock()
+	return ch, func() {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		list := h.m[id]
+		for i, c := range list {
+			if c == ch {
+				list = append(list[:i], list[i+1:]...)
+				break
+			}
+		}
+		if len(list) == 0 {
+			delete(h.m, id)
+		} else {
+			h.m[id] = list
+		}
+	}
+}
+
+func (h *hub) notify(ids []string) {
+	if len(ids) == 0 {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, id := range ids {
+		for _, ch := range h.m[id] {
+			signal(ch)
+		}
+	}
+}
+
+func (h *hub) ids() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Collect(maps.Keys(h.m))
 }

@@ -109,7 +109,7 @@ func workerMain() int {
 		return 1
 	}
 	if os.Getenv("DOCKET_TEST_BEAT") != "" {
-		if err := q.Schedule("fast", docket.Every(25*time.Millisecond), tickTask, 0, docket.MisfireGrace(10*time.Second)); err != nil {
+		if err := tickTask.Schedule(q, "fast", docket.Every(25*time.Millisecond), 0, docket.MisfireGrace(10*time.Second)); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}

@@ -3,19 +3,13 @@ package docket
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
 	"net/url"
 	"regexp"
-	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/oklog/ulid/v2"
 
 	_ "github.com/docketq/docket/store/sqlite" // the default transport: sqlite: and memory:
 	"github.com/docketq/docket/transport"
@@ -48,9 +42,9 @@ type Queue struct {
 	endLife context.CancelFunc
 	// pushed: the Queue hears of other processes' writes (a Subscriber or
 	// a ChangeCounter), so Wait polls only as a safety net.
-	pushed   bool
-	bg       sync.WaitGroup
-	closeMu  sync.Once
+	pushed  bool
+	bg      sync.WaitGroup
+	closeMu sync.Once
 }
 
 // Open connects to the backend named by rawURL and returns a Queue.
@@ -266,28 +260,6 @@ func (q *Queue) lookupTask(name string) Registrable {
 	return q.tasks[name]
 }
 
-// Enqueuer is where a task is enqueued: a *Queue, or a transaction bound to
-// one by Queue.Tx.
-type Enqueuer interface {
-	target() (*Queue, *sql.Tx)
-}
-
-func (q *Queue) target() (*Queue, *sql.Tx) { return q, nil }
-
-type txEnqueuer struct {
-	q  *Queue
-	tx *sql.Tx
-}
-
-func (t txEnqueuer) target() (*Queue, *sql.Tx) { return t.q, t.tx }
-
-// Tx binds a database transaction: tasks enqueued through it are written in
-// tx and exist only if tx commits; workers here and in other processes pick
-// them up after the commit. tx must be on the same SQLite database (use
-// q.DB() to get a pool on it). Inside tx, enqueue only through q.Tx(tx):
-// a plain enqueue would wait for tx's write lock.
-func (q *Queue) Tx(tx *sql.Tx) Enqueuer { return txEnqueuer{q: q, tx: tx} }
-
 // DB returns a connection pool on the queue's SQLite database, configured
 // like docket's own (WAL, busy_timeout, BEGIN IMMEDIATE), for the
 // application's tables; it is closed by Close. It returns ErrUnsupported for
@@ -297,180 +269,6 @@ func (q *Queue) DB() (*sql.DB, error) {
 		return d.DB(), nil
 	}
 	return nil, fmt.Errorf("docket: DB: %w", ErrUnsupported)
-}
-
-// EnqueueByName submits a task by name with untyped arguments (any value
-// that encodes to JSON; json.RawMessage passes through). The name must be
-// registered with this Queue, so a typo fails here rather than on a worker.
-func (q *Queue) EnqueueByName(ctx context.Context, name string, args any, opts ...TaskOption) (*Result[json.RawMessage], error) {
-	if err := validName("task name", name); err != nil {
-		return nil, err
-	}
-	t := q.lookupTask(name)
-	if t == nil {
-		return nil, &UnknownTaskError{Name: name}
-	}
-	p, err := encodeArgs(args, q.cfg.maxPayload)
-	if err == nil {
-		err = t.checkArgs(p)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("docket: enqueue %s: %w", name, err)
-	}
-	ids, err := q.enqueue(ctx, nil, name, t.taskOptions(), [][]byte{p}, opts)
-	if err != nil {
-		return nil, err
-	}
-	return &Result[json.RawMessage]{q: q, id: ids[0]}, nil
-}
-
-// enqueue validates, builds messages and stores them in one call.
-func (q *Queue) enqueue(ctx context.Context, tx *sql.Tx, name string, defaults *taskOpts, payloads [][]byte, opts []TaskOption) ([]string, error) {
-	if q.isClosed() {
-		return nil, ErrClosed
-	}
-	now := q.now()
-	msgs, err := buildMessages(now, name, defaults, payloads, opts)
-	if err != nil {
-		return nil, err
-	}
-	params := transport.EnqueueParams{Now: now, Messages: msgs}
-	var res []transport.EnqueueResult
-	if tx != nil {
-		te, isTx := q.t.(transport.TxEnqueuer)
-		if !isTx {
-			return nil, fmt.Errorf("docket: enqueue in a transaction: %w", ErrUnsupported)
-		}
-		res, err = te.EnqueueTx(ctx, tx, params)
-	} else {
-		res, err = q.t.Enqueue(ctx, params)
-		if err == nil {
-			q.enqueued(msgs)
-		}
-	}
-	if err != nil {
-		if errors.Is(err, ErrOutcomeUnknown) {
-			ids := make([]string, len(msgs))
-			for i := range msgs {
-				ids[i] = msgs[i].ID
-			}
-			return nil, &OutcomeUnknownError{Name: name, IDs: ids, Err: err}
-		}
-		return nil, fmt.Errorf("docket: enqueue %s: %w", name, err)
-	}
-	q.noteQueue(msgs[0].Queue)
-	ids := make([]string, len(res))
-	for i, r := range res {
-		ids[i] = r.ID
-	}
-	return ids, nil
-}
-
-// pickTime resolves a relative (now+d) or absolute option to a time.
-func pickTime(now time.Time, field string, hasRel bool, rel time.Duration, hasAbs bool, abs time.Time) (time.Time, error) {
-	switch {
-	case hasRel:
-		t, ok := addDelay(now, rel)
-		if !ok {
-			return t, invalid(field, rel, "out of range")
-		}
-		return t, nil
-	case hasAbs:
-		return abs, nil
-	}
-	return time.Time{}, nil
-}
-
-// buildMessages applies opts over a task's defaults, validates the result
-// and returns one message per payload.
-func buildMessages(now time.Time, name string, defaults *taskOpts, payloads [][]byte, opts []TaskOption) ([]transport.Message, error) {
-	o := *defaults
-	for _, opt := range opts {
-		opt(&o)
-	}
-	if err := o.validate(true); err != nil {
-		return nil, err
-	}
-	if o.hasID && len(payloads) > 1 {
-		return nil, invalid("WithID", o.id, "cannot name several tasks")
-	}
-	base := transport.Message{
-		Name: name, Queue: o.queue, Headers: o.headers, Priority: o.priority,
-		MaxAttempts: o.maxRetries + 1, Timeout: o.timeout, ResultTTL: o.resultTTL,
-		IgnoreResult: o.ignoreResult, Created: now,
-	}
-	var err error
-	if base.ETA, err = pickTime(now, "In", o.hasCountdown, o.countdown, o.hasETA, o.eta); err != nil {
-		return nil, err
-	}
-	if base.Expires, err = pickTime(now, "Expires", o.hasExpiresIn, o.expiresIn, o.hasExpiresAt, o.expiresAt); err != nil {
-		return nil, err
-	}
-	// Absolute times obey the bound relative ones do: within 100 years of
-	// now.
-	if !base.ETA.IsZero() {
-		if d := base.ETA.Sub(now); d > maxDelay || d < -maxDelay {
-			return nil, invalid("At", base.ETA, "ETA more than 100 years away")
-		}
-	}
-	if !base.Expires.IsZero() {
-		if d := base.Expires.Sub(now); d > maxDelay || d < -maxDelay {
-			return nil, invalid("ExpiresAt", base.Expires, "expiry more than 100 years away")
-		}
-		if !base.ETA.IsZero() && !base.Expires.After(base.ETA) {
-			return nil, invalid("Expires", base.Expires, "expiry is not after the ETA")
-		}
-	}
-	if e, isExp := o.backoff.(Exponential); isExp {
-		base.Backoff = &transport.Backoff{Base: e.Base, Max: e.Max, Jitter: e.Jitter}
-	}
-	if o.hasUnique {
-		if len(payloads) > 1 {
-			return nil, invalid("Unique", o.uniqueKey, "one key cannot be shared by several tasks of one batch")
-		}
-		base.UniqueKey, base.ReturnExisting = o.uniqueKey, o.uniquePolicy == ReturnExisting
-	}
-	msgs := make([]transport.Message, len(payloads))
-	for i, p := range payloads {
-		msgs[i] = base
-		msgs[i].Payload = p
-		if o.hasID {
-			msgs[i].ID = o.id
-		} else {
-			msgs[i].ID = ulid.Make().String()
-		}
-	}
-	return msgs, nil
-}
-
-func (q *Queue) noteQueue(name string) {
-	q.mu.RLock()
-	known := q.queues[name]
-	q.mu.RUnlock()
-	if !known {
-		q.mu.Lock()
-		q.queues[name] = true
-		q.mu.Unlock()
-	}
-}
-
-// allQueues lists every queue this process knows of, sorted.
-func (q *Queue) allQueues() []string {
-	q.mu.RLock()
-	defer q.mu.RUnlock()
-	seen := map[string]bool{DefaultQueue: true}
-	for name := range q.queues {
-		seen[name] = true
-	}
-	for name := range q.cfg.queues {
-		seen[name] = true
-	}
-	out := make([]string, 0, len(seen))
-	for name := range seen {
-		out = append(out, name)
-	}
-	sort.Strings(out)
-	return out
 }
 
 // Info returns what the backend knows about a task.
@@ -516,130 +314,4 @@ func (q *Queue) List(ctx context.Context, opts ListOptions) ([]*TaskInfo, error)
 		out[i] = infoFrom(&ins[i])
 	}
 	return out, nil
-}
-
-// onEvent receives the transport's notifications. It must not block.
-func (q *Queue) onEvent(e transport.Event) {
-	switch e.Kind {
-	case transport.EventReady:
-		signal(q.wake)
-	case transport.EventFinished:
-		q.waiters.notify(e.IDs)
-	case transport.EventCancel:
-		q.mu.RLock()
-		w := q.worker
-		q.mu.RUnlock()
-		if w != nil {
-			w.cancelTasks(e.IDs, errCancelRequested)
-		}
-	case transport.EventLost:
-		q.mu.RLock()
-		w := q.worker
-		q.mu.RUnlock()
-		if w != nil {
-			w.cancelTasks(e.IDs, errLeaseLost)
-		}
-	case transport.EventChanged:
-		signal(q.wake)
-		signal(q.recheck)
-	}
-}
-
-func signal(ch chan struct{}) {
-	select {
-	case ch <- struct{}{}:
-	default:
-	}
-}
-
-// rechecker looks up the tasks this process waits on or runs whenever
-// another process wrote, so that results and cancels made elsewhere are
-// seen within the poll interval.
-func (q *Queue) rechecker() {
-	defer q.bg.Done()
-	ctx := q.life
-	for {
-		select {
-		case <-q.closing:
-			return
-		case <-q.recheck:
-		}
-		ids := q.waiters.ids()
-		q.mu.RLock()
-		w := q.worker
-		q.mu.RUnlock()
-		var running []string
-		if w != nil {
-			running = w.runningIDs()
-		}
-		if len(ids)+len(running) == 0 {
-			continue
-		}
-		sts, err := q.t.Lookup(ctx, transport.LookupParams{Now: q.now(), IDs: append(ids, running...)})
-		if err != nil {
-			q.cfg.logger.Warn("docket: look up tasks", "err", err)
-			continue
-		}
-		var done, cancels []string
-		for _, st := range sts {
-			if st.State.Terminal() {
-				done = append(done, st.ID)
-			}
-			if st.CancelRequested {
-				cancels = append(cancels, st.ID)
-			}
-		}
-		q.waiters.notify(done)
-		if w != nil && len(cancels) > 0 {
-			w.cancelTasks(cancels, errCancelRequested)
-		}
-	}
-}
-
-// hub wakes Wait calls when their task finishes.
-type hub struct {
-	mu sync.Mutex
-	m  map[string][]chan struct{}
-}
-
-func (h *hub) add(id string) (chan struct{}, func()) {
-	ch := make(chan struct{}, 1)
-	h.mu.Lock()
-	h.m[id] = append(h.m[id], ch)
-	h.mu.Unlock()
-	return ch, func() {
-		h.mu.Lock()
-		defer h.mu.Unlock()
-		list := h.m[id]
-		for i, c := range list {
-			if c == ch {
-				list = append(list[:i], list[i+1:]...)
-				break
-			}
-		}
-		if len(list) == 0 {
-			delete(h.m, id)
-		} else {
-			h.m[id] = list
-		}
-	}
-}
-
-func (h *hub) notify(ids []string) {
-	if len(ids) == 0 {
-		return
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for _, id := range ids {
-		for _, ch := range h.m[id] {
-			signal(ch)
-		}
-	}
-}
-
-func (h *hub) ids() []string {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return slices.Collect(maps.Keys(h.m))
 }

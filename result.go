@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/docketq/docket/internal/backoff"
 	"github.com/docketq/docket/transport"
 )
 
@@ -24,6 +25,10 @@ func (r *Result[R]) Info(ctx context.Context) (*TaskInfo, error) { return r.q.In
 // Cancel cancels the task; see Queue.Cancel.
 func (r *Result[R]) Cancel(ctx context.Context) error { return r.q.Cancel(ctx, r.id) }
 
+// waitPoll spaces Wait's look-ups on a backend that does not tell the
+// Queue about other processes' writes.
+var waitPoll = backoff.Policy{Min: 10 * time.Millisecond, Max: time.Second}
+
 // Wait blocks until the task reaches a terminal state or ctx ends. It
 // returns the decoded result of a succeeded task; a *TaskError (matching
 // ErrTaskFailed, ErrTaskCancelled or ErrTaskExpired) for the other
@@ -35,7 +40,7 @@ func (r *Result[R]) Cancel(ctx context.Context) error { return r.q.Cancel(ctx, r
 func (r *Result[R]) Wait(ctx context.Context) (R, error) {
 	var zero R
 	push := r.q.pushed
-	poll := 10 * time.Millisecond
+	polls := 0
 	for {
 		ch, remove := r.q.waiters.add(r.id)
 		in, err := r.q.t.Get(ctx, transport.GetParams{Now: r.q.now(), ID: r.id})
@@ -52,7 +57,7 @@ func (r *Result[R]) Wait(ctx context.Context) (R, error) {
 		}
 		// Notifications are the fast path; the timer is the fallback for
 		// backends without them and a safety net for missed ones.
-		wait := poll
+		wait := waitPoll.Delay(polls)
 		if push && err == nil {
 			wait = time.Second
 		}
@@ -60,7 +65,7 @@ func (r *Result[R]) Wait(ctx context.Context) (R, error) {
 		select {
 		case <-ch:
 		case <-timer.C:
-			poll = min(poll*2, time.Second)
+			polls++
 		case <-ctx.Done():
 			timer.Stop()
 			remove()
@@ -88,10 +93,3 @@ func decodeResult[R any](in *transport.Info) (R, error) {
 	}
 	return v, nil
 }
-
-// errors used as cancellation causes of a handler's ctx.
-var (
-	errCancelRequested = errors.New("docket: task cancelled")
-	errShutdown        = errors.New("docket: worker shutting down")
-	errLeaseLost       = errors.New("docket: lease lost")
-)

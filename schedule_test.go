@@ -227,7 +227,7 @@ func fireThrough(t *testing.T, spec string, from, to time.Time) []time.Time {
 	}, docket.IgnoreResult(), docket.ResultTTL(0))
 	q.Register(tick)
 	clock.Set(from.Add(-time.Second))
-	if err := q.Schedule("tick", docket.Cron(spec), tick, struct{}{}); err != nil {
+	if err := tick.Schedule(q, "tick", docket.Cron(spec), struct{}{}); err != nil {
 		t.Fatal(err)
 	}
 	dockettest.Drain(t, q)
@@ -269,7 +269,7 @@ func TestScheduleRestartAfterDowntime(t *testing.T) {
 					return "", nil
 				})
 				q.Register(task)
-				if err := q.Schedule("hourly-report", docket.Cron("0 * * * *"), task, "r", opts...); err != nil {
+				if err := task.Schedule(q, "hourly-report", docket.Cron("0 * * * *"), "r", opts...); err != nil {
 					t.Fatal(err)
 				}
 				return q, &ran
@@ -322,7 +322,7 @@ func TestScheduleClockJumps(t *testing.T) {
 	q.Register(task)
 	start := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 	clock.Set(start.Add(-time.Second))
-	q.Schedule("minutely", docket.Cron("* * * * *"), task, 1)
+	task.Schedule(q, "minutely", docket.Cron("* * * * *"), 1)
 	dockettest.Drain(t, q)
 	for i := range 3 {
 		clock.Set(start.Add(time.Duration(i)*time.Minute + 10*time.Second))
@@ -358,7 +358,7 @@ func TestScheduleSkipIfRunning(t *testing.T) {
 	})
 	q.Register(task)
 	clock.Set(time.Date(2030, 1, 1, 0, 59, 0, 0, time.UTC))
-	q.Schedule("hourly", docket.Every(time.Hour), task, 1, docket.SkipIfRunning())
+	task.Schedule(q, "hourly", docket.Every(time.Hour), 1, docket.SkipIfRunning())
 	dockettest.Drain(t, q)
 	clock.Set(time.Date(2030, 1, 1, 1, 0, 0, 0, time.UTC))
 	dockettest.Drain(t, q) // fires 01:00
@@ -379,42 +379,41 @@ func TestScheduleValidation(t *testing.T) {
 		"@every banana", "@nope", "CRON_TZ=Mars/Olympus * * * * *", "CRON_TZ=UTC", "TZ=", "TZ=Local * * * * *",
 		"0 0 30 2 *", "* * * * * * *", "x y z a b", strings.Repeat("1,", 200) + "1 * * * *",
 	} {
-		if err := q.Schedule("bad", docket.Cron(spec), task, 1); !errors.Is(err, docket.ErrInvalid) {
+		if err := task.Schedule(q, "bad", docket.Cron(spec), 1); !errors.Is(err, docket.ErrInvalid) {
 			t.Errorf("Cron(%q): %v", spec, err)
 		}
 	}
 	for _, d := range []time.Duration{0, -time.Second, time.Millisecond, 1500 * time.Microsecond} {
-		if err := q.Schedule("bad", docket.Every(d), task, 1); !errors.Is(err, docket.ErrInvalid) {
+		if err := task.Schedule(q, "bad", docket.Every(d), 1); !errors.Is(err, docket.ErrInvalid) {
 			t.Errorf("Every(%v): %v", d, err)
 		}
 	}
 	ok := docket.Cron("*/5 * * * *")
 	for name, err := range map[string]error{
-		"empty name":      q.Schedule("", ok, task, 1),
-		"bad name":        q.Schedule("a b", ok, task, 1),
-		"unknown zone":    q.Schedule("z", ok, task, 1, docket.TimeZone("Nowhere/City")),
-		"local zone":      q.Schedule("z", ok, task, 1, docket.TimeZone("Local")),
-		"zone on Every":   q.Schedule("z", docket.Every(time.Minute), task, 1, docket.TimeZone("UTC")),
-		"zone conflict":   q.Schedule("z", docket.Cron("CRON_TZ=Europe/Paris 0 * * * *"), task, 1, docket.TimeZone("Asia/Tokyo")),
-		"wrong args type": q.Schedule("z", ok, task, "one"),
-		"nil schedule":    q.Schedule("z", nil, task, 1),
-		"bad task option": q.Schedule("z", ok, task, 1, docket.EnqueueWith(docket.Priority(12))),
+		"empty name":      task.Schedule(q, "", ok, 1),
+		"bad name":        task.Schedule(q, "a b", ok, 1),
+		"unknown zone":    task.Schedule(q, "z", ok, 1, docket.TimeZone("Nowhere/City")),
+		"local zone":      task.Schedule(q, "z", ok, 1, docket.TimeZone("Local")),
+		"zone on Every":   task.Schedule(q, "z", docket.Every(time.Minute), 1, docket.TimeZone("UTC")),
+		"zone conflict":   task.Schedule(q, "z", docket.Cron("CRON_TZ=Europe/Paris 0 * * * *"), 1, docket.TimeZone("Asia/Tokyo")),
+		"nil schedule":    task.Schedule(q, "z", nil, 1),
+		"bad task option": task.Schedule(q, "z", ok, 1, docket.EnqueueWith(docket.Priority(12))),
 	} {
 		if !errors.Is(err, docket.ErrInvalid) {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
-	if err := q.Schedule("dup", ok, task, 1); err != nil {
+	if err := task.Schedule(q, "dup", ok, 1); err != nil {
 		t.Fatal(err)
 	}
-	if err := q.Schedule("dup", ok, task, 2); !errors.Is(err, docket.ErrInvalid) {
+	if err := task.Schedule(q, "dup", ok, 2); !errors.Is(err, docket.ErrInvalid) {
 		t.Errorf("duplicate name: %v", err)
 	}
-	if err := q.Schedule("dup", docket.Cron("0 * * * *"), task, 2, docket.Replace()); err != nil {
+	if err := task.Schedule(q, "dup", docket.Cron("0 * * * *"), 2, docket.Replace()); err != nil {
 		t.Errorf("Replace: %v", err)
 	}
 	for _, spec := range []string{"@daily", "@hourly", "@every 90s", "0 30 9 * * MON-FRI", "TZ=Asia/Kolkata 0 9 * * *", "CRON_TZ=America/St_Johns 30 2 * * *"} {
-		if err := q.Schedule("good", docket.Cron(spec), task, 1, docket.Replace()); err != nil {
+		if err := task.Schedule(q, "good", docket.Cron(spec), 1, docket.Replace()); err != nil {
 			t.Errorf("Cron(%q): %v", spec, err)
 		}
 	}
@@ -462,8 +461,11 @@ func FuzzCronSpec(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, spec string) {
-		s := docket.Cron(spec) // must not panic
-		if e, ok := s.(interface{ Err() error }); ok && e.Err() == nil {
+		s, err := docket.ParseCron(spec) // must not panic
+		if err != nil && !errors.Is(err, docket.ErrInvalid) {
+			t.Fatalf("ParseCron(%q): %v does not wrap ErrInvalid", spec, err)
+		}
+		if err == nil {
 			if n := s.Next(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)); n.IsZero() {
 				t.Fatalf("valid spec %q never fires", spec)
 			}

@@ -137,17 +137,6 @@ func (t *Task[A, R]) checkArgs(payload []byte) error {
 	return nil
 }
 
-// encodeAny encodes untyped arguments that must have the task's argument
-// type (used by Schedule, whose signature cannot be generic).
-func (t *Task[A, R]) encodeAny(args any, limit int) ([]byte, error) {
-	a, ok := args.(A)
-	if !ok {
-		var want A
-		return nil, invalid("schedule arguments", fmt.Sprintf("%T", args), fmt.Sprintf("task %s takes %T", t.name, want))
-	}
-	return encodeArgs(a, limit)
-}
-
 // Registrable is implemented by *Task; it lets Register take tasks of any
 // argument and result types.
 type Registrable interface {
@@ -156,7 +145,6 @@ type Registrable interface {
 	taskOptions() *taskOpts
 	invoke(ctx context.Context, payload []byte, maxResult int) ([]byte, error)
 	checkArgs(payload []byte) error
-	encodeAny(args any, limit int) ([]byte, error)
 }
 
 func encodeArgs(v any, limit int) ([]byte, error) {

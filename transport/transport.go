@@ -407,8 +407,9 @@ type Lister interface {
 var (
 	// ErrNotFound: no task with that id (never existed, or pruned).
 	ErrNotFound = errors.New("docket: task not found")
-	// ErrClosed: the transport was closed.
-	ErrClosed = errors.New("docket: transport closed")
+	// ErrClosed: the transport, or the Queue on it, was closed.
+	// docket.ErrClosed is the same error.
+	ErrClosed = errors.New("docket: closed")
 	// ErrUnsupported: the transport cannot do what was asked.
 	ErrUnsupported = errors.New("docket: not supported by this transport")
 	// ErrDuplicate: an id or unique key is already taken.

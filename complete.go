@@ -1,0 +1,103 @@
+package docket
+
+import (
+	"time"
+
+	"github.com/docketq/docket/internal/backoff"
+	"github.com/docketq/docket/transport"
+)
+
+type finishReq struct {
+	ex  *execution
+	out transport.Outcome
+}
+
+// finish hands an outcome to the completer, which writes outcomes in
+// batches. The task no longer counts against the capacity, so the next
+// claim can share a transaction with this outcome; its lease is still
+// renewed until the outcome is recorded. After the completer stopped (a
+// handler that outlived a hard stop), the outcome is dropped: its task was
+// already released.
+func (w *worker) finish(ex *execution, out transport.Outcome) {
+	ex.mu.Lock()
+	ex.finished = true
+	ex.mu.Unlock()
+	w.unhold(ex)
+	select {
+	case w.finishCh <- finishReq{ex, out}:
+	case <-w.completeDone:
+	}
+}
+
+// done forgets an execution: its outcome is recorded, or must not be.
+func (w *worker) done(ex *execution) {
+	w.unhold(ex)
+	ex.cancel(nil)
+	w.mu.Lock()
+	if w.inflight[ex.d.ID] == ex {
+		delete(w.inflight, ex.d.ID)
+	}
+	w.mu.Unlock()
+}
+
+// finishBackoff spaces the retries of an outcome write that failed.
+var finishBackoff = backoff.Policy{Min: 20 * time.Millisecond, Max: time.Second}
+
+// completer writes attempt outcomes in batches, retrying transient errors
+// while the leases are still held.
+func (w *worker) completer() {
+	defer close(w.completeDone)
+	q := w.q
+	batch := make([]finishReq, 0, 256)
+	for {
+		var first finishReq
+		select {
+		case first = <-w.finishCh:
+		case <-w.quitLoops:
+			// Flush what is queued, then stop.
+			select {
+			case first = <-w.finishCh:
+			default:
+				return
+			}
+		}
+		batch = append(batch[:0], first)
+	gather:
+		for len(batch) < cap(batch) {
+			select {
+			case r := <-w.finishCh:
+				batch = append(batch, r)
+			default:
+				break gather
+			}
+		}
+		items := make([]transport.Outcome, len(batch))
+		for i, r := range batch {
+			items[i] = r.out
+		}
+		var res []transport.FinishResult
+		var err error
+		giveUp := time.Now().Add(q.cfg.lease)
+		for attempt := 0; ; attempt++ {
+			ctx, cancel := w.call()
+			res, err = q.finish(ctx, transport.FinishParams{Now: q.now(), Items: items})
+			cancel()
+			if err == nil || time.Now().After(giveUp) {
+				break
+			}
+			if attempt == 0 {
+				q.cfg.logger.Warn("docket: recording outcomes failed; retrying", "err", err, "tasks", len(items))
+			}
+			time.Sleep(finishBackoff.Delay(attempt))
+		}
+		if err != nil {
+			q.cfg.logger.Error("docket: recording outcomes failed; the tasks will run again after their lease", "err", err, "tasks", len(items))
+		}
+		for i, r := range batch {
+			if err == nil && res[i].Lost {
+				q.cfg.logger.Warn("docket: lease lost before the outcome was recorded; discarded", "task", r.ex.d.ID, "attempt", r.ex.d.Attempt, "outcome", r.out.State, "lease_until", r.ex.until())
+			}
+			w.done(r.ex)
+		}
+	}
+}

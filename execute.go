@@ -1,0 +1,149 @@
+package docket
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/docketq/docket/internal/failpoint"
+	"github.com/docketq/docket/transport"
+)
+
+func (w *worker) executor() {
+	defer w.execs.Done()
+	for ex := range w.work {
+		if context.Cause(ex.ctx) == errLeaseLost {
+			w.done(ex)
+			continue
+		}
+		if !w.limits.acquire(ex.d.Name, w.stopFetch) {
+			w.finish(ex, release(ex))
+			continue
+		}
+		ex.mu.Lock()
+		ex.running = true
+		ex.mu.Unlock()
+		w.started.Add(1)
+		out, skip := w.q.execute(ex.ctx, &ex.d)
+		failpoint.Hit("handler.after")
+		if out.State == StateScheduled {
+			failpoint.Hit("retry.before-record")
+		}
+		w.limits.release(ex.d.Name)
+		ex.mu.Lock()
+		ex.running = false
+		ex.mu.Unlock()
+		if skip {
+			w.done(ex)
+			continue
+		}
+		w.finish(ex, out)
+	}
+}
+
+// execute runs one delivery's handler and decides the outcome. skip means
+// no outcome may be written (the lease was lost).
+func (q *Queue) execute(parent context.Context, d *transport.Delivery) (out transport.Outcome, skip bool) {
+	out.Lease = d.Lease()
+	t := q.lookupTask(d.Name)
+	if t == nil {
+		out.State = StateFailed
+		out.Error = fmt.Sprintf("docket: task name %q is not registered in the worker that claimed it", d.Name)
+		return out, false
+	}
+	tc := &TaskContext{ID: d.ID, Name: d.Name, Queue: d.Queue, Attempt: d.Attempt, MaxRetries: d.MaxAttempts - 1, Headers: d.Headers, LastError: d.LastError}
+	ctx := context.WithValue(parent, ctxKey{}, tc)
+	var timeoutCancel context.CancelFunc = func() {}
+	if d.Timeout > 0 {
+		ctx, timeoutCancel = context.WithTimeoutCause(ctx, d.Timeout, fmt.Errorf("docket: attempt timed out after %s: %w", d.Timeout, context.DeadlineExceeded))
+	}
+	var result []byte
+	var err error
+	if len(d.Payload) > q.cfg.maxPayload {
+		err = Permanent(&TooLargeError{What: "arguments", Size: len(d.Payload), Limit: q.cfg.maxPayload})
+	} else {
+		result, err = invoke(ctx, t, d.Payload, q.cfg.maxResult)
+	}
+	if err != nil && ctx.Err() != nil && context.Cause(parent) == nil {
+		if cause := context.Cause(ctx); cause != nil && cause != err && !errors.Is(err, cause) {
+			err = fmt.Errorf("%w: %w", cause, err)
+		}
+	}
+	timeoutCancel()
+	cause := context.Cause(parent)
+	switch {
+	case cause == errLeaseLost:
+		return out, true
+	case err == nil:
+		out.State = StateSucceeded
+		if !d.IgnoreResult {
+			out.Result = result
+		}
+	case cause == errShutdown:
+		out.State = StateReady
+	case cause == errCancelRequested:
+		out.State, out.Error = StateCancelled, errText(err)
+	default:
+		out.Error = errText(err)
+		var perm *PermanentError
+		var retry *RetryError
+		switch {
+		case errors.As(err, &perm):
+			out.State = StateFailed
+		case d.Attempt >= d.MaxAttempts:
+			out.State = StateFailed
+		default:
+			var delay time.Duration
+			if errors.As(err, &retry) {
+				delay = max(retry.Delay, 0)
+			} else {
+				delay = q.backoffFor(d, t).Delay(d.Attempt, err)
+			}
+			now := q.now()
+			runAt, ok := addDelay(now, delay)
+			if !ok {
+				runAt, _ = addDelay(now, maxDelay)
+			}
+			out.State, out.RunAt = StateScheduled, runAt
+		}
+	}
+	return out, false
+}
+
+func (q *Queue) backoffFor(d *transport.Delivery, t Registrable) Backoff {
+	if b := d.Backoff; b != nil {
+		return Exponential{Base: b.Base, Max: b.Max, Jitter: b.Jitter}
+	}
+	if b := t.taskOptions().backoff; b != nil {
+		return b
+	}
+	return defaultBackoff()
+}
+
+// invoke calls the handler, turning a panic into an error with its stack.
+func invoke(ctx context.Context, t Registrable, payload []byte, maxResult int) (result []byte, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = &PanicError{Value: v, Stack: string(debug.Stack())}
+		}
+	}()
+	return t.invoke(ctx, payload, maxResult)
+}
+
+const maxErrText = 64 << 10
+
+func errText(err error) string {
+	s := err.Error()
+	if len(s) > maxErrText {
+		s = s[:maxErrText]
+		for !utf8.ValidString(s) {
+			s = s[:len(s)-1]
+		}
+		s += "…"
+	}
+	return strings.ToValidUTF8(s, "\uFFFD")
+}
