@@ -15,7 +15,7 @@
 //	q.Register(Add)
 //	go q.Run(ctx) // workers until ctx ends, then a graceful stop
 //
-//	res, err := Add.Enqueue(ctx, q, [2]int{2, 3}, docket.In(time.Minute))
+//	res, err := Add.Enqueue(ctx, q, [2]int{2, 3}, docket.Countdown(time.Minute))
 //	sum, err := res.Wait(ctx)
 //
 // # Delivery contract
@@ -30,7 +30,7 @@
 // Enqueue errors. An error from Enqueue means nothing was stored, with one
 // exception: an *OutcomeUnknownError (ErrOutcomeUnknown) from a broker whose
 // connection broke after the request left, when the task may have been
-// stored. It names the task ids; enqueueing again WithID(id) stores the task
+// stored. It names the task ids; enqueueing again TaskID(id) stores the task
 // or fails with a *DuplicateError naming that same id, so a retry never
 // makes a second task (on RabbitMQ alone, which keeps no index of ids, it
 // may run the task twice).

@@ -128,7 +128,7 @@ func buildMessages(now time.Time, name string, defaults *taskOpts, payloads [][]
 		return nil, err
 	}
 	if o.hasID && len(payloads) > 1 {
-		return nil, invalid("WithID", o.id, "cannot name several tasks")
+		return nil, invalid("TaskID", o.id, "cannot name several tasks")
 	}
 	base := transport.Message{
 		Name: name, Queue: o.queue, Headers: o.headers, Priority: o.priority,
@@ -136,7 +136,7 @@ func buildMessages(now time.Time, name string, defaults *taskOpts, payloads [][]
 		IgnoreResult: o.ignoreResult, Created: now,
 	}
 	var err error
-	if base.ETA, err = pickTime(now, "In", o.hasCountdown, o.countdown, o.hasETA, o.eta); err != nil {
+	if base.ETA, err = pickTime(now, "Countdown", o.hasCountdown, o.countdown, o.hasETA, o.eta); err != nil {
 		return nil, err
 	}
 	if base.Expires, err = pickTime(now, "Expires", o.hasExpiresIn, o.expiresIn, o.hasExpiresAt, o.expiresAt); err != nil {
@@ -146,7 +146,7 @@ func buildMessages(now time.Time, name string, defaults *taskOpts, payloads [][]
 	// now.
 	if !base.ETA.IsZero() {
 		if d := base.ETA.Sub(now); d > maxDelay || d < -maxDelay {
-			return nil, invalid("At", base.ETA, "ETA more than 100 years away")
+			return nil, invalid("ETA", base.ETA, "ETA more than 100 years away")
 		}
 	}
 	if !base.Expires.IsZero() {

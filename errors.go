@@ -68,7 +68,7 @@ type DuplicateError = transport.DuplicateError
 // OutcomeUnknownError reports an enqueue whose outcome is unknown: the
 // request reached the backend, or may have, but its answer was lost. IDs
 // are the ids the tasks were given. To retry without making duplicates,
-// enqueue each again with WithID(id): a task that was stored after all
+// enqueue each again with TaskID(id): a task that was stored after all
 // makes the retry fail with a *DuplicateError whose ExistingID is that same
 // id, which means it is stored; any other outcome is the retry's own.
 // RabbitMQ alone keeps no index of ids, so there a retry may run the task

@@ -103,7 +103,7 @@ func ExampleUnique() {
 
 	a, _ := rebuild.Enqueue(ctx, q, "products", docket.Unique("rebuild:products", docket.ReturnExisting))
 	b, _ := rebuild.Enqueue(ctx, q, "products", docket.Unique("rebuild:products", docket.ReturnExisting))
-	_, err := rebuild.Enqueue(ctx, q, "products", docket.Unique("rebuild:products", docket.Reject))
+	_, err := rebuild.Enqueue(ctx, q, "products", docket.Unique("rebuild:products", docket.RejectDuplicate))
 	fmt.Println(a.ID() == b.ID(), errors.Is(err, docket.ErrDuplicate))
 	// Output: true true
 }
@@ -116,7 +116,7 @@ func ExampleValidationError() {
 	t := docket.NewTask("report", func(ctx context.Context, _ int) (int, error) { return 0, nil })
 	q.Register(t)
 
-	_, err := t.Enqueue(ctx, q, 1, docket.In(-time.Minute))
+	_, err := t.Enqueue(ctx, q, 1, docket.Countdown(-time.Minute))
 	var ve *docket.ValidationError
 	fmt.Println(errors.As(err, &ve), ve.Field)
 	fmt.Println(err)

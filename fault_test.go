@@ -101,11 +101,11 @@ func producerMain() int {
 		if rng.IntN(4) == 0 {
 			d := time.Duration(rng.IntN(1500)) * time.Millisecond
 			eta = time.Now().Add(d)
-			opts = append(opts, docket.In(d))
+			opts = append(opts, docket.Countdown(d))
 		}
 		if rng.IntN(10) == 0 {
 			key = fmt.Sprintf("key-%d", rng.IntN(5))
-			opts = append(opts, docket.Unique(key, docket.Reject))
+			opts = append(opts, docket.Unique(key, docket.RejectDuplicate))
 		}
 		args := FaultArgs{SleepMS: rng.IntN(30), FailTimes: rng.IntN(3) / 2}
 		if i%5 == 4 {

@@ -231,7 +231,7 @@ func TestCancel(t *testing.T) {
 		return 0, ctx.Err()
 	})
 	q.Register(block)
-	later, _ := block.Enqueue(bg, q, 1, docket.In(time.Hour))
+	later, _ := block.Enqueue(bg, q, 1, docket.Countdown(time.Hour))
 	if err := later.Cancel(bg); err != nil {
 		t.Fatal(err)
 	}
@@ -260,11 +260,11 @@ func TestUniqueAndCustomID(t *testing.T) {
 	q, _ := dockettest.Open(t)
 	report := docket.NewTask("report", func(ctx context.Context, n int) (int, error) { return n, nil })
 	q.Register(report)
-	a, err := report.Enqueue(bg, q, 1, docket.Unique("report:7", docket.Reject))
+	a, err := report.Enqueue(bg, q, 1, docket.Unique("report:7", docket.RejectDuplicate))
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = report.Enqueue(bg, q, 2, docket.Unique("report:7", docket.Reject))
+	_, err = report.Enqueue(bg, q, 2, docket.Unique("report:7", docket.RejectDuplicate))
 	var dup *docket.DuplicateError
 	if !errors.Is(err, docket.ErrDuplicate) || !errors.As(err, &dup) || dup.ExistingID != a.ID() {
 		t.Fatalf("second unique enqueue: %v", err)
@@ -274,16 +274,16 @@ func TestUniqueAndCustomID(t *testing.T) {
 		t.Fatalf("ReturnExisting: %v %v", b, err)
 	}
 	dockettest.Drain(t, q)
-	if c, err := report.Enqueue(bg, q, 4, docket.Unique("report:7", docket.Reject)); err != nil || c.ID() == a.ID() {
+	if c, err := report.Enqueue(bg, q, 4, docket.Unique("report:7", docket.RejectDuplicate)); err != nil || c.ID() == a.ID() {
 		t.Fatalf("key not freed after the task finished: %v", err)
 	}
-	if _, err := report.Enqueue(bg, q, 5, docket.WithID("order-1")); err != nil {
+	if _, err := report.Enqueue(bg, q, 5, docket.TaskID("order-1")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := report.Enqueue(bg, q, 5, docket.WithID("order-1")); !errors.Is(err, docket.ErrDuplicate) {
+	if _, err := report.Enqueue(bg, q, 5, docket.TaskID("order-1")); !errors.Is(err, docket.ErrDuplicate) {
 		t.Fatalf("duplicate id: %v", err)
 	}
-	r, err := report.Enqueue(bg, q, 5, docket.WithID("order-1"), docket.Unique("order-1", docket.ReturnExisting))
+	r, err := report.Enqueue(bg, q, 5, docket.TaskID("order-1"), docket.Unique("order-1", docket.ReturnExisting))
 	if err != nil || r.ID() != "order-1" {
 		t.Fatalf("idempotent enqueue by id: %v %v", r, err)
 	}
@@ -302,20 +302,20 @@ func TestValidation(t *testing.T) {
 		args any
 		want error
 	}{
-		"negative countdown":    {[]docket.TaskOption{docket.In(-time.Second)}, 1, docket.ErrInvalid},
-		"overflowing countdown": {[]docket.TaskOption{docket.In(math.MaxInt64)}, 1, docket.ErrInvalid},
-		"zero ETA":              {[]docket.TaskOption{docket.At(time.Time{})}, 1, docket.ErrInvalid},
-		"far ETA":               {[]docket.TaskOption{docket.At(time.Date(12000, 1, 1, 0, 0, 0, 0, time.UTC))}, 1, docket.ErrInvalid},
+		"negative countdown":    {[]docket.TaskOption{docket.Countdown(-time.Second)}, 1, docket.ErrInvalid},
+		"overflowing countdown": {[]docket.TaskOption{docket.Countdown(math.MaxInt64)}, 1, docket.ErrInvalid},
+		"zero ETA":              {[]docket.TaskOption{docket.ETA(time.Time{})}, 1, docket.ErrInvalid},
+		"far ETA":               {[]docket.TaskOption{docket.ETA(time.Date(12000, 1, 1, 0, 0, 0, 0, time.UTC))}, 1, docket.ErrInvalid},
 		"negative retries":      {[]docket.TaskOption{docket.MaxRetries(-1)}, 1, docket.ErrInvalid},
 		"priority 10":           {[]docket.TaskOption{docket.Priority(10)}, 1, docket.ErrInvalid},
 		"negative timeout":      {[]docket.TaskOption{docket.Timeout(-time.Second)}, 1, docket.ErrInvalid},
 		"zero expiry":           {[]docket.TaskOption{docket.Expires(0)}, 1, docket.ErrInvalid},
-		"expiry before ETA":     {[]docket.TaskOption{docket.In(time.Hour), docket.Expires(time.Minute)}, 1, docket.ErrInvalid},
+		"expiry before ETA":     {[]docket.TaskOption{docket.Countdown(time.Hour), docket.Expires(time.Minute)}, 1, docket.ErrInvalid},
 		"bad queue":             {[]docket.TaskOption{docket.OnQueue("emails; DROP")}, 1, docket.ErrInvalid},
 		"empty queue":           {[]docket.TaskOption{docket.OnQueue("")}, 1, docket.ErrInvalid},
-		"bad id":                {[]docket.TaskOption{docket.WithID("a b")}, 1, docket.ErrInvalid},
-		"NUL unique key":        {[]docket.TaskOption{docket.Unique("a\x00b", docket.Reject)}, 1, docket.ErrInvalid},
-		"empty unique key":      {[]docket.TaskOption{docket.Unique("", docket.Reject)}, 1, docket.ErrInvalid},
+		"bad id":                {[]docket.TaskOption{docket.TaskID("a b")}, 1, docket.ErrInvalid},
+		"NUL unique key":        {[]docket.TaskOption{docket.Unique("a\x00b", docket.RejectDuplicate)}, 1, docket.ErrInvalid},
+		"empty unique key":      {[]docket.TaskOption{docket.Unique("", docket.RejectDuplicate)}, 1, docket.ErrInvalid},
 		"bad header key":        {[]docket.TaskOption{docket.Header("x y", "1")}, 1, docket.ErrInvalid},
 		"bad backoff":           {[]docket.TaskOption{docket.RetryBackoff(docket.Exponential{Base: -1})}, 1, docket.ErrInvalid},
 		"custom backoff":        {[]docket.TaskOption{docket.RetryBackoff(docket.BackoffFunc(func(int, error) time.Duration { return 0 }))}, 1, docket.ErrInvalid},
@@ -360,7 +360,7 @@ func TestValidation(t *testing.T) {
 	q2, _ := dockettest.Open(t)
 	q2.Register(ok)
 	odd := `x'); DROP TABLE docket_tasks;-- %_"\` + strings.Repeat("v", 10<<10)
-	r, err := q2.EnqueueByName(bg, "ok", odd, docket.Header("note", odd), docket.Unique(odd[:500], docket.Reject))
+	r, err := q2.EnqueueByName(bg, "ok", odd, docket.Header("note", odd), docket.Unique(odd[:500], docket.RejectDuplicate))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -431,7 +431,7 @@ func TestEnqueueManyIsAtomic(t *testing.T) {
 			t.Fatalf("result %d = %d", i, v)
 		}
 	}
-	if _, err := sq.EnqueueMany(bg, q, []int{1, 2}, docket.WithID("same")); !errors.Is(err, docket.ErrInvalid) {
+	if _, err := sq.EnqueueMany(bg, q, []int{1, 2}, docket.TaskID("same")); !errors.Is(err, docket.ErrInvalid) {
 		t.Fatalf("one id for a batch: %v", err)
 	}
 	if _, err := sq.EnqueueMany(bg, q, []int{1, math.MaxInt}, docket.Priority(docket.MaxPriority)); err != nil {
@@ -493,7 +493,7 @@ func TestExpiredTaskNeverRuns(t *testing.T) {
 	var ran atomic.Bool
 	task := docket.NewTask("late", func(ctx context.Context, _ int) (int, error) { ran.Store(true); return 0, nil })
 	q.Register(task)
-	r, _ := task.Enqueue(bg, q, 1, docket.In(time.Minute), docket.Expires(2*time.Minute))
+	r, _ := task.Enqueue(bg, q, 1, docket.Countdown(time.Minute), docket.Expires(2*time.Minute))
 	dockettest.Advance(t, q, clock, 5*time.Minute)
 	if _, err := r.Wait(bg); !errors.Is(err, docket.ErrTaskExpired) || ran.Load() {
 		t.Fatalf("Wait = %v, ran = %v", err, ran.Load())

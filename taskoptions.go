@@ -69,14 +69,14 @@ func ResultTTL(d time.Duration) TaskOption { return func(o *taskOpts) { o.result
 // outcome, with a zero result.
 func IgnoreResult() TaskOption { return func(o *taskOpts) { o.ignoreResult = true } }
 
-// In delays the task by d (Celery's countdown).
-func In(d time.Duration) TaskOption {
+// Countdown delays the task by d, as Celery's countdown does.
+func Countdown(d time.Duration) TaskOption {
 	return func(o *taskOpts) { o.countdown, o.hasCountdown, o.hasETA = d, true, false }
 }
 
-// At runs the task no earlier than t (Celery's eta). A time in the past
-// means now.
-func At(t time.Time) TaskOption {
+// ETA runs the task no earlier than t, as Celery's eta does. A time in the
+// past means now.
+func ETA(t time.Time) TaskOption {
 	return func(o *taskOpts) { o.eta, o.hasETA, o.hasCountdown = t, true, false }
 }
 
@@ -96,8 +96,9 @@ func ExpiresAt(t time.Time) TaskOption {
 type UniquePolicy uint8
 
 const (
-	// Reject fails the enqueue with a *DuplicateError naming the holder.
-	Reject UniquePolicy = iota
+	// RejectDuplicate fails the enqueue with a *DuplicateError naming the
+	// holder.
+	RejectDuplicate UniquePolicy = iota
 	// ReturnExisting returns a handle to the task that holds the key.
 	ReturnExisting
 )
@@ -109,10 +110,10 @@ func Unique(key string, policy UniquePolicy) TaskOption {
 	return func(o *taskOpts) { o.uniqueKey, o.uniquePolicy, o.hasUnique = key, policy, true }
 }
 
-// WithID sets the task id instead of a generated ULID. Enqueueing an id that
+// TaskID sets the task id instead of a generated ULID. Enqueueing an id that
 // exists fails with a *DuplicateError, unless combined with
 // Unique(…, ReturnExisting), which makes the enqueue idempotent.
-func WithID(id string) TaskOption { return func(o *taskOpts) { o.id, o.hasID = id, true } }
+func TaskID(id string) TaskOption { return func(o *taskOpts) { o.id, o.hasID = id, true } }
 
 // Header attaches metadata to the task, readable by the handler through
 // FromContext and by anyone through Info.
@@ -145,9 +146,9 @@ func (o *taskOpts) validate(enqueue bool) error {
 	case o.resultTTL < 0 || o.resultTTL > maxDelay:
 		return invalid("ResultTTL", o.resultTTL, "must be zero or positive, under 100 years")
 	case o.hasCountdown && (o.countdown < 0 || o.countdown > maxDelay):
-		return invalid("In", o.countdown, "countdown must be zero or positive, under 100 years")
+		return invalid("Countdown", o.countdown, "countdown must be zero or positive, under 100 years")
 	case o.hasETA && o.eta.IsZero():
-		return invalid("At", nil, "ETA is the zero time")
+		return invalid("ETA", nil, "ETA is the zero time")
 	case o.hasExpiresIn && (o.expiresIn <= 0 || o.expiresIn > maxDelay):
 		return invalid("Expires", o.expiresIn, "must be positive, under 100 years")
 	case o.hasExpiresAt && o.expiresAt.IsZero():
@@ -167,12 +168,12 @@ func (o *taskOpts) validate(enqueue bool) error {
 			return err
 		}
 		if o.uniquePolicy > ReturnExisting {
-			return invalid("unique policy", int(o.uniquePolicy), "must be Reject or ReturnExisting")
+			return invalid("unique policy", int(o.uniquePolicy), "must be RejectDuplicate or ReturnExisting")
 		}
 	}
 	if o.hasID {
 		if !enqueue {
-			return invalid("WithID", o.id, "a task id can only be chosen at enqueue")
+			return invalid("TaskID", o.id, "a task id can only be chosen at enqueue")
 		}
 		if err := validName("task id", o.id); err != nil {
 			return err

@@ -33,7 +33,7 @@ func TestEnqueueRefusesBadInput(t *testing.T) {
 	}{
 		{"10,000 headers", func() error { _, err := send.Enqueue(bg, q, Email{}, many...); return err }, "at most 64 headers"},
 		{"At in the year 9999", func() error {
-			_, err := send.Enqueue(bg, q, Email{}, docket.At(time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)))
+			_, err := send.Enqueue(bg, q, Email{}, docket.ETA(time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)))
 			return err
 		}, "100 years"},
 		{"ExpiresAt in the year 9999", func() error {
@@ -57,7 +57,7 @@ func TestEnqueueRefusesBadInput(t *testing.T) {
 		t.Fatalf("%d tasks stored after refused enqueues (%v)", len(all), err)
 	}
 	// Within bounds, the same calls pass.
-	if _, err := send.Enqueue(bg, q, Email{}, docket.At(clock.Now().AddDate(50, 0, 0))); err != nil {
+	if _, err := send.Enqueue(bg, q, Email{}, docket.ETA(clock.Now().AddDate(50, 0, 0))); err != nil {
 		t.Fatalf("At in 50 years: %v", err)
 	}
 	if _, err := q.EnqueueByName(bg, "validate.email", map[string]string{"to": "ann@example.com"}); err != nil {

@@ -52,7 +52,8 @@ func run(url string, runFor time.Duration) error {
 		ctx, cancel = context.WithTimeout(ctx, runFor)
 		defer cancel()
 	}
-	q, err := docket.Open(ctx, url)
+	// On RabbitMQ, schedules need a result store; DOCKET_RESULT_URL names one.
+	q, err := docket.Open(ctx, url, docket.ResultStore(os.Getenv("DOCKET_RESULT_URL")))
 	if err != nil {
 		return err
 	}
@@ -62,11 +63,11 @@ func run(url string, runFor time.Duration) error {
 	}
 	// Every minute at second 0, on New York wall-clock time (DST-correct),
 	// and every five seconds, aligned to the epoch so both processes agree.
-	if err := q.Schedule("ny-minutely", docket.Cron("0 * * * * *"), heartbeat, "new-york-minute",
+	if err := heartbeat.Schedule(q, "ny-minutely", docket.Cron("0 * * * * *"), "new-york-minute",
 		docket.TimeZone("America/New_York"), docket.CatchUp(10*time.Minute)); err != nil {
 		return err
 	}
-	if err := q.Schedule("every-5s", docket.Every(5*time.Second), heartbeat, "every-5s",
+	if err := heartbeat.Schedule(q, "every-5s", docket.Every(5*time.Second), "every-5s",
 		docket.EnqueueWith(docket.Expires(time.Minute))); err != nil {
 		return err
 	}

@@ -61,8 +61,9 @@ func run() error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
-	// "" means $DOCKET_URL, or else ./docket.db.
-	q, err := docket.Open(ctx, os.Getenv("DOCKET_URL"), docket.Concurrency(4))
+	// The environment names the backend; "" means ./docket.db.
+	q, err := docket.Open(ctx, os.Getenv("DOCKET_URL"), docket.Concurrency(4),
+		docket.ResultStore(os.Getenv("DOCKET_RESULT_URL"))) // RabbitMQ's result store, if any
 	if err != nil {
 		return err
 	}
@@ -81,7 +82,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	mail, err := sendEmail.Enqueue(ctx, q, Email{To: "ann@example.com", Subject: "Welcome"}, docket.In(time.Second))
+	mail, err := sendEmail.Enqueue(ctx, q, Email{To: "ann@example.com", Subject: "Welcome"}, docket.Countdown(time.Second))
 	if err != nil {
 		return err
 	}
@@ -104,21 +105,10 @@ func run() error {
 	_, err = imp.Wait(ctx)
 	fmt.Printf("import.csv failed      = %v (is ErrTaskFailed: %v)\n", firstLine(err), errors.Is(err, docket.ErrTaskFailed))
 
-	fmt.Println("final states:")
-	want := map[string]docket.State{
-		sum.ID(): docket.StateSucceeded, mail.ID(): docket.StateSucceeded,
-		report.ID(): docket.StateSucceeded, imp.ID(): docket.StateFailed,
-	}
-	var unexpected []string
-	for _, id := range []string{sum.ID(), mail.ID(), report.ID(), imp.ID()} {
-		info, err := q.Info(ctx, id)
-		if err != nil {
-			return err
-		}
-		fmt.Printf("  %-13s %-9s attempts=%d\n", info.Name, info.State, info.Attempt)
-		if info.State != want[id] {
-			unexpected = append(unexpected, fmt.Sprintf("%s is %s, want %s", info.Name, info.State, want[id]))
-		}
+	unexpected, err := finalStates(ctx, q, []string{sum.ID(), mail.ID(), report.ID(), imp.ID()},
+		[]docket.State{docket.StateSucceeded, docket.StateSucceeded, docket.StateSucceeded, docket.StateFailed})
+	if err != nil {
+		return err
 	}
 
 	stopWorkers()
@@ -129,6 +119,24 @@ func run() error {
 		return fmt.Errorf("unexpected outcome: sum=%d %s", v, strings.Join(unexpected, "; "))
 	}
 	return nil
+}
+
+// finalStates prints each task's final state and lists those that differ
+// from what was expected.
+func finalStates(ctx context.Context, q *docket.Queue, ids []string, want []docket.State) ([]string, error) {
+	fmt.Println("final states:")
+	var unexpected []string
+	for i, id := range ids {
+		info, err := q.Info(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		fmt.Printf("  %-13s %-9s attempts=%d\n", info.Name, info.State, info.Attempt)
+		if info.State != want[i] {
+			unexpected = append(unexpected, fmt.Sprintf("%s is %s, want %s", info.Name, info.State, want[i]))
+		}
+	}
+	return unexpected, nil
 }
 
 func firstLine(err error) string {

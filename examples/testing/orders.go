@@ -66,9 +66,9 @@ func (t *Tasks) Register(q *docket.Queue) error { return q.Register(t.Charge, t.
 // Place takes an order: charge now (once per order id), ask for a review in
 // three days.
 func (t *Tasks) Place(ctx context.Context, q *docket.Queue, o Order) error {
-	if _, err := t.Charge.Enqueue(ctx, q, o, docket.Unique("charge:"+o.ID, docket.Reject)); err != nil {
+	if _, err := t.Charge.Enqueue(ctx, q, o, docket.Unique("charge:"+o.ID, docket.RejectDuplicate)); err != nil {
 		return err
 	}
-	_, err := t.Reminder.Enqueue(ctx, q, o, docket.In(72*time.Hour))
+	_, err := t.Reminder.Enqueue(ctx, q, o, docket.Countdown(72*time.Hour))
 	return err
 }

@@ -40,7 +40,8 @@ func run(addr string) error {
 	defer stop()
 
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	q, err := docket.Open(ctx, os.Getenv("DOCKET_URL"), docket.Logger(logger), docket.ShutdownGrace(10*time.Second))
+	q, err := docket.Open(ctx, os.Getenv("DOCKET_URL"), docket.Logger(logger), docket.ShutdownGrace(10*time.Second),
+		docket.ResultStore(os.Getenv("DOCKET_RESULT_URL")))
 	if err != nil {
 		return err
 	}

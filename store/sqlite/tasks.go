@@ -259,53 +259,17 @@ func (s *Store) Claim(ctx context.Context, p transport.ClaimParams) (transport.C
 	err := s.w.do(ctx, "claim", func(r runner) error {
 		res = transport.ClaimResult{}
 		now := wire.Millis(p.Now)
-		rows, err := r.query(ctx, promoteSQL, now)
-		if err != nil {
-			return fmt.Errorf("docket: promote due tasks: %w", err)
-		}
-		for rows.Next() {
-			var st transport.Status
-			if err := rows.Scan(&st.ID, &st.State); err != nil {
-				rows.Close()
-				return err
-			}
-			if st.State.Terminal() {
-				res.Ended = append(res.Ended, st)
-			}
-		}
-		if err := closeRows(rows); err != nil {
-			return fmt.Errorf("docket: promote due tasks: %w", err)
+		var err error
+		if res.Ended, err = promote(ctx, r, now); err != nil {
+			return err
 		}
 		for _, q := range p.Queues {
-			want := p.Limit - len(res.Deliveries)
+			want := min(p.Limit-len(res.Deliveries), maxClaim)
 			if want <= 0 {
 				break
 			}
-			want = min(want, maxClaim)
-			var rows *sql.Rows
-			if exclude == "" {
-				rows, err = r.query(ctx, claimQuery(want, false), now, p.Owner, wire.Millis(p.LeaseUntil), q)
-			} else {
-				rows, err = r.query(ctx, claimQuery(want, true), now, p.Owner, wire.Millis(p.LeaseUntil), q, exclude)
-			}
-			if err != nil {
-				return fmt.Errorf("docket: claim: %w", err)
-			}
-			for rows.Next() {
-				d, state, err := scanDelivery(rows)
-				if err != nil {
-					rows.Close()
-					return err
-				}
-				if state != transport.StateRunning {
-					res.Ended = append(res.Ended, transport.Status{ID: d.ID, State: state})
-					continue
-				}
-				d.Owner = p.Owner
-				res.Deliveries = append(res.Deliveries, d)
-			}
-			if err := closeRows(rows); err != nil {
-				return fmt.Errorf("docket: claim: %w", err)
+			if err := claimQueue(ctx, r, p, q, want, exclude, &res); err != nil {
+				return err
 			}
 		}
 		if len(res.Deliveries) < p.Limit {
@@ -334,6 +298,62 @@ func (s *Store) Claim(ctx context.Context, p transport.ClaimParams) (transport.C
 		return a.ID < b.ID
 	})
 	return res, nil
+}
+
+// promote makes due scheduled tasks ready and rescues lapsed leases; it
+// returns the tasks that ended instead (expired, or out of attempts).
+func promote(ctx context.Context, r runner, now int64) ([]transport.Status, error) {
+	rows, err := r.query(ctx, promoteSQL, now)
+	if err != nil {
+		return nil, fmt.Errorf("docket: promote due tasks: %w", err)
+	}
+	var ended []transport.Status
+	for rows.Next() {
+		var st transport.Status
+		if err := rows.Scan(&st.ID, &st.State); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		if st.State.Terminal() {
+			ended = append(ended, st)
+		}
+	}
+	if err := closeRows(rows); err != nil {
+		return nil, fmt.Errorf("docket: promote due tasks: %w", err)
+	}
+	return ended, nil
+}
+
+// claimQueue leases up to want ready tasks of queue q into res.
+func claimQueue(ctx context.Context, r runner, p transport.ClaimParams, q string, want int, exclude string, res *transport.ClaimResult) error {
+	now := wire.Millis(p.Now)
+	var rows *sql.Rows
+	var err error
+	if exclude == "" {
+		rows, err = r.query(ctx, claimQuery(want, false), now, p.Owner, wire.Millis(p.LeaseUntil), q)
+	} else {
+		rows, err = r.query(ctx, claimQuery(want, true), now, p.Owner, wire.Millis(p.LeaseUntil), q, exclude)
+	}
+	if err != nil {
+		return fmt.Errorf("docket: claim: %w", err)
+	}
+	for rows.Next() {
+		d, state, err := scanDelivery(rows)
+		if err != nil {
+			rows.Close()
+			return err
+		}
+		if state != transport.StateRunning {
+			res.Ended = append(res.Ended, transport.Status{ID: d.ID, State: state})
+			continue
+		}
+		d.Owner = p.Owner
+		res.Deliveries = append(res.Deliveries, d)
+	}
+	if err := closeRows(rows); err != nil {
+		return fmt.Errorf("docket: claim: %w", err)
+	}
+	return nil
 }
 
 func closeRows(rows *sql.Rows) error {
