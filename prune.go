@@ -1,7 +1,6 @@
 package docket
 
 import (
-	"errors"
 	"time"
 
 	"github.com/docketq/docket/transport"
@@ -29,9 +28,7 @@ func (w *worker) pruneLoop() {
 			n, err := pr.Prune(ctx, transport.PruneParams{Now: q.now(), Limit: batch})
 			cancel()
 			if err != nil {
-				if !errors.Is(err, transport.ErrUnsupported) {
-					q.cfg.logger.Warn("docket: prune failed", "err", err)
-				}
+				q.cfg.logger.Warn("docket: prune failed", "err", err)
 				break
 			}
 			if n < batch {

@@ -2,7 +2,6 @@ package docket
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -217,7 +216,7 @@ func (q *Queue) Schedules(ctx context.Context) ([]ScheduleInfo, error) {
 	q.mu.RUnlock()
 	if ss, ok := q.t.(transport.ScheduleStore); ok {
 		states, err := ss.ScheduleStates(ctx, transport.ScheduleStatesParams{Now: q.now()})
-		if err != nil && !errors.Is(err, transport.ErrUnsupported) {
+		if err != nil {
 			return nil, err
 		}
 		for _, st := range states {

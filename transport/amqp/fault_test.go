@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,6 +20,7 @@ import (
 	"github.com/docketq/docket"
 	"github.com/docketq/docket/internal/amqptest"
 	"github.com/docketq/docket/internal/chaos"
+	"github.com/docketq/docket/internal/faulttraffic"
 	"github.com/docketq/docket/internal/longtest"
 )
 
@@ -148,110 +148,25 @@ func (n *node) ctl(args ...string) {
 	}
 }
 
+// item is the argument of the poison tests' slow task.
 type item struct {
 	N int `json:"n"`
 }
 
-// traffic runs a producer that enqueues continuously and a worker, while
-// fault() runs; then it checks that every acknowledged task completed and
-// the worker recovered by itself. With strict, it also checks that no
-// handler started after its task's completion was recorded.
+// traffic runs faulttraffic's producer and worker on url while fault()
+// runs. With strict (a result store keeps the task state), a handler that
+// starts after its task's completion was recorded fails the test.
 func traffic(t *testing.T, url string, opts []docket.Option, strict bool, fault func()) {
 	t.Helper()
-	ctx := context.Background()
-	q, err := docket.Open(ctx, url, append(opts, docket.LeaseDuration(3*time.Second), docket.Logger(testLogger(t)))...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
-	var mu sync.Mutex
-	starts := map[int][]time.Time{}
-	task := docket.NewTask("fault.item", func(ctx context.Context, it item) (int, error) {
-		mu.Lock()
-		starts[it.N] = append(starts[it.N], time.Now())
-		mu.Unlock()
-		return it.N, nil
-	})
-	q.Register(task)
-	wctx, stopWorkers := context.WithCancel(ctx)
-	workersDone := make(chan error, 1)
-	go func() { workersDone <- q.Run(wctx) }()
-
-	stop := make(chan struct{})
-	type sent struct {
-		n int
-		r *docket.Result[int]
-	}
-	var acked []sent
-	var failures int
-	produced := make(chan struct{})
-	go func() {
-		defer close(produced)
-		for n := 0; ; n++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-			r, err := task.Enqueue(cctx, q, item{n})
-			cancel()
-			if err != nil {
-				if failures == 0 {
-					t.Logf("first enqueue error: %v", err)
-				}
-				failures++ // a definite error: the caller knows to retry
-				time.Sleep(20 * time.Millisecond)
-				continue
-			}
-			acked = append(acked, sent{n, r})
-			time.Sleep(2 * time.Millisecond)
-		}
-	}()
-	// RabbitMQ 3.10 can lose a quorum queue declared less than about a
-	// second before the node is killed; let the topology settle first.
-	time.Sleep(2 * time.Second)
-	fault()
-	time.Sleep(500 * time.Millisecond)
-	close(stop)
-	<-produced
-	deadline, cancel := context.WithTimeout(ctx, 90*time.Second)
-	defer cancel()
-	late, dups := 0, 0
-	for _, a := range acked {
-		if v, err := a.r.Wait(deadline); err != nil || v != a.n {
-			t.Fatalf("acknowledged task %s: %v, %v", a.r.ID(), v, err)
-		}
-	}
-	stopWorkers()
-	if err := <-workersDone; err != nil {
-		t.Errorf("Run: %v", err)
-	}
-	for _, a := range acked {
-		info, err := a.r.Info(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		mu.Lock()
-		runs := starts[a.n]
-		mu.Unlock()
-		if len(runs) > 1 {
-			dups++
-		}
-		for _, s := range runs {
-			if s.After(info.Finished.Add(50 * time.Millisecond)) {
-				late++
-			}
-		}
-	}
-	t.Logf("%d acknowledged and completed, %d enqueue errors during the fault, %d run more than once, %d runs after completion",
-		len(acked), failures, dups, late)
-	if len(acked) == 0 {
-		t.Fatal("nothing was acknowledged")
-	}
-	if strict && late > 0 {
-		t.Errorf("%d handler runs started after their task's completion was recorded", late)
-	}
+	faulttraffic.Run(t, faulttraffic.Config{
+		URL:     url,
+		Options: append(opts, docket.LeaseDuration(3*time.Second), docket.Logger(testLogger(t))),
+		// RabbitMQ 3.10 can lose a quorum queue declared less than about a
+		// second before the node is killed; let the topology settle first.
+		Settle: 2 * time.Second,
+		Wait:   90 * time.Second,
+		Strict: strict,
+	}, fault)
 }
 
 // modes runs f with RabbitMQ alone and with a SQLite result store, each

@@ -14,8 +14,9 @@ import (
 
 // Subscribe implements transport.Subscriber over Redis pub/sub, so that a
 // task enqueued, finished or cancelled on any host wakes workers and
-// waiters on every host. After the subscription breaks and comes back, it
-// sends EventChanged, so listeners re-check what they may have missed.
+// waiters on every host. Once the subscription is live, at the start and
+// after it broke and came back, it sends EventChanged, so listeners
+// re-check what they may have missed.
 func (t *Transport) Subscribe(fn func(transport.Event)) func() {
 	return t.listeners.Add(fn, func() func() {
 		ctx, cancel := context.WithCancel(context.Background())
@@ -45,7 +46,7 @@ func (t *Transport) listen(ctx context.Context, done chan struct{}) {
 				return
 			}
 			if !broken {
-				t.cfg.Logger.Warn("docket: redis subscription broken; reconnecting", "err", err)
+				t.log.Warn("docket: redis subscription broken; reconnecting", "err", err)
 			}
 			broken = true
 			select {
@@ -57,10 +58,11 @@ func (t *Transport) listen(ctx context.Context, done chan struct{}) {
 		}
 		switch m := msg.(type) {
 		case *goredis.Subscription:
-			if broken {
-				broken = false
-				t.publishLocal(transport.Event{Kind: transport.EventChanged})
-			}
+			// Whatever was published before the subscription was live,
+			// at the start or while it was broken, is missed: listeners
+			// re-check.
+			broken = false
+			t.publishLocal(transport.Event{Kind: transport.EventChanged})
 		case *goredis.Message:
 			kind, arg, _ := strings.Cut(m.Payload, " ")
 			switch kind {

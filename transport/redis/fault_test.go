@@ -6,7 +6,6 @@ import (
 	"net"
 	"os/exec"
 	"strconv"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -16,6 +15,7 @@ import (
 	"github.com/docketq/docket"
 	"github.com/docketq/docket/dockettest"
 	"github.com/docketq/docket/internal/chaos"
+	"github.com/docketq/docket/internal/faulttraffic"
 )
 
 // server is a private redis-server started by a test, on its own port and
@@ -77,76 +77,18 @@ func (s *server) kill() {
 
 func (s *server) addr() string { return fmt.Sprintf("127.0.0.1:%d", s.port) }
 
-type item struct {
-	N int `json:"n"`
-}
-
-// traffic runs a producer that enqueues continuously and a worker, while
-// fault() runs; it then checks that every acknowledged task completed and
-// that the worker recovered by itself.
+// traffic runs faulttraffic's producer and worker on url while fault()
+// runs. Redis keeps the task state itself, so the run is strict: a task's
+// handler may run again after a lost lease, never after its completion.
 func traffic(t *testing.T, url string, fault func()) {
 	t.Helper()
-	ctx := context.Background()
-	q, err := docket.Open(ctx, url, docket.LeaseDuration(2*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
-	var mu sync.Mutex
-	runs := map[int]int{}
-	task := docket.NewTask("fault.item", func(ctx context.Context, it item) (int, error) {
-		mu.Lock()
-		runs[it.N]++
-		mu.Unlock()
-		return it.N, nil
-	})
-	q.Register(task)
-	wctx, stopWorkers := context.WithCancel(ctx)
-	workersDone := make(chan error, 1)
-	go func() { workersDone <- q.Run(wctx) }()
-
-	stop := make(chan struct{})
-	var acked []*docket.Result[int]
-	var failures int
-	produced := make(chan struct{})
-	go func() {
-		defer close(produced)
-		for n := 0; ; n++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-			r, err := task.Enqueue(cctx, q, item{n})
-			cancel()
-			if err != nil {
-				failures++ // a definite error: the caller knows to retry
-				time.Sleep(20 * time.Millisecond)
-				continue
-			}
-			acked = append(acked, r)
-			time.Sleep(2 * time.Millisecond)
-		}
-	}()
-	time.Sleep(500 * time.Millisecond)
-	fault()
-	time.Sleep(500 * time.Millisecond)
-	close(stop)
-	<-produced
-	deadline, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	for _, r := range acked {
-		if _, err := r.Wait(deadline); err != nil {
-			t.Fatalf("acknowledged task %s: %v", r.ID(), err)
-		}
-	}
-	stopWorkers()
-	<-workersDone
-	t.Logf("%d acknowledged and completed, %d enqueue errors during the fault", len(acked), failures)
-	if len(acked) == 0 {
-		t.Fatal("nothing was acknowledged")
-	}
+	faulttraffic.Run(t, faulttraffic.Config{
+		URL:     url,
+		Options: []docket.Option{docket.LeaseDuration(2 * time.Second)},
+		Settle:  500 * time.Millisecond,
+		Wait:    60 * time.Second,
+		Strict:  true,
+	}, fault)
 }
 
 // Redis killed with SIGKILL and restarted mid-stream: producers get
@@ -221,7 +163,7 @@ func TestRedisLongETAShortLease(t *testing.T) {
 	runs := 0
 	task := docket.NewTask("eta.2h", func(ctx context.Context, _ int) (int, error) { runs++; return 0, nil })
 	q.Register(task)
-	r, _ := task.Enqueue(context.Background(), q, 1, docket.In(2*time.Hour))
+	r, _ := task.Enqueue(context.Background(), q, 1, docket.Countdown(2*time.Hour))
 	for m := 0; m < 119; m++ {
 		clock.Advance(time.Minute)
 		dockettest.Drain(t, q)

@@ -56,7 +56,7 @@ func TestEnqueueOutcomeUnknown(t *testing.T) {
 	id := ou.IDs[0]
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		_, err = task.Enqueue(ctx, q, 7, docket.WithID(id))
+		_, err = task.Enqueue(ctx, q, 7, docket.TaskID(id))
 		var dup *docket.DuplicateError
 		if err == nil || errors.As(err, &dup) && dup.ExistingID == id {
 			break

@@ -1,13 +1,21 @@
 // Package redis is docket's Redis transport and result store: tasks, ETAs,
 // leases, results, unique keys, cancellation and schedule slots in Redis,
-// with the same delivery contract as SQLite. Import it for its side effect:
+// with the same delivery contract as SQLite. Open it from a URL, importing
+// the package for its side effect:
 //
 //	import _ "github.com/docketq/docket/transport/redis"
 //
 //	q, err := docket.Open(ctx, "redis://:password@host:6379/0")
 //
+// or build it with New on a go-redis client the application already has:
+//
+//	tr, err := redis.New(ctx, rdb, redis.Options{Prefix: "jobs"})
+//	if err != nil { ... }
+//	q, err := docket.New(tr)
+//
 // URLs are go-redis URLs (redis://, rediss:// for TLS, which verifies the
-// server by default) plus two docket parameters:
+// server by default) plus two docket parameters, the URL form of Options;
+// any parameter go-redis does not know either is refused:
 //
 //	prefix=NAME   key prefix (default "docket"); every key is {NAME}:…, one
 //	              Redis Cluster hash slot, so each operation is one atomic
@@ -39,6 +47,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"slices"
 	"strconv"
@@ -59,10 +68,11 @@ func init() {
 
 // Transport is the Redis implementation of transport.Transport.
 type Transport struct {
-	rdb    *goredis.Client
+	rdb    goredis.UniversalClient
+	owned  bool // rdb was made from a URL: Close closes it
 	prefix string
-	cfg    transport.Config
-	where  string // the redacted URL, for errors and String
+	log    *slog.Logger
+	where  string // the redacted URL or the client's address, for errors and String
 
 	listeners transport.Listeners
 }
@@ -74,45 +84,145 @@ var (
 	_ transport.ScheduleStore = (*Transport)(nil)
 )
 
+// Options configures a Transport. The URL parameters of docket.Open set
+// the same fields: prefix= sets Prefix and strict= sets Strict.
+type Options struct {
+	// Prefix is the key prefix, "docket" when empty: every key is
+	// {Prefix}:…, so all of a queue's keys share one Redis Cluster hash
+	// slot. Letters, digits, '.', '_' and '-', at most 64 of them.
+	// Queues that share a prefix share their tasks.
+	Prefix string
+	// Strict refuses a server that would lose tasks (appendonly no, or an
+	// evicting maxmemory-policy); without it New logs a warning.
+	Strict bool
+	// Logger receives the transport's diagnostics; nil discards them.
+	// docket.Open passes the Queue's logger.
+	Logger *slog.Logger
+}
+
+// normalize fills in the defaults and checks o.
+func (o Options) normalize() (Options, error) {
+	if o.Prefix == "" {
+		o.Prefix = "docket"
+	}
+	if !validPrefix(o.Prefix) {
+		return o, fmt.Errorf("docket: redis prefix %q: use letters, digits, '.', '_', '-' (no glob or hash-tag characters): %w", o.Prefix, transport.ErrInvalid)
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o, nil
+}
+
+// New returns a Transport on client, a go-redis client the caller made and
+// configured: a *goredis.Client (standalone, or Sentinel through
+// NewFailoverClient) or a *goredis.ClusterClient, whose one hash slot
+// {Prefix} holds every key. A *goredis.Ring works too, but a Ring that
+// drops an unreachable shard sends the prefix to another shard, where its
+// tasks are not. New pings the server and checks its durability settings
+// (see Options.Strict) within ctx. Pass the result to docket.New.
+//
+// The caller keeps ownership of client: the Transport's Close (and so the
+// Queue's) stops docket's subscriptions but leaves client open, to be
+// closed by the caller after the Queue. A Transport opened from a URL
+// made its own client, and its Close closes it.
+//
+// client's retry settings are the caller's; every write docket makes is
+// idempotent (task ids, lease fences), so retries are safe.
+func New(ctx context.Context, client goredis.UniversalClient, opts Options) (*Transport, error) {
+	where, err := describe(client)
+	if err != nil {
+		return nil, err
+	}
+	return newTransport(ctx, client, false, opts, where)
+}
+
+// newTransport is the one constructor behind New and the URL opener: it
+// checks opts and the server, and closes client on failure when owned.
+func newTransport(ctx context.Context, client goredis.UniversalClient, owned bool, opts Options, where string) (*Transport, error) {
+	opts, err := opts.normalize()
+	if err == nil {
+		t := &Transport{rdb: client, owned: owned, prefix: opts.Prefix, log: opts.Logger, where: where}
+		if err = t.check(ctx, opts.Strict); err == nil {
+			return t, nil
+		}
+	}
+	if owned {
+		client.Close()
+	}
+	return nil, err
+}
+
+// describe names client's server for errors and String, without its
+// password; it refuses a nil client.
+func describe(client goredis.UniversalClient) (string, error) {
+	var where string
+	switch c := client.(type) {
+	case *goredis.Client:
+		if c != nil {
+			o := c.Options()
+			where = fmt.Sprintf("redis://%s/%d", o.Addr, o.DB)
+		}
+	case *goredis.ClusterClient:
+		if c != nil {
+			where = "redis cluster " + strings.Join(c.Options().Addrs, ",")
+		}
+	case *goredis.Ring:
+		if c != nil {
+			where = "redis ring"
+		}
+	case nil:
+	default:
+		where = fmt.Sprintf("%T", client)
+	}
+	if where == "" {
+		return "", fmt.Errorf("docket: redis.New: the client is nil: %w", transport.ErrInvalid)
+	}
+	return where, nil
+}
+
+// open is the URL opener registered for redis:// and rediss://.
 func open(ctx context.Context, u *url.URL, cfg transport.Config) (transport.Transport, error) {
 	where := transport.Redact(u)
-	q := u.Query()
-	prefix := q.Get("prefix")
-	if prefix == "" {
-		prefix = "docket"
-	}
-	if !validPrefix(prefix) {
-		return nil, fmt.Errorf("docket: redis prefix %q: use letters, digits, '.', '_', '-' (no glob or hash-tag characters)", prefix)
-	}
-	strict := false
-	if v := q.Get("strict"); v != "" {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			return nil, fmt.Errorf("docket: redis strict=%q: %w", v, err)
-		}
-		strict = b
-	}
-	q.Del("prefix")
-	q.Del("strict")
-	clean := *u
-	clean.RawQuery = q.Encode()
-	opts, err := goredis.ParseURL(clean.String())
+	opts, rest, err := parseParams(u)
 	if err != nil {
-		return nil, fmt.Errorf("docket: redis URL %s: %s", where, redactErr(err, u))
+		return nil, err
 	}
-	opts.MaxRetries = 3 // safe: every write is idempotent (task ids, fences)
-	opts.DisableIdentity = true
-	if opts.TLSConfig != nil {
-		if err := probeTLS(ctx, opts); err != nil {
+	opts.Logger = cfg.Logger
+	if _, err := opts.normalize(); err != nil {
+		return nil, err
+	}
+	clean := *u
+	clean.RawQuery = rest.Encode()
+	ropts, err := goredis.ParseURL(clean.String())
+	if err != nil {
+		return nil, fmt.Errorf("docket: redis URL %s: %s: %w", where, redactErr(err, u), transport.ErrInvalid)
+	}
+	ropts.MaxRetries = 3 // safe: every write is idempotent (task ids, fences)
+	ropts.DisableIdentity = true
+	if ropts.TLSConfig != nil {
+		if err := probeTLS(ctx, ropts); err != nil {
 			return nil, fmt.Errorf("docket: redis %s: %w", where, err)
 		}
 	}
-	t := &Transport{rdb: goredis.NewClient(opts), prefix: prefix, cfg: cfg, where: where}
-	if err := t.check(ctx, strict); err != nil {
-		t.rdb.Close()
-		return nil, err
+	return newTransport(ctx, goredis.NewClient(ropts), true, opts, where)
+}
+
+// parseParams reads docket's URL parameters into Options and returns the
+// others, for go-redis (which refuses those it does not know).
+func parseParams(u *url.URL) (Options, url.Values, error) {
+	q := u.Query()
+	opts := Options{Prefix: q.Get("prefix")}
+	if v := q.Get("strict"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return opts, nil, fmt.Errorf("docket: redis strict=%q: want true or false: %w", v, transport.ErrInvalid)
+		}
+		opts.Strict = b
 	}
-	return t, nil
+	q.Del("prefix")
+	q.Del("strict")
+	return opts, q, nil
 }
 
 // probeTLS completes one TLS handshake with the server before go-redis
@@ -181,19 +291,25 @@ func (t *Transport) check(ctx context.Context, strict bool) error {
 	}
 	for _, p := range problems {
 		if strict {
-			return fmt.Errorf("docket: redis %s refused (strict): %s", t.where, p)
+			return fmt.Errorf("docket: redis %s refused (strict): %s: %w", t.where, p, transport.ErrUnsupported)
 		}
-		t.cfg.Logger.Warn("docket: redis may lose tasks", "server", t.where, "problem", p)
+		t.log.Warn("docket: redis may lose tasks", "server", t.where, "problem", p)
 	}
 	return nil
 }
 
-// String returns the server URL with the password redacted.
+// String names the server: its URL with the password redacted, or the
+// address of the client given to New.
 func (t *Transport) String() string { return "redis transport " + t.where }
 
-// Close closes the connections.
+// Close stops the transport's subscriptions. It closes the Redis client
+// only when the transport made it (opened from a URL); a client passed to
+// New stays open for its owner.
 func (t *Transport) Close() error {
 	t.listeners.Stop()
+	if !t.owned {
+		return nil
+	}
 	return t.rdb.Close()
 }
 
@@ -567,6 +683,18 @@ func (t *Transport) Prune(ctx context.Context, p transport.PruneParams) (int, er
 
 var _ transport.Lister = (*Transport)(nil)
 
+// keyNode returns the client whose SCAN sees the prefix's keys: in a
+// cluster or ring, the one node that holds their hash tag.
+func (t *Transport) keyNode(ctx context.Context) (goredis.Cmdable, error) {
+	switch c := t.rdb.(type) {
+	case *goredis.ClusterClient:
+		return c.MasterForKey(ctx, t.key("t"))
+	case *goredis.Ring:
+		return c.GetShardClientForKey(t.key("t"))
+	}
+	return t.rdb, nil
+}
+
 // List implements transport.Lister by scanning the task keys: it costs a
 // pass over the keyspace, so it is meant for tests and administration, not
 // for hot paths.
@@ -577,7 +705,11 @@ func (t *Transport) List(ctx context.Context, p transport.ListParams) ([]transpo
 	}
 	var ids []string
 	prefix := t.key("t", "")
-	iter := t.rdb.Scan(ctx, 0, prefix+"*", 1000).Iterator()
+	node, err := t.keyNode(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("docket: redis list tasks: %w", t.wrap(err))
+	}
+	iter := node.Scan(ctx, 0, prefix+"*", 1000).Iterator()
 	for iter.Next(ctx) {
 		if id := strings.TrimPrefix(iter.Val(), prefix); id > p.After {
 			ids = append(ids, id)

@@ -11,8 +11,6 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
-	"github.com/docketq/docket/store"
-	"github.com/docketq/docket/store/storetest"
 	"github.com/docketq/docket/transport"
 	_ "github.com/docketq/docket/transport/redis"
 	"github.com/docketq/docket/transport/transporttest"
@@ -64,21 +62,26 @@ func deletePrefix(base, prefix string) {
 	}
 }
 
-func TestStoreContract(t *testing.T) {
-	serverURL(t)
-	storetest.Run(t, func(t *testing.T) store.Store {
-		u, _ := url.Parse(freshURL(t))
-		tr, err := transport.Open(context.Background(), u, transport.Config{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tr
-	})
-}
-
+// TestConformance runs the whole suite: the contract on transports opened
+// directly (Redis takes every decision's time from the params), and
+// docket's API end to end.
 func TestConformance(t *testing.T) {
 	serverURL(t)
-	transporttest.Run(t, transporttest.Backend{NewURL: freshURL})
+	transporttest.Run(t, transporttest.Backend{
+		NewURL: freshURL,
+		Open: func(t *testing.T) transport.Transport {
+			u, _ := url.Parse(freshURL(t))
+			tr, err := transport.Open(context.Background(), u, transport.Config{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return tr
+		},
+		Features: &transporttest.Features{
+			Schedules: true, SharedState: true, Priority: true,
+			Listing: true, Pruning: true, ClaimByID: true,
+		},
+	})
 }
 
 func TestRedactsPassword(t *testing.T) {

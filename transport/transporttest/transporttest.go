@@ -1,19 +1,51 @@
-// Package transporttest is the conformance suite every transport passes,
-// end to end through docket's public API: the same program on SQLite,
-// Redis or RabbitMQ must behave the same.
+// Package transporttest is the conformance suite every docket backend
+// passes: the same program on SQLite, Redis or RabbitMQ must behave the
+// same, and each backend must do what it claims.
 //
-// A transport's test calls Run with a function returning the URL of a
-// fresh, empty backend (its own file, key prefix or vhost):
+// A backend's own test makes one call:
 //
-//	transporttest.Run(t, transporttest.Backend{NewURL: func(t *testing.T) string { ... }})
+//	func TestConformance(t *testing.T) {
+//		transporttest.Run(t, transporttest.Backend{
+//			NewURL: func(t *testing.T) string { return freshURL(t) },
+//			Open: func(t *testing.T) transport.Transport { return openFresh(t) },
+//			Features: &transporttest.Features{Schedules: true, SharedState: true, Priority: true,
+//				Listing: true, Pruning: true},
+//		})
+//	}
 //
-// The persistence contract below the Transport interface (leases, fencing,
-// rescue, ordering) is checked by store/storetest, which any Transport also
-// satisfies.
+// NewURL returns the URL of a fresh, empty backend (its own file, key
+// prefix or vhost). Open, when set, returns a fresh, empty transport
+// directly. Features says what the backend claims beyond the Transport
+// interface; see Features for what each one means.
+//
+// Run runs three groups of subtests, in parallel:
+//
+//   - Features checks the claims: the transport docket opens for NewURL
+//     (with the backend's Options) and the one Open returns implement each
+//     optional interface (transport.ScheduleStore, Lister, Pruner,
+//     IDClaimer, TxEnqueuer) exactly when the matching feature is claimed,
+//     and docket's API agrees (Queue.List, Queue.DB and Task.Schedule
+//     fail with ErrUnsupported exactly when the feature is not claimed).
+//   - Contract/... drives the transport returned by Open through its
+//     methods, with a clock the suite controls (the Now in every params
+//     struct), and checks the persistence contract: enqueue and batches,
+//     ids and unique keys, claim order, ETAs, leases and their fencing,
+//     rescue of lapsed leases, expiry, retries and releases, cancel,
+//     lookups, pruning and claims by id. It needs no sleeps. A backend
+//     whose Claim cannot run under a controlled clock (a broker, which
+//     delivers in real time) leaves Open nil, and the group is skipped.
+//   - The other subtests run docket's public API end to end on URLs from
+//     NewURL, with real time: enqueue, run and wait, from one Queue or
+//     two; ETAs, retries, expiry, priorities, unique keys, cancel,
+//     graceful shutdown, schedules, listing and transactional enqueue.
+//
+// A subtest of a feature the backend does not claim is skipped; one of a
+// claimed feature always runs.
 package transporttest
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"slices"
@@ -23,26 +55,55 @@ import (
 	"time"
 
 	"github.com/docketq/docket"
+	"github.com/docketq/docket/transport"
 )
 
 // Backend describes the backend under test.
 type Backend struct {
-	// NewURL returns the URL of a fresh, empty backend.
+	// NewURL returns the URL of a fresh, empty backend. It is required.
 	NewURL func(t *testing.T) string
 	// Options, if set, returns the options every Queue of a test opens the
 	// URL with (a result store, say).
 	Options func(t *testing.T, url string) []docket.Option
-	// NoSchedules skips the beat tests (a backend without a schedule store).
+	// Open, if set, returns a fresh, empty transport for the contract
+	// tests, which the suite closes. Leave it nil for a backend whose
+	// Claim cannot run under the suite's clock; the contract tests are
+	// then skipped.
+	Open func(t *testing.T) transport.Transport
+	// Features is what the backend claims. When it is nil, the backend
+	// claims Schedules, SharedState and Priority, less those withdrawn
+	// by the No fields below, and the interface features its transport
+	// implements.
+	Features *Features
+
+	// NoSchedules withdraws the claim of Features.Schedules.
 	NoSchedules bool
-	// NoSharedState skips what needs task state shared by every process:
-	// unique keys and duplicate ids (RabbitMQ without a result store).
+	// NoSharedState withdraws the claim of Features.SharedState.
 	NoSharedState bool
-	// NoPriority skips the priority test (RabbitMQ quorum queues).
+	// NoPriority withdraws the claim of Features.Priority.
 	NoPriority bool
 }
 
-// Run runs the suite.
+// Run runs the suite on b.
 func Run(t *testing.T, b Backend) {
+	t.Helper()
+	if b.NewURL == nil {
+		t.Fatal("transporttest: Backend.NewURL is nil")
+	}
+	f := b.claims(t)
+	b.Features = &f
+	t.Logf("backend claims %+v", f)
+	t.Run("Features", func(t *testing.T) {
+		t.Parallel()
+		testFeatures(t, b)
+	})
+	t.Run("Contract", func(t *testing.T) {
+		if b.Open == nil {
+			t.Skip("Backend.Open is nil: the backend cannot be driven under the suite's clock")
+		}
+		t.Parallel()
+		runContract(t, b.Open, f)
+	})
 	tests := []struct {
 		name string
 		fn   func(t *testing.T, b Backend)
@@ -60,6 +121,8 @@ func Run(t *testing.T, b Backend) {
 		{"GracefulShutdownReleases", testShutdownReleases},
 		{"CancelSurvivesRelease", testCancelSurvivesRelease},
 		{"BeatSlotsOnce", testBeat},
+		{"List", testList},
+		{"TxEnqueue", testTxEnqueue},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -164,7 +227,7 @@ func testETA(t *testing.T, b Backend) {
 	q.Register(task)
 	run(t, q)
 	t0 := time.Now()
-	r, err := task.Enqueue(bg, q, 1, docket.In(400*time.Millisecond))
+	r, err := task.Enqueue(bg, q, 1, docket.Countdown(400*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,9 +283,7 @@ func testExpiry(t *testing.T, b Backend) {
 }
 
 func testPriority(t *testing.T, b Backend) {
-	if b.NoPriority {
-		t.Skip("backend has no message priorities")
-	}
+	need(t, b.Features.Priority, "Priority")
 	q := open(t, b, b.NewURL(t), docket.Concurrency(1), docket.Prefetch(0))
 	var mu sync.Mutex
 	var order []int
@@ -253,17 +314,15 @@ func testPriority(t *testing.T, b Backend) {
 }
 
 func testUnique(t *testing.T, b Backend) {
-	if b.NoSharedState {
-		t.Skip("backend keeps no shared task state for unique keys and ids")
-	}
+	need(t, b.Features.SharedState, "SharedState")
 	q := open(t, b, b.NewURL(t))
 	d := double()
 	q.Register(d)
-	a, err := d.Enqueue(bg, q, args{1}, docket.Unique("k:1", docket.Reject))
+	a, err := d.Enqueue(bg, q, args{1}, docket.Unique("k:1", docket.RejectDuplicate))
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = d.Enqueue(bg, q, args{2}, docket.Unique("k:1", docket.Reject))
+	_, err = d.Enqueue(bg, q, args{2}, docket.Unique("k:1", docket.RejectDuplicate))
 	var dup *docket.DuplicateError
 	if !errors.As(err, &dup) || dup.ExistingID != a.ID() {
 		t.Fatalf("duplicate unique key: %v", err)
@@ -272,15 +331,15 @@ func testUnique(t *testing.T, b Backend) {
 	if err != nil || same.ID() != a.ID() {
 		t.Fatalf("ReturnExisting: %v", err)
 	}
-	if _, err := d.Enqueue(bg, q, args{4}, docket.WithID("fixed-id")); err != nil {
+	if _, err := d.Enqueue(bg, q, args{4}, docket.TaskID("fixed-id")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.Enqueue(bg, q, args{4}, docket.WithID("fixed-id")); !errors.Is(err, docket.ErrDuplicate) {
+	if _, err := d.Enqueue(bg, q, args{4}, docket.TaskID("fixed-id")); !errors.Is(err, docket.ErrDuplicate) {
 		t.Fatalf("duplicate id: %v", err)
 	}
 	run(t, q)
 	a.Wait(wctx(t))
-	if _, err := d.Enqueue(bg, q, args{5}, docket.Unique("k:1", docket.Reject)); err != nil {
+	if _, err := d.Enqueue(bg, q, args{5}, docket.Unique("k:1", docket.RejectDuplicate)); err != nil {
 		t.Fatalf("unique key not freed once its task finished: %v", err)
 	}
 }
@@ -289,7 +348,7 @@ func testBatch(t *testing.T, b Backend) {
 	q := open(t, b, b.NewURL(t))
 	d := double()
 	q.Register(d)
-	if _, err := d.Enqueue(bg, q, args{1}, docket.WithID("taken")); err != nil {
+	if _, err := d.Enqueue(bg, q, args{1}, docket.TaskID("taken")); err != nil {
 		t.Fatal(err)
 	}
 	rs, err := d.EnqueueMany(bg, q, make([]args, 50))
@@ -308,7 +367,7 @@ func testCancelQueued(t *testing.T, b Backend) {
 	var ran atomic.Bool
 	task := docket.NewTask("tt.never", func(ctx context.Context, _ int) (int, error) { ran.Store(true); return 0, nil })
 	q.Register(task)
-	r, _ := task.Enqueue(bg, q, 1, docket.In(200*time.Millisecond))
+	r, _ := task.Enqueue(bg, q, 1, docket.Countdown(200*time.Millisecond))
 	r2, _ := task.Enqueue(bg, q, 2)
 	if err := r.Cancel(bg); err != nil {
 		t.Fatal(err)
@@ -344,6 +403,7 @@ func testCancelRunning(t *testing.T, b Backend) {
 	r, _ := task.Enqueue(bg, producer, 1)
 	select {
 	case <-started:
+
 	case <-time.After(10 * time.Second):
 		t.Fatal("task did not start")
 	}
@@ -466,9 +526,7 @@ func testCancelSurvivesRelease(t *testing.T, b Backend) {
 
 // Two schedulers on one backend fire each slot once.
 func testBeat(t *testing.T, b Backend) {
-	if b.NoSchedules {
-		t.Skip("backend has no schedule store")
-	}
+	need(t, b.Features.Schedules, "Schedules")
 	url := b.NewURL(t)
 	var mu sync.Mutex
 	slots := map[string]int{}
@@ -482,7 +540,7 @@ func testBeat(t *testing.T, b Backend) {
 	for range 2 {
 		q := open(t, b, url)
 		q.Register(task)
-		if err := q.Schedule("tick", docket.Every(100*time.Millisecond), task, 0, docket.MisfireGrace(5*time.Second)); err != nil {
+		if err := task.Schedule(q, "tick", docket.Every(100*time.Millisecond), 0, docket.MisfireGrace(5*time.Second)); err != nil {
 			t.Fatal(err)
 		}
 		run(t, q)
@@ -552,5 +610,113 @@ func testBeat(t *testing.T, b Backend) {
 		if times[i].Sub(times[i-1]) != 100*time.Millisecond {
 			t.Errorf("missing slots between %v and %v", times[i-1], times[i])
 		}
+	}
+}
+
+// Queue.List enumerates tasks in id order, filtered by name, queue and
+// state, and pages with After and Limit.
+func testList(t *testing.T, b Backend) {
+	need(t, b.Features.Listing, "Listing")
+	q := open(t, b, b.NewURL(t))
+	d := double()
+	other := docket.NewTask("tt.other", func(ctx context.Context, n int) (int, error) { return n, nil })
+	q.Register(d, other)
+	for _, err := range []error{
+		second(d.Enqueue(bg, q, args{1}, docket.TaskID("l1"))),
+		second(d.Enqueue(bg, q, args{2}, docket.TaskID("l2"), docket.OnQueue("other"))),
+		second(other.Enqueue(bg, q, 3, docket.TaskID("l3"))),
+		second(d.Enqueue(bg, q, args{4}, docket.TaskID("l4"), docket.Countdown(time.Hour))),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	list := func(o docket.ListOptions) ([]string, []*docket.TaskInfo) {
+		t.Helper()
+		infos, err := q.List(bg, o)
+		if err != nil {
+			t.Fatalf("List(%+v): %v", o, err)
+		}
+		out := make([]string, len(infos))
+		for i, in := range infos {
+			out[i] = in.ID
+		}
+		return out, infos
+	}
+	got, infos := list(docket.ListOptions{})
+	if !slices.Equal(got, []string{"l1", "l2", "l3", "l4"}) {
+		t.Fatalf("List() = %v, want l1..l4 in id order", got)
+	}
+	if in := infos[1]; in.Name != "tt.double" || in.Queue != "other" || in.State != docket.StateReady || string(in.Args) != `{"n":2}` {
+		t.Errorf("l2 listed as %+v", in)
+	}
+	if in := infos[3]; in.State != docket.StateScheduled {
+		t.Errorf("l4 listed in state %v, want scheduled", in.State)
+	}
+	for _, c := range []struct {
+		opts docket.ListOptions
+		want []string
+	}{
+		{docket.ListOptions{Name: "tt.other"}, []string{"l3"}},
+		{docket.ListOptions{Queue: "other"}, []string{"l2"}},
+		{docket.ListOptions{States: []docket.State{docket.StateScheduled}}, []string{"l4"}},
+		{docket.ListOptions{Name: "tt.double", States: []docket.State{docket.StateReady, docket.StateScheduled}}, []string{"l1", "l2", "l4"}},
+		{docket.ListOptions{Limit: 2}, []string{"l1", "l2"}},
+		{docket.ListOptions{After: "l2", Limit: 2}, []string{"l3", "l4"}},
+		{docket.ListOptions{After: "l4"}, nil},
+		{docket.ListOptions{States: []docket.State{docket.StateRunning}}, nil},
+	} {
+		if got, _ := list(c.opts); !slices.Equal(got, c.want) {
+			t.Errorf("List(%+v) = %v, want %v", c.opts, got, c.want)
+		}
+	}
+}
+
+func second[T any](_ T, err error) error { return err }
+
+// Tasks enqueued through Queue.Tx exist only if the application's
+// transaction commits, together with its own writes.
+func testTxEnqueue(t *testing.T, b Backend) {
+	need(t, b.Features.TxEnqueue, "TxEnqueue")
+	q := open(t, b, b.NewURL(t))
+	d := double()
+	q.Register(d)
+	db, err := q.DB()
+	if err != nil {
+		t.Fatalf("DB: %v", err)
+	}
+	if _, err := db.ExecContext(bg, "CREATE TABLE tt_app (n INTEGER)"); err != nil {
+		t.Fatal(err)
+	}
+	enqueueIn := func(n int, end func(*sql.Tx) error) *docket.Result[int] {
+		t.Helper()
+		tx, err := db.BeginTx(bg, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.ExecContext(bg, fmt.Sprintf("INSERT INTO tt_app (n) VALUES (%d)", n)); err != nil {
+			t.Fatal(err)
+		}
+		r, err := d.Enqueue(bg, q.Tx(tx), args{n})
+		if err != nil {
+			t.Fatalf("Enqueue in a transaction: %v", err)
+		}
+		if err := end(tx); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	gone := enqueueIn(1, (*sql.Tx).Rollback)
+	kept := enqueueIn(2, (*sql.Tx).Commit)
+	if _, err := q.Info(bg, gone.ID()); !errors.Is(err, docket.ErrNotFound) {
+		t.Fatalf("Info of a task enqueued in a rolled-back transaction: %v, want ErrNotFound", err)
+	}
+	var rows int
+	if err := db.QueryRowContext(bg, "SELECT count(*) FROM tt_app").Scan(&rows); err != nil || rows != 1 {
+		t.Fatalf("application rows: %d, %v; want the committed one only", rows, err)
+	}
+	run(t, q)
+	if v, err := kept.Wait(wctx(t)); err != nil || v != 4 {
+		t.Fatalf("Wait on the task of the committed transaction = %v, %v", v, err)
 	}
 }

@@ -1,15 +1,4 @@
-// Package storetest is the conformance suite every store.Store must pass.
-//
-// A store's own test calls Run with a constructor that returns a fresh,
-// empty store per test:
-//
-//	func TestConformance(t *testing.T) {
-//		storetest.Run(t, func(t *testing.T) store.Store { return openFresh(t) })
-//	}
-//
-// The suite drives the store only through its params structs, with a clock
-// it controls, so it needs no sleeps.
-package storetest
+package transporttest
 
 import (
 	"context"
@@ -21,19 +10,22 @@ import (
 	"testing"
 	"time"
 
-	"github.com/docketq/docket/store"
 	"github.com/docketq/docket/transport"
 )
+
+// The contract tests drive a transport through its methods alone, with a
+// clock the suite controls: every params struct carries Now, and a
+// transport never reads the clock for decisions a test controls.
 
 // base is the suite's "now"; tests move forward from it.
 var base = time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 
-// Run runs the suite. newStore must return an empty store; the suite closes
-// it.
-func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
+// runContract runs the contract tests, each on a fresh transport from
+// newTransport.
+func runContract(t *testing.T, newTransport func(t *testing.T) transport.Transport, f Features) {
 	tests := []struct {
 		name string
-		fn   func(t *testing.T, s store.Store)
+		fn   func(t *testing.T, s transport.Transport, f Features)
 	}{
 		{"RoundTrip", testRoundTrip},
 		{"BatchIsAtomic", testBatchAtomic},
@@ -41,10 +33,10 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"UniqueKey", testUniqueKey},
 		{"ClaimOrder", testClaimOrder},
 		{"ClaimQueuesAndExclude", testClaimQueues},
-		{"ETA", testETA},
+		{"ETA", testContractETA},
 		{"LeaseFencing", testLeaseFencing},
 		{"WorkerLost", testWorkerLost},
-		{"Expiry", testExpiry},
+		{"Expiry", testContractExpiry},
 		{"RetryAndRelease", testRetryRelease},
 		{"Cancel", testCancel},
 		{"CancelSurvivesReleaseAndRetry", testCancelPending},
@@ -56,9 +48,9 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			s := newStore(t)
+			s := newTransport(t)
 			t.Cleanup(func() { s.Close() })
-			tc.fn(t, s)
+			tc.fn(t, s, f)
 		})
 	}
 }
@@ -76,7 +68,7 @@ func msg(id string, mods ...func(*transport.Message)) transport.Message {
 	return m
 }
 
-func enqueue(t *testing.T, s store.Store, now time.Time, msgs ...transport.Message) []transport.EnqueueResult {
+func enqueue(t *testing.T, s transport.Transport, now time.Time, msgs ...transport.Message) []transport.EnqueueResult {
 	t.Helper()
 	res, err := s.Enqueue(ctx, transport.EnqueueParams{Now: now, Messages: msgs})
 	if err != nil {
@@ -85,7 +77,7 @@ func enqueue(t *testing.T, s store.Store, now time.Time, msgs ...transport.Messa
 	return res
 }
 
-func claim(t *testing.T, s store.Store, now time.Time, owner string, limit int, mods ...func(*transport.ClaimParams)) transport.ClaimResult {
+func claim(t *testing.T, s transport.Transport, now time.Time, owner string, limit int, mods ...func(*transport.ClaimParams)) transport.ClaimResult {
 	t.Helper()
 	p := transport.ClaimParams{Now: now, Owner: owner, Queues: []string{"default"}, Limit: limit, LeaseUntil: now.Add(30 * time.Second)}
 	for _, f := range mods {
@@ -106,7 +98,7 @@ func ids(ds []transport.Delivery) []string {
 	return out
 }
 
-func get(t *testing.T, s store.Store, id string) transport.Info {
+func get(t *testing.T, s transport.Transport, id string) transport.Info {
 	t.Helper()
 	in, err := s.Get(ctx, transport.GetParams{Now: base, ID: id})
 	if err != nil {
@@ -115,7 +107,7 @@ func get(t *testing.T, s store.Store, id string) transport.Info {
 	return in
 }
 
-func finish(t *testing.T, s store.Store, now time.Time, o transport.Outcome) transport.FinishResult {
+func finish(t *testing.T, s transport.Transport, now time.Time, o transport.Outcome) transport.FinishResult {
 	t.Helper()
 	res, err := s.Finish(ctx, transport.FinishParams{Now: now, Items: []transport.Outcome{o}})
 	if err != nil {
@@ -124,7 +116,7 @@ func finish(t *testing.T, s store.Store, now time.Time, o transport.Outcome) tra
 	return res[0]
 }
 
-func testRoundTrip(t *testing.T, s store.Store) {
+func testRoundTrip(t *testing.T, s transport.Transport, _ Features) {
 	payload := []byte("{\"s\":\"a\\u0000b\"}\x00\xff\xfe")
 	m := msg("rt1", func(m *transport.Message) {
 		m.Name, m.Queue, m.Payload, m.Priority = "mail.send", "emails", payload, 7
@@ -164,7 +156,20 @@ func testRoundTrip(t *testing.T, s store.Store) {
 	}
 }
 
-func testBatchAtomic(t *testing.T, s store.Store) {
+// A batch is stored whole: a taken id fails all of it (the part that needs
+// SharedState), and a large batch is stored in one call.
+func testBatchAtomic(t *testing.T, s transport.Transport, f Features) {
+	big := make([]transport.Message, 500)
+	for i := range big {
+		big[i] = msg(fmt.Sprintf("big%03d", i))
+	}
+	if res := enqueue(t, s, base, big...); len(res) != 500 || res[499].ID != "big499" {
+		t.Fatalf("batch results = %d", len(res))
+	}
+	if get(t, s, "big250").State != transport.StateReady {
+		t.Fatal("a task of a large batch is not ready")
+	}
+	need(t, f.SharedState, "SharedState")
 	enqueue(t, s, base, msg("a1"))
 	_, err := s.Enqueue(ctx, transport.EnqueueParams{Now: base, Messages: []transport.Message{msg("b1"), msg("b2"), msg("a1")}})
 	var dup *transport.DuplicateError
@@ -176,16 +181,10 @@ func testBatchAtomic(t *testing.T, s store.Store) {
 			t.Fatalf("%s was stored although its batch failed (err=%v)", id, err)
 		}
 	}
-	big := make([]transport.Message, 500)
-	for i := range big {
-		big[i] = msg(fmt.Sprintf("big%03d", i))
-	}
-	if res := enqueue(t, s, base, big...); len(res) != 500 || res[499].ID != "big499" {
-		t.Fatalf("batch results = %d", len(res))
-	}
 }
 
-func testDuplicateID(t *testing.T, s store.Store) {
+func testDuplicateID(t *testing.T, s transport.Transport, f Features) {
+	need(t, f.SharedState, "SharedState")
 	enqueue(t, s, base, msg("d1"))
 	_, err := s.Enqueue(ctx, transport.EnqueueParams{Now: base, Messages: []transport.Message{msg("d1")}})
 	if !errors.Is(err, transport.ErrDuplicate) {
@@ -197,7 +196,8 @@ func testDuplicateID(t *testing.T, s store.Store) {
 	}
 }
 
-func testUniqueKey(t *testing.T, s store.Store) {
+func testUniqueKey(t *testing.T, s transport.Transport, f Features) {
+	need(t, f.SharedState, "SharedState")
 	uk := func(m *transport.Message) { m.UniqueKey = "report:42" }
 	enqueue(t, s, base, msg("u1", uk))
 	_, err := s.Enqueue(ctx, transport.EnqueueParams{Now: base, Messages: []transport.Message{msg("u2", uk)}})
@@ -228,7 +228,9 @@ func testUniqueKey(t *testing.T, s store.Store) {
 	}
 }
 
-func testClaimOrder(t *testing.T, s store.Store) {
+// Claims take the highest priority first, then the oldest (the order
+// needs Priority); a limit is honoured and an empty queue yields nothing.
+func testClaimOrder(t *testing.T, s transport.Transport, f Features) {
 	prio := func(p int) func(*transport.Message) { return func(m *transport.Message) { m.Priority = p } }
 	enqueue(t, s, base, msg("o1", prio(0)))
 	enqueue(t, s, base.Add(time.Millisecond), msg("o2", prio(5)))
@@ -239,7 +241,12 @@ func testClaimOrder(t *testing.T, s store.Store) {
 	for range 4 {
 		got = append(got, ids(claim(t, s, now, "w", 1).Deliveries)...)
 	}
-	if want := []string{"o4", "o2", "o1", "o3"}; !slices.Equal(got, want) {
+	want := []string{"o4", "o2", "o1", "o3"}
+	if !f.Priority {
+		slices.Sort(got)
+		want = []string{"o1", "o2", "o3", "o4"}
+	}
+	if !slices.Equal(got, want) {
 		t.Fatalf("claim order %v, want %v", got, want)
 	}
 	if d := claim(t, s, now, "w", 5).Deliveries; len(d) != 0 {
@@ -253,7 +260,7 @@ func testClaimOrder(t *testing.T, s store.Store) {
 	}
 }
 
-func testClaimQueues(t *testing.T, s store.Store) {
+func testClaimQueues(t *testing.T, s transport.Transport, _ Features) {
 	enqueue(t, s, base,
 		msg("q1", func(m *transport.Message) { m.Queue = "a" }),
 		msg("q2", func(m *transport.Message) { m.Queue = "b" }),
@@ -271,7 +278,7 @@ func testClaimQueues(t *testing.T, s store.Store) {
 	}
 }
 
-func testETA(t *testing.T, s store.Store) {
+func testContractETA(t *testing.T, s transport.Transport, _ Features) {
 	eta := base.Add(time.Hour)
 	enqueue(t, s, base, msg("e1", func(m *transport.Message) { m.ETA = eta }))
 	if in := get(t, s, "e1"); in.State != transport.StateScheduled || !in.ETA.Equal(eta) {
@@ -294,7 +301,7 @@ func testETA(t *testing.T, s store.Store) {
 	}
 }
 
-func testLeaseFencing(t *testing.T, s store.Store) {
+func testLeaseFencing(t *testing.T, s transport.Transport, _ Features) {
 	enqueue(t, s, base, msg("f1"))
 	d := claim(t, s, base, "w1", 1).Deliveries[0]
 	// Heartbeat by the holder works; by anyone else it is lost.
@@ -335,7 +342,7 @@ func testLeaseFencing(t *testing.T, s store.Store) {
 	}
 }
 
-func testWorkerLost(t *testing.T, s store.Store) {
+func testWorkerLost(t *testing.T, s transport.Transport, _ Features) {
 	enqueue(t, s, base, msg("w1", func(m *transport.Message) { m.MaxAttempts = 2 }))
 	now := base
 	for attempt := 1; attempt <= 2; attempt++ {
@@ -354,7 +361,7 @@ func testWorkerLost(t *testing.T, s store.Store) {
 	}
 }
 
-func testExpiry(t *testing.T, s store.Store) {
+func testContractExpiry(t *testing.T, s transport.Transport, _ Features) {
 	enqueue(t, s, base, msg("x1", func(m *transport.Message) { m.Expires = base.Add(time.Minute) }))
 	res := claim(t, s, base.Add(2*time.Minute), "w", 1)
 	if len(res.Deliveries) != 0 || len(res.Ended) != 1 || res.Ended[0].State != transport.StateExpired {
@@ -369,7 +376,7 @@ func testExpiry(t *testing.T, s store.Store) {
 	}
 }
 
-func testRetryRelease(t *testing.T, s store.Store) {
+func testRetryRelease(t *testing.T, s transport.Transport, _ Features) {
 	enqueue(t, s, base, msg("r1"))
 	d := claim(t, s, base, "w", 1).Deliveries[0]
 	retryAt := base.Add(10 * time.Second)
@@ -393,7 +400,7 @@ func testRetryRelease(t *testing.T, s store.Store) {
 	}
 }
 
-func testCancel(t *testing.T, s store.Store) {
+func testCancel(t *testing.T, s transport.Transport, _ Features) {
 	enqueue(t, s, base, msg("c1"), msg("c2"), msg("c3", func(m *transport.Message) { m.ETA = base.Add(time.Hour) }))
 	r, err := s.Cancel(ctx, transport.CancelParams{Now: base, ID: "c3"})
 	if err != nil || r.State != transport.StateCancelled {
@@ -442,7 +449,7 @@ func testCancel(t *testing.T, s store.Store) {
 // a retry ends it cancelled instead of putting it back, and frees its
 // unique key. An outcome that ends the task otherwise stands, and a claim
 // by id never leases a task with a cancel recorded.
-func testCancelPending(t *testing.T, s store.Store) {
+func testCancelPending(t *testing.T, s transport.Transport, f Features) {
 	uk := func(m *transport.Message) { m.UniqueKey = "only-one" }
 	enqueue(t, s, base, msg("rel", uk), msg("retry"), msg("due"), msg("ok"), msg("fail"))
 	res := claim(t, s, base, "w", 5)
@@ -522,8 +529,8 @@ func testCancelPending(t *testing.T, s store.Store) {
 	}
 	// The unique key is free again.
 	enqueue(t, s, now, msg("rel2", uk))
-	if c, ok := s.(transport.IDClaimer); ok {
-		r, err := c.ClaimIDs(ctx, transport.ClaimIDsParams{Now: now.Add(time.Hour), Owner: "w3", LeaseUntil: now.Add(2 * time.Hour), IDs: []string{"rel", "retry"}})
+	if f.ClaimByID {
+		r, err := idClaimer(t, s).ClaimIDs(ctx, transport.ClaimIDsParams{Now: now.Add(time.Hour), Owner: "w3", LeaseUntil: now.Add(2 * time.Hour), IDs: []string{"rel", "retry"}})
 		if err != nil {
 			t.Fatalf("ClaimIDs: %v", err)
 		}
@@ -535,7 +542,16 @@ func testCancelPending(t *testing.T, s store.Store) {
 	}
 }
 
-func testLookup(t *testing.T, s store.Store) {
+func idClaimer(t *testing.T, s transport.Transport) transport.IDClaimer {
+	t.Helper()
+	c, ok := s.(transport.IDClaimer)
+	if !ok {
+		t.Fatalf("%T claims ClaimByID but does not implement transport.IDClaimer", s)
+	}
+	return c
+}
+
+func testLookup(t *testing.T, s transport.Transport, _ Features) {
 	enqueue(t, s, base, msg("k1"), msg("k2"))
 	d := claim(t, s, base, "w", 1).Deliveries[0]
 	s.Cancel(ctx, transport.CancelParams{Now: base, ID: d.ID})
@@ -556,10 +572,11 @@ func testLookup(t *testing.T, s store.Store) {
 	}
 }
 
-func testPrune(t *testing.T, s store.Store) {
+func testPrune(t *testing.T, s transport.Transport, f Features) {
+	need(t, f.Pruning, "Pruning")
 	pr, ok := s.(transport.Pruner)
 	if !ok {
-		t.Skip("store does not implement transport.Pruner")
+		t.Fatalf("%T claims Pruning but does not implement transport.Pruner", s)
 	}
 	enqueue(t, s, base, msg("p1"), msg("p2"), msg("p3", func(m *transport.Message) { m.ResultTTL = 3 * time.Hour }))
 	for _, d := range claim(t, s, base, "w", 3).Deliveries {
@@ -583,7 +600,7 @@ func testPrune(t *testing.T, s store.Store) {
 	}
 }
 
-func testConcurrentClaims(t *testing.T, s store.Store) {
+func testConcurrentClaims(t *testing.T, s transport.Transport, _ Features) {
 	const n = 400
 	msgs := make([]transport.Message, n)
 	for i := range msgs {
@@ -641,15 +658,13 @@ func testConcurrentClaims(t *testing.T, s store.Store) {
 	}
 }
 
-// ClaimIDs (for stores behind a broker): a task is leased by id whatever
-// its queue position; a task under a live lease or not due is left with
-// the time to ask again; final and unknown tasks are left; expired,
-// cancelled-while-lost and out-of-attempts tasks end.
-func testClaimIDs(t *testing.T, s store.Store) {
-	c, ok := s.(transport.IDClaimer)
-	if !ok {
-		t.Skip("store does not claim by id")
-	}
+// ClaimIDs (for a result store behind a broker): a task is leased by id
+// whatever its queue position; a task under a live lease or not due is
+// left with the time to ask again; final and unknown tasks are left;
+// expired, cancelled-while-lost and out-of-attempts tasks end.
+func testClaimIDs(t *testing.T, s transport.Transport, f Features) {
+	need(t, f.ClaimByID, "ClaimByID")
+	c := idClaimer(t, s)
 	enqueue(t, s, base,
 		msg("a"), msg("b", func(m *transport.Message) { m.ETA = base.Add(time.Hour) }),
 		msg("c", func(m *transport.Message) { m.Expires = base.Add(time.Second) }),

@@ -1,0 +1,90 @@
+package transporttest
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/docketq/docket/store/sqlite"
+	"github.com/docketq/docket/transport"
+)
+
+var memories atomic.Int64
+
+func memoryURL(*testing.T) string { return fmt.Sprintf("memory:features-%d", memories.Add(1)) }
+
+func openMemory(t *testing.T) transport.Transport {
+	s, err := sqlite.Open(context.Background(), sqlite.Options{Memory: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// bare hides every optional interface of the transport it holds.
+type bare struct{ transport.Transport }
+
+// The check reports a claim the transport does not keep, and an interface
+// it implements without the claim.
+func TestMismatches(t *testing.T) {
+	all := Features{Schedules: true, SharedState: true, Priority: true, Listing: true, Pruning: true, ClaimByID: true, TxEnqueue: true}
+	s := openMemory(t)
+	if m := mismatches(s, all); len(m) != 0 {
+		t.Fatalf("SQLite claiming everything: %v", m)
+	}
+	count := func(ms []string, word string) int {
+		n := 0
+		for _, m := range ms {
+			if strings.Contains(m, word) {
+				n++
+			}
+		}
+		return n
+	}
+	if m := mismatches(s, Features{SharedState: true, Priority: true}); len(m) != 5 || count(m, "does not claim") != 5 {
+		t.Errorf("SQLite claiming no interface feature: %d mismatches, want 5 unclaimed interfaces:\n%s", len(m), strings.Join(m, "\n"))
+	}
+	if m := mismatches(bare{s}, all); len(m) != 6 || count(m, "does not implement") != 5 || count(m, "DBProvider") != 1 {
+		t.Errorf("a transport without optional interfaces claiming everything: %d mismatches, want 6:\n%s", len(m), strings.Join(m, "\n"))
+	}
+	if m := mismatches(bare{s}, Features{SharedState: true, Priority: true}); len(m) != 0 {
+		t.Errorf("a transport without optional interfaces claiming none: %v", m)
+	}
+}
+
+// The older description (Features nil) claims schedules, shared state and
+// priority less the No fields, and the interface features the transport
+// has; with Features, a No field withdraws its feature.
+func TestClaims(t *testing.T) {
+	got := Backend{NewURL: memoryURL, NoPriority: true}.claims(t)
+	want := Features{Schedules: true, SharedState: true, Listing: true, Pruning: true, ClaimByID: true, TxEnqueue: true}
+	if got != want {
+		t.Errorf("legacy claims = %+v, want %+v", got, want)
+	}
+	got = Backend{NewURL: memoryURL, NoSchedules: true, NoSharedState: true}.claims(t)
+	want = Features{Priority: true, Listing: true, Pruning: true, ClaimByID: true, TxEnqueue: true}
+	if got != want {
+		t.Errorf("legacy claims = %+v, want %+v", got, want)
+	}
+	f := Features{Schedules: true, Priority: true, Listing: true}
+	got = Backend{NewURL: memoryURL, Features: &f, NoPriority: true}.claims(t)
+	if want := (Features{Schedules: true, Listing: true}); got != want {
+		t.Errorf("claims = %+v, want %+v", got, want)
+	}
+}
+
+// The capture scheme hands the suite the transport docket opened.
+func TestOpenCaptured(t *testing.T) {
+	q, tr := openCaptured(t, Backend{NewURL: memoryURL})
+	defer q.Close()
+	if _, ok := tr.(*sqlite.Store); !ok {
+		t.Fatalf("captured %T, want *sqlite.Store", tr)
+	}
+	if !slices.Contains(transport.Schemes(), captureScheme) {
+		t.Fatalf("%s is not registered", captureScheme)
+	}
+}
