@@ -89,7 +89,7 @@
 // their tasks without consuming an attempt. docket never installs signal
 // handlers and never writes to stdout; pass a *slog.Logger to see it.
 //
-// Periodic tasks (beat). Queue.Schedule registers a task to run on a Cron
+// Periodic tasks (beat). Task.Schedule registers a task to run on a Cron
 // spec or Every interval. Any number of processes may run the scheduler
 // (it runs inside Run): each slot is recorded in the store, unique forever,
 // in the same transaction that enqueues its task, so a slot fires once

@@ -48,9 +48,9 @@ func (w *worker) executor() {
 // execute runs one delivery's handler and decides the outcome. skip means
 // no outcome may be written (the lease was lost).
 func (q *Queue) execute(parent context.Context, d *transport.Delivery) (out transport.Outcome, skip bool) {
-	out.Lease = d.Lease()
 	t := q.lookupTask(d.Name)
 	if t == nil {
+		out.Lease = d.Lease()
 		out.State = StateFailed
 		out.Error = fmt.Sprintf("docket: task name %q is not registered in the worker that claimed it", d.Name)
 		return out, false
@@ -74,7 +74,15 @@ func (q *Queue) execute(parent context.Context, d *transport.Delivery) (out tran
 		}
 	}
 	timeoutCancel()
-	cause := context.Cause(parent)
+	return decide(d, result, err, context.Cause(parent), q.now(), func() Backoff { return q.backoffFor(d, t) })
+}
+
+// decide is the outcome of an attempt that returned result and err, its
+// ctx cancelled for cause (nil when it was not): a pure function of its
+// inputs, apart from the backoff's jitter. skip means no outcome may be
+// written (the lease was lost).
+func decide(d *transport.Delivery, result []byte, err, cause error, now time.Time, backoff func() Backoff) (out transport.Outcome, skip bool) {
+	out.Lease = d.Lease()
 	switch {
 	case cause == errLeaseLost:
 		return out, true
@@ -101,9 +109,8 @@ func (q *Queue) execute(parent context.Context, d *transport.Delivery) (out tran
 			if errors.As(err, &retry) {
 				delay = max(retry.Delay, 0)
 			} else {
-				delay = q.backoffFor(d, t).Delay(d.Attempt, err)
+				delay = backoff().Delay(d.Attempt, err)
 			}
-			now := q.now()
 			runAt, ok := addDelay(now, delay)
 			if !ok {
 				runAt, _ = addDelay(now, maxDelay)

@@ -11,11 +11,15 @@
 // decisions that tests must control.
 //
 // Optional behaviour is discovered by type assertion, in the manner of
-// database/sql/driver: Subscriber (push notifications), Pruner (retention),
-// TxEnqueuer (enqueue inside a caller's *sql.Tx), DBProvider and Lister.
+// database/sql/driver: ScheduleStore (durable periodic tasks), Lister,
+// Pruner (retention), TxEnqueuer (enqueue inside a caller's *sql.Tx),
+// DBProvider, IDClaimer (lease by id, for a broker's result store),
+// ClaimStopper, Subscriber (push notifications) and ChangeCounter (writes
+// by other processes). The rule that makes this work: a backend implements
+// an optional interface only if it supports it, never to answer
+// ErrUnsupported at run time. Package transport/transporttest checks it.
 //
-// The default transport is backed by a store.Store (see package
-// transport/storetransport and store/sqlite), registered for the "sqlite" and
+// The default backend is store/sqlite, registered for the "sqlite" and
 // "memory" schemes. Broker transports register their own schemes from their
 // own packages, so a program that only uses SQLite never links a broker client.
 package transport

@@ -24,7 +24,7 @@ import (
 type Features struct {
 	// Schedules: the transport implements transport.ScheduleStore, so
 	// that any number of processes running the scheduler fire each slot
-	// of a periodic task once (Queue.Schedule; test BeatSlotsOnce).
+	// of a periodic task once (Task.Schedule; test BeatSlotsOnce).
 	Schedules bool
 	// SharedState: every process sees the state of every task, whoever
 	// enqueued it: a taken task id or unique key is refused, or returned
