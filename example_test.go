@@ -121,6 +121,6 @@ func ExampleValidationError() {
 	fmt.Println(errors.As(err, &ve), ve.Field)
 	fmt.Println(err)
 	// Output:
-	// true In
-	// docket: invalid In -1m0s: countdown must be zero or positive, under 100 years
+	// true Countdown
+	// docket: invalid Countdown -1m0s: countdown must be zero or positive, under 100 years
 }

@@ -114,7 +114,11 @@ func New(backend transport.Transport, opts ...Option) (*Queue, error) {
 	if cfg.resultURL != "" {
 		return nil, invalid("ResultStore", cfg.resultURL, "applies to Open; pass the result store to the broker's constructor")
 	}
-	return newQueue(backend, fmt.Sprintf("%T", backend), cfg), nil
+	name := fmt.Sprintf("%T", backend)
+	if s, ok := backend.(fmt.Stringer); ok {
+		name = s.String()
+	}
+	return newQueue(backend, name, cfg), nil
 }
 
 func newConfig(opts []Option) (config, error) {

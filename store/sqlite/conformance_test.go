@@ -33,7 +33,7 @@ func TestConformanceFile(t *testing.T) {
 		Open: func(t *testing.T) transport.Transport {
 			return openStore(t, sqlite.Options{Path: filepath.Join(t.TempDir(), "q.db")})
 		},
-		Features: &features,
+		Features: features,
 	})
 }
 
@@ -44,6 +44,6 @@ func TestConformanceMemory(t *testing.T) {
 	transporttest.Run(t, transporttest.Backend{
 		NewURL:   func(t *testing.T) string { return fmt.Sprintf("memory:conformance-%d", n.Add(1)) },
 		Open:     func(t *testing.T) transport.Transport { return openStore(t, sqlite.Options{Memory: true}) },
-		Features: &features,
+		Features: features,
 	})
 }

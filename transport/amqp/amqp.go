@@ -5,6 +5,12 @@
 //
 //	q, err := docket.Open(ctx, "amqp://user:password@host:5672/vhost")
 //
+// or build one with New from connection settings a program already has
+// (TLS, SASL, client properties, a result store it opened itself) and hand
+// it to docket.New:
+//
+//	t, err := amqp.New(ctx, amqp.Config{URL: url, AMQP: amqp091.Config{TLSClientConfig: tlsCfg}})
+//
 // URLs are RabbitMQ URIs (amqp://, or amqps:// for TLS, which verifies the
 // server's certificate against the system's roots; to trust a private CA,
 // point SSL_CERT_FILE or SSL_CERT_DIR at it) plus docket parameters:
@@ -129,15 +135,19 @@
 // (none to a producer on the worker's own docket.Queue, which records
 // them directly). A task's start is not reported to a producer elsewhere:
 // its Info says ready until the task retries or ends. Wait, Info and
-// Cancel work for the tasks a process enqueued itself; it keeps their final states (not their arguments) in
-// memory for an hour, or their ResultTTL if shorter. Unique keys, listing,
-// lookups of other processes' tasks and periodic schedules need state
-// shared by every process, which RabbitMQ does not keep: those calls return
-// an error wrapping ErrUnsupported.
+// Cancel work for the tasks a process enqueued itself; it keeps their final
+// states (not their arguments) in memory for an hour, or their ResultTTL if
+// shorter. Unique keys, listing, retention, lookups of other processes'
+// tasks and periodic schedules need state shared by every process, which
+// RabbitMQ does not keep: the transport does not offer them, and docket
+// answers those calls with an error wrapping ErrUnsupported.
 //
-// With a result store (docket's ResultStore option or $DOCKET_RESULT_URL:
-// a Redis URL, or a SQLite file on one host), RabbitMQ carries the tasks and
-// the store keeps their state, with everything SQLite and Redis offer:
+// With a result store (docket's ResultStore option with a Redis URL, or a
+// SQLite file on one host; or Config.ResultStore), RabbitMQ carries the tasks and the store keeps their state. The store must lease
+// tasks by id, list, prune and keep schedules (transport.IDClaimer, Lister,
+// Pruner and ScheduleStore); one that cannot is refused with an error
+// wrapping ErrUnsupported. The transport then offers everything the store
+// does:
 // results that outlive their producer, lookups from any process, unique
 // keys, persisted cancellation, schedules that fire each slot once. Enqueue
 // publishes, then records the task in the store; a worker leases each
@@ -155,22 +165,24 @@
 // # Connections
 //
 // The connection sends heartbeats every 10 seconds. When it or any of its
-// channels fails, docket reconnects with jittered exponential backoff,
-// declares its topology again and resumes its consumers; calls made
-// meanwhile wait for the connection until their ctx ends.
+// channels fails, docket reconnects with jittered exponential backoff (100
+// ms doubling to 5 s), declares its topology again and resumes its
+// consumers; calls made meanwhile wait for the connection until their ctx
+// ends. What a lost connection costs depends on the mode: with RabbitMQ
+// alone the consumer's channel is the lease, so the tasks running on it
+// are reported lost and delivered again; with a result store the store's
+// leases outlive the connection, so handlers keep running and record their
+// outcomes, and the copies RabbitMQ delivers again are settled by the
+// store.
 package amqp
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
+	"log/slog"
 	"net/url"
-	"slices"
-	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -184,390 +196,163 @@ func init() {
 	transport.Register("amqps", open)
 }
 
-// options are the docket parameters of the URL.
-type options struct {
-	prefix        string
-	quorum        bool
-	deliveryLimit int
-	dialTimeout   time.Duration // connection_timeout
+// Config configures a transport built by New.
+type Config struct {
+	// URL is the broker's amqp:// or amqps:// URL, with docket's and
+	// RabbitMQ's parameters (see the package documentation). Required.
+	URL string
+	// AMQP is the client's connection configuration: TLS, SASL, vhost,
+	// heartbeat, channel and frame limits, client properties. As with
+	// amqp091.DialConfig, a field that is set wins over the URL (SASL over
+	// its credentials, TLSClientConfig over its cacertfile, certfile and
+	// keyfile), except the heartbeat, where the URL's parameter wins; zero
+	// fields take the URL's values or docket's defaults (a 10 s heartbeat,
+	// a connection_name naming docket among the properties). Dial, when
+	// set, replaces docket's dialer, which bounds the dial by the URL's
+	// connection_timeout and the ctx of the call that connects. Recovery
+	// must be nil: docket reconnects itself. The transport copies what
+	// amqp091 would modify (TLSClientConfig, Properties), so the values
+	// given are left as they are.
+	AMQP amqp.Config
+	// ResultStore, when set, keeps task state while RabbitMQ carries the
+	// tasks; nil means RabbitMQ alone. It must implement
+	// transport.IDClaimer, Lister, Pruner and ScheduleStore (docket's
+	// SQLite and Redis transports do), or New fails with an error wrapping
+	// transport.ErrUnsupported. The transport does not close it: close it
+	// after the transport.
+	ResultStore transport.Transport
+	// Logger receives the transport's diagnostics; nil means
+	// slog.Default().
+	Logger *slog.Logger
+	// Now is the clock of the transport's housekeeping (forgetting old
+	// cancel requests and finished tasks); nil means time.Now.
+	Now func() time.Time
 }
 
-// Transport is the RabbitMQ implementation of transport.Transport.
-type Transport struct {
-	uri   string // the URI for amqp091, with its credentials
-	where string // the redacted URL, for errors and String
-	opt   options
-	cfg   transport.Config
-	id    string // this process's reply and control queue suffix
-
-	replyName atomic.Pointer[string] // this process's reply queue (see consumeReplies)
-	replyMove int                    // reply queues given up (under mu)
-
-	mu        sync.Mutex
-	sess      *session      // nil while disconnected
-	ready     chan struct{} // closed when sess is set
-	closed    bool
-	done      chan struct{} // closed by Close
-	bg        sync.WaitGroup
-	listeners transport.Listeners
-
-	// consumer side
-	queues   map[string]bool // docket queues this process consumes
-	capacity int             // the prefetch of each consumer
-	buf      []*held         // delivered, not claimed yet
-	inflight map[string]*held
-
-	// the result store, when one is configured
-	store   transport.Transport
-	claimer transport.IDClaimer
-	unsub   func()
-
-	// producer side (RabbitMQ alone)
-	replies bool // a reply queue is wanted (this process enqueued)
-	known   map[string]*record
-	revoked map[string]time.Time
+// New connects to RabbitMQ and returns the transport c describes: with a
+// result store when c.ResultStore is set, RabbitMQ alone otherwise. It
+// waits for the first connection until ctx ends; later connection losses
+// are repaired in the background. Closing the transport closes its
+// connection, not c.ResultStore.
+func New(ctx context.Context, c Config) (transport.Transport, error) {
+	if c.URL == "" {
+		return nil, fmt.Errorf("docket: amqp: Config.URL is empty: %w", transport.ErrInvalid)
+	}
+	u, err := url.Parse(c.URL)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // without the URL, which may hold a password
+		}
+		return nil, fmt.Errorf("docket: amqp URL: %v: %w", err, transport.ErrInvalid)
+	}
+	return build(ctx, u, c, false)
 }
 
-var (
-	_ transport.Transport  = (*Transport)(nil)
-	_ transport.Subscriber = (*Transport)(nil)
-)
-
+// open is the OpenFunc of the amqp and amqps schemes. A result store named
+// by cfg.ResultURL is opened here, and closed with the transport.
 func open(ctx context.Context, u *url.URL, cfg transport.Config) (transport.Transport, error) {
-	where := transport.Redact(u)
-	opt, clean, err := parseOptions(u)
-	if err != nil {
+	c := Config{Logger: cfg.Logger, Now: cfg.Now}
+	if cfg.ResultURL == nil {
+		return build(ctx, u, c, false)
+	}
+	// A bad broker URL is refused before the store is opened.
+	if _, _, err := parseOptions(u); err != nil {
 		return nil, err
 	}
-	t := &Transport{
-		uri: clean.String(), where: where, opt: opt, cfg: cfg, id: ulid.Make().String(),
-		ready: make(chan struct{}), done: make(chan struct{}),
-		queues: map[string]bool{}, inflight: map[string]*held{},
-		known: map[string]*record{}, revoked: map[string]time.Time{},
-	}
-	reply := t.name("reply." + t.id)
-	t.replyName.Store(&reply)
-	if cfg.ResultURL != nil {
-		if err := t.openStore(ctx, cfg); err != nil {
-			return nil, err
-		}
-	}
-	s, err := t.connect(ctx)
-	if err != nil {
-		if t.store != nil {
-			t.unsub()
-			t.store.Close()
-		}
-		return nil, err
-	}
-	t.install(s)
-	t.bg.Add(1)
-	go t.sweep()
-	if t.store != nil {
-		return &Stored{t}, nil
-	}
-	return t, nil
-}
-
-// openStore opens the result store named by cfg.ResultURL and forwards its
-// notifications (finished tasks, cancel requests, other processes'
-// writes); new work is announced by RabbitMQ, not by the store.
-func (t *Transport) openStore(ctx context.Context, cfg transport.Config) error {
 	scfg := cfg
 	scfg.ResultURL = nil
 	st, err := transport.Open(ctx, cfg.ResultURL, scfg)
 	if err != nil {
-		return fmt.Errorf("docket: amqp result store: %w", err)
+		return nil, fmt.Errorf("docket: amqp result store: %w", err)
 	}
-	c, ok := st.(transport.IDClaimer)
-	if !ok {
+	c.ResultStore = st
+	t, err := build(ctx, u, c, true)
+	if err != nil {
 		st.Close()
-		return fmt.Errorf("docket: amqp result store %s cannot lease tasks by id", transport.Redact(cfg.ResultURL))
+		return nil, err
 	}
-	t.store, t.claimer, t.unsub = st, c, func() {}
-	if sub, ok := st.(transport.Subscriber); ok {
-		t.unsub = sub.Subscribe(func(e transport.Event) {
-			if e.Kind != transport.EventReady {
-				t.publishEvent(e)
-			}
-		})
-	}
-	return nil
+	return t, nil
 }
 
-// ResultStore implements transport.ResultStorer.
-func (t *Transport) ResultStore() transport.Transport { return t.store }
-
-// docketParams are the URL parameters docket reads itself; clientParams
-// are RabbitMQ's URI query parameters, passed on to the client.
-var (
-	docketParams = []string{"prefix", "queue_type", "delivery_limit"}
-	clientParams = []string{"heartbeat", "connection_timeout", "channel_max", "auth_mechanism", "cacertfile", "certfile", "keyfile", "server_name_indication"}
-)
-
-func parseOptions(u *url.URL) (options, *url.URL, error) {
-	opt := options{prefix: "docket", quorum: true, deliveryLimit: 20, dialTimeout: 10 * time.Second}
-	q := u.Query()
-	for key := range q {
-		if !slices.Contains(docketParams, key) && !slices.Contains(clientParams, key) {
-			return opt, nil, fmt.Errorf("docket: unknown amqp URL parameter %q (known: %s, %s): %w",
-				key, strings.Join(docketParams, ", "), strings.Join(clientParams, ", "), transport.ErrInvalid)
+// build connects and returns the transport of c's mode. It is the one
+// place that tells the modes apart. ownStore says whether Close closes
+// c.ResultStore.
+func build(ctx context.Context, u *url.URL, c Config, ownStore bool) (transport.Transport, error) {
+	b, err := newBroker(u, c)
+	if err != nil {
+		return nil, err
+	}
+	if c.ResultStore == nil {
+		a := newAlone(b)
+		if err := a.start(ctx); err != nil {
+			return nil, err
 		}
+		return a, nil
 	}
-	if p := q.Get("prefix"); p != "" {
-		opt.prefix = p
+	st, err := newStored(b, c.ResultStore, ownStore)
+	if err != nil {
+		return nil, err
 	}
-	if !validPrefix(opt.prefix) {
-		return opt, nil, fmt.Errorf("docket: amqp prefix %q: use letters, digits, '_' and '-': %w", opt.prefix, transport.ErrInvalid)
+	if err := st.start(ctx); err != nil {
+		return nil, err
 	}
-	switch v := q.Get("queue_type"); v {
-	case "", "quorum":
-	case "classic":
-		opt.quorum = false
-	default:
-		return opt, nil, fmt.Errorf("docket: amqp queue_type=%q: want quorum or classic: %w", v, transport.ErrInvalid)
+	if cc, ok := c.ResultStore.(transport.ChangeCounter); ok {
+		return &storedCounted{stored: st, counter: cc}, nil
 	}
-	if v := q.Get("delivery_limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 1000 {
-			return opt, nil, fmt.Errorf("docket: amqp delivery_limit=%q: want a number from 1 to 1000: %w", v, transport.ErrInvalid)
-		}
-		opt.deliveryLimit = n
-	}
-	if v := q.Get("connection_timeout"); v != "" {
-		// RabbitMQ's URI parameter, in milliseconds; docket dials the
-		// connection itself, so it applies it here.
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			return opt, nil, fmt.Errorf("docket: amqp connection_timeout=%q: want milliseconds, at least 1: %w", v, transport.ErrInvalid)
-		}
-		opt.dialTimeout = time.Duration(n) * time.Millisecond
-	}
-	for _, k := range docketParams {
-		q.Del(k)
-	}
-	clean := *u
-	clean.RawQuery = q.Encode()
-	// The client's own parameters are checked now rather than at each
-	// connection attempt.
-	if _, err := amqp.ParseURI(clean.String()); err != nil {
-		return opt, nil, fmt.Errorf("docket: amqp URL %s: %v: %w", transport.Redact(u), redactErr(err, clean.String()), transport.ErrInvalid)
-	}
-	return opt, &clean, nil
+	return st, nil
 }
 
-func validPrefix(p string) bool {
-	if p == "" || len(p) > 32 {
-		return false
+// newBroker returns the core for u, not connected yet.
+func newBroker(u *url.URL, c Config) (*broker, error) {
+	opt, clean, err := parseOptions(u)
+	if err != nil {
+		return nil, err
 	}
-	for _, c := range p {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
-			return false
-		}
+	if c.AMQP.Recovery != nil {
+		return nil, fmt.Errorf("docket: amqp: Config.AMQP.Recovery must be nil: docket reconnects itself: %w", transport.ErrInvalid)
 	}
-	return true
+	b := &broker{
+		uri: clean.String(), where: transport.Redact(u), opt: opt, dial: c.AMQP,
+		log: c.Logger, now: c.Now, id: ulid.Make().String(),
+		ready: make(chan struct{}), done: make(chan struct{}),
+		queues: map[string]bool{}, inflight: map[string]*held{}, revoked: map[string]time.Time{},
+	}
+	if b.log == nil {
+		b.log = slog.Default()
+	}
+	if b.now == nil {
+		b.now = time.Now
+	}
+	return b, nil
 }
 
-// String returns the broker URL with the password redacted.
-func (t *Transport) String() string { return "amqp transport " + t.where }
+// requiredOfStore lists what a result store must implement, and names it.
+var requiredOfStore = []struct {
+	name string
+	has  func(transport.Transport) bool
+}{
+	{"transport.IDClaimer (lease tasks by id)", func(t transport.Transport) bool { _, ok := t.(transport.IDClaimer); return ok }},
+	{"transport.Lister (list tasks)", func(t transport.Transport) bool { _, ok := t.(transport.Lister); return ok }},
+	{"transport.Pruner (delete expired results)", func(t transport.Transport) bool { _, ok := t.(transport.Pruner); return ok }},
+	{"transport.ScheduleStore (periodic schedules)", func(t transport.Transport) bool { _, ok := t.(transport.ScheduleStore); return ok }},
+}
 
-// Subscribe implements transport.Subscriber: deliveries, results and cancel
-// requests arrive pushed by the broker.
-func (t *Transport) Subscribe(fn func(transport.Event)) func() { return t.listeners.Add(fn, nil) }
-
-func (t *Transport) publishEvent(e transport.Event) { t.listeners.Publish(e) }
-
-// Close gives back the deliveries no worker took, and closes the
-// connection.
-func (t *Transport) Close() error {
-	t.mu.Lock()
-	if t.closed {
-		t.mu.Unlock()
+// checkStore returns an error wrapping transport.ErrUnsupported that names
+// what st lacks of requiredOfStore, or nil.
+func checkStore(st transport.Transport) error {
+	var missing []string
+	for _, r := range requiredOfStore {
+		if !r.has(st) {
+			missing = append(missing, r.name)
+		}
+	}
+	if len(missing) == 0 {
 		return nil
 	}
-	t.closed = true
-	close(t.done)
-	s := t.sess
-	t.mu.Unlock()
-	if s != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		t.giveBack(ctx, s)
-		cancel()
-		s.conn.Close()
+	name := fmt.Sprintf("%T", st)
+	if sn, ok := st.(fmt.Stringer); ok {
+		name = sn.String()
 	}
-	t.bg.Wait()
-	t.listeners.Stop()
-	if t.store != nil {
-		t.unsub()
-		return t.store.Close()
-	}
-	return nil
-}
-
-// current returns the live session, or an error at once when there is
-// none (for the worker's loops, which must not block).
-func (t *Transport) current() (*session, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	switch {
-	case t.closed:
-		return nil, transport.ErrClosed
-	case t.sess == nil:
-		return nil, fmt.Errorf("docket: amqp %s: reconnecting: %w", t.where, transport.ErrBusy)
-	}
-	return t.sess, nil
-}
-
-// session waits for a live session until ctx ends.
-func (t *Transport) session(ctx context.Context) (*session, error) {
-	for {
-		t.mu.Lock()
-		s, ready, closed := t.sess, t.ready, t.closed
-		t.mu.Unlock()
-		if closed {
-			return nil, transport.ErrClosed
-		}
-		if s != nil {
-			return s, nil
-		}
-		select {
-		case <-ready:
-		case <-t.done:
-		case <-ctx.Done():
-			return nil, fmt.Errorf("docket: amqp %s: not connected: %w", t.where, context.Cause(ctx))
-		}
-	}
-}
-
-// install makes s the live session and watches it; when it fails, the
-// deliveries it held are forgotten (RabbitMQ redelivers them) and a new
-// session is dialled in the background.
-func (t *Transport) install(s *session) {
-	t.mu.Lock()
-	t.sess = s
-	close(t.ready)
-	t.mu.Unlock()
-	t.bg.Add(1)
-	go func() {
-		defer t.bg.Done()
-		select {
-		case <-s.dead:
-		case <-t.done:
-			return
-		}
-		t.mu.Lock()
-		t.sess = nil
-		t.ready = make(chan struct{})
-		t.buf = t.buf[:0]
-		var lost []string
-		for id, h := range t.inflight {
-			if h.s == s {
-				// Alone, the channel was the lease: it is gone, and the
-				// broker delivers the task again. With a store, the
-				// store's lease lives on, and with it this entry.
-				if t.store == nil {
-					delete(t.inflight, id)
-					lost = append(lost, id)
-				}
-			}
-		}
-		closed := t.closed
-		t.mu.Unlock()
-		if len(lost) > 0 {
-			t.publishEvent(transport.Event{Kind: transport.EventLost, IDs: lost})
-		}
-		s.conn.Close()
-		if closed {
-			return
-		}
-		t.cfg.Logger.Warn("docket: amqp connection lost; reconnecting", "server", t.where, "err", s.cause(), "leases_lost", len(lost))
-		t.reconnect()
-	}()
-}
-
-// reconnect dials until it succeeds or the transport is closed, with
-// jittered exponential backoff from 100 ms to 5 s.
-func (t *Transport) reconnect() {
-	for attempt := 0; ; attempt++ {
-		backoff := min(5*time.Second, 100*time.Millisecond<<min(attempt, 6))
-		select {
-		case <-t.done:
-			return
-		case <-time.After(backoff/2 + rand.N(backoff/2+1)):
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		s, err := t.connect(ctx)
-		cancel()
-		if err != nil {
-			if attempt == 0 || attempt%20 == 0 {
-				t.cfg.Logger.Warn("docket: amqp reconnect failed", "server", t.where, "err", err, "attempt", attempt+1)
-			}
-			continue
-		}
-		t.mu.Lock()
-		closed := t.closed
-		t.mu.Unlock()
-		if closed {
-			s.conn.Close()
-			return
-		}
-		t.cfg.Logger.Info("docket: amqp reconnected", "server", t.where)
-		t.install(s)
-		// Waiters re-check what they wait for: replies sent while the
-		// reply consumer was away are in the queue and arrive now, but a
-		// Wait may have looked in between.
-		t.publishEvent(transport.Event{Kind: transport.EventChanged})
-		t.publishEvent(transport.Event{Kind: transport.EventReady})
-		return
-	}
-}
-
-// keepFinished bounds how long, with RabbitMQ alone, a producer remembers
-// its finished tasks.
-const keepFinished = time.Hour
-
-// sweep forgets finished tasks after their result TTL (at most
-// keepFinished) and cancellations after a day.
-func (t *Transport) sweep() {
-	defer t.bg.Done()
-	tick := time.NewTicker(time.Minute)
-	defer tick.Stop()
-	for {
-		select {
-		case <-t.done:
-			return
-		case <-tick.C:
-		}
-		now := t.cfg.Now()
-		t.mu.Lock()
-		for id, r := range t.known {
-			if r.info.State.Terminal() && now.After(r.info.Finished.Add(min(r.info.ResultTTL, keepFinished))) {
-				delete(t.known, id)
-			}
-		}
-		for id, until := range t.revoked {
-			if now.After(until) {
-				delete(t.revoked, id)
-			}
-		}
-		t.mu.Unlock()
-	}
-}
-
-// wrap maps broker refusals to docket's typed errors and hides the
-// credentials.
-func (t *Transport) wrap(op string, err error) error {
-	if err == nil {
-		return nil
-	}
-	var ae *amqp.Error
-	if errors.As(err, &ae) {
-		switch ae.Code {
-		case amqp.ResourceError:
-			return fmt.Errorf("docket: amqp %s %s: %w: %s", op, t.where, transport.ErrStorageFull, ae.Reason)
-		case amqp.AccessRefused, amqp.NotAllowed:
-			return fmt.Errorf("docket: amqp %s %s: access refused: %s", op, t.where, ae.Reason)
-		}
-	}
-	return fmt.Errorf("docket: amqp %s %s: %w", op, t.where, err)
+	return fmt.Errorf("docket: amqp result store %s: %w: it does not implement %s", name, transport.ErrUnsupported, strings.Join(missing, ", "))
 }

@@ -55,19 +55,16 @@ func freshURL(t testing.TB, params string) string {
 func TestConformanceQuorum(t *testing.T) {
 	brokerURL(t)
 	transporttest.Run(t, transporttest.Backend{
-		NewURL:        func(t *testing.T) string { return freshURL(t, "") },
-		NoSchedules:   true,
-		NoSharedState: true,
-		NoPriority:    true,
+		NewURL:   func(t *testing.T) string { return freshURL(t, "") },
+		Features: transporttest.Features{},
 	})
 }
 
 func TestConformanceClassic(t *testing.T) {
 	brokerURL(t)
 	transporttest.Run(t, transporttest.Backend{
-		NewURL:        func(t *testing.T) string { return freshURL(t, "queue_type=classic") },
-		NoSchedules:   true,
-		NoSharedState: true,
+		NewURL:   func(t *testing.T) string { return freshURL(t, "queue_type=classic") },
+		Features: transporttest.Features{Priority: true},
 	})
 }
 
@@ -86,7 +83,7 @@ func TestConformanceSQLiteStore(t *testing.T) {
 			v, _ := stores.Load(url)
 			return []docket.Option{docket.ResultStore(v.(string))}
 		},
-		NoPriority: true,
+		Features: transporttest.Features{Schedules: true, SharedState: true, Listing: true, Pruning: true},
 	})
 }
 
@@ -107,6 +104,7 @@ func TestConformanceRedisStore(t *testing.T) {
 			v, _ := stores.Load(url)
 			return []docket.Option{docket.ResultStore(v.(string))}
 		},
+		Features: transporttest.Features{Schedules: true, SharedState: true, Priority: true, Listing: true, Pruning: true},
 	})
 }
 
@@ -149,10 +147,10 @@ func TestAloneRefusesSharedState(t *testing.T) {
 	defer q.Close()
 	task := docket.NewTask("alone.job", func(ctx context.Context, _ int) (int, error) { return 1, nil })
 	q.Register(task)
-	if _, err := task.Enqueue(bg, q, 1, docket.Unique("k", docket.Reject)); !errors.Is(err, docket.ErrUnsupported) || !strings.Contains(err.Error(), "result store") {
+	if _, err := task.Enqueue(bg, q, 1, docket.Unique("k", docket.RejectDuplicate)); !errors.Is(err, docket.ErrUnsupported) || !strings.Contains(err.Error(), "result store") {
 		t.Errorf("unique key: %v", err)
 	}
-	if err := q.Schedule("tick", docket.Every(time.Second), task, 1); !errors.Is(err, docket.ErrUnsupported) || !strings.Contains(err.Error(), "result store") {
+	if err := task.Schedule(q, "tick", docket.Every(time.Second), 1); !errors.Is(err, docket.ErrUnsupported) || !strings.Contains(err.Error(), "result store") {
 		t.Errorf("schedule: %v", err)
 	}
 	if _, err := q.List(bg, docket.ListOptions{}); !errors.Is(err, docket.ErrUnsupported) {
@@ -191,11 +189,11 @@ func TestUnrecordedMessageNeverRuns(t *testing.T) {
 		return v, nil
 	})
 	q.Register(task)
-	a, err := task.Enqueue(bg, q, 1, docket.Unique("k", docket.Reject))
+	a, err := task.Enqueue(bg, q, 1, docket.Unique("k", docket.RejectDuplicate))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := task.Enqueue(bg, q, 2, docket.Unique("k", docket.Reject)); !errors.Is(err, docket.ErrDuplicate) {
+	if _, err := task.Enqueue(bg, q, 2, docket.Unique("k", docket.RejectDuplicate)); !errors.Is(err, docket.ErrDuplicate) {
 		t.Fatalf("second unique enqueue: %v", err)
 	}
 	ctx, stop := context.WithCancel(bg)
@@ -258,7 +256,7 @@ func TestCountdownsOnTime(t *testing.T) {
 	go q.Run(ctx)
 	// The first delayed enqueue declares the 32 delay queues (about 0.5 s,
 	// more on a loaded machine); that one-time cost is not what is measured.
-	if _, err := task.Enqueue(bg, q, 0, docket.In(time.Millisecond)); err != nil {
+	if _, err := task.Enqueue(bg, q, 0, docket.Countdown(time.Millisecond)); err != nil {
 		t.Fatal(err)
 	}
 	// 37 = 32+4+1, 300 = 256+32+8+4, 1500 = 1024+256+128+64+16+8+4, 2900.
@@ -267,7 +265,7 @@ func TestCountdownsOnTime(t *testing.T) {
 	var rs []*docket.Result[int]
 	for _, ms := range delays {
 		enqueued[ms] = time.Now()
-		r, err := task.Enqueue(bg, q, ms, docket.In(time.Duration(ms)*time.Millisecond))
+		r, err := task.Enqueue(bg, q, ms, docket.Countdown(time.Duration(ms)*time.Millisecond))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -13,7 +13,7 @@ import (
 // outcomes, and tasks nobody cancelled, are left as they are.
 func TestPendingCancelEndsRetryAndRelease(t *testing.T) {
 	now := time.Now()
-	tr := &Transport{revoked: map[string]time.Time{"rel": now.Add(time.Hour), "retry": now.Add(time.Hour), "ok": now.Add(time.Hour)}}
+	tr := &alone{broker: &broker{revoked: map[string]time.Time{"rel": now.Add(time.Hour), "retry": now.Add(time.Hour), "ok": now.Add(time.Hour)}}}
 	items := []transport.Outcome{
 		{Lease: transport.Lease{ID: "rel", Attempt: 1, Owner: "w"}, State: transport.StateReady},
 		{Lease: transport.Lease{ID: "retry", Attempt: 2, Owner: "w"}, State: transport.StateScheduled, RunAt: now.Add(time.Minute), Error: "boom"},

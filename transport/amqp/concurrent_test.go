@@ -62,7 +62,7 @@ func TestConcurrentFirstEnqueues(t *testing.T) {
 					// levels meanwhile.
 					opts := []docket.TaskOption{docket.OnQueue(queues[(g+i)%goroutines])}
 					if round%3 == 0 && g == goroutines-1 && i == 0 {
-						opts = append(opts, docket.In(time.Hour))
+						opts = append(opts, docket.Countdown(time.Hour))
 					}
 					ctx, cancel := context.WithTimeout(bg, 60*time.Second)
 					_, err := task.Enqueue(ctx, q, g, opts...)

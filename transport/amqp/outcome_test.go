@@ -194,7 +194,7 @@ func enqueueCut(t *testing.T, q *docket.Queue, c *confirmCutter, task *docket.Ta
 	go func() {
 		ctx, cancel := context.WithTimeout(bg, 120*time.Second)
 		defer cancel()
-		_, err := task.Enqueue(ctx, q, 1, docket.WithID(id))
+		_, err := task.Enqueue(ctx, q, 1, docket.TaskID(id))
 		done <- err
 	}()
 	select {
@@ -288,11 +288,11 @@ func TestEnqueueConfirmLostWithStore(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(bg, 120*time.Second)
 	defer cancel()
-	res, err := task.Enqueue(ctx, q, 1, docket.WithID(id))
+	res, err := task.Enqueue(ctx, q, 1, docket.TaskID(id))
 	if err != nil {
 		t.Fatalf("retry with the same id: %v", err)
 	}
-	_, err = task.Enqueue(ctx, q, 1, docket.WithID(id))
+	_, err = task.Enqueue(ctx, q, 1, docket.TaskID(id))
 	var de *docket.DuplicateError
 	if !errors.As(err, &de) || de.ExistingID != id {
 		t.Fatalf("second retry: %v; want a *DuplicateError naming %s", err, id)

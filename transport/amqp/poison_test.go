@@ -128,7 +128,7 @@ func TestLongCountdownHeldByBroker(t *testing.T) {
 	ctx, stop := context.WithCancel(bg)
 	defer stop()
 	go q.Run(ctx)
-	r, err := task.Enqueue(bg, q, 1, docket.In(2*time.Hour))
+	r, err := task.Enqueue(bg, q, 1, docket.Countdown(2*time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -39,78 +37,6 @@ type session struct {
 
 	ackMu sync.Mutex // guards acks and orders the ack frames
 	acks  ackBook
-}
-
-// ack acknowledges the deliveries of cons with the given tags in as few
-// frames as ackBook allows.
-func (s *session) ack(tags []uint64) error {
-	s.ackMu.Lock()
-	defer s.ackMu.Unlock()
-	multiple, single := s.acks.plan(tags)
-	if multiple > 0 {
-		if err := s.cons.Ack(multiple, true); err != nil {
-			return err
-		}
-	}
-	for _, tag := range single {
-		if err := s.cons.Ack(tag, false); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// ackBook keeps which deliveries of a channel are acknowledged, to
-// acknowledge new ones in as few frames as possible. Delivery tags number
-// a channel's deliveries 1, 2, 3…, so once every tag from the floor up is
-// acknowledged or being acknowledged, one frame with the multiple flag
-// covers them; tags above a gap (a delivery still running, or not even
-// handed to a consumer yet) are acknowledged one by one. A task queue
-// finishes tasks roughly in the order they arrive, so a batch of outcomes
-// mostly takes one frame instead of one each, for the broker as much as
-// for this process.
-type ackBook struct {
-	floor uint64              // every tag up to this one is acknowledged
-	above map[uint64]struct{} // tags above floor acknowledged one by one
-}
-
-// plan records tags as acknowledged and returns the frames that do it:
-// the tag to acknowledge with the multiple flag (0 for none) and the tags
-// to acknowledge alone. Tags already acknowledged are ignored.
-func (b *ackBook) plan(tags []uint64) (multiple uint64, single []uint64) {
-	mine := make(map[uint64]struct{}, len(tags))
-	for _, tag := range tags {
-		if _, done := b.above[tag]; tag > b.floor && !done {
-			mine[tag] = struct{}{}
-		}
-	}
-	floor := b.floor
-	for {
-		if _, ok := mine[floor+1]; ok {
-			// The multiple frame names one of ours: naming a tag
-			// acknowledged before is an error to RabbitMQ.
-			multiple = floor + 1
-		} else if _, ok := b.above[floor+1]; ok {
-			delete(b.above, floor+1) // below the floor from now on
-		} else {
-			break
-		}
-		floor++
-	}
-	for tag := range mine {
-		if tag > floor {
-			single = append(single, tag)
-		}
-	}
-	slices.Sort(single)
-	if b.above == nil {
-		b.above = map[uint64]struct{}{}
-	}
-	for _, tag := range single {
-		b.above[tag] = struct{}{}
-	}
-	b.floor = floor
-	return multiple, single
 }
 
 // lockCtl takes the right to call synchronous methods on ctl, waiting
@@ -160,98 +86,145 @@ func (s *session) alive() bool {
 }
 
 // connect dials the broker, opens the channels, and declares this
-// process's control queue, its reply queue when it has enqueued before,
+// process's control queue, what its mode needs (see mode.sessionStarting),
 // and the consumers of the queues it consumes.
-func (t *Transport) connect(ctx context.Context) (*session, error) {
-	cfg := amqp.Config{
-		Heartbeat: 10 * time.Second,
-		Locale:    "en_US",
-		Properties: amqp.Table{
-			"connection_name": "docket " + t.id,
-		},
-		Dial: func(network, addr string) (net.Conn, error) {
-			d := net.Dialer{Timeout: t.opt.dialTimeout}
-			conn, err := d.DialContext(ctx, network, addr)
-			if err != nil {
-				return nil, err
-			}
-			// The handshake must not outlive ctx either; amqp091 clears
-			// the deadline once the connection is open.
-			if dl, ok := ctx.Deadline(); ok {
-				conn.SetDeadline(dl)
-			} else {
-				conn.SetDeadline(time.Now().Add(30 * time.Second))
-			}
-			return conn, nil
-		},
-	}
-	conn, err := amqp.DialConfig(t.uri, cfg)
+func (b *broker) connect(ctx context.Context) (*session, error) {
+	conn, err := amqp.DialConfig(b.uri, b.clientConfig(ctx))
 	if err != nil {
-		return nil, t.wrap("connect", redactErr(err, t.uri))
+		return nil, b.wrap("connect", redactErr(err, b.uri))
 	}
 	s := &session{
 		conn: conn, dead: make(chan struct{}), returned: map[string]bool{},
 		barrier: make(chan chan struct{}), consumers: map[string]bool{},
 		ctlSem: make(chan struct{}, 1),
 	}
-	if err := t.setup(ctx, s); err != nil {
+	if err := b.setup(ctx, s); err != nil {
 		conn.Close()
 		return nil, err
 	}
 	return s, nil
 }
 
-// redactErr removes the password of uri from err's text.
-func redactErr(err error, uri string) error {
-	u, perr := amqp.ParseURI(uri)
-	if perr != nil || u.Password == "" || !strings.Contains(err.Error(), u.Password) {
-		return err
+// clientConfig returns the client configuration of one connection
+// attempt: the configured one with docket's defaults, and a dialer bounded
+// by ctx and connection_timeout. What amqp091 modifies (the TLS
+// configuration, the properties) is copied first.
+func (b *broker) clientConfig(ctx context.Context) amqp.Config {
+	cfg := b.dial
+	if cfg.Heartbeat == 0 {
+		cfg.Heartbeat = 10 * time.Second
 	}
-	return fmt.Errorf("%s", strings.ReplaceAll(err.Error(), u.Password, "xxxxx"))
+	if cfg.Locale == "" {
+		cfg.Locale = "en_US"
+	}
+	props := amqp.Table{}
+	for k, v := range b.dial.Properties {
+		props[k] = v
+	}
+	if _, ok := props["connection_name"]; !ok {
+		props["connection_name"] = "docket " + b.id
+	}
+	cfg.Properties = props
+	if cfg.TLSClientConfig != nil {
+		cfg.TLSClientConfig = cfg.TLSClientConfig.Clone()
+	}
+	dial := cfg.Dial
+	if dial == nil {
+		dial = func(network, addr string) (net.Conn, error) {
+			d := net.Dialer{Timeout: b.opt.dialTimeout}
+			return d.DialContext(ctx, network, addr)
+		}
+	}
+	cfg.Dial = func(network, addr string) (net.Conn, error) {
+		conn, err := dial(network, addr)
+		if err != nil {
+			return nil, err
+		}
+		// The handshake must not outlive ctx either; amqp091 clears the
+		// deadline once the connection is open.
+		if dl, ok := ctx.Deadline(); ok {
+			conn.SetDeadline(dl)
+		} else {
+			conn.SetDeadline(time.Now().Add(30 * time.Second))
+		}
+		return conn, nil
+	}
+	return cfg
 }
 
-func (t *Transport) setup(ctx context.Context, s *session) error {
-	var err error
-	watch := func(c chan *amqp.Error, what string) {
-		go func() {
-			e, ok := <-c
-			if ok && e != nil {
-				s.fail(fmt.Errorf("%s closed: %w", what, e))
-			} else {
-				s.fail(fmt.Errorf("%s closed", what))
-			}
-			for range c { // drain: amqp091 must never block on us
-			}
-		}()
+// setup watches s, opens its channels, declares the control queue, lets
+// the mode prepare s, and resumes this process's consumers.
+func (b *broker) setup(ctx context.Context, s *session) error {
+	b.watch(s)
+	if err := b.openChannels(s); err != nil {
+		return err
 	}
-	watch(s.conn.NotifyClose(make(chan *amqp.Error, 1)), "connection")
+	// Control: every process hears every cancel request.
+	if err := s.lockCtl(ctx); err != nil {
+		return b.wrap("declare", err)
+	}
+	err := b.declareControl(s)
+	s.unlockCtl()
+	if err != nil {
+		return err
+	}
+	if err := b.mode.sessionStarting(ctx, s); err != nil {
+		return err
+	}
+	return b.resumeConsumers(ctx, s)
+}
+
+// watchClosed fails s when c reports that what it watches closed.
+func (s *session) watchClosed(c chan *amqp.Error, what string) {
+	go func() {
+		e, ok := <-c
+		if ok && e != nil {
+			s.fail(fmt.Errorf("%s closed: %w", what, e))
+		} else {
+			s.fail(fmt.Errorf("%s closed", what))
+		}
+		for range c { // drain: amqp091 must never block on us
+		}
+	}()
+}
+
+// watch fails s when its connection closes, and follows the broker's
+// blocking of publishers (see waitUnblocked).
+func (b *broker) watch(s *session) {
+	s.watchClosed(s.conn.NotifyClose(make(chan *amqp.Error, 1)), "connection")
 	blocked := s.conn.NotifyBlocked(make(chan amqp.Blocking, 4))
 	go func() {
-		for b := range blocked {
+		for bl := range blocked {
 			s.blockMu.Lock()
-			if b.Active && s.blocked == nil {
+			if bl.Active && s.blocked == nil {
 				s.blocked = make(chan struct{})
-				t.cfg.Logger.Warn("docket: amqp broker blocks publishers", "server", t.where, "reason", b.Reason)
-			} else if !b.Active && s.blocked != nil {
+				b.log.Warn("docket: amqp broker blocks publishers", "server", b.where, "reason", bl.Reason)
+			} else if !bl.Active && s.blocked != nil {
 				close(s.blocked)
 				s.blocked = nil
 			}
 			s.blockMu.Unlock()
 		}
 	}()
+}
+
+// openChannels opens s's channels, each watched, and puts the publishing
+// one in confirm mode.
+func (b *broker) openChannels(s *session) error {
 	open := func(what string) (*amqp.Channel, error) {
 		ch, err := s.conn.Channel()
 		if err != nil {
-			return nil, t.wrap("open channel", err)
+			return nil, b.wrap("open channel", err)
 		}
-		watch(ch.NotifyClose(make(chan *amqp.Error, 1)), what+" channel")
+		s.watchClosed(ch.NotifyClose(make(chan *amqp.Error, 1)), what+" channel")
 		return ch, nil
 	}
+	var err error
 	if s.pub, err = open("publish"); err != nil {
 		return err
 	}
 	if err := s.pub.Confirm(false); err != nil {
-		return t.wrap("confirm mode", err)
+		return b.wrap("confirm mode", err)
 	}
 	returns := s.pub.NotifyReturn(make(chan amqp.Return))
 	go s.collectReturns(returns)
@@ -261,59 +234,6 @@ func (t *Transport) setup(ctx context.Context, s *session) error {
 	if s.ctl, err = open("control"); err != nil {
 		return err
 	}
-	// Control: every process hears every cancel request.
-	if err := s.lockCtl(ctx); err != nil {
-		return t.wrap("declare", err)
-	}
-	err = t.declareControl(s)
-	s.unlockCtl()
-	if err != nil {
-		return err
-	}
-	t.mu.Lock()
-	replies, capacity := t.replies, t.capacity
-	queues := make([]string, 0, len(t.queues))
-	for q := range t.queues {
-		queues = append(queues, q)
-	}
-	t.mu.Unlock()
-	if replies {
-		if err := t.consumeReplies(ctx, s); err != nil {
-			return err
-		}
-	}
-	if len(queues) > 0 {
-		if err := s.cons.Qos(capacity, 0, false); err != nil {
-			return t.wrap("set prefetch", err)
-		}
-		for _, q := range queues {
-			if err := t.consume(ctx, s, q); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-// declareControl declares the control exchange and this process's control
-// queue, and consumes it. The caller holds ctl's right (lockCtl).
-func (t *Transport) declareControl(s *session) error {
-	ctl := t.name("control")
-	if err := s.ctl.ExchangeDeclare(ctl, "fanout", true, false, false, false, nil); err != nil {
-		return t.wrap("declare "+ctl, err)
-	}
-	cq := t.name("control." + t.id)
-	if _, err := s.ctl.QueueDeclare(cq, false, true, true, false, nil); err != nil {
-		return t.wrap("declare "+cq, err)
-	}
-	if err := s.ctl.QueueBind(cq, "", ctl, false, nil); err != nil {
-		return t.wrap("bind "+cq, err)
-	}
-	msgs, err := s.ctl.Consume(cq, "", true, true, false, false, nil)
-	if err != nil {
-		return t.wrap("consume "+cq, err)
-	}
-	go t.controlLoop(msgs)
 	return nil
 }
 

@@ -3,92 +3,372 @@ package amqp
 import (
 	"context"
 	"fmt"
+	"slices"
+	"time"
 
 	"github.com/docketq/docket/transport"
 )
 
-// Stored is the RabbitMQ transport with a result store: RabbitMQ carries
-// every task, the store keeps their state. It adds what the store can do
-// for every process: listing, retention, and schedules that fire each slot
-// once however many processes run the scheduler.
-type Stored struct {
-	*Transport
+// stored is the RabbitMQ transport with a result store: RabbitMQ carries
+// every task (and its retries and delays), another transport (the store,
+// SQLite or Redis) keeps every task's state and fences every write.
+//
+//   - Durable: the task messages in RabbitMQ, and everything the store
+//     keeps: states, results, cancellations, unique keys, schedules. A task
+//     exists once the store recorded it, which Enqueue does after the
+//     broker confirmed its messages.
+//   - Other processes: every process sharing the store sees every task
+//     (Get, Lookup, List), whoever enqueued it, for as long as the store
+//     keeps it; Wait notices another process's outcome through the store's
+//     notifications or change counter.
+//   - Unique keys and ids: checked by the store, all or nothing; a retry
+//     after ErrOutcomeUnknown finds the stored task, and the message it
+//     published is dropped when delivered, so the task runs once.
+//   - Schedules: kept by the store, each slot fired once however many
+//     processes run the scheduler. Listing and retention are the store's.
+//   - Running: a worker leases each delivered task in the store by id; the
+//     store's lease decides which copy runs. A copy of a finished task is
+//     dropped, a copy of a task another worker holds waits in the delay
+//     levels until that lease lapses, a message whose task was never
+//     recorded is dropped after unrecordedWait.
+//   - Connection loss: the store's leases outlive the connection, so
+//     handlers keep running and record their outcomes in the store; the
+//     copies RabbitMQ delivers again are settled by the store. Cancel is
+//     persisted by the store and broadcast to running handlers.
+type stored struct {
+	*broker
+	store   transport.Transport
+	claimer transport.IDClaimer
+	lister  transport.Lister
+	pruner  transport.Pruner
+	sched   transport.ScheduleStore
+	owned   bool   // Close closes the store (opened from the URL's result store)
+	unsub   func() // ends the forwarding of the store's notifications
 }
 
 var (
-	_ transport.Transport     = (*Stored)(nil)
-	_ transport.Lister        = (*Stored)(nil)
-	_ transport.Pruner        = (*Stored)(nil)
-	_ transport.ScheduleStore = (*Stored)(nil)
-	_ transport.ResultStorer  = (*Stored)(nil)
+	_ transport.Transport     = (*stored)(nil)
+	_ transport.Subscriber    = (*stored)(nil)
+	_ transport.ClaimStopper  = (*stored)(nil)
+	_ transport.ResultStorer  = (*stored)(nil)
+	_ transport.Lister        = (*stored)(nil)
+	_ transport.Pruner        = (*stored)(nil)
+	_ transport.ScheduleStore = (*stored)(nil)
 )
 
-// List implements transport.Lister when the store does.
-func (s *Stored) List(ctx context.Context, p transport.ListParams) ([]transport.Info, error) {
-	if l, ok := s.store.(transport.Lister); ok {
-		return l.List(ctx, p)
-	}
-	return nil, fmt.Errorf("docket: amqp result store: list: %w", transport.ErrUnsupported)
-}
-
-// Prune implements transport.Pruner when the store does.
-func (s *Stored) Prune(ctx context.Context, p transport.PruneParams) (int, error) {
-	if pr, ok := s.store.(transport.Pruner); ok {
-		return pr.Prune(ctx, p)
-	}
-	return 0, nil
-}
-
-func (s *Stored) schedules() (transport.ScheduleStore, error) {
-	if ss, ok := s.store.(transport.ScheduleStore); ok {
-		return ss, nil
-	}
-	return nil, fmt.Errorf("docket: amqp result store: schedules: %w", transport.ErrUnsupported)
-}
-
-// ScheduleInit implements transport.ScheduleStore.
-func (s *Stored) ScheduleInit(ctx context.Context, p transport.ScheduleInitParams) (transport.ScheduleState, error) {
-	ss, err := s.schedules()
-	if err != nil {
-		return transport.ScheduleState{}, err
-	}
-	return ss.ScheduleInit(ctx, p)
-}
-
-// ScheduleStates implements transport.ScheduleStore.
-func (s *Stored) ScheduleStates(ctx context.Context, p transport.ScheduleStatesParams) ([]transport.ScheduleState, error) {
-	ss, err := s.schedules()
-	if err != nil {
+// newStored returns the transport with result store st on b, not connected
+// yet. It refuses a store that lacks what stored needs (see checkStore).
+func newStored(b *broker, st transport.Transport, owned bool) (*stored, error) {
+	if err := checkStore(st); err != nil {
 		return nil, err
 	}
-	return ss.ScheduleStates(ctx, p)
+	s := &stored{
+		broker: b, store: st, owned: owned, unsub: func() {},
+		claimer: st.(transport.IDClaimer), lister: st.(transport.Lister),
+		pruner: st.(transport.Pruner), sched: st.(transport.ScheduleStore),
+	}
+	b.mode = s
+	return s, nil
 }
 
-// ScheduleDelete implements transport.ScheduleStore.
-func (s *Stored) ScheduleDelete(ctx context.Context, p transport.ScheduleDeleteParams) error {
-	ss, err := s.schedules()
+// start forwards the store's notifications (finished tasks, cancel
+// requests, other processes' writes; new work is announced by RabbitMQ,
+// not by the store) and connects.
+func (st *stored) start(ctx context.Context) error {
+	if sub, ok := st.store.(transport.Subscriber); ok {
+		st.unsub = sub.Subscribe(func(e transport.Event) {
+			if e.Kind != transport.EventReady {
+				st.publishEvent(e)
+			}
+		})
+	}
+	if err := st.broker.start(ctx); err != nil {
+		st.unsub()
+		return err
+	}
+	return nil
+}
+
+// Close gives back the deliveries no worker took and closes the
+// connection; it closes the store only if the transport opened it.
+func (st *stored) Close() error {
+	if !st.shutdown() {
+		return nil
+	}
+	st.unsub()
+	if st.owned {
+		return st.store.Close()
+	}
+	return nil
+}
+
+// ResultStore implements transport.ResultStorer.
+func (st *stored) ResultStore() transport.Transport { return st.store }
+
+// sessionStarting needs nothing: state travels through the store.
+func (st *stored) sessionStarting(context.Context, *session) error { return nil }
+
+// sessionLost keeps the in-flight tasks: their leases are the store's,
+// and their outcomes are recorded there.
+func (st *stored) sessionLost(*session) []string { return nil }
+
+// cancelHeard needs nothing: the store keeps the cancel.
+func (st *stored) cancelHeard(string) {}
+
+// Enqueue implements transport.Transport: it publishes the messages and
+// then records them in the store, which checks ids and unique keys, all or
+// nothing. A message whose task the store did not record (the store
+// refused it, or this process died in between) finds no task when it is
+// delivered, and is dropped: the task was never accepted. Publishing first
+// leaves no task in the store without a message. A failed publish is
+// therefore a definite error (see unrecorded).
+func (st *stored) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]transport.EnqueueResult, error) {
+	if len(p.Messages) == 0 {
+		return nil, nil
+	}
+	if err := st.publishNew(ctx, p.Now, p.Messages); err != nil {
+		return nil, unrecorded(err)
+	}
+	return st.store.Enqueue(ctx, p)
+}
+
+// publishNew publishes new tasks, with no attempt used and no reply queue.
+// A zero Created in msgs is set to now.
+func (st *stored) publishNew(ctx context.Context, now time.Time, msgs []transport.Message) error {
+	s, err := st.session(ctx)
 	if err != nil {
 		return err
 	}
-	return ss.ScheduleDelete(ctx, p)
+	out, err := st.newMessages(ctx, s, now, msgs, "")
+	if err != nil {
+		return err
+	}
+	return st.publish(ctx, s, out)
+}
+
+// A delivered task the result store does not know is tried again, after
+// half its age (10 ms to 1 s), until it is unrecordedWait old, then
+// dropped: its producer publishes before it records the task.
+const unrecordedWait = 10 * time.Second
+
+// Claim implements transport.Transport (see broker.claim).
+func (st *stored) Claim(ctx context.Context, p transport.ClaimParams) (transport.ClaimResult, error) {
+	return st.claim(ctx, p, st.decide)
+}
+
+// decide leases the delivered tasks in the store, which keeps their state
+// and fences every write. A task the store does not lease is settled:
+// dropped when it is final (a duplicate copy, or a cancelled task) or was
+// never recorded; sent around the delay levels until the store says it is
+// due (a retry not due yet, a copy of a task another worker holds under a
+// live lease, or a task not recorded yet); dead-lettered when its worker
+// was lost too often.
+func (st *stored) decide(ctx context.Context, s *session, p transport.ClaimParams, picked []*held) (verdict, error) {
+	var v verdict
+	var ids []string
+	var good []*held
+	for _, h := range picked {
+		if h.bad != nil {
+			v.settle = append(v.settle, settlement{h: h, out: []outgoing{st.undecodable(h)}})
+			continue
+		}
+		ids = append(ids, h.msg.ID)
+		good = append(good, h)
+	}
+	if len(ids) == 0 {
+		return v, nil
+	}
+	res, err := st.claimer.ClaimIDs(ctx, transport.ClaimIDsParams{Now: p.Now, Owner: p.Owner, LeaseUntil: p.LeaseUntil, IDs: ids})
+	if err != nil {
+		return verdict{}, err
+	}
+	for i, r := range res {
+		h := good[i]
+		if r.Delivery != nil {
+			h.msg, h.attempt, h.lastErr = r.Delivery.Message, r.Delivery.Attempt, r.Delivery.LastError
+			v.give = append(v.give, h)
+			continue
+		}
+		if r.Ended {
+			v.ended = append(v.ended, transport.Status{ID: ids[i], State: r.State})
+		}
+		set, err := st.notLeased(ctx, s, p.Now, h, r)
+		if err != nil {
+			return verdict{}, err
+		}
+		v.settle = append(v.settle, set)
+	}
+	return v, nil
+}
+
+// notLeased returns the settlement of a delivery whose task the store did
+// not lease (see decide).
+func (st *stored) notLeased(ctx context.Context, s *session, now time.Time, h *held, r transport.ClaimIDResult) (settlement, error) {
+	var at time.Time
+	switch {
+	case r.Ended:
+		set := settlement{h: h}
+		if r.State == transport.StateFailed {
+			set.out = append(set.out, st.deadLetter(h, "worker lost: delivered again after its last attempt"))
+		}
+		return set, nil
+	case r.State == 0 && now.Sub(h.msg.Created) < unrecordedWait:
+		// Published, but its producer has not recorded it yet: ask again
+		// soon, later the longer it has been missing.
+		at = now.Add(min(max(now.Sub(h.msg.Created)/2, 10*time.Millisecond), time.Second))
+	case r.State == 0 || r.State.Terminal():
+		// Never accepted (its producer failed to record it), or a copy of
+		// a task that already ended.
+		return settlement{h: h}, nil
+	default:
+		at = r.RunAt
+	}
+	c, err := st.copyOf(ctx, s, h, h.used, h.lastErr, at, now)
+	if err != nil {
+		return settlement{}, err
+	}
+	return settlement{h: h, out: []outgoing{c}}, nil
+}
+
+// Extend implements transport.Transport: it renews the store's leases, and
+// reports cancels heard on the broadcast as well as the store's.
+func (st *stored) Extend(ctx context.Context, p transport.ExtendParams) ([]transport.ExtendResult, error) {
+	out, err := st.store.Extend(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for i, l := range p.Leases {
+		out[i].CancelRequested = out[i].CancelRequested || st.isRevoked(l.ID)
+	}
+	return out, nil
+}
+
+// Finish implements transport.Transport. The outcomes are written to the
+// store first, fenced on their leases; then what must follow (a retry's or
+// a release's new copy) is published and confirmed, and the deliveries are
+// acknowledged. A delivery whose outcome the store refused is an obsolete
+// copy: acknowledged, like a settled one. A delivery whose connection died
+// meanwhile is delivered again, and the store settles it.
+func (st *stored) Finish(ctx context.Context, p transport.FinishParams) ([]transport.FinishResult, error) {
+	if len(p.Items) == 0 {
+		return []transport.FinishResult{}, nil
+	}
+	if err := checkOutcomes(p.Items); err != nil {
+		return nil, err
+	}
+	res, err := st.store.Finish(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	hs := make([]*held, len(p.Items))
+	st.mu.Lock()
+	for i, o := range p.Items {
+		hs[i] = st.heldLease(o.Lease)
+	}
+	st.mu.Unlock()
+	s, err := st.current()
+	if err != nil {
+		// The outcomes are written; the redelivered copies will be
+		// settled by the store.
+		st.forget(p.Items)
+		return res, nil
+	}
+	run := slices.Clone(hs)
+	for i := range res {
+		if res[i].Lost {
+			run[i] = nil
+		}
+	}
+	out, err := st.outcomeCopies(ctx, s, p.Now, p.Items, run)
+	if err != nil {
+		return nil, err
+	}
+	if err := st.publish(ctx, s, out); err != nil {
+		return nil, err
+	}
+	// An acknowledgement that fails (the channel is gone) needs nothing:
+	// RabbitMQ delivers the task again, and the store settles that copy.
+	_ = ackHeld(hs)
+	st.release(p.Items, hs)
+	return res, nil
+}
+
+// Cancel implements transport.Transport: the store records the request;
+// for a running task it is also broadcast, so that its handler's ctx is
+// cancelled at once wherever it runs.
+func (st *stored) Cancel(ctx context.Context, p transport.CancelParams) (transport.CancelResult, error) {
+	res, err := st.store.Cancel(ctx, p)
+	if err != nil || res.State != transport.StateRunning {
+		return res, err
+	}
+	st.revoke([]string{p.ID})
+	return res, st.broadcastCancel(ctx, []string{p.ID})
+}
+
+// Get implements transport.Transport, from the store.
+func (st *stored) Get(ctx context.Context, p transport.GetParams) (transport.Info, error) {
+	return st.store.Get(ctx, p)
+}
+
+// Lookup implements transport.Transport, from the store.
+func (st *stored) Lookup(ctx context.Context, p transport.LookupParams) ([]transport.Status, error) {
+	return st.store.Lookup(ctx, p)
+}
+
+// List implements transport.Lister, from the store.
+func (st *stored) List(ctx context.Context, p transport.ListParams) ([]transport.Info, error) {
+	return st.lister.List(ctx, p)
+}
+
+// Prune implements transport.Pruner, in the store.
+func (st *stored) Prune(ctx context.Context, p transport.PruneParams) (int, error) {
+	return st.pruner.Prune(ctx, p)
+}
+
+// ScheduleInit implements transport.ScheduleStore, in the store.
+func (st *stored) ScheduleInit(ctx context.Context, p transport.ScheduleInitParams) (transport.ScheduleState, error) {
+	return st.sched.ScheduleInit(ctx, p)
+}
+
+// ScheduleStates implements transport.ScheduleStore, from the store.
+func (st *stored) ScheduleStates(ctx context.Context, p transport.ScheduleStatesParams) ([]transport.ScheduleState, error) {
+	return st.sched.ScheduleStates(ctx, p)
+}
+
+// ScheduleDelete implements transport.ScheduleStore, in the store.
+func (st *stored) ScheduleDelete(ctx context.Context, p transport.ScheduleDeleteParams) error {
+	return st.sched.ScheduleDelete(ctx, p)
 }
 
 // ScheduleFire implements transport.ScheduleStore: the slot's task is
 // published, then the store records the slot and the task in one step. If
 // the store does not fire the slot (another process did, or this one died
 // in between), the message finds no task and is dropped when delivered.
-func (s *Stored) ScheduleFire(ctx context.Context, p transport.ScheduleFireParams) (transport.ScheduleFireResult, error) {
-	ss, err := s.schedules()
-	if err != nil {
-		return transport.ScheduleFireResult{}, err
-	}
+func (st *stored) ScheduleFire(ctx context.Context, p transport.ScheduleFireParams) (transport.ScheduleFireResult, error) {
 	if p.Message != nil && !p.Slot.IsZero() {
 		if p.Message.Created.IsZero() {
 			p.Message.Created = p.Now
 		}
-		if err := s.publishNew(ctx, p.Now, []transport.Message{*p.Message}); err != nil {
+		if err := st.publishNew(ctx, p.Now, []transport.Message{*p.Message}); err != nil {
 			return transport.ScheduleFireResult{}, fmt.Errorf("docket: schedule %s: %w", p.Name, unrecorded(err))
 		}
 	}
-	return ss.ScheduleFire(ctx, p)
+	return st.sched.ScheduleFire(ctx, p)
+}
+
+// storedCounted is stored over a result store that other processes write
+// to directly (a SQLite file): it passes the store's change counter on,
+// so that docket notices those writes (transport.ChangeCounter).
+type storedCounted struct {
+	*stored
+	counter transport.ChangeCounter
+}
+
+var _ transport.ChangeCounter = (*storedCounted)(nil)
+
+// Changes implements transport.ChangeCounter with the store's counter.
+func (st *storedCounted) Changes(ctx context.Context) (uint64, error) {
+	return st.counter.Changes(ctx)
 }

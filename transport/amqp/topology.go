@@ -17,16 +17,16 @@ const Levels = 32
 const MaxDelay = time.Duration(1<<Levels-1) * time.Millisecond
 
 // name returns the full name of an exchange or queue.
-func (t *Transport) name(s string) string { return t.opt.prefix + "." + s }
+func (b *broker) name(s string) string { return b.opt.prefix + "." + s }
 
 // queueName returns the RabbitMQ queue of a docket queue.
-func (t *Transport) queueName(queue string) string { return t.name("q." + queue) }
+func (b *broker) queueName(queue string) string { return b.name("q." + queue) }
 
-func (t *Transport) levelName(level int) string {
+func (b *broker) levelName(level int) string {
 	if level < 0 {
-		return t.name("deliver")
+		return b.name("deliver")
 	}
-	return fmt.Sprintf("%s.delay.%02d", t.opt.prefix, level)
+	return fmt.Sprintf("%s.delay.%02d", b.opt.prefix, level)
 }
 
 // delayKey returns the routing key that carries a message through the
@@ -65,11 +65,11 @@ func delayMillis(d time.Duration) (ms uint64, again bool) {
 	return uint64((d + time.Millisecond - 1) / time.Millisecond), false
 }
 
-func (t *Transport) queueArgs() amqp.Table {
-	args := amqp.Table{"x-dead-letter-exchange": t.name("dead")}
-	if t.opt.quorum {
+func (b *broker) queueArgs() amqp.Table {
+	args := amqp.Table{"x-dead-letter-exchange": b.name("dead")}
+	if b.opt.quorum {
 		args["x-queue-type"] = "quorum"
-		args["x-delivery-limit"] = int64(t.opt.deliveryLimit)
+		args["x-delivery-limit"] = int64(b.opt.deliveryLimit)
 	} else {
 		args["x-queue-type"] = "classic"
 		args["x-max-priority"] = int64(9)
@@ -80,26 +80,26 @@ func (t *Transport) queueArgs() amqp.Table {
 // declareQueue declares the queue of a docket queue (once per session):
 // durable, dead-lettering into PREFIX.dead, and reachable from the delay
 // levels through PREFIX.deliver.
-func (t *Transport) declareQueue(ctx context.Context, s *session, queue string) error {
-	qn := t.queueName(queue)
+func (b *broker) declareQueue(ctx context.Context, s *session, queue string) error {
+	qn := b.queueName(queue)
 	if _, ok := s.declared.Load(qn); ok {
 		return nil
 	}
 	if err := s.lockCtl(ctx); err != nil {
-		return t.wrap("declare queue "+qn, err)
+		return b.wrap("declare queue "+qn, err)
 	}
 	defer s.unlockCtl()
 	if _, ok := s.declared.Load(qn); ok {
 		return nil // declared while this call waited
 	}
-	if err := t.declareBase(s); err != nil {
+	if err := b.declareBase(s); err != nil {
 		return err
 	}
-	if _, err := s.ctl.QueueDeclare(qn, true, false, false, false, t.queueArgs()); err != nil {
-		return t.wrap("declare queue "+qn, err)
+	if _, err := s.ctl.QueueDeclare(qn, true, false, false, false, b.queueArgs()); err != nil {
+		return b.wrap("declare queue "+qn, err)
 	}
-	if err := s.ctl.QueueBind(qn, strings.Repeat("*.", Levels)+qn, t.levelName(-1), false, nil); err != nil {
-		return t.wrap("bind queue "+qn, err)
+	if err := s.ctl.QueueBind(qn, strings.Repeat("*.", Levels)+qn, b.levelName(-1), false, nil); err != nil {
+		return b.wrap("bind queue "+qn, err)
 	}
 	s.declared.Store(qn, true)
 	return nil
@@ -108,26 +108,26 @@ func (t *Transport) declareQueue(ctx context.Context, s *session, queue string) 
 // declareBase declares the dead-letter exchange and queue and the final
 // delivery exchange of the delay chain (once per session). The caller
 // holds ctl's right (lockCtl).
-func (t *Transport) declareBase(s *session) error {
+func (b *broker) declareBase(s *session) error {
 	if _, ok := s.declared.Load("base"); ok {
 		return nil
 	}
-	dead := t.name("dead")
+	dead := b.name("dead")
 	if err := s.ctl.ExchangeDeclare(dead, "fanout", true, false, false, false, nil); err != nil {
-		return t.wrap("declare "+dead, err)
+		return b.wrap("declare "+dead, err)
 	}
 	args := amqp.Table{"x-queue-type": "classic"}
-	if t.opt.quorum {
+	if b.opt.quorum {
 		args["x-queue-type"] = "quorum"
 	}
 	if _, err := s.ctl.QueueDeclare(dead, true, false, false, false, args); err != nil {
-		return t.wrap("declare "+dead, err)
+		return b.wrap("declare "+dead, err)
 	}
 	if err := s.ctl.QueueBind(dead, "", dead, false, nil); err != nil {
-		return t.wrap("bind "+dead, err)
+		return b.wrap("bind "+dead, err)
 	}
-	if err := s.ctl.ExchangeDeclare(t.levelName(-1), "topic", true, false, false, false, nil); err != nil {
-		return t.wrap("declare "+t.levelName(-1), err)
+	if err := s.ctl.ExchangeDeclare(b.levelName(-1), "topic", true, false, false, false, nil); err != nil {
+		return b.wrap("declare "+b.levelName(-1), err)
 	}
 	s.declared.Store("base", true)
 	return nil
@@ -139,30 +139,30 @@ func (t *Transport) declareBase(s *session) error {
 // their key) to level L-1; keys with bit L clear pass straight to level
 // L-1. Quorum delay queues dead-letter at least once, so a message is never
 // dropped between levels.
-func (t *Transport) declareDelays(ctx context.Context, s *session) error {
+func (b *broker) declareDelays(ctx context.Context, s *session) error {
 	if _, ok := s.declared.Load("delays"); ok {
 		return nil
 	}
 	if err := s.lockCtl(ctx); err != nil {
-		return t.wrap("declare the delay levels", err)
+		return b.wrap("declare the delay levels", err)
 	}
 	defer s.unlockCtl()
 	if _, ok := s.declared.Load("delays"); ok {
 		return nil // declared while this call waited
 	}
-	if err := t.declareBase(s); err != nil {
+	if err := b.declareBase(s); err != nil {
 		return err
 	}
 	for l := 0; l < Levels; l++ {
-		x := t.levelName(l)
+		x := b.levelName(l)
 		if err := s.ctl.ExchangeDeclare(x, "topic", true, false, false, false, nil); err != nil {
-			return t.wrap("declare "+x, err)
+			return b.wrap("declare "+x, err)
 		}
 		args := amqp.Table{
 			"x-message-ttl":          int64(1) << l,
-			"x-dead-letter-exchange": t.levelName(l - 1),
+			"x-dead-letter-exchange": b.levelName(l - 1),
 		}
-		if t.opt.quorum {
+		if b.opt.quorum {
 			args["x-queue-type"] = "quorum"
 			args["x-dead-letter-strategy"] = "at-least-once"
 			args["x-overflow"] = "reject-publish"
@@ -170,13 +170,13 @@ func (t *Transport) declareDelays(ctx context.Context, s *session) error {
 			args["x-queue-type"] = "classic"
 		}
 		if _, err := s.ctl.QueueDeclare(x, true, false, false, false, args); err != nil {
-			return t.wrap("declare "+x, err)
+			return b.wrap("declare "+x, err)
 		}
 		if err := s.ctl.QueueBind(x, levelPattern(l, "1"), x, false, nil); err != nil {
-			return t.wrap("bind "+x, err)
+			return b.wrap("bind "+x, err)
 		}
-		if err := s.ctl.ExchangeBind(t.levelName(l-1), levelPattern(l, "0"), x, false, nil); err != nil {
-			return t.wrap("bind "+x, err)
+		if err := s.ctl.ExchangeBind(b.levelName(l-1), levelPattern(l, "0"), x, false, nil); err != nil {
+			return b.wrap("bind "+x, err)
 		}
 	}
 	s.declared.Store("delays", true)

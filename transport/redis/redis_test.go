@@ -77,7 +77,7 @@ func TestConformance(t *testing.T) {
 			}
 			return tr
 		},
-		Features: &transporttest.Features{
+		Features: transporttest.Features{
 			Schedules: true, SharedState: true, Priority: true,
 			Listing: true, Pruning: true, ClaimByID: true,
 		},

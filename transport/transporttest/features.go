@@ -56,32 +56,6 @@ type Features struct {
 	TxEnqueue bool
 }
 
-// claims returns what b claims. Without Features, the older description
-// applies: schedules, shared state and priority unless a No field says
-// otherwise, and the interface features that the transport implements.
-func (b Backend) claims(t *testing.T) Features {
-	t.Helper()
-	var f Features
-	if b.Features != nil {
-		f = *b.Features
-	} else {
-		q, tr := openCaptured(t, b)
-		f = implemented(tr)
-		q.Close()
-		f.Schedules, f.SharedState, f.Priority = true, true, true
-	}
-	if b.NoSchedules {
-		f.Schedules = false
-	}
-	if b.NoSharedState {
-		f.SharedState = false
-	}
-	if b.NoPriority {
-		f.Priority = false
-	}
-	return f
-}
-
 // implemented returns the interface features tr implements.
 func implemented(tr transport.Transport) Features {
 	_, sched := tr.(transport.ScheduleStore)
@@ -126,7 +100,7 @@ func mismatches(tr transport.Transport, f Features) []string {
 // the backend's URL and options, and against the one Open returns, and
 // against what docket's API reports.
 func testFeatures(t *testing.T, b Backend) {
-	f := *b.Features
+	f := b.Features
 	q, tr := openCaptured(t, b)
 	t.Cleanup(func() { q.Close() })
 	for _, m := range mismatches(tr, f) {

@@ -56,27 +56,6 @@ func TestMismatches(t *testing.T) {
 	}
 }
 
-// The older description (Features nil) claims schedules, shared state and
-// priority less the No fields, and the interface features the transport
-// has; with Features, a No field withdraws its feature.
-func TestClaims(t *testing.T) {
-	got := Backend{NewURL: memoryURL, NoPriority: true}.claims(t)
-	want := Features{Schedules: true, SharedState: true, Listing: true, Pruning: true, ClaimByID: true, TxEnqueue: true}
-	if got != want {
-		t.Errorf("legacy claims = %+v, want %+v", got, want)
-	}
-	got = Backend{NewURL: memoryURL, NoSchedules: true, NoSharedState: true}.claims(t)
-	want = Features{Priority: true, Listing: true, Pruning: true, ClaimByID: true, TxEnqueue: true}
-	if got != want {
-		t.Errorf("legacy claims = %+v, want %+v", got, want)
-	}
-	f := Features{Schedules: true, Priority: true, Listing: true}
-	got = Backend{NewURL: memoryURL, Features: &f, NoPriority: true}.claims(t)
-	if want := (Features{Schedules: true, Listing: true}); got != want {
-		t.Errorf("claims = %+v, want %+v", got, want)
-	}
-}
-
 // The capture scheme hands the suite the transport docket opened.
 func TestOpenCaptured(t *testing.T) {
 	q, tr := openCaptured(t, Backend{NewURL: memoryURL})

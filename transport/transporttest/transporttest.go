@@ -70,18 +70,11 @@ type Backend struct {
 	// Claim cannot run under the suite's clock; the contract tests are
 	// then skipped.
 	Open func(t *testing.T) transport.Transport
-	// Features is what the backend claims. When it is nil, the backend
-	// claims Schedules, SharedState and Priority, less those withdrawn
-	// by the No fields below, and the interface features its transport
-	// implements.
-	Features *Features
-
-	// NoSchedules withdraws the claim of Features.Schedules.
-	NoSchedules bool
-	// NoSharedState withdraws the claim of Features.SharedState.
-	NoSharedState bool
-	// NoPriority withdraws the claim of Features.Priority.
-	NoPriority bool
+	// Features is what the backend claims; the zero value claims none.
+	// The suite checks that the backend does what it claims, and only
+	// that: it implements an optional interface exactly when the matching
+	// feature is claimed.
+	Features Features
 }
 
 // Run runs the suite on b.
@@ -90,9 +83,7 @@ func Run(t *testing.T, b Backend) {
 	if b.NewURL == nil {
 		t.Fatal("transporttest: Backend.NewURL is nil")
 	}
-	f := b.claims(t)
-	b.Features = &f
-	t.Logf("backend claims %+v", f)
+	t.Logf("backend claims %+v", b.Features)
 	t.Run("Features", func(t *testing.T) {
 		t.Parallel()
 		testFeatures(t, b)
@@ -102,7 +93,7 @@ func Run(t *testing.T, b Backend) {
 			t.Skip("Backend.Open is nil: the backend cannot be driven under the suite's clock")
 		}
 		t.Parallel()
-		runContract(t, b.Open, f)
+		runContract(t, b.Open, b.Features)
 	})
 	tests := []struct {
 		name string

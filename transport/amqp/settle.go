@@ -1,0 +1,321 @@
+package amqp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/docketq/docket/transport"
+)
+
+// settlement is a delivery that will not run now, and the messages to
+// publish before it is acknowledged.
+type settlement struct {
+	h   *held
+	out []outgoing
+	end string // the id of a task this ended, announced (EventFinished) once acknowledged
+}
+
+// settle publishes what each settlement needs, waits for the broker's
+// confirms, runs beforeAck (if set), and then acknowledges the deliveries.
+func (b *broker) settle(s *session, items []settlement, beforeAck func(ctx context.Context) error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var out []outgoing
+	var finished []string
+	for _, st := range items {
+		out = append(out, st.out...)
+		if st.end != "" {
+			finished = append(finished, st.end)
+		}
+	}
+	if err := b.publish(ctx, s, out); err != nil {
+		return err
+	}
+	if beforeAck != nil {
+		if err := beforeAck(ctx); err != nil {
+			return err
+		}
+	}
+	hs := make([]*held, len(items))
+	for i, st := range items {
+		hs[i] = st.h
+	}
+	if err := ackHeld(hs); err != nil {
+		return b.wrap("ack", err)
+	}
+	if len(finished) > 0 {
+		b.publishEvent(transport.Event{Kind: transport.EventFinished, IDs: finished})
+	}
+	return nil
+}
+
+// undecodable returns the dead-letter copy of a message that could not be
+// decoded, with the reason.
+func (b *broker) undecodable(h *held) outgoing {
+	return b.deadLetter(h, "undecodable: "+h.bad.Error())
+}
+
+// deadLetter returns a copy of h for the dead-letter queue, with reason.
+func (b *broker) deadLetter(h *held, reason string) outgoing {
+	msg := publishingOf(&h.d)
+	msg.Headers[hReason] = reason
+	return outgoing{exchange: b.name("dead"), msg: msg}
+}
+
+// publishingOf returns the message of d as it was published.
+func publishingOf(d *amqp.Delivery) amqp.Publishing {
+	h := amqp.Table{}
+	for k, v := range d.Headers {
+		h[k] = v
+	}
+	return amqp.Publishing{
+		Headers: h, ContentType: d.ContentType, DeliveryMode: amqp.Persistent, Priority: d.Priority,
+		MessageId: d.MessageId, Type: d.Type, ReplyTo: d.ReplyTo, Timestamp: d.Timestamp, Body: d.Body,
+	}
+}
+
+// copyOf returns a new copy of h's task that counts used attempts and
+// waits until at.
+func (b *broker) copyOf(ctx context.Context, s *session, h *held, used int, lastErr string, at, now time.Time) (outgoing, error) {
+	m := h.msg
+	pub, err := encode(&m, used, lastErr, h.replyTo)
+	if err != nil {
+		return outgoing{}, err
+	}
+	ex, key, err := b.route(ctx, s, m.Queue, at, now)
+	if err != nil {
+		return outgoing{}, err
+	}
+	return outgoing{exchange: ex, key: key, mandatory: true, msg: pub}, nil
+}
+
+// checkOutcomes refuses outcome states a worker cannot report.
+func checkOutcomes(items []transport.Outcome) error {
+	for _, o := range items {
+		switch o.State {
+		case transport.StateScheduled, transport.StateReady, transport.StateSucceeded, transport.StateFailed, transport.StateCancelled:
+		default:
+			return fmt.Errorf("docket: finish task %s: invalid outcome state %v", o.ID, o.State)
+		}
+	}
+	return nil
+}
+
+// heldLease returns the in-flight delivery that lease l names, or nil. The
+// caller holds mu.
+func (b *broker) heldLease(l transport.Lease) *held {
+	h := b.inflight[l.ID]
+	if h == nil || h.attempt != l.Attempt || h.owner != l.Owner {
+		return nil
+	}
+	return h
+}
+
+// outcomeCopies returns the new copies the outcomes need: a retry's,
+// waiting until its RunAt with one more attempt used, and a release's,
+// due now with its attempt given back. hs holds each outcome's delivery;
+// nil entries are skipped.
+func (b *broker) outcomeCopies(ctx context.Context, s *session, now time.Time, items []transport.Outcome, hs []*held) ([]outgoing, error) {
+	var out []outgoing
+	for i, o := range items {
+		h := hs[i]
+		if h == nil {
+			continue
+		}
+		var c outgoing
+		var err error
+		switch o.State {
+		case transport.StateScheduled:
+			c, err = b.copyOf(ctx, s, h, h.attempt, o.Error, o.RunAt, now)
+		case transport.StateReady:
+			c, err = b.copyOf(ctx, s, h, h.attempt-1, h.lastErr, time.Time{}, now)
+		default:
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// release drops the in-flight entries of the outcomes' deliveries hs
+// (nil entries aside), once they were acknowledged or could not be.
+func (b *broker) release(items []transport.Outcome, hs []*held) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i, o := range items {
+		if hs[i] != nil {
+			delete(b.inflight, o.ID)
+		}
+	}
+}
+
+// forget drops the in-flight entries of outcomes whose leases were lost.
+func (b *broker) forget(items []transport.Outcome) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, o := range items {
+		if h := b.inflight[o.ID]; h != nil && h.attempt == o.Attempt && h.owner == o.Owner {
+			delete(b.inflight, o.ID)
+		}
+	}
+}
+
+// StopClaims implements transport.ClaimStopper: it cancels this process's
+// consumers and gives back every delivery no Claim handed out, as a new
+// copy with its attempts unchanged (a plain requeue would count one more
+// delivery), so a worker that stops holds nothing another could run.
+func (b *broker) StopClaims(ctx context.Context, owner string) error {
+	b.mu.Lock()
+	b.queues = map[string]bool{}
+	b.capacity = 0
+	s := b.sess
+	b.mu.Unlock()
+	if s == nil {
+		return nil
+	}
+	return b.giveBack(ctx, s)
+}
+
+// giveBack cancels s's consumers, waits until their deliveries are
+// buffered, and republishes and acknowledges the buffer.
+func (b *broker) giveBack(ctx context.Context, s *session) error {
+	s.consumeMu.Lock()
+	for q := range s.consumers {
+		if err := s.cons.Cancel(b.consumerTag(q), false); err != nil {
+			s.consumeMu.Unlock()
+			return b.wrap("cancel consumer", err)
+		}
+	}
+	s.consumers = map[string]bool{}
+	s.consumeMu.Unlock()
+	s.loops.Wait()
+	b.mu.Lock()
+	// Deliveries of an earlier session need nothing: the broker put them
+	// back when it ended.
+	buf := slices.DeleteFunc(b.buf, func(h *held) bool { return h.s != s })
+	b.buf = nil
+	b.mu.Unlock()
+	var out []outgoing
+	now := b.now()
+	for _, h := range buf {
+		if h.bad != nil {
+			out = append(out, b.undecodable(h))
+			continue
+		}
+		c, err := b.copyOf(ctx, s, h, h.used, h.lastErr, h.msg.ETA, now)
+		if err != nil {
+			return err
+		}
+		out = append(out, c)
+	}
+	if err := b.publish(ctx, s, out); err != nil {
+		return err
+	}
+	if err := ackHeld(buf); err != nil {
+		return b.wrap("ack", err)
+	}
+	return nil
+}
+
+// ackHeld acknowledges each of hs (nil entries aside) on the channel that
+// delivered it (see session.ack). A delivery of a session that ended cannot
+// be acknowledged: the broker has put it back.
+func ackHeld(hs []*held) error {
+	tags := map[*session][]uint64{}
+	for _, h := range hs {
+		if h != nil {
+			tags[h.s] = append(tags[h.s], h.d.DeliveryTag)
+		}
+	}
+	var errs []error
+	for s, list := range tags {
+		if !s.alive() {
+			errs = append(errs, fmt.Errorf("the channel that delivered %d of the tasks is closed: %w", len(list), s.cause()))
+			continue
+		}
+		if err := s.ack(list); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ack acknowledges the deliveries of cons with the given tags in as few
+// frames as ackBook allows.
+func (s *session) ack(tags []uint64) error {
+	s.ackMu.Lock()
+	defer s.ackMu.Unlock()
+	multiple, single := s.acks.plan(tags)
+	if multiple > 0 {
+		if err := s.cons.Ack(multiple, true); err != nil {
+			return err
+		}
+	}
+	for _, tag := range single {
+		if err := s.cons.Ack(tag, false); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ackBook keeps which deliveries of a channel are acknowledged, to
+// acknowledge new ones in as few frames as possible. Delivery tags number
+// a channel's deliveries 1, 2, 3…, so once every tag from the floor up is
+// acknowledged or being acknowledged, one frame with the multiple flag
+// covers them; tags above a gap (a delivery still running, or not even
+// handed to a consumer yet) are acknowledged one by one. A task queue
+// finishes tasks roughly in the order they arrive, so a batch of outcomes
+// mostly takes one frame instead of one each, for the broker as much as
+// for this process.
+type ackBook struct {
+	floor uint64              // every tag up to this one is acknowledged
+	above map[uint64]struct{} // tags above floor acknowledged one by one
+}
+
+// plan records tags as acknowledged and returns the frames that do it:
+// the tag to acknowledge with the multiple flag (0 for none) and the tags
+// to acknowledge alone. Tags already acknowledged are ignored.
+func (b *ackBook) plan(tags []uint64) (multiple uint64, single []uint64) {
+	mine := make(map[uint64]struct{}, len(tags))
+	for _, tag := range tags {
+		if _, done := b.above[tag]; tag > b.floor && !done {
+			mine[tag] = struct{}{}
+		}
+	}
+	floor := b.floor
+	for {
+		if _, ok := mine[floor+1]; ok {
+			// The multiple frame names one of ours: naming a tag
+			// acknowledged before is an error to RabbitMQ.
+			multiple = floor + 1
+		} else if _, ok := b.above[floor+1]; ok {
+			delete(b.above, floor+1) // below the floor from now on
+		} else {
+			break
+		}
+		floor++
+	}
+	for tag := range mine {
+		if tag > floor {
+			single = append(single, tag)
+		}
+	}
+	slices.Sort(single)
+	if b.above == nil {
+		b.above = map[uint64]struct{}{}
+	}
+	for _, tag := range single {
+		b.above[tag] = struct{}{}
+	}
+	b.floor = floor
+	return multiple, single
+}
