@@ -221,8 +221,8 @@ type Config struct {
 	// transport.ErrUnsupported. The transport does not close it: close it
 	// after the transport.
 	ResultStore transport.Transport
-	// Logger receives the transport's diagnostics; nil means
-	// slog.Default().
+	// Logger receives the transport's diagnostics; nil discards them, as
+	// docket's Logger option does by default.
 	Logger *slog.Logger
 	// Now is the clock of the transport's housekeeping (forgetting old
 	// cancel requests and finished tasks); nil means time.Now.
@@ -319,7 +319,7 @@ func newBroker(u *url.URL, c Config) (*broker, error) {
 		queues: map[string]bool{}, inflight: map[string]*held{}, revoked: map[string]time.Time{},
 	}
 	if b.log == nil {
-		b.log = slog.Default()
+		b.log = slog.New(slog.DiscardHandler)
 	}
 	if b.now == nil {
 		b.now = time.Now
