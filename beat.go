@@ -109,10 +109,7 @@ func (q *Queue) fireDue(ctx context.Context) (time.Time, error) {
 	if len(entries) == 0 {
 		return time.Time{}, nil
 	}
-	ss, ok := q.t.(transport.ScheduleStore)
-	if !ok {
-		return time.Time{}, fmt.Errorf("docket: schedules: %w", ErrUnsupported)
-	}
+	ss := q.ss // not nil: schedule refuses a backend without one
 	now := q.now()
 	names := make([]string, len(entries))
 	for i, e := range entries {
@@ -214,7 +211,7 @@ func (w *worker) beatLoop() {
 		case <-timer.C:
 		case <-q.beatWake:
 		}
-		ctx, cancel := w.call()
+		ctx, cancel := w.call(w.loopCall())
 		next, err := q.fireDue(ctx)
 		cancel()
 		sleep := time.Second

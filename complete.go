@@ -79,9 +79,12 @@ func (w *worker) completer() {
 		var err error
 		giveUp := time.Now().Add(q.cfg.lease)
 		for attempt := 0; ; attempt++ {
-			ctx, cancel := w.call()
-			res, err = q.finish(ctx, transport.FinishParams{Now: q.now(), Items: items})
-			cancel()
+			// An outcome write is not cut short: one stopped halfway
+			// would leave a broker's delivery neither acknowledged nor
+			// given back. It takes as long as the backend makes it (a
+			// broker's flow control), and the worker's ctx outlives the
+			// completer.
+			res, err = q.finish(w.ctx, transport.FinishParams{Now: q.now(), Items: items})
 			if err == nil || time.Now().After(giveUp) {
 				break
 			}

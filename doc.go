@@ -75,8 +75,8 @@
 //
 // Results are stored with the task for ResultTTL (default 24h), then
 // pruned in small batches. Wait wakes on completion: at once within the
-// process, within PollInterval (default 5ms) for completions in another
-// process on the same SQLite file; it returns typed results and typed errors
+// process, within PollInterval (default 5ms; 100ms after a quiet second)
+// for completions in another process on the same SQLite file; it returns typed results and typed errors
 // (*TaskError matching ErrTaskFailed, ErrTaskCancelled, ErrTaskExpired).
 //
 // Transactional enqueue (SQLite). task.Enqueue(ctx, q.Tx(tx), args) writes

@@ -139,6 +139,11 @@ func buildMessages(now time.Time, name string, defaults *taskOpts, payloads [][]
 	if base.ETA, err = pickTime(now, "Countdown", o.hasCountdown, o.countdown, o.hasETA, o.eta); err != nil {
 		return nil, err
 	}
+	// Backends keep milliseconds: round up, so that a task never starts
+	// before its ETA.
+	if r := base.ETA.Truncate(time.Millisecond); r.Before(base.ETA) {
+		base.ETA = r.Add(time.Millisecond)
+	}
 	if base.Expires, err = pickTime(now, "Expires", o.hasExpiresIn, o.expiresIn, o.hasExpiresAt, o.expiresAt); err != nil {
 		return nil, err
 	}

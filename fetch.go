@@ -36,7 +36,7 @@ func (w *worker) fetchLoop() {
 			now := q.now()
 			exclude, refill := w.limits.excluded(time.Now())
 			limit := min(free, 256)
-			ctx, cancel := w.call()
+			ctx, cancel := w.call(w.loopCall())
 			res, err := q.claim(ctx, transport.ClaimParams{
 				Now: now, Owner: w.owner, Queues: w.queueOrder(), Limit: limit,
 				LeaseUntil: now.Add(q.cfg.lease), Exclude: exclude, Capacity: w.conc + w.prefetch,

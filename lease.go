@@ -32,7 +32,7 @@ func (w *worker) heartbeatLoop() {
 		}
 		now := q.now()
 		until := now.Add(q.cfg.lease)
-		ctx, cancel := w.call()
+		ctx, cancel := w.call(q.cfg.lease) // a renewal slower than a lease renews nothing
 		res, err := q.t.Extend(ctx, transport.ExtendParams{Now: now, Leases: leases, Until: until})
 		cancel()
 		if err != nil {

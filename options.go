@@ -155,13 +155,14 @@ func WithClock(clk Clock) Option {
 	}
 }
 
-// PollInterval bounds how long a write by another process (a task enqueued,
-// finished or cancelled) goes unnoticed by this one (default 5ms). The check
-// is a single cheap read and runs only while workers or waiters are active;
-// after a second in which no other process wrote, it slows to 20 times the
-// interval (100ms by default), so an idle worker uses well under 1% of a
-// core, and speeds up again with the next write it sees. Writes in this
-// process wake its workers and waiters at once, whatever the interval.
+// PollInterval bounds how long a write by another process to a shared
+// SQLite file (a task enqueued, finished or cancelled) goes unnoticed by
+// this one (default 5ms). The check is a single cheap read; after a second
+// in which no other process wrote, it slows to 20 times the interval (100ms
+// by default), so an idle Queue uses well under 1% of a core, and speeds up
+// again with the next write it sees. Writes in this process wake its
+// workers and waiters at once, whatever the interval; Redis and RabbitMQ
+// push other processes' writes and need no polling.
 func PollInterval(d time.Duration) Option {
 	return func(c *config) {
 		if c.check(!(d < time.Millisecond || d > time.Minute), invalid("PollInterval", d, "must be within 1ms..1m")) {

@@ -24,7 +24,7 @@ func (w *worker) pruneLoop() {
 		case <-tick.C:
 		}
 		for !w.stopping() {
-			ctx, cancel := w.call()
+			ctx, cancel := w.call(w.loopCall())
 			n, err := pr.Prune(ctx, transport.PruneParams{Now: q.now(), Limit: batch})
 			cancel()
 			if err != nil {

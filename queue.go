@@ -20,7 +20,8 @@ import (
 // Open one per process and Close it when done.
 type Queue struct {
 	t     transport.Transport
-	url   string // redacted
+	ss    transport.ScheduleStore // t's schedules; nil when it keeps none
+	url   string                  // redacted
 	cfg   config
 	unsub func()
 
@@ -75,9 +76,8 @@ func Open(ctx context.Context, rawURL string, opts ...Option) (*Queue, error) {
 		return nil, err
 	}
 	tcfg := transport.Config{
-		Logger:       cfg.logger,
-		Now:          cfg.clock.Now,
-		PollInterval: cfg.pollInterval,
+		Logger: cfg.logger,
+		Now:    cfg.clock.Now,
 	}
 	if cfg.resultURL != "" {
 		if tcfg.ResultURL, err = parseURL(cfg.resultURL); err != nil {
@@ -89,7 +89,7 @@ func Open(ctx context.Context, rawURL string, opts ...Option) (*Queue, error) {
 		return nil, err
 	}
 	if tcfg.ResultURL != nil {
-		if rs, ok := t.(transport.ResultStorer); !ok || rs.ResultStore() == nil {
+		if _, ok := t.(transport.ResultStorer); !ok {
 			t.Close()
 			return nil, fmt.Errorf("docket: a result store (%s) is for broker transports; %s keeps its own state: %w", transport.Redact(tcfg.ResultURL), u.Scheme, ErrInvalid)
 		}
@@ -101,7 +101,7 @@ func Open(ctx context.Context, rawURL string, opts ...Option) (*Queue, error) {
 // a driver.Connector: for example redis.New with the application's own
 // *redis.Client, amqp.New with its connection settings, or sqlite.Open with
 // options a URL cannot carry. The Queue owns backend from then on: Close
-// closes it. Options that name a backend (ResultStore) are refused; give
+// closes it. If New fails, backend stays the caller's to close. Options that name a backend (ResultStore) are refused; give
 // the result store to the broker's constructor instead.
 func New(backend transport.Transport, opts ...Option) (*Queue, error) {
 	if backend == nil {
@@ -147,6 +147,7 @@ func newQueue(t transport.Transport, name string, cfg config) *Queue {
 		beatWake: make(chan struct{}, 1),
 		closing:  make(chan struct{}),
 	}
+	q.ss, _ = t.(transport.ScheduleStore)
 	q.life, q.endLife = context.WithCancel(context.Background())
 	q.waiters.m = map[string][]chan struct{}{}
 	if s, ok := t.(transport.Subscriber); ok {

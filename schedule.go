@@ -102,7 +102,7 @@ func (q *Queue) schedule(name string, sched Schedule, task Registrable, payload 
 	if e, ok := sched.(interface{ scheduleErr() error }); ok && e.scheduleErr() != nil {
 		return e.scheduleErr()
 	}
-	if _, ok := q.t.(transport.ScheduleStore); !ok {
+	if q.ss == nil {
 		return fmt.Errorf("docket: schedule %q: %w: %s keeps no schedule state shared by every process (a broker needs a result store)", name, ErrUnsupported, q)
 	}
 	var o scheduleOpts
@@ -184,11 +184,7 @@ func (q *Queue) Unschedule(ctx context.Context, name string) error {
 	if !ok {
 		return invalid("schedule name", name, "is not scheduled")
 	}
-	ss, isSS := q.t.(transport.ScheduleStore)
-	if !isSS {
-		return nil
-	}
-	return ss.ScheduleDelete(ctx, transport.ScheduleDeleteParams{Now: q.now(), Name: name})
+	return q.ss.ScheduleDelete(ctx, transport.ScheduleDeleteParams{Now: q.now(), Name: name})
 }
 
 // ScheduleInfo describes one schedule: its definition in this process (if
@@ -214,7 +210,7 @@ func (q *Queue) Schedules(ctx context.Context) ([]ScheduleInfo, error) {
 		byName[name] = &ScheduleInfo{Name: name, Spec: e.spec, Task: e.task.taskName(), Defined: true, NextAt: e.sched.Next(q.now())}
 	}
 	q.mu.RUnlock()
-	if ss, ok := q.t.(transport.ScheduleStore); ok {
+	if ss := q.ss; ss != nil {
 		states, err := ss.ScheduleStates(ctx, transport.ScheduleStatesParams{Now: q.now()})
 		if err != nil {
 			return nil, err

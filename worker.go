@@ -168,11 +168,15 @@ func (w *worker) start() {
 }
 
 // call returns the context of one call a worker loop makes to the backend:
-// bounded by a lease, since a claim, heartbeat or outcome that takes longer
-// has lost its meaning, and ended with the worker.
-func (w *worker) call() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(w.ctx, w.q.cfg.lease)
+// bounded by d, and ended with the worker.
+func (w *worker) call(d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(w.ctx, d)
 }
+
+// loopCall bounds a claim, a prune or a scheduler pass: at least a lease,
+// and never less than half a minute, so that a broker slow to declare a
+// queue or start a consumer is waited for rather than dropped.
+func (w *worker) loopCall() time.Duration { return max(w.q.cfg.lease, 30*time.Second) }
 
 func (w *worker) stopping() bool {
 	select {

@@ -18,8 +18,6 @@ type Config struct {
 	// Now is the clock; transports use it only for housekeeping that has no
 	// params struct (timestamps in params come from the caller).
 	Now func() time.Time
-	// PollInterval bounds how stale cross-process change detection may be.
-	PollInterval time.Duration
 	// ResultURL, when set, names the store a broker transport keeps task
 	// state in (see ResultStorer). Transports that keep their own state
 	// are refused it by docket.Open.
@@ -27,8 +25,8 @@ type Config struct {
 }
 
 // ResultStorer is implemented by broker transports that keep task state in
-// another transport, opened from Config.ResultURL. ResultStore returns it,
-// or nil when none was configured.
+// another transport, their result store (opened from Config.ResultURL, or
+// given to the broker's constructor). ResultStore returns it.
 type ResultStorer interface {
 	ResultStore() Transport
 }
@@ -108,9 +106,6 @@ func Open(ctx context.Context, u *url.URL, cfg Config) (Transport, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
-	}
-	if cfg.PollInterval <= 0 {
-		cfg.PollInterval = 5 * time.Millisecond
 	}
 	return open(ctx, u, cfg)
 }

@@ -70,7 +70,7 @@
 // route).
 //
 // With RabbitMQ alone nothing checks task ids, so docket cannot make a
-// retry safe: enqueueing the same id again (WithID) after ErrOutcomeUnknown
+// retry safe: enqueueing the same id again (TaskID) after ErrOutcomeUnknown
 // publishes a second message, and if the first was queued the task runs
 // twice. A batch of several tasks whose enqueue fails is also cancelled by
 // id (broadcast), so that none of it runs unless a worker took a task

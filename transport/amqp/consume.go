@@ -152,8 +152,8 @@ func (b *broker) claim(ctx context.Context, p transport.ClaimParams, decide deci
 	if err != nil {
 		return res, err
 	}
-	// The worker's ctx never ends; a broker that does not answer must not
-	// hold the worker's loop forever.
+	// However long the caller's ctx, a broker that does not answer must
+	// not hold the worker's loop for more than half a minute.
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := b.startConsumers(ctx, s, p); err != nil {

@@ -470,13 +470,6 @@ func (t *Transport) Claim(ctx context.Context, p transport.ClaimParams) (transpo
 	if n := num(parts, 2); n > 0 {
 		res.NextAt = wire.FromMillis(n)
 	}
-	if len(res.Ended) > 0 {
-		ids := make([]string, len(res.Ended))
-		for i, s := range res.Ended {
-			ids[i] = s.ID
-		}
-		t.publishLocal(transport.Event{Kind: transport.EventFinished, IDs: ids})
-	}
 	return res, nil
 }
 
@@ -508,7 +501,6 @@ func (t *Transport) ClaimIDs(ctx context.Context, p transport.ClaimIDsParams) ([
 	if err != nil {
 		return nil, fmt.Errorf("docket: redis claim by id: %w", err)
 	}
-	var ended []string
 	for i, x := range row(v) {
 		r := row(x)
 		switch str(r, 0) {
@@ -520,16 +512,12 @@ func (t *Transport) ClaimIDs(ctx context.Context, p transport.ClaimIDsParams) ([
 			out[i] = transport.ClaimIDResult{Delivery: &d, State: transport.StateRunning}
 		case "end":
 			out[i] = transport.ClaimIDResult{State: transport.State(num(r, 1)), Ended: true}
-			ended = append(ended, p.IDs[i])
 		case "left":
 			out[i] = transport.ClaimIDResult{State: transport.State(num(r, 1))}
 			if !out[i].State.Terminal() {
 				out[i].RunAt = wire.FromMillis(num(r, 2))
 			}
 		}
-	}
-	if len(ended) > 0 {
-		t.publishLocal(transport.Event{Kind: transport.EventFinished, IDs: ended})
 	}
 	return out, nil
 }
@@ -580,17 +568,10 @@ func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]tra
 		return nil, fmt.Errorf("docket: redis finish: %w", err)
 	}
 	r := row(v)
-	var ended []string
-	for i, o := range p.Items {
+	for i := range p.Items {
 		// 2: a retry or release that ended the task, its cancel pending.
 		n := num(r, i)
 		out[i].Lost, out[i].Cancelled = n == 0, n == 2
-		if n == 2 || (!out[i].Lost && o.State.Terminal()) {
-			ended = append(ended, o.ID)
-		}
-	}
-	if len(ended) > 0 {
-		t.publishLocal(transport.Event{Kind: transport.EventFinished, IDs: ended})
 	}
 	return out, nil
 }
