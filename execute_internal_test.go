@@ -61,3 +61,23 @@ func TestDecide(t *testing.T) {
 		}
 	}
 }
+
+// Backends keep milliseconds: an ETA between two rounds up, so that no
+// backend starts the task before it.
+func TestETARoundsUpToMillisecond(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 999_600, time.UTC) // 0.9996 ms
+	def := defaultTaskOpts()
+	for _, opt := range []TaskOption{Countdown(400 * time.Millisecond), ETA(now.Add(time.Second))} {
+		msgs, err := buildMessages(now, "t", &def, [][]byte{[]byte("1")}, []TaskOption{opt})
+		if err != nil {
+			t.Fatal(err)
+		}
+		eta := msgs[0].ETA
+		if eta.Truncate(time.Millisecond) != eta {
+			t.Errorf("ETA %v is not a whole millisecond", eta)
+		}
+		if ms := eta.UnixMilli(); time.UnixMilli(ms).Before(now.Add(400 * time.Millisecond)) {
+			t.Errorf("stored ETA %v is before the countdown's end", time.UnixMilli(ms))
+		}
+	}
+}
