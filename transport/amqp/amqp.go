@@ -154,7 +154,9 @@
 // delivered task in the store by id, and the store's lease and fence decide
 // which copy runs: a copy of a finished task is dropped, a copy of a task
 // another worker holds waits in the delay levels until that lease lapses, a
-// message whose task was never recorded is dropped after ten seconds.
+// message whose task is still not recorded a minute after its creation is
+// given up: the worker records the id as expired before dropping it, so a
+// producer that records it later is told nothing was enqueued.
 //
 // Cancel is broadcast on the PREFIX.control fanout exchange to every
 // connected process: a running handler's ctx is cancelled wherever it runs,

@@ -2,6 +2,7 @@ package amqp
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -29,8 +30,13 @@ import (
 //   - Running: a worker leases each delivered task in the store by id; the
 //     store's lease decides which copy runs. A copy of a finished task is
 //     dropped, a copy of a task another worker holds waits in the delay
-//     levels until that lease lapses, a message whose task was never
-//     recorded is dropped after unrecordedWait.
+//     levels until that lease lapses. A message whose task is still not
+//     recorded unrecordedWait after it was created is given up: the worker
+//     records the id in the store as expired (givenUpHeader) before it
+//     drops the message, so a producer that records the task later finds
+//     the id taken and reports that nothing was enqueued. Whichever of the
+//     two writes the store takes first decides, so a task is never
+//     recorded without a message to run it.
 //   - Connection loss: the store's leases outlive the connection, so
 //     handlers keep running and record their outcomes in the store; the
 //     copies RabbitMQ delivers again are settled by the store. Cancel is
@@ -44,6 +50,9 @@ type stored struct {
 	sched   transport.ScheduleStore
 	owned   bool   // Close closes the store (opened from the URL's result store)
 	unsub   func() // ends the forwarding of the store's notifications
+	// giveUpAfter is how long a delivered task may stay unrecorded
+	// (unrecordedWait; shorter in tests).
+	giveUpAfter time.Duration
 }
 
 var (
@@ -66,6 +75,7 @@ func newStored(b *broker, st transport.Transport, owned bool) (*stored, error) {
 		broker: b, store: st, owned: owned, unsub: func() {},
 		claimer: st.(transport.IDClaimer), lister: st.(transport.Lister),
 		pruner: st.(transport.Pruner), sched: st.(transport.ScheduleStore),
+		giveUpAfter: unrecordedWait,
 	}
 	b.mode = s
 	return s, nil
@@ -129,7 +139,32 @@ func (st *stored) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]tra
 	if err := st.publishNew(ctx, p.Now, p.Messages); err != nil {
 		return nil, unrecorded(err)
 	}
-	return st.store.Enqueue(ctx, p)
+	res, err := st.store.Enqueue(ctx, p)
+	// The id may be taken by a worker's record of the message given up
+	// (see stored): then nothing was enqueued.
+	var dup *transport.DuplicateError
+	taken := ""
+	switch {
+	case errors.As(err, &dup) && dup.UniqueKey == "":
+		taken = dup.ExistingID
+	case err == nil && len(res) == 1 && res[0].Existing && res[0].ID == p.Messages[0].ID:
+		taken = res[0].ID
+	}
+	if taken != "" && st.givenUp(ctx, p.Now, taken) {
+		return nil, fmt.Errorf("docket: amqp: task %s was not recorded within %s of being published, and a worker gave it up; nothing was enqueued: %w", taken, st.giveUpAfter, transport.ErrBusy)
+	}
+	return res, err
+}
+
+// givenUpHeader marks the record a worker writes for a task it gave up
+// (see stored): an expired task with this header.
+const givenUpHeader = "docket.given-up"
+
+// givenUp reports whether the task id is a worker's record of a message it
+// gave up.
+func (st *stored) givenUp(ctx context.Context, now time.Time, id string) bool {
+	in, err := st.store.Get(ctx, transport.GetParams{Now: now, ID: id})
+	return err == nil && in.Headers[givenUpHeader] != ""
 }
 
 // publishNew publishes new tasks, with no attempt used and no reply queue.
@@ -147,9 +182,13 @@ func (st *stored) publishNew(ctx context.Context, now time.Time, msgs []transpor
 }
 
 // A delivered task the result store does not know is tried again, after
-// half its age (10 ms to 1 s), until it is unrecordedWait old, then
-// dropped: its producer publishes before it records the task.
-const unrecordedWait = 10 * time.Second
+// half its age (10 ms to 1 s), until it is unrecordedWait old, then given
+// up (see stored): its producer publishes before it records the task.
+//
+// A minute is far longer than a producer takes between its publish and its
+// record, even on a loaded machine, and costs nothing while the task
+// waits: it goes round the delay levels, asked about once a second.
+const unrecordedWait = time.Minute
 
 // Claim implements transport.Transport (see broker.claim).
 func (st *stored) Claim(ctx context.Context, p transport.ClaimParams) (transport.ClaimResult, error) {
@@ -212,13 +251,21 @@ func (st *stored) notLeased(ctx context.Context, s *session, now time.Time, h *h
 			set.out = append(set.out, st.deadLetter(h, "worker lost: delivered again after its last attempt"))
 		}
 		return set, nil
-	case r.State == 0 && now.Sub(h.msg.Created) < unrecordedWait:
+	case r.State == 0 && now.Sub(h.msg.Created) < st.giveUpAfter:
 		// Published, but its producer has not recorded it yet: ask again
 		// soon, later the longer it has been missing.
 		at = now.Add(min(max(now.Sub(h.msg.Created)/2, 10*time.Millisecond), time.Second))
-	case r.State == 0 || r.State.Terminal():
-		// Never accepted (its producer failed to record it), or a copy of
-		// a task that already ended.
+	case r.State == 0:
+		recorded, err := st.giveUp(ctx, now, h)
+		if err != nil {
+			return settlement{}, err
+		}
+		if !recorded {
+			return settlement{h: h}, nil // given up: dropped
+		}
+		at = now // recorded after all, just now: deliver it again
+	case r.State.Terminal():
+		// A copy of a task that already ended.
 		return settlement{h: h}, nil
 	default:
 		at = r.RunAt
@@ -228,6 +275,29 @@ func (st *stored) notLeased(ctx context.Context, s *session, now time.Time, h *h
 		return settlement{}, err
 	}
 	return settlement{h: h, out: []outgoing{c}}, nil
+}
+
+// giveUp records h's task in the store as given up (expired, with
+// givenUpHeader), so that its producer can no longer record it. It reports
+// whether the producer recorded it first.
+func (st *stored) giveUp(ctx context.Context, now time.Time, h *held) (recorded bool, err error) {
+	m := transport.Message{
+		ID: h.msg.ID, Name: h.msg.Name, Queue: h.msg.Queue, Payload: h.msg.Payload,
+		Headers:     map[string]string{givenUpHeader: "not recorded by its producer within " + st.giveUpAfter.String()},
+		MaxAttempts: 1, Expires: now, ResultTTL: h.msg.ResultTTL, Created: now,
+	}
+	if m.ResultTTL <= 0 {
+		m.ResultTTL = time.Hour
+	}
+	_, err = st.store.Enqueue(ctx, transport.EnqueueParams{Now: now, Messages: []transport.Message{m}})
+	switch {
+	case errors.Is(err, transport.ErrDuplicate):
+		return true, nil
+	case err != nil:
+		return false, fmt.Errorf("docket: amqp: give up unrecorded task %s: %w", h.msg.ID, err)
+	}
+	st.log.Warn("docket: amqp: a delivered task was never recorded by its producer; given up", "task", h.msg.ID, "name", h.msg.Name, "after", st.giveUpAfter)
+	return false, nil
 }
 
 // Extend implements transport.Transport: it renews the store's leases, and

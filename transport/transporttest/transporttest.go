@@ -391,11 +391,13 @@ func testCancelRunning(t *testing.T, b Backend) {
 	producer.Register(task)
 	worker.Register(task)
 	run(t, worker)
-	r, _ := task.Enqueue(bg, producer, 1)
+	r, err := task.Enqueue(bg, producer, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
 	select {
 	case <-started:
-
-	case <-time.After(10 * time.Second):
+	case <-wctx(t).Done():
 		t.Fatal("task did not start")
 	}
 	if err := r.Cancel(bg); err != nil {

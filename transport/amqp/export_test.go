@@ -1,0 +1,4 @@
+package amqp
+
+// GivenUpHeader is givenUpHeader, for the external tests.
+const GivenUpHeader = givenUpHeader
