@@ -18,6 +18,12 @@
 //	res, err := Add.Enqueue(ctx, q, [2]int{2, 3}, docket.Countdown(time.Minute))
 //	sum, err := res.Wait(ctx)
 //
+// A program that already holds a client builds the backend itself and
+// passes it to New, as sql.OpenDB takes a connector: redis.New with its
+// *redis.Client, amqp.New with its connection settings, sqlite.Open with
+// options. Every backend implements transport.Transport, and an optional
+// interface only when it supports it.
+//
 // # Delivery contract
 //
 // At-least-once. A task that was accepted (Enqueue returned nil) reaches

@@ -34,7 +34,7 @@ func (s *Store) ScheduleInit(ctx context.Context, p transport.ScheduleInitParams
 		return transport.ScheduleState{}, err
 	}
 	if len(sts) == 0 {
-		return transport.ScheduleState{}, fmt.Errorf("docket: schedule %s vanished", p.Name)
+		return transport.ScheduleState{}, fmt.Errorf("docket: schedule %s vanished: %w", p.Name, transport.ErrNotFound)
 	}
 	return sts[0], nil
 }

@@ -364,7 +364,7 @@ func ParseURL(u *url.URL) (Options, error) {
 		if name != "" {
 			for _, c := range name {
 				if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
-					return o, fmt.Errorf("docket: memory database name %q: use letters, digits, '-', '_' and '.'", name)
+					return o, fmt.Errorf("%w: memory database name %q: use letters, digits, '-', '_' and '.'", transport.ErrInvalid, name)
 				}
 			}
 			o.MemoryName = name
@@ -374,7 +374,7 @@ func ParseURL(u *url.URL) (Options, error) {
 		if p == "" {
 			p = u.Path
 			if u.Host != "" {
-				return o, fmt.Errorf("docket: sqlite URL %q has a host; use sqlite:relative/path.db or sqlite:///absolute/path.db", u.Redacted())
+				return o, fmt.Errorf("%w: sqlite URL %q has a host; use sqlite:relative/path.db or sqlite:///absolute/path.db", transport.ErrInvalid, u.Redacted())
 			}
 		} else if unescaped, err := url.PathUnescape(p); err == nil {
 			p = unescaped
@@ -391,7 +391,7 @@ func ParseURL(u *url.URL) (Options, error) {
 			o.Path = p
 		}
 	default:
-		return o, fmt.Errorf("docket: not a sqlite URL: %q", u.Redacted())
+		return o, fmt.Errorf("%w: not a sqlite URL: %q", transport.ErrInvalid, u.Redacted())
 	}
 	for key, vals := range u.Query() {
 		v := vals[len(vals)-1]

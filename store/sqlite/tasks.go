@@ -446,7 +446,7 @@ func (s *Store) Finish(ctx context.Context, p transport.FinishParams) ([]transpo
 		switch o.State {
 		case transport.StateScheduled, transport.StateReady, transport.StateSucceeded, transport.StateFailed, transport.StateCancelled:
 		default:
-			return nil, fmt.Errorf("docket: finish task %s: invalid outcome state %v", o.ID, o.State)
+			return nil, fmt.Errorf("docket: finish task %s: invalid outcome state %v: %w", o.ID, o.State, transport.ErrInvalid)
 		}
 	}
 	now := wire.Millis(p.Now)
@@ -686,7 +686,7 @@ func (s *Store) ClaimIDs(ctx context.Context, p transport.ClaimIDsParams) ([]tra
 				}
 				if !rows.Next() {
 					rows.Close()
-					return fmt.Errorf("docket: claim task %s: vanished", id)
+					return fmt.Errorf("docket: claim task %s: vanished: %w", id, transport.ErrNotFound)
 				}
 				d, _, err := scanDelivery(rows)
 				if cerr := closeRows(rows); err == nil {

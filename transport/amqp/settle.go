@@ -100,7 +100,7 @@ func checkOutcomes(items []transport.Outcome) error {
 		switch o.State {
 		case transport.StateScheduled, transport.StateReady, transport.StateSucceeded, transport.StateFailed, transport.StateCancelled:
 		default:
-			return fmt.Errorf("docket: finish task %s: invalid outcome state %v", o.ID, o.State)
+			return fmt.Errorf("docket: finish task %s: invalid outcome state %v: %w", o.ID, o.State, transport.ErrInvalid)
 		}
 	}
 	return nil

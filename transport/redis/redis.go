@@ -559,7 +559,7 @@ func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]tra
 		switch o.State {
 		case transport.StateScheduled, transport.StateReady, transport.StateSucceeded, transport.StateFailed, transport.StateCancelled:
 		default:
-			return nil, fmt.Errorf("docket: finish task %s: invalid outcome state %v", o.ID, o.State)
+			return nil, fmt.Errorf("docket: finish task %s: invalid outcome state %v: %w", o.ID, o.State, transport.ErrInvalid)
 		}
 		args = append(args, o.ID, o.Attempt, o.Owner, int(o.State), wire.Millis(o.RunAt), string(o.Result), o.Error)
 	}
