@@ -150,17 +150,11 @@ func (q *Queue) onEvent(e transport.Event) {
 	case transport.EventFinished:
 		q.waiters.notify(e.IDs)
 	case transport.EventCancel:
-		q.mu.RLock()
-		w := q.worker
-		q.mu.RUnlock()
-		if w != nil {
+		if w := q.running(); w != nil {
 			w.cancelTasks(e.IDs, errCancelRequested)
 		}
 	case transport.EventLost:
-		q.mu.RLock()
-		w := q.worker
-		q.mu.RUnlock()
-		if w != nil {
+		if w := q.running(); w != nil {
 			w.cancelTasks(e.IDs, errLeaseLost)
 		}
 	case transport.EventChanged:
@@ -189,9 +183,7 @@ func (q *Queue) rechecker() {
 		case <-q.recheck:
 		}
 		ids := q.waiters.ids()
-		q.mu.RLock()
-		w := q.worker
-		q.mu.RUnlock()
+		w := q.running()
 		var running []string
 		if w != nil {
 			running = w.runningIDs()

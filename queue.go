@@ -203,10 +203,7 @@ func (q *Queue) String() string { return "docket.Queue(" + q.url + ")" }
 func (q *Queue) Close() error {
 	var err error
 	q.closeMu.Do(func() {
-		q.mu.RLock()
-		w := q.worker
-		q.mu.RUnlock()
-		if w != nil {
+		if w := q.running(); w != nil {
 			ctx, cancel := context.WithCancel(context.Background())
 			cancel()
 			w.shutdown(ctx)

@@ -64,9 +64,7 @@ func (q *Queue) Run(ctx context.Context) error {
 // finished in time, ctx's error otherwise. Without a running worker it
 // returns nil at once.
 func (q *Queue) Shutdown(ctx context.Context) error {
-	q.mu.RLock()
-	w := q.worker
-	q.mu.RUnlock()
+	w := q.running()
 	if w == nil {
 		return nil
 	}
@@ -165,6 +163,13 @@ func (w *worker) start() {
 	go w.heartbeatLoop()
 	go w.pruneLoop()
 	go w.beatLoop()
+}
+
+// running returns the worker while Run is active, or nil.
+func (q *Queue) running() *worker {
+	q.mu.RLock()
+	defer q.mu.RUnlock()
+	return q.worker
 }
 
 // call returns the context of one call a worker loop makes to the backend:

@@ -231,7 +231,7 @@ func (a *alone) decide(ctx context.Context, s *session, p transport.ClaimParams,
 			v.give = append(v.give, h)
 			continue
 		}
-		st := settlement{h: h, end: id}
+		st := settlement{h: h}
 		if state == transport.StateFailed {
 			st.out = append(st.out, a.deadLetter(h, reason))
 		}

@@ -3,17 +3,13 @@ package amqp_test
 import (
 	"context"
 	"errors"
-	"net/url"
-	"os"
 	"path/filepath"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/oklog/ulid/v2"
 
-	"github.com/docketq/docket/internal/amqptest"
 	"github.com/docketq/docket/store/sqlite"
 	"github.com/docketq/docket/transport"
 	"github.com/docketq/docket/transport/amqp"
@@ -46,26 +42,14 @@ func (g *gatedStore) ClaimIDs(ctx context.Context, p transport.ClaimIDsParams) (
 
 func openGiveUp(t *testing.T, g *gatedStore) transport.Transport {
 	t.Helper()
-	base := os.Getenv("DOCKET_TEST_AMQP_URL")
-	if base == "" {
-		t.Skip("DOCKET_TEST_AMQP_URL is not set: skipping RabbitMQ tests")
-	}
+	u := freshURL(t, "")
 	s, err := sqlite.Open(context.Background(), sqlite.Options{Path: filepath.Join(t.TempDir(), "state.db")})
 	if err != nil {
 		t.Fatal(err)
 	}
 	g.Store = s
 	t.Cleanup(func() { s.Close() })
-	prefix := "gu-" + strings.ToLower(ulid.Make().String()[16:])
-	t.Cleanup(func() { amqptest.DeleteTopology(t, base, prefix, "default") })
-	u, err := url.Parse(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := u.Query()
-	q.Set("prefix", prefix)
-	u.RawQuery = q.Encode()
-	tr, err := amqp.New(context.Background(), amqp.Config{URL: u.String(), ResultStore: g})
+	tr, err := amqp.New(context.Background(), amqp.Config{URL: u, ResultStore: g})
 	if err != nil {
 		t.Fatal(err)
 	}

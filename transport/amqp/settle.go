@@ -17,7 +17,6 @@ import (
 type settlement struct {
 	h   *held
 	out []outgoing
-	end string // the id of a task this ended, announced (EventFinished) once acknowledged
 }
 
 // settle publishes what each settlement needs, waits for the broker's
@@ -26,12 +25,8 @@ func (b *broker) settle(s *session, items []settlement, beforeAck func(ctx conte
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var out []outgoing
-	var finished []string
 	for _, st := range items {
 		out = append(out, st.out...)
-		if st.end != "" {
-			finished = append(finished, st.end)
-		}
 	}
 	if err := b.publish(ctx, s, out); err != nil {
 		return err
@@ -47,9 +42,6 @@ func (b *broker) settle(s *session, items []settlement, beforeAck func(ctx conte
 	}
 	if err := ackHeld(hs); err != nil {
 		return b.wrap("ack", err)
-	}
-	if len(finished) > 0 {
-		b.publishEvent(transport.Event{Kind: transport.EventFinished, IDs: finished})
 	}
 	return nil
 }
