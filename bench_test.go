@@ -147,3 +147,6 @@ func BenchmarkEnqueueWait(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "µs/roundtrip")
 }
+
+// Drain 50,000 pre-enqueued no-op tasks with Concurrency(64).
+func BenchmarkDrain50kConcurrency64(b *testing.B) { benchDrain(b, 50_000, 64) }

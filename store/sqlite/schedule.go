@@ -81,7 +81,7 @@ var errLostRace = errors.New("docket: schedule cursor moved")
 func (s *Store) ScheduleFire(ctx context.Context, p transport.ScheduleFireParams) (transport.ScheduleFireResult, error) {
 	var res transport.ScheduleFireResult
 	now := wire.Millis(p.Now)
-	err := s.w.do(ctx, "schedule", func(r runner) error {
+	err := s.w.doSavepoint(ctx, "schedule", func(r runner) error {
 		res = transport.ScheduleFireResult{}
 		var lastTask sql.NullString
 		err := queryOne(ctx, r, []any{&lastTask}, `UPDATE docket_schedules SET next_at = ?, updated_at = ?

@@ -37,10 +37,19 @@ const insertSQL = `INSERT INTO docket_tasks
 
 // Enqueue implements transport.Transport: one group-commit op for the whole batch.
 func (s *Store) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]transport.EnqueueResult, error) {
+	do := s.w.do
+	if len(p.Messages) > 1 {
+		// A duplicate in the middle of a batch refuses it after the rows
+		// before it were written: undo them.
+		do = s.w.doSavepoint
+	}
 	var out []transport.EnqueueResult
-	err := s.w.do(ctx, "enqueue", func(r runner) error {
+	err := do(ctx, "enqueue", func(r runner) error {
 		var err error
 		out, err = insert(ctx, r, p)
+		if dup := (*transport.DuplicateError)(nil); errors.As(err, &dup) {
+			return refuse(err)
+		}
 		return err
 	})
 	if err != nil {
@@ -164,6 +173,21 @@ func conflict(ctx context.Context, r runner, m *transport.Message) (*transport.D
 		}
 	}
 	return nil, fmt.Errorf("docket: insert task %s: ignored for an unknown reason", m.ID)
+}
+
+// execOne runs a statement that writes at most one row, and returns
+// sql.ErrNoRows when it wrote none.
+func execOne(ctx context.Context, r runner, query string, args ...any) error {
+	res, err := r.exec(ctx, query, args...)
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n == 0 {
+		return sql.ErrNoRows
+	}
+	return nil
 }
 
 func queryOne(ctx context.Context, r runner, dest []any, query string, args ...any) error {
@@ -433,7 +457,13 @@ const finishSQL = `UPDATE docket_tasks SET
 		WHEN ?1 = 2 THEN error
 		ELSE ?5 END,
 	owner = NULL
-	WHERE id = ?6 AND attempt = ?7 AND owner = ?8 AND state = 3 RETURNING state`
+	WHERE id = ?6 AND attempt = ?7 AND owner = ?8 AND state = 3`
+
+// finishReturningSQL is finishSQL for an outcome that puts the task back
+// (a retry or a release): it reports the state written, which is
+// cancelled when a cancel was pending. A final outcome needs only the
+// count of rows written, which is cheaper than a returned row.
+const finishReturningSQL = finishSQL + ` RETURNING state`
 
 // cancelledAtRelease is the error recorded for a task whose worker gave it
 // back (at shutdown) while a cancel was pending.
@@ -456,8 +486,14 @@ func (s *Store) Finish(ctx context.Context, p transport.FinishParams) ([]transpo
 			if o.Error != "" {
 				errText = o.Error
 			}
+			args := []any{int(o.State), now, wire.Millis(o.RunAt), o.Result, errText, o.ID, o.Attempt, o.Owner}
 			var state transport.State
-			err := queryOne(ctx, r, []any{&state}, finishSQL, int(o.State), now, wire.Millis(o.RunAt), o.Result, errText, o.ID, o.Attempt, o.Owner)
+			var err error
+			if o.State.Terminal() {
+				err = execOne(ctx, r, finishSQL, args...)
+			} else {
+				err = queryOne(ctx, r, []any{&state}, finishReturningSQL, args...)
+			}
 			switch {
 			case errors.Is(err, sql.ErrNoRows):
 				out[i] = transport.FinishResult{Lost: true}
@@ -489,7 +525,7 @@ func (s *Store) Cancel(ctx context.Context, p transport.CancelParams) (transport
 	err := s.w.do(ctx, "cancel", func(r runner) error {
 		err := queryOne(ctx, r, []any{&res.State}, cancelSQL, wire.Millis(p.Now), p.ID)
 		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("docket: cancel %s: %w", p.ID, transport.ErrNotFound)
+			return refuse(fmt.Errorf("docket: cancel %s: %w", p.ID, transport.ErrNotFound))
 		}
 		return err
 	})

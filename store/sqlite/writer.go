@@ -33,8 +33,30 @@ type op struct {
 	kind string // enqueue, claim, extend, finish, cancel, prune, schedule: names failpoints
 	run  func(r runner) error
 	noTx bool // runs outside any transaction (PRAGMA data_version)
-	err  error
-	done chan struct{}
+	// savepoint runs the op in a savepoint of its own, for an op that may
+	// refuse after it wrote (a batch of tasks with a duplicate in the
+	// middle). Other ops refuse only before writing (see refuse) and share
+	// the transaction without the cost of a savepoint.
+	savepoint bool
+	err       error
+	done      chan struct{}
+}
+
+// refusal marks an op's error as its own reason to do nothing (a duplicate
+// task, no task to cancel), returned before the op wrote anything: the
+// rest of its batch commits. Any other error of an op without a savepoint
+// fails the whole batch.
+type refusal struct{ err error }
+
+func (r refusal) Error() string { return r.err.Error() }
+func (r refusal) Unwrap() error { return r.err }
+
+// refuse wraps err as a refusal (nil stays nil).
+func refuse(err error) error {
+	if err == nil {
+		return nil
+	}
+	return refusal{err}
 }
 
 var opPool = sync.Pool{New: func() any { return &op{done: make(chan struct{}, 1)} }}
@@ -66,21 +88,28 @@ func newWriter(conn *sql.Conn) *writer {
 // do runs fn on the writer inside the next group transaction and returns its
 // error, or the transaction's. It waits for a definite outcome. kind names
 // the operation for failpoints.
+// fn may refuse (see refuse) only before it writes.
 func (w *writer) do(ctx context.Context, kind string, fn func(r runner) error) error {
-	return w.submit(ctx, kind, fn, false)
+	return w.submit(ctx, kind, fn, false, false)
+}
+
+// doSavepoint is do for an op that may refuse after writing: it runs in a
+// savepoint, and any error it returns undoes its writes alone.
+func (w *writer) doSavepoint(ctx context.Context, kind string, fn func(r runner) error) error {
+	return w.submit(ctx, kind, fn, false, true)
 }
 
 // doNoTx runs fn on the writer connection outside any transaction.
 func (w *writer) doNoTx(ctx context.Context, fn func(r runner) error) error {
-	return w.submit(ctx, "", fn, true)
+	return w.submit(ctx, "", fn, true, false)
 }
 
-func (w *writer) submit(ctx context.Context, kind string, fn func(r runner) error, noTx bool) error {
+func (w *writer) submit(ctx context.Context, kind string, fn func(r runner) error, noTx, savepoint bool) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	o := opPool.Get().(*op)
-	o.ctx, o.kind, o.run, o.noTx, o.err = ctx, kind, fn, noTx, nil
+	o.ctx, o.kind, o.run, o.noTx, o.savepoint, o.err = ctx, kind, fn, noTx, savepoint, nil
 	select {
 	case w.queue <- o:
 	case <-w.quit:
@@ -97,6 +126,9 @@ func (w *writer) submit(ctx context.Context, kind string, fn func(r runner) erro
 	err := o.err
 	o.ctx, o.run = nil, nil
 	opPool.Put(o)
+	if r, ok := err.(refusal); ok {
+		err = r.err
+	}
 	return classify(err)
 }
 
@@ -190,12 +222,15 @@ func (w *writer) runBatch(batch []*op) {
 	if err == nil {
 		single := len(live) == 1
 		for _, o := range live {
-			if single || !o.mayRefuse() {
-				// The transaction is the op's savepoint: an op that cannot
-				// refuse fails only on an I/O error, which fails the batch.
+			if single || !o.savepoint {
+				// The transaction is the op's savepoint when it is alone;
+				// otherwise an error that is not a refusal (which comes
+				// before any write) fails the batch.
 				if o.err = o.run(w); o.err != nil && !single {
-					err = o.err
-					break
+					if _, ok := o.err.(refusal); !ok {
+						err = o.err
+						break
+					}
 				}
 				continue
 			}
@@ -239,13 +274,6 @@ func (w *writer) runBatch(batch []*op) {
 	for _, o := range live {
 		o.done <- struct{}{}
 	}
-}
-
-// mayRefuse reports whether the op can fail for its own reasons (a
-// duplicate task, a schedule cursor that moved, no task to cancel); such
-// ops run in a savepoint so that the rest of the batch commits.
-func (o *op) mayRefuse() bool {
-	return o.kind == "enqueue" || o.kind == "schedule" || o.kind == "cancel"
 }
 
 // failpoints marks kind+suffix ("claim.before-commit") for each op of a
