@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -17,37 +19,96 @@ import (
 )
 
 // childEnv names the environment variable that makes the harness binary
-// run as a child process: its value is a JSON ChildSpec.
+// run as a child process: its value is a JSON ChildSpec. The driver starts
+// one for every measurement of every system (roleMeasure); a measurement
+// that needs a second process (latency2p, rss, idle) starts one more from
+// there with one of the other roles.
 const childEnv = "DOCKET_BENCH_CHILD"
 
 // Child roles.
 const (
+	roleMeasure = "measure" // run one measurement of one system once
 	roleLatency = "latency" // workers for the two-process latency stream
 	roleRSS     = "rss"     // drain N tasks at Concurrency, report peak RSS
 	roleIdle    = "idle"    // idle workers, report CPU over Duration
 )
 
+// measureTimeout bounds one measurement inside its process.
+const measureTimeout = 20 * time.Minute
+
 // ChildSpec tells a child process what to do.
 type ChildSpec struct {
-	Role        string        // roleLatency, roleRSS or roleIdle
-	System      string        // System.Name
-	Dir         string        // the store's directory, prepared by the parent
+	Role   string // roleMeasure, roleLatency, roleRSS or roleIdle
+	Config Config // the run's settings
+	// Measurement names the measurement to run (roleMeasure).
+	Measurement string
+	// Run is the round, counted from 0 (roleMeasure; it names the CPU
+	// profile).
+	Run int
+	// System is the System.Name.
+	System string
+	// Dir is, for roleMeasure, a fresh directory for the measurement's
+	// stores; for the other roles the store's directory, prepared by the
+	// parent.
+	Dir         string
 	Concurrency int           // workers
 	N           int           // tasks to expect (latency, rss)
 	Duration    time.Duration // measuring window (idle)
-	Poll        time.Duration // Options.Poll
-	RedisAddr   string        // for asynq
-	RedisDB     int           // for asynq
-	AMQPURL     string        // for docket-amqp and amqp091
 	// PeerDefaults runs the peers with their own default poll intervals
 	// instead of the harness's -poll.
 	PeerDefaults bool
 }
 
+// loadSample is the 1-minute load average (/proc/loadavg) when a
+// measurement process started and when it ended.
+type loadSample struct {
+	Start float64 `json:"start"`
+	End   float64 `json:"end"`
+	OK    bool    `json:"ok"`
+}
+
+func (l loadSample) String() string {
+	if !l.OK {
+		return "?"
+	}
+	return fmt.Sprintf("%.2f→%.2f", l.Start, l.End)
+}
+
 // childResult is the child's last line on stdout, after "result ".
 type childResult struct {
 	Values map[string]float64 `json:"values"`
-	Err    string             `json:"err,omitempty"`
+	Notes  []string           `json:"notes,omitempty"`
+	NAKeys map[string]string  `json:"na_keys,omitempty"` // Result.NA
+	// Err is the error of the measurement or role; with NA set it is the
+	// reason the measurement does not apply.
+	Err  string     `json:"err,omitempty"`
+	NA   bool       `json:"na,omitempty"`
+	Load loadSample `json:"load"` // roleMeasure only
+}
+
+// error returns the child's error, an *NA for a measurement that does not
+// apply, or nil.
+func (r childResult) error() error {
+	switch {
+	case r.Err == "":
+		return nil
+	case r.NA:
+		return &NA{Reason: r.Err}
+	}
+	return errors.New(r.Err)
+}
+
+// setErr records err in r.
+func (r *childResult) setErr(err error, prefix string) {
+	if err == nil {
+		return
+	}
+	var na *NA
+	if errors.As(err, &na) {
+		r.Err, r.NA = na.Reason, true
+		return
+	}
+	r.Err = prefix + err.Error()
 }
 
 // child is a running child process as seen by the parent.
@@ -57,10 +118,12 @@ type child struct {
 	exited chan error
 }
 
+// startChild starts this binary as a child process running spec, with the
+// harness's settings.
 func (h *Harness) startChild(ctx context.Context, spec ChildSpec) (*child, error) {
-	spec.Poll, spec.RedisAddr, spec.RedisDB, spec.AMQPURL = h.Poll, h.RedisAddr, h.RedisDB, h.AMQPURL
+	spec.Config = h.Config
 	if spec.PeerDefaults {
-		spec.Poll = 0
+		spec.Config.Poll = 0
 	}
 	raw, err := json.Marshal(spec)
 	if err != nil {
@@ -93,6 +156,16 @@ func (h *Harness) startChild(ctx context.Context, spec ChildSpec) (*child, error
 	return c, nil
 }
 
+// runChild starts a child process for spec and waits for its result.
+func (h *Harness) runChild(ctx context.Context, spec ChildSpec, timeout time.Duration) (childResult, error) {
+	c, err := h.startChild(ctx, spec)
+	if err != nil {
+		return childResult{}, err
+	}
+	defer c.kill()
+	return c.result(timeout)
+}
+
 // waitLine waits for the child to print want on a line of its own.
 func (c *child) waitLine(want string, timeout time.Duration) error {
 	deadline := time.After(timeout)
@@ -114,14 +187,16 @@ func (c *child) waitLine(want string, timeout time.Duration) error {
 	}
 }
 
-// result waits for the child's result line and for it to exit.
-func (c *child) result(timeout time.Duration) (map[string]float64, error) {
+// result waits for the child's result line and for it to exit. The error
+// is the process's (no result, a crash); the role's own error is in the
+// childResult.
+func (c *child) result(timeout time.Duration) (childResult, error) {
 	deadline := time.After(timeout)
 	for {
 		select {
 		case l, ok := <-c.lines:
 			if !ok {
-				return nil, fmt.Errorf("child exited without a result: %v", <-c.exited)
+				return childResult{}, fmt.Errorf("child exited without a result: %v", <-c.exited)
 			}
 			raw, found := strings.CutPrefix(l, "result ")
 			if !found {
@@ -129,21 +204,27 @@ func (c *child) result(timeout time.Duration) (map[string]float64, error) {
 			}
 			var r childResult
 			if err := json.Unmarshal([]byte(raw), &r); err != nil {
-				return nil, fmt.Errorf("child result: %w", err)
+				return childResult{}, fmt.Errorf("child result: %w", err)
 			}
 			for range c.lines {
 			}
 			if err := <-c.exited; err != nil {
-				return nil, fmt.Errorf("child: %w", err)
+				return r, fmt.Errorf("child: %w", err)
 			}
-			if r.Err != "" {
-				return nil, errors.New(r.Err)
-			}
-			return r.Values, nil
+			return r, nil
 		case <-deadline:
-			return nil, fmt.Errorf("child gave no result within %s", timeout)
+			return childResult{}, fmt.Errorf("child gave no result within %s", timeout)
 		}
 	}
+}
+
+// values waits for the child's result and returns its values or error.
+func (c *child) values(timeout time.Duration) (map[string]float64, error) {
+	r, err := c.result(timeout)
+	if err != nil {
+		return nil, err
+	}
+	return r.Values, r.error()
 }
 
 // kill ends the child if it is still running (a no-op once it exited).
@@ -157,11 +238,11 @@ func childMain(rawSpec string) int {
 	var r childResult
 	if err := json.Unmarshal([]byte(rawSpec), &spec); err != nil {
 		r.Err = err.Error()
+	} else if spec.Role == roleMeasure {
+		r = measureChild(spec)
 	} else {
 		r.Values, err = runChild(spec)
-		if err != nil {
-			r.Err = fmt.Sprintf("%s child of %s: %v", spec.Role, spec.System, err)
-		}
+		r.setErr(err, fmt.Sprintf("%s child of %s: ", spec.Role, spec.System))
 	}
 	raw, err := json.Marshal(r)
 	if err != nil {
@@ -172,13 +253,69 @@ func childMain(rawSpec string) int {
 	return 0
 }
 
+// measureChild runs one measurement of one system in this process, which
+// the driver started for it alone, and notes the machine's load when it
+// started and ended.
+func measureChild(spec ChildSpec) (r childResult) {
+	l0, err0 := loadAvg1()
+	defer func() {
+		l1, err1 := loadAvg1()
+		r.Load = loadSample{Start: l0, End: l1, OK: err0 == nil && err1 == nil}
+	}()
+	h := &Harness{Config: spec.Config, Runs: 1, root: spec.Dir, log: os.Stderr}
+	ms := measurements(h)
+	i := slices.IndexFunc(ms, func(m Measurement) bool { return m.Name == spec.Measurement })
+	if i < 0 {
+		r.Err = fmt.Sprintf("unknown measurement %q", spec.Measurement)
+		return r
+	}
+	m := ms[i]
+	s, err := systemByName(spec.System, h.hosts())
+	if err != nil {
+		r.Err = err.Error()
+		return r
+	}
+	if p := spec.Config.CPUProfile; p != "" {
+		f, err := os.Create(fmt.Sprintf("%s.%s.%s.%d.pprof", p, m.Name, s.Name(), spec.Run+1))
+		if err != nil {
+			r.Err = err.Error()
+			return r
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			r.Err = err.Error()
+			return r
+		}
+		defer pprof.StopCPUProfile()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), measureTimeout)
+	defer cancel()
+	res, err := m.Run(ctx, h, s)
+	r.Values, r.Notes, r.NAKeys = res.Values, res.Notes, res.NA
+	r.setErr(err, "")
+	return r
+}
+
+// loadAvg1 is the machine's 1-minute load average from /proc/loadavg.
+func loadAvg1() (float64, error) {
+	raw, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0, err
+	}
+	f := strings.Fields(string(raw))
+	if len(f) == 0 {
+		return 0, errors.New("empty /proc/loadavg")
+	}
+	return strconv.ParseFloat(f[0], 64)
+}
+
 func runChild(spec ChildSpec) (map[string]float64, error) {
 	ctx := context.Background()
-	s, err := systemByName(spec.System, hosts{RedisAddr: spec.RedisAddr, RedisDB: spec.RedisDB, AMQPURL: spec.AMQPURL})
+	s, err := systemByName(spec.System, hosts{RedisAddr: spec.Config.RedisAddr, RedisDB: spec.Config.RedisDB, AMQPURL: spec.Config.AMQPURL})
 	if err != nil {
 		return nil, err
 	}
-	o := Options{Dir: spec.Dir, Concurrency: spec.Concurrency, Poll: spec.Poll}
+	o := Options{Dir: spec.Dir, Concurrency: spec.Concurrency, Poll: spec.Config.Poll}
 	switch spec.Role {
 	case roleLatency:
 		rec := newLatencyRecorder(spec.N)
@@ -296,23 +433,22 @@ func procStatusKiB(field string) (int64, error) {
 }
 
 // redisCPU is the Redis server's used_cpu_user + used_cpu_sys in seconds.
-func redisCPU(ctx context.Context, a asynqSystem) (float64, error) {
-	c := a.redis()
-	defer c.Close()
-	info, err := c.Info(ctx, "cpu").Result()
+func redisCPU(ctx context.Context, u redisUser) (float64, error) {
+	info, err := redisInfo(ctx, u, "cpu")
 	if err != nil {
 		return 0, err
 	}
 	var total float64
-	for line := range strings.Lines(info) {
-		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if ok && (k == "used_cpu_user" || k == "used_cpu_sys") {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				return 0, err
-			}
-			total += f
+	for _, k := range []string{"used_cpu_user", "used_cpu_sys"} {
+		v, ok := info[k]
+		if !ok {
+			return 0, fmt.Errorf("no %s in INFO cpu", k)
 		}
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			return 0, err
+		}
+		total += f
 	}
 	return total, nil
 }

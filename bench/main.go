@@ -1,9 +1,11 @@
 // Command bench measures docket side by side with other Go job queues:
-// River and goqite on the same SQLite driver and settings, asynq on Redis,
-// and, on RabbitMQ, docket-amqp against the plain amqp091-go loop. It
-// prints a markdown table; see README.md.
+// River and goqite on the same SQLite driver and settings, asynq on a
+// private Redis server, a raw SQLite table as the floor, and, on RabbitMQ,
+// docket-amqp against the plain amqp091-go loop. Every measurement of
+// every system runs in a fresh process. It prints a markdown table; see
+// README.md.
 //
-//	go run . -runs 3              # everything (about 25 minutes)
+//	go run . -runs 3              # everything (about an hour on 2 cores)
 //	go run . -quick               # smaller sizes, one run: a smoke test
 //	go run . -only drain8,latency # some measurements
 //	go run . -systems docket-amqp,amqp091 # RabbitMQ only
@@ -16,23 +18,34 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
-	"runtime/pprof"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 )
 
-// Harness holds the settings shared by every measurement.
+// Config holds the settings every measurement shares. The driver hands it
+// to each measurement process in its ChildSpec.
+type Config struct {
+	Scale      Scale         // sizes and durations
+	Poll       time.Duration // the peers' poll interval (-poll)
+	RedisAddr  string        // Redis for asynq and docket-redis; "" if there is none
+	RedisDB    int           // asynq's database (docket-redis uses the one below it)
+	RedisNote  string        // why there is no Redis, when RedisAddr is ""
+	AMQPURL    string        // RabbitMQ for docket-amqp and amqp091
+	SteadyRate int           // tasks/s of the steady row (-steady-rate)
+	CPUProfile string        // prefix of each measurement process's CPU profile, or ""
+}
+
+// Harness is the driver's or a measurement process's view of a run.
 type Harness struct {
-	Scale     Scale         // sizes and durations
-	Runs      int           // repeats of each measurement
-	Poll      time.Duration // the peers' poll interval (-poll)
-	RedisAddr string        // Redis for asynq
-	RedisDB   int           // asynq's database, flushed before each measurement
-	AMQPURL   string        // RabbitMQ for docket-amqp and amqp091
-	root      string
-	log       io.Writer
+	Config
+	Runs  int          // repeats of each measurement
+	root  string       // where this process's stores go (a measurement process: its own directory)
+	log   io.Writer    // progress
+	redis *redisServer // the private Redis server, in the driver; nil otherwise
 }
 
 // newDir returns a fresh directory for one instance's files; every
@@ -41,22 +54,22 @@ func (h *Harness) newDir() (string, error) {
 	return os.MkdirTemp(h.root, "m")
 }
 
-// clean removes the stores of the last measurement, which ran on s: the
-// files, and for a system whose store lives elsewhere (a storeDropper) what
-// it holds there too.
-func (h *Harness) clean(ctx context.Context, s System) error {
-	entries, err := os.ReadDir(h.root)
+// clean removes dir, the stores of one measurement process, which ran on
+// s: the files, and for a system whose store lives elsewhere (a
+// storeDropper) what it holds there too.
+func clean(ctx context.Context, s System, dir string) error {
+	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return err
 	}
 	var errs []error
 	for _, e := range entries {
-		dir := filepath.Join(h.root, e.Name())
+		sub := filepath.Join(dir, e.Name())
 		if d, ok := s.(storeDropper); ok && e.IsDir() {
-			errs = append(errs, d.Drop(ctx, dir))
+			errs = append(errs, d.Drop(ctx, sub))
 		}
-		errs = append(errs, os.RemoveAll(dir))
 	}
+	errs = append(errs, os.RemoveAll(dir))
 	return errors.Join(errs...)
 }
 
@@ -78,6 +91,10 @@ type unsupporter interface {
 // against the peer it is meant to be compared with.
 var ratioPairs = [][2]string{{"docket-amqp", "amqp091"}}
 
+// defaultSystems is the -systems default; docket-amqp and amqp091 run only
+// when named.
+const defaultSystems = "docket,river,goqite,asynq,docket-redis,sqlite-raw"
+
 func systemByName(name string, hs hosts) (System, error) {
 	redisAddr, redisDB := hs.RedisAddr, hs.RedisDB
 	switch strings.ToLower(name) {
@@ -91,12 +108,14 @@ func systemByName(name string, hs hosts) (System, error) {
 		return asynqSystem{addr: redisAddr, db: redisDB}, nil
 	case "docket-redis":
 		return docketRedisSystem{addr: redisAddr, db: redisDB - 1}, nil
+	case "sqlite-raw":
+		return sqliteRawSystem{}, nil
 	case "docket-amqp":
 		return docketAMQPSystem{b: amqpBroker{url: hs.AMQPURL}}, nil
 	case "amqp091":
 		return amqpSystem{b: amqpBroker{url: hs.AMQPURL}}, nil
 	}
-	return nil, fmt.Errorf("unknown system %q (known: docket, river, goqite, asynq, docket-redis, docket-amqp, amqp091)", name)
+	return nil, fmt.Errorf("unknown system %q (known: docket, river, goqite, asynq, docket-redis, sqlite-raw, docket-amqp, amqp091)", name)
 }
 
 func main() {
@@ -111,35 +130,28 @@ func main() {
 
 func run() error {
 	var (
-		runs      = flag.Int("runs", 3, "repeats of each measurement (median and min–max are shown)")
-		quick     = flag.Bool("quick", false, "small sizes and short windows, 1 run unless -runs is given: a smoke test")
-		only      = flag.String("only", "", "comma-separated measurement names to run (default all but claim1m); -list shows them")
-		list      = flag.Bool("list", false, "list the measurements and exit")
-		systems   = flag.String("systems", "docket,river,goqite,asynq,docket-redis", "comma-separated systems (also docket-amqp, amqp091); the first, a docket system, is the ratio baseline")
-		poll      = flag.Duration("poll", 5*time.Millisecond, "poll interval given to the peers' fetch loops (docket's cross-process poll is 5ms)")
-		claim1m   = flag.Bool("claim1m", false, "also measure claim cost with 1,000,000 pending tasks (slow to set up)")
-		redisAddr = flag.String("redis", "127.0.0.1:6379", "Redis for asynq")
-		redisDB   = flag.Int("redis-db", 13, "Redis database for asynq (docket-redis uses the one below it); each is flushed before its system's measurements")
-		amqpURL   = flag.String("amqp", "amqp://guest:guest@127.0.0.1:5672/", "RabbitMQ for docket-amqp and amqp091 (each store is a fresh name prefix, deleted afterwards)")
-		dir       = flag.String("dir", "", "where the temporary stores go (default: the system temp dir)")
-		cpuprof   = flag.String("cpuprofile", "", "write a CPU profile of the whole run (this process; not the child processes) to this file")
+		runs       = flag.Int("runs", 3, "repeats of each measurement (median and min–max are shown)")
+		quick      = flag.Bool("quick", false, "small sizes and short windows, 1 run unless -runs is given: a smoke test")
+		only       = flag.String("only", "", "comma-separated measurement names to run (default all but claim1m); -list shows them")
+		list       = flag.Bool("list", false, "list the measurements and exit")
+		systems    = flag.String("systems", defaultSystems, "comma-separated systems (also docket-amqp, amqp091); the first, a docket system, is the ratio baseline")
+		poll       = flag.Duration("poll", 5*time.Millisecond, "poll interval given to the peers' fetch loops (docket's cross-process poll is 5ms)")
+		claim1m    = flag.Bool("claim1m", false, "also measure claim cost with 1,000,000 pending tasks (slow to set up)")
+		steadyRate = flag.Int("steady-rate", 2000, "tasks/s of the steady row's paced producer")
+		redisAddr  = flag.String("redis", "", "use this Redis server (host:port) for asynq and docket-redis instead of starting a private redis-server")
+		redisDB    = flag.Int("redis-db", 13, "with -redis: asynq's database (docket-redis uses the one below it); each is flushed before its system's measurements")
+		amqpURL    = flag.String("amqp", "amqp://guest:guest@127.0.0.1:5672/", "RabbitMQ for docket-amqp and amqp091 (each store is a fresh name prefix, deleted afterwards)")
+		dir        = flag.String("dir", "", "where the temporary stores (and the private Redis server's directory) go (default: the system temp dir)")
+		cpuprof    = flag.String("cpuprofile", "", "write a CPU profile of each measurement process to PREFIX.MEASUREMENT.SYSTEM.RUN.pprof")
 	)
 	flag.Parse()
-	if *cpuprof != "" {
-		f, err := os.Create(*cpuprof)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
-	}
 	runsSet := false
 	flag.Visit(func(f *flag.Flag) { runsSet = runsSet || f.Name == "runs" })
 
-	h := &Harness{Scale: fullScale(), Runs: *runs, Poll: *poll, RedisAddr: *redisAddr, RedisDB: *redisDB, AMQPURL: *amqpURL, log: os.Stderr}
+	h := &Harness{
+		Config: Config{Scale: fullScale(), Poll: *poll, AMQPURL: *amqpURL, SteadyRate: *steadyRate, CPUProfile: *cpuprof},
+		Runs:   *runs, log: os.Stderr,
+	}
 	if *quick {
 		h.Scale = quickScale()
 		if !runsSet {
@@ -149,10 +161,13 @@ func run() error {
 	if h.Runs < 1 {
 		return errors.New("-runs must be at least 1")
 	}
+	if h.SteadyRate < 1 {
+		return errors.New("-steady-rate must be at least 1")
+	}
 	all := measurements(h)
 	if *list {
 		for _, m := range all {
-			fmt.Printf("%-10s %s\n", m.Name, m.Metrics[0].Label)
+			fmt.Printf("%-12s %s\n", m.Name, m.Metrics[0].Label)
 		}
 		return nil
 	}
@@ -160,15 +175,11 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	var syss []System
+	var names []string
 	for _, name := range strings.Split(*systems, ",") {
-		s, err := systemByName(strings.TrimSpace(name), h.hosts())
-		if err != nil {
-			return err
-		}
-		syss = append(syss, s)
+		names = append(names, strings.TrimSpace(name))
 	}
-	if !strings.HasPrefix(syss[0].Name(), "docket") {
+	if !strings.HasPrefix(strings.ToLower(names[0]), "docket") {
 		return errors.New("-systems must start with a docket system (docket, docket-redis or docket-amqp: the baseline of the ratios)")
 	}
 	if h.root, err = os.MkdirTemp(*dir, "docket-bench-"); err != nil {
@@ -176,16 +187,49 @@ func run() error {
 	}
 	defer os.RemoveAll(h.root)
 
-	ctx := context.Background()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	needRedis := slices.ContainsFunc(names, func(n string) bool {
+		n = strings.ToLower(n)
+		return n == "asynq" || n == "docket-redis"
+	})
+	switch {
+	case *redisAddr != "":
+		h.RedisAddr, h.RedisDB = *redisAddr, *redisDB
+	case needRedis:
+		srv, err := startRedis(ctx, h.root)
+		if err != nil {
+			h.RedisNote = err.Error()
+			fmt.Fprintf(h.log, "no private Redis: %v\n", err)
+			break
+		}
+		defer srv.stop()
+		h.redis = srv
+		h.RedisAddr, h.RedisDB = srv.addr, 1
+		fmt.Fprintf(h.log, "private redis-server %s (pid %d) on %s\n", srv.version, srv.pid(), srv.addr)
+	}
+	var syss []System
+	for _, name := range names {
+		s, err := systemByName(name, h.hosts())
+		if err != nil {
+			return err
+		}
+		syss = append(syss, s)
+	}
+
 	unavailable := map[string]error{}
 	for _, s := range syss {
-		if err := s.Available(ctx); err != nil {
+		if _, ok := s.(redisUser); ok && h.RedisAddr == "" {
+			unavailable[s.Name()] = &NA{Reason: "no Redis: " + h.RedisNote}
+		} else if err := s.Available(ctx); err != nil {
 			unavailable[s.Name()] = err
+		}
+		if err := unavailable[s.Name()]; err != nil {
 			fmt.Fprintf(h.log, "%s unavailable: %v\n", s.Name(), err)
 		}
 	}
 	t := newTable(syss)
-	start := time.Now()
+	t.start = time.Now()
 	for _, m := range chosen {
 		n := h.Runs
 		if m.Runs > 0 {
@@ -195,6 +239,9 @@ func run() error {
 			// Alternate: every system once per round, starting with a
 			// different one each round.
 			for i := range syss {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
 				s := syss[(i+r)%len(syss)]
 				if err := unavailable[s.Name()]; err != nil {
 					t.add(m, s, Result{}, err)
@@ -206,21 +253,43 @@ func run() error {
 						continue
 					}
 				}
-				mctx, cancel := context.WithTimeout(ctx, 20*time.Minute)
 				t0 := time.Now()
-				res, err := m.Run(mctx, h, s)
-				cancel()
-				if cerr := h.clean(ctx, s); cerr != nil && err == nil {
-					err = cerr
-				}
+				res, load, err := h.measureInProcess(ctx, m, s, r)
 				t.add(m, s, res, err)
-				fmt.Fprintf(h.log, "[%s %d/%d] %-7s %s (%.1fs)\n", m.Name, r+1, n, s.Name(), describe(m, res, err), time.Since(t0).Seconds())
+				t.addLoad(load)
+				fmt.Fprintf(h.log, "[%s %d/%d] %-12s %s (%.1fs, load %s)\n", m.Name, r+1, n, s.Name(), describe(m, res, err), time.Since(t0).Seconds(), load)
 			}
 		}
 	}
-	fmt.Fprintf(h.log, "done in %s\n", time.Since(start).Round(time.Second))
-	printReport(os.Stdout, h, t, chosen, syss, time.Since(start))
+	t.end = time.Now()
+	fmt.Fprintf(h.log, "done in %s\n", t.end.Sub(t.start).Round(time.Second))
+	printReport(os.Stdout, h, t, chosen, syss)
 	return nil
+}
+
+// measureInProcess runs one measurement of s in a freshly started process
+// of this binary, with its own store directory, and removes that directory
+// (and for a storeDropper what it holds elsewhere) once the process ended.
+// The private Redis server is flushed first.
+func (h *Harness) measureInProcess(ctx context.Context, m Measurement, s System, run int) (Result, loadSample, error) {
+	dir, err := os.MkdirTemp(h.root, "p")
+	if err != nil {
+		return Result{}, loadSample{}, err
+	}
+	if h.redis != nil {
+		if err := h.redis.flushAll(ctx); err != nil {
+			return Result{}, loadSample{}, errors.Join(err, os.RemoveAll(dir))
+		}
+	}
+	r, err := h.runChild(ctx, ChildSpec{Role: roleMeasure, Measurement: m.Name, System: s.Name(), Dir: dir, Run: run}, measureTimeout+5*time.Minute)
+	if cerr := clean(context.WithoutCancel(ctx), s, dir); cerr != nil && err == nil {
+		err = fmt.Errorf("clean up: %w", cerr)
+	}
+	if err != nil {
+		return Result{}, r.Load, err
+	}
+	res := Result{Values: r.Values, Notes: r.Notes, NA: r.NAKeys}
+	return res, r.Load, r.error()
 }
 
 func (h *Harness) hosts() hosts {
@@ -300,6 +369,12 @@ func measurements(h *Harness) []Measurement {
 			{Key: "p50", Label: "enqueue-to-start latency p50, producer and workers in two processes on one store, " + stream + " (ms)", Scale: 1},
 			{Key: "p99", Label: "enqueue-to-start latency p99, two processes, same stream (ms)", Scale: 1},
 		}, Run: measureLatency2P},
+		Measurement{Name: "steady", Metrics: []Metric{
+			{Key: "rate", HigherBetter: true, Scale: 1, Label: fmt.Sprintf("steady stream: a paced producer holding %s tasks/s for %s into %d workers in one process; tasks run within the window / window (tasks/s)", commas(h.SteadyRate), sc.SteadyFor, latencyConcurrency)},
+			{Key: "p99", Scale: 1, Label: "enqueue-to-start latency p99 of that stream, every task counted (ms)"},
+			{Key: "store", Scale: 1.0 / (1 << 20), Label: "store size at the window's end: SQLite main file + WAL as they are (no checkpoint); Redis: the server's INFO used_memory (MiB)"},
+			{Key: "rss", Scale: 1.0 / (1 << 20), Label: "VmRSS of the measurement process (producer and workers) at the window's end (MiB)"},
+		}, Run: measureSteady},
 	)
 	for _, d := range []int{1_000, 100_000, 1_000_000} {
 		m := Measurement{
@@ -319,16 +394,16 @@ func measurements(h *Harness) []Measurement {
 			Label: fmt.Sprintf("peak RSS (VmHWM) of a child process draining %s tasks at concurrency 64 (MiB)", commas(sc.RSSN))}},
 			Run: measureRSS},
 		Measurement{Name: "size", Runs: 1, Metrics: []Metric{
-			{Key: "per", Scale: 1, Label: fmt.Sprintf("store size per pending task with %s pending: file + WAL after checkpoint(TRUNCATE); asynq: Redis MEMORY USAGE of its keys (bytes/task; 1 run)", commas(sc.SizeN))},
+			{Key: "per", Scale: 1, Label: fmt.Sprintf("store size per pending task with %s pending: file + WAL after checkpoint(TRUNCATE); Redis systems: MEMORY USAGE summed over their keys (bytes/task; 1 run)", commas(sc.SizeN))},
 			{Key: "after", Scale: 1.0 / 1024, Label: "store size after those tasks completed and retention/cleanup ran (KiB; 1 run)"},
 		}, Run: measureSize},
 		Measurement{Name: "idle", Metrics: []Metric{
 			{Key: "cpu", Scale: 1, Label: fmt.Sprintf("CPU of a child process running only idle workers (8), over %s, getrusage utime+stime; peers at -poll %s (%% of one core)", sc.IdleFor, h.Poll)},
-			{Key: "redis", Scale: 1, Label: "CPU of redis-server over the same window, INFO cpu (% of one core; asynq only)"},
+			{Key: "redis", Scale: 1, Label: "CPU of redis-server over the same window, INFO cpu (% of one core; Redis systems)"},
 		}, Run: func(ctx context.Context, h *Harness, s System) (Result, error) { return measureIdle(ctx, h, s, false) }},
 		Measurement{Name: "idledefaults", Metrics: []Metric{
 			{Key: "cpu", Scale: 1, Label: "idle worker CPU as above, but every peer at its default poll interval (River 1s + cooldown 100ms, goqite 100ms, asynq 1s) (% of one core)"},
-			{Key: "redis", Scale: 1, Label: "CPU of redis-server over that window (% of one core; asynq only)"},
+			{Key: "redis", Scale: 1, Label: "CPU of redis-server over that window (% of one core; Redis systems)"},
 		}, Run: func(ctx context.Context, h *Harness, s System) (Result, error) { return measureIdle(ctx, h, s, true) }},
 	)
 	return ms

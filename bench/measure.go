@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -29,6 +31,17 @@ type Result struct {
 	Values map[string]float64
 	// Notes are printed under the table (e.g. a drain that was cut off).
 	Notes []string
+	// NA holds, by Metric.Key, why a metric of an otherwise measured
+	// system does not apply; its cell shows n/a.
+	NA map[string]string
+}
+
+// notApplicable marks the metric key as n/a for the reason.
+func (r *Result) notApplicable(key, reason string) {
+	if r.NA == nil {
+		r.NA = map[string]string{}
+	}
+	r.NA[key] = reason
 }
 
 // note adds s to the notes unless it is empty.
@@ -64,6 +77,7 @@ type Scale struct {
 	SizeN        int           // pending tasks for the size rows
 	IdleFor      time.Duration // idle CPU window
 	SettleBefore time.Duration // after Start, before a latency stream
+	SteadyFor    time.Duration // window of the steady row
 }
 
 func fullScale() Scale {
@@ -71,6 +85,7 @@ func fullScale() Scale {
 		EnqueueFor: 2 * time.Second, DrainN: 50_000, DrainCap: 60 * time.Second,
 		LatencyRate: 500, LatencyFor: 5 * time.Second,
 		ClaimTasks: 1_000, RSSN: 50_000, SizeN: 100_000, IdleFor: 10 * time.Second, SettleBefore: 300 * time.Millisecond,
+		SteadyFor: 60 * time.Second,
 	}
 }
 
@@ -79,6 +94,7 @@ func quickScale() Scale {
 		EnqueueFor: 500 * time.Millisecond, DrainN: 5_000, DrainCap: 20 * time.Second,
 		LatencyRate: 500, LatencyFor: time.Second,
 		ClaimTasks: 1_000, RSSN: 5_000, SizeN: 5_000, IdleFor: 2 * time.Second, SettleBefore: 200 * time.Millisecond,
+		SteadyFor: 5 * time.Second,
 	}
 }
 
@@ -241,6 +257,28 @@ func (l *latencyRecorder) handle(stamp int64) {
 	}
 }
 
+// count is how many stamped tasks have started so far.
+func (l *latencyRecorder) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.lats)
+}
+
+// percentileOfAll returns the p-quantile in milliseconds over all the
+// recorder's want tasks, the ones that never started counted as slower
+// than any that did; ok is false when the quantile falls among those.
+func (l *latencyRecorder) percentileOfAll(p float64) (ms float64, ok bool) {
+	l.mu.Lock()
+	s := slices.Clone(l.lats)
+	l.mu.Unlock()
+	slices.Sort(s)
+	i := max(0, int(p*float64(l.want)+0.5)-1)
+	if i >= len(s) {
+		return 0, false
+	}
+	return float64(s[i]) / float64(time.Millisecond), true
+}
+
 // percentiles returns p50 and p99 in milliseconds, and the count.
 func (l *latencyRecorder) percentiles() (p50, p99 float64, n int) {
 	l.mu.Lock()
@@ -257,11 +295,12 @@ func (l *latencyRecorder) percentiles() (p50, p99 float64, n int) {
 	return q(0.50), q(0.99), len(s)
 }
 
-// produceSteady enqueues n stamped tasks at rate per second. A pacer hands
-// out slots on schedule and 8 producer goroutines take them, so one slow
-// enqueue does not delay the next arrival; each stamp is taken just before
-// its Enqueue call. It returns a note if the producers fell behind.
-func produceSteady(ctx context.Context, inst Instance, n, rate int) (string, error) {
+// produceSteady enqueues n stamped tasks at rate per second, the first at
+// t0. A pacer hands out slots on schedule and 8 producer goroutines take
+// them, so one slow enqueue does not delay the next arrival; each stamp is
+// taken just before its Enqueue call. It returns a note if the producers
+// fell behind.
+func produceSteady(ctx context.Context, inst Instance, n, rate int, t0 time.Time) (string, error) {
 	slots := make(chan struct{}, n)
 	var wg sync.WaitGroup
 	errs := make([]error, 8)
@@ -276,7 +315,6 @@ func produceSteady(ctx context.Context, inst Instance, n, rate int) (string, err
 		})
 	}
 	interval := time.Second / time.Duration(rate)
-	t0 := time.Now()
 	for i := range n {
 		if d := time.Until(t0.Add(time.Duration(i) * interval)); d > 0 {
 			time.Sleep(d)
@@ -309,7 +347,7 @@ func measureLatency(ctx context.Context, h *Harness, s System) (Result, error) {
 		return Result{}, err
 	}
 	time.Sleep(h.Scale.SettleBefore)
-	note, err := produceSteady(ctx, inst, n, h.Scale.LatencyRate)
+	note, err := produceSteady(ctx, inst, n, h.Scale.LatencyRate, time.Now())
 	if err != nil {
 		return Result{}, err
 	}
@@ -348,11 +386,11 @@ func measureLatency2P(ctx context.Context, h *Harness, s System) (Result, error)
 		return Result{}, err
 	}
 	time.Sleep(h.Scale.SettleBefore)
-	note, err := produceSteady(ctx, inst, n, h.Scale.LatencyRate)
+	note, err := produceSteady(ctx, inst, n, h.Scale.LatencyRate, time.Now())
 	if err != nil {
 		return Result{}, err
 	}
-	v, err := child.result(time.Minute)
+	v, err := child.values(time.Minute)
 	if err != nil {
 		return Result{}, err
 	}
@@ -419,7 +457,7 @@ func measureRSS(ctx context.Context, h *Harness, s System) (Result, error) {
 		return Result{}, err
 	}
 	defer child.kill()
-	v, err := child.result(h.Scale.DrainCap + time.Minute)
+	v, err := child.values(h.Scale.DrainCap + time.Minute)
 	if err != nil {
 		return Result{}, err
 	}
@@ -509,23 +547,150 @@ func measureIdle(ctx context.Context, h *Harness, s System, peerDefaults bool) (
 	if err := child.waitLine("measuring", time.Minute); err != nil {
 		return Result{}, err
 	}
+	// A Redis system's server works for it too: its CPU over the same
+	// window is a row of its own.
 	var redis0 float64
-	a, isAsynq := s.(asynqSystem)
-	if isAsynq {
-		if redis0, err = redisCPU(ctx, a); err != nil {
+	ru, isRedis := s.(redisUser)
+	if isRedis {
+		if redis0, err = redisCPU(ctx, ru); err != nil {
 			return Result{}, err
 		}
 	}
-	v, err := child.result(h.Scale.IdleFor + time.Minute)
+	v, err := child.values(h.Scale.IdleFor + time.Minute)
 	if err != nil {
 		return Result{}, err
 	}
-	if isAsynq {
-		redis1, err := redisCPU(ctx, a)
+	if isRedis {
+		redis1, err := redisCPU(ctx, ru)
 		if err != nil {
 			return Result{}, err
 		}
 		v["redis"] = 100 * (redis1 - redis0) / h.Scale.IdleFor.Seconds()
 	}
 	return Result{Values: v}, nil
+}
+
+// measureSteady holds a paced stream of SteadyRate stamped tasks/s for
+// SteadyFor into latencyConcurrency workers in this process. At the end of
+// the window it counts the tasks that ran and takes the store's size and
+// this process's RSS; the producer is never cut short, and the latency
+// p99 is over every task of the stream.
+func measureSteady(ctx context.Context, h *Harness, s System) (Result, error) {
+	rate, window := h.SteadyRate, h.Scale.SteadyFor
+	n := max(1, int(float64(rate)*window.Seconds()))
+	rec := newLatencyRecorder(n)
+	inst, dir, err := h.openFresh(ctx, s, Options{Concurrency: latencyConcurrency, Handler: rec.handle})
+	if err != nil {
+		return Result{}, err
+	}
+	defer inst.Close()
+	if err := inst.Start(ctx); err != nil {
+		return Result{}, err
+	}
+	time.Sleep(h.Scale.SettleBefore)
+	type produced struct {
+		note string
+		err  error
+	}
+	prod := make(chan produced, 1)
+	t0 := time.Now()
+	go func() {
+		note, err := produceSteady(ctx, inst, n, rate, t0)
+		prod <- produced{note, err}
+	}()
+	select {
+	case <-time.After(time.Until(t0.Add(window))):
+	case <-ctx.Done():
+		return Result{}, ctx.Err()
+	}
+	ran := rec.count()
+	elapsed := time.Since(t0)
+	res := Result{Values: map[string]float64{"rate": tasksPerSec(ran, elapsed)}}
+	rss, err := procStatusKiB("VmRSS")
+	if err != nil {
+		return Result{}, err
+	}
+	res.Values["rss"] = float64(rss) * 1024
+	switch size, err := liveSize(ctx, s, dir); {
+	case errors.Is(err, ErrUnsupported):
+		var na *NA
+		errors.As(err, &na)
+		res.notApplicable("store", na.Reason)
+	case err != nil:
+		return Result{}, fmt.Errorf("store size: %w", err)
+	default:
+		res.Values["store"] = float64(size)
+	}
+	var p produced
+	select {
+	case p = <-prod:
+	case <-ctx.Done():
+		return Result{}, ctx.Err()
+	}
+	if p.err != nil {
+		return Result{}, p.err
+	}
+	res.note(p.note)
+	// A system that fell behind works off its backlog: wait while tasks
+	// keep starting (the p99 counts every task of the stream).
+	const stall, longest = 30 * time.Second, 15 * time.Minute
+	last, lastChange, waitFrom := rec.count(), time.Now(), time.Now()
+	for last < n && time.Since(lastChange) < stall && time.Since(waitFrom) < longest {
+		select {
+		case <-rec.done:
+		case <-time.After(250 * time.Millisecond):
+		case <-ctx.Done():
+			return Result{}, ctx.Err()
+		}
+		if c := rec.count(); c != last {
+			last, lastChange = c, time.Now()
+		}
+	}
+	if last < n {
+		res.note(fmt.Sprintf("%d of %d tasks had not started %s after the last enqueue", n-last, n, time.Since(waitFrom).Round(time.Second)))
+	} else if d := time.Since(waitFrom); d > time.Second {
+		res.note(fmt.Sprintf("the last task started %s after the last enqueue", d.Round(100*time.Millisecond)))
+	}
+	if p99, ok := rec.percentileOfAll(0.99); ok {
+		res.Values["p99"] = p99
+	} else {
+		res.note("p99 not shown: more than 1% of the tasks never started")
+	}
+	stopCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return res, inst.Stop(stopCtx)
+}
+
+// dbFiler is a System whose store is one SQLite file in its directory.
+type dbFiler interface {
+	dbFile() string
+}
+
+// liveSize is the size of s's store in dir as it is now: for SQLite, the
+// main file plus its WAL, not checkpointed; for Redis, the server's
+// used_memory.
+func liveSize(ctx context.Context, s System, dir string) (int64, error) {
+	switch s := s.(type) {
+	case dbFiler:
+		var total int64
+		path := filepath.Join(dir, s.dbFile())
+		for _, p := range []string{path, path + "-wal"} {
+			st, err := os.Stat(p)
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			if err != nil {
+				return 0, err
+			}
+			total += st.Size()
+		}
+		return total, nil
+	case redisUser:
+		return redisUsedMemory(ctx, s)
+	case unsupporter:
+		if err := s.Unsupported("size"); err != nil {
+			return 0, err
+		}
+	}
+	return 0, &NA{Reason: s.Name() + "'s store size is not visible to the harness"}
 }

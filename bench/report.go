@@ -21,11 +21,42 @@ type cellKey struct{ measurement, metric, system string }
 
 // table collects every run's values and notes.
 type table struct {
-	systems []System
-	values  map[cellKey][]float64
-	errs    map[cellKey][]error
-	notes   []string
-	seen    map[string]bool
+	systems    []System
+	values     map[cellKey][]float64
+	errs       map[cellKey][]error
+	notes      []string
+	seen       map[string]bool
+	start, end time.Time
+	loads      []float64 // 1-minute load, at the start and end of each measurement process
+	na         []naGroup
+}
+
+// naGroup is the measurements a system does not take part in for one
+// reason: one line of notes.
+type naGroup struct {
+	system, reason string
+	measurements   []string
+}
+
+// notApplicable records that measurement does not apply to system.
+func (t *table) notApplicable(measurement, system, reason string) {
+	for i := range t.na {
+		g := &t.na[i]
+		if g.system == system && g.reason == reason {
+			if !slices.Contains(g.measurements, measurement) {
+				g.measurements = append(g.measurements, measurement)
+			}
+			return
+		}
+	}
+	t.na = append(t.na, naGroup{system: system, reason: reason, measurements: []string{measurement}})
+}
+
+// addLoad records one measurement process's load samples.
+func (t *table) addLoad(l loadSample) {
+	if l.OK {
+		t.loads = append(t.loads, l.Start, l.End)
+	}
 }
 
 func newTable(systems []System) *table {
@@ -46,6 +77,11 @@ func (t *table) add(m Measurement, s System, res Result, err error) {
 			t.errs[k] = append(t.errs[k], err)
 			continue
 		}
+		if reason, ok := res.NA[mt.Key]; ok {
+			t.errs[k] = append(t.errs[k], &NA{Reason: reason})
+			t.notApplicable(fmt.Sprintf("%s (%s)", m.Name, mt.Key), s.Name(), (&NA{Reason: reason}).Error())
+			continue
+		}
 		if v, ok := res.Values[mt.Key]; ok {
 			t.values[k] = append(t.values[k], v*mt.Scale)
 		}
@@ -55,7 +91,7 @@ func (t *table) add(m Measurement, s System, res Result, err error) {
 	}
 	if err != nil {
 		if errors.Is(err, ErrUnsupported) {
-			t.note(fmt.Sprintf("%s, %s: %s", m.Name, s.Name(), err))
+			t.notApplicable(m.Name, s.Name(), err.Error())
 		} else {
 			t.note(fmt.Sprintf("%s, %s: error: %s", m.Name, s.Name(), err))
 		}
@@ -133,10 +169,16 @@ func commas(n int) string {
 	return b.String()
 }
 
-func printReport(w io.Writer, h *Harness, t *table, ms []Measurement, syss []System, took time.Duration) {
-	fmt.Fprintf(w, "## docket vs. peers (%s)\n\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"))
-	fmt.Fprintf(w, "Flags: `%s` (took %s)\n\n", strings.Join(os.Args[1:], " "), took.Round(time.Second))
-	fmt.Fprintf(w, "Machine: %s\n\n", machine(h))
+func printReport(w io.Writer, h *Harness, t *table, ms []Measurement, syss []System) {
+	fmt.Fprintf(w, "## docket vs. peers (%s)\n\n", t.end.UTC().Format("2006-01-02 15:04 UTC"))
+	fmt.Fprintf(w, "Command: `%s`\n\n", commandLine())
+	fmt.Fprintf(w, "Run: %s to %s UTC (%s); every measurement of every system in a fresh process of the harness binary.\n\n",
+		t.start.UTC().Format("2006-01-02 15:04:05"), t.end.UTC().Format("15:04:05"), t.end.Sub(t.start).Round(time.Second))
+	if len(t.loads) > 0 {
+		fmt.Fprintf(w, "Machine load (1-minute /proc/loadavg at the start and end of each of %d measurement processes): median %.2f, max %.2f.\n\n",
+			len(t.loads)/2, median(t.loads), slices.Max(t.loads))
+	}
+	fmt.Fprintf(w, "Machine: %s\n\n", machine(h, syss))
 	fmt.Fprintf(w, "Each cell: median of %d runs (min–max); ratio columns (\"A vs B\") compare medians and are oriented so that >1 means A, the docket system, did better (throughput: A/B; latency, cost, size, memory, CPU: B/A).\n\n", h.Runs)
 
 	// Ratio columns: the first system against each other one, then the
@@ -190,13 +232,16 @@ func printReport(w io.Writer, h *Harness, t *table, ms []Measurement, syss []Sys
 			fmt.Fprintf(w, "| %s |\n", strings.Join(row, " | "))
 		}
 	}
-	if len(t.notes) > 0 {
+	if len(t.notes)+len(t.na) > 0 {
 		fmt.Fprintf(w, "\nNotes from this run:\n\n")
+		for _, g := range t.na {
+			fmt.Fprintf(w, "- %s: n/a in %s: %s\n", g.system, strings.Join(g.measurements, ", "), strings.TrimPrefix(g.reason, "n/a: "))
+		}
 		for _, n := range t.notes {
 			fmt.Fprintf(w, "- %s\n", n)
 		}
 	}
-	fmt.Fprintf(w, "\nSettings: peers' poll interval %s (River FetchPollInterval, goqite PollInterval, asynq TaskCheckInterval); River FetchCooldown 1ms; docket defaults. See README.md.\n", h.Poll)
+	fmt.Fprintf(w, "\nSettings: peers' poll interval %s (River FetchPollInterval, goqite PollInterval, asynq TaskCheckInterval); River FetchCooldown 1ms; docket defaults; steady row at %s tasks/s. See README.md.\n", h.Poll, commas(h.SteadyRate))
 }
 
 func ratio(r float64) string {
@@ -211,7 +256,7 @@ func ratio(r float64) string {
 }
 
 // machine describes where the run happened.
-func machine(h *Harness) string {
+func machine(h *Harness, syss []System) string {
 	parts := []string{fmt.Sprintf("%d CPUs (nproc %s, GOMAXPROCS %d)", runtime.NumCPU(), nproc(), runtime.GOMAXPROCS(0))}
 	if m := cpuModel(); m != "" {
 		parts = append(parts, "CPU "+m)
@@ -227,10 +272,16 @@ func machine(h *Harness) string {
 		}
 		parts = append(parts, strings.Join(deps, ", "))
 	}
-	if v := redisVersion(h); v != "" {
-		parts = append(parts, "Redis "+v+" at "+h.RedisAddr+" db "+strconv.Itoa(h.RedisDB))
+	switch {
+	case h.redis != nil:
+		parts = append(parts, fmt.Sprintf("Redis %s: private server on port %d, no persistence (--save \"\" --appendonly no), flushed before each measurement", h.redis.version, h.redis.port))
+	case h.RedisAddr != "":
+		if v := redisVersion(h); v != "" {
+			parts = append(parts, "Redis "+v+" at "+h.RedisAddr+" (-redis) db "+strconv.Itoa(h.RedisDB)+" and "+strconv.Itoa(h.RedisDB-1))
+		}
 	}
-	if b := (amqpBroker{url: h.AMQPURL}); h.AMQPURL != "" {
+	usesAMQP := slices.ContainsFunc(syss, func(s System) bool { return strings.Contains(s.Name(), "amqp") })
+	if b := (amqpBroker{url: h.AMQPURL}); usesAMQP && h.AMQPURL != "" {
 		if v := b.version(); v != "" {
 			parts = append(parts, "RabbitMQ "+v+" at "+b.where())
 		}
@@ -260,19 +311,35 @@ func cpuModel() string {
 }
 
 func redisVersion(h *Harness) string {
-	a := asynqSystem{addr: h.RedisAddr, db: h.RedisDB}
-	c := a.redis()
-	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	info, err := c.Info(ctx, "server").Result()
+	info, err := redisInfo(ctx, asynqSystem{addr: h.RedisAddr, db: h.RedisDB}, "server")
 	if err != nil {
 		return ""
 	}
-	for line := range strings.Lines(info) {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "redis_version:"); ok {
-			return v
-		}
+	return info["redis_version"]
+}
+
+// commandLine is the command that produced the report: "go run ." for a
+// binary that go run built, otherwise the program as it was invoked, with
+// its arguments quoted for a POSIX shell where needed.
+func commandLine() string {
+	prog := os.Args[0]
+	if strings.Contains(prog, "go-build") {
+		prog = "go run ."
 	}
-	return ""
+	parts := []string{prog}
+	for _, a := range os.Args[1:] {
+		parts = append(parts, shellQuote(a))
+	}
+	return strings.Join(parts, " ")
+}
+
+func shellQuote(s string) string {
+	if s != "" && strings.IndexFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_=,./:@+%", r))
+	}) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

@@ -12,9 +12,10 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// asynqSystem runs asynq on the Redis server at addr, in database db only:
-// the harness flushes that one database before each measurement and never
-// touches another.
+// asynqSystem runs asynq on the Redis server at addr (the harness's private
+// server unless -redis names another), in database db: the harness flushes
+// that database when a measurement asks for a fresh store, and never
+// touches another one of a server it did not start.
 type asynqSystem struct {
 	addr string
 	db   int
@@ -22,7 +23,7 @@ type asynqSystem struct {
 
 func (a asynqSystem) Name() string { return "asynq" }
 
-func (a asynqSystem) redis() *redis.Client {
+func (a asynqSystem) redisClient() *redis.Client {
 	return redis.NewClient(&redis.Options{Addr: a.addr, DB: a.db})
 }
 
@@ -31,7 +32,7 @@ func (a asynqSystem) opt() asynq.RedisClientOpt {
 }
 
 func (a asynqSystem) Available(ctx context.Context) error {
-	c := a.redis()
+	c := a.redisClient()
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
@@ -45,7 +46,7 @@ func (a asynqSystem) Available(ctx context.Context) error {
 // asynq keeps tasks in memory, so this is RAM, not disk (the Redis server
 // here runs without persistence).
 func (a asynqSystem) Storage(ctx context.Context, dir string) (int64, error) {
-	return redisMemory(ctx, a.redis())
+	return redisMemory(ctx, a.redisClient())
 }
 
 // redisMemory sums MEMORY USAGE over every key of c's database and closes c.
@@ -104,7 +105,7 @@ const asynqType = "bench:noop"
 // Open flushes the harness's Redis database when o asks for a fresh store.
 func (a asynqSystem) Open(ctx context.Context, o Options) (Instance, error) {
 	if o.Fresh {
-		c := a.redis()
+		c := a.redisClient()
 		err := c.FlushDB(ctx).Err()
 		c.Close()
 		if err != nil {

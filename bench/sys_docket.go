@@ -16,9 +16,10 @@ type docketSystem struct{}
 
 func (docketSystem) Name() string                        { return "docket" }
 func (docketSystem) Available(ctx context.Context) error { return nil }
+func (docketSystem) dbFile() string                      { return "docket.db" }
 
 func (docketSystem) Storage(ctx context.Context, dir string) (int64, error) {
-	return sqliteStorage(ctx, filepath.Join(dir, "docket.db"))
+	return sqliteStorage(ctx, filepath.Join(dir, docketSystem{}.dbFile()))
 }
 
 // stampArgs carries the enqueue time for latency measurements; it encodes
@@ -35,7 +36,7 @@ type docketInstance struct {
 }
 
 func (docketSystem) Open(ctx context.Context, o Options) (Instance, error) {
-	return openDocket(ctx, "sqlite:"+filepath.Join(o.Dir, "docket.db"), o)
+	return openDocket(ctx, "sqlite:"+filepath.Join(o.Dir, docketSystem{}.dbFile()), o)
 }
 
 // openDocket opens docket on url with the harness's options, then extra.

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -11,7 +12,8 @@ import (
 )
 
 // docketRedisSystem runs docket on Redis (the same program as docket, with
-// a redis:// URL), in its own Redis database, flushed for a fresh store.
+// a redis:// URL) on the same server as asynq, in its own database,
+// flushed for a fresh store.
 type docketRedisSystem struct {
 	addr string
 	db   int
@@ -19,14 +21,19 @@ type docketRedisSystem struct {
 
 func (docketRedisSystem) Name() string { return "docket-redis" }
 
-func (s docketRedisSystem) client() *redis.Client {
+func (s docketRedisSystem) redisClient() *redis.Client {
 	return redis.NewClient(&redis.Options{Addr: s.addr, DB: s.db})
 }
 
 func (s docketRedisSystem) Available(ctx context.Context) error {
-	c := s.client()
+	c := s.redisClient()
 	defer c.Close()
-	return c.Ping(ctx).Err()
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if err := c.Ping(ctx).Err(); err != nil {
+		return &NA{Reason: fmt.Sprintf("Redis at %s not reachable: %v", s.addr, err)}
+	}
+	return nil
 }
 
 func (s docketRedisSystem) url() string { return fmt.Sprintf("redis://%s/%d", s.addr, s.db) }
@@ -34,12 +41,12 @@ func (s docketRedisSystem) url() string { return fmt.Sprintf("redis://%s/%d", s.
 // Storage is the memory of every key in docket-redis's database (RAM, like
 // asynq's row).
 func (s docketRedisSystem) Storage(ctx context.Context, dir string) (int64, error) {
-	return redisMemory(ctx, s.client())
+	return redisMemory(ctx, s.redisClient())
 }
 
 func (s docketRedisSystem) Open(ctx context.Context, o Options) (Instance, error) {
 	if o.Fresh {
-		c := s.client()
+		c := s.redisClient()
 		err := c.FlushDB(ctx).Err()
 		c.Close()
 		if err != nil {
@@ -61,7 +68,7 @@ type docketRedisInstance struct {
 }
 
 func (d *docketRedisInstance) Unfinished(ctx context.Context) (bool, error) {
-	c := d.sys.client()
+	c := d.sys.redisClient()
 	defer c.Close()
 	var n int64
 	for _, k := range []string{"{docket}:r:" + docket.DefaultQueue, "{docket}:sched", "{docket}:lease"} {

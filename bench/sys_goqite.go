@@ -33,9 +33,10 @@ type goqiteSystem struct{}
 
 func (goqiteSystem) Name() string                        { return "goqite" }
 func (goqiteSystem) Available(ctx context.Context) error { return nil }
+func (goqiteSystem) dbFile() string                      { return "goqite.db" }
 
 func (goqiteSystem) Storage(ctx context.Context, dir string) (int64, error) {
-	return sqliteStorage(ctx, filepath.Join(dir, "goqite.db"))
+	return sqliteStorage(ctx, filepath.Join(dir, goqiteSystem{}.dbFile()))
 }
 
 type goqiteInstance struct {
@@ -50,7 +51,7 @@ type goqiteInstance struct {
 const goqiteJob = "noop"
 
 func (goqiteSystem) Open(ctx context.Context, o Options) (Instance, error) {
-	path := filepath.Join(o.Dir, "goqite.db")
+	path := filepath.Join(o.Dir, goqiteSystem{}.dbFile())
 	db, err := sql.Open("sqlite", sqliteDSN(path))
 	if err != nil {
 		return nil, err

@@ -22,9 +22,10 @@ type riverSystem struct{}
 
 func (riverSystem) Name() string                        { return "River" }
 func (riverSystem) Available(ctx context.Context) error { return nil }
+func (riverSystem) dbFile() string                      { return "river.db" }
 
 func (riverSystem) Storage(ctx context.Context, dir string) (int64, error) {
-	return sqliteStorage(ctx, filepath.Join(dir, "river.db"))
+	return sqliteStorage(ctx, filepath.Join(dir, riverSystem{}.dbFile()))
 }
 
 // riverArgs is the no-op job; T is the enqueue stamp (0 for plain no-ops).
@@ -49,7 +50,7 @@ func riverLogger() *slog.Logger {
 }
 
 func (s riverSystem) Open(ctx context.Context, o Options) (Instance, error) {
-	path := filepath.Join(o.Dir, "river.db")
+	path := filepath.Join(o.Dir, riverSystem{}.dbFile())
 	db, err := sql.Open("sqlite", sqliteDSN(path))
 	if err != nil {
 		return nil, err
