@@ -54,7 +54,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/oklog/ulid/v2"
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/docketq/docket/internal/wire"
@@ -75,6 +74,7 @@ type Transport struct {
 	where  string // the redacted URL or the client's address, for errors and String
 
 	listeners transport.Listeners
+	enq       enqueuer
 }
 
 var (
@@ -358,43 +358,6 @@ func messageArgs(args []any, m *transport.Message) ([]any, error) {
 	return append(args, m.ID, m.Name, m.Queue, m.Priority, wire.Millis(m.ETA), wire.Millis(m.Expires), m.MaxAttempts,
 		m.Timeout.Milliseconds(), m.ResultTTL.Milliseconds(), m.UniqueKey, ukHash(m.UniqueKey),
 		string(m.Payload), meta, created, ret), nil
-}
-
-// Enqueue implements transport.Transport.
-func (t *Transport) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]transport.EnqueueResult, error) {
-	if len(p.Messages) == 0 {
-		return nil, nil
-	}
-	args := []any{wire.Millis(p.Now), ulid.Make().String(), len(p.Messages)}
-	for i := range p.Messages {
-		if p.Messages[i].Created.IsZero() {
-			p.Messages[i].Created = p.Now
-		}
-		var err error
-		if args, err = messageArgs(args, &p.Messages[i]); err != nil {
-			return nil, err
-		}
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	v, err := t.run(ctx, enqueueScript, args...)
-	if err != nil {
-		if outcomeUnknown(err) {
-			return nil, fmt.Errorf("docket: redis enqueue: %w: %w", transport.ErrOutcomeUnknown, err)
-		}
-		return nil, fmt.Errorf("docket: redis enqueue: %w", err)
-	}
-	rows, _ := v.([]any)
-	if r := row(rows[0]); str(r, 0) == "dup" {
-		return nil, &transport.DuplicateError{ID: str(r, 1), UniqueKey: str(r, 2), ExistingID: str(r, 3)}
-	}
-	out := make([]transport.EnqueueResult, len(rows))
-	for i, x := range rows {
-		r := row(x)
-		out[i] = transport.EnqueueResult{ID: str(r, 1), Existing: str(r, 0) == "existing"}
-	}
-	return out, nil
 }
 
 // outcomeUnknown reports whether a failed script call may still have run:

@@ -17,6 +17,7 @@ const cancelledAtRelease = "cancelled; its worker released it before it finished
 //	{P}:done        zset: finished tasks, score prune time ms
 //	{P}:u:<sha1>    string: the unfinished task holding a unique key
 //	{P}:ev          pub/sub: "r <queue>" new work, "d <id>" finished, "c <id>" cancel
+//	{P}:w:<queue>   string: set while a worker waits for new work on the queue
 //	{P}:s:<name>    hash: a schedule's cursor;  {P}:sr:<name> zset: its fired slots
 //	{P}:schedules   set: schedule names
 //
@@ -26,9 +27,21 @@ const cancelledAtRelease = "cancelled; its worker released it before it finished
 // lib is prepended to every script.
 const lib = `
 local P = ARGV[1]
-local function k(...) return P .. ':' .. table.concat({...}, ':') end
+local function k(a, b)
+	if b then return P .. ':' .. a .. ':' .. b end
+	return P .. ':' .. a
+end
 local function score(prio, runat) return (9 - tonumber(prio)) * 8796093022208 + tonumber(runat) end
 local function publish(msg) redis.call('PUBLISH', k('ev'), msg) end
+-- wake announces new work on a queue, but only if a worker waits for it:
+-- a claim that came back short marks its queues (k('w', queue)), and the
+-- first new task there clears the mark and publishes. A busy worker claims
+-- again by itself when slots free up, so while every worker is busy an
+-- enqueue publishes nothing and no subscriber (every producer and worker
+-- process) receives a message it does not need.
+local function wake(queue)
+	if redis.call('DEL', k('w', queue)) == 1 then publish('r ' .. queue) end
+end
 
 -- terminal moves a task to a final state: out of every index, into done,
 -- unique key released, waiters told.
@@ -80,43 +93,59 @@ local function insert(base, now, token)
 	local eta, exp, ttl = tonumber(ARGV[base+4]), tonumber(ARGV[base+5]), tonumber(ARGV[base+8])
 	local uk, ukh = ARGV[base+9], ARGV[base+10]
 	local tk = k('t', id)
+	local expired = exp > 0 and exp <= now
+	local state, runat = 2, now
+	if not expired and eta > now then state, runat = 1, eta end
 	redis.call('HSET', tk, 'name', name, 'queue', queue, 'prio', prio, 'exp', exp, 'att', 0,
 		'max', ARGV[base+6], 'tmo', ARGV[base+7], 'ttl', ttl, 'owner', '', 'cancel', 0,
 		'uk', uk, 'ukh', ukh, 'pay', ARGV[base+11], 'meta', ARGV[base+12], 'created', ARGV[base+13],
-		'started', 0, 'finished', 0, 'tok', token)
+		'started', 0, 'finished', 0, 'tok', token, 'state', state, 'run_at', runat)
 	if uk ~= '' then redis.call('SET', k('u', ukh), id) end
-	if exp > 0 and exp <= now then
-		redis.call('HSET', tk, 'state', 2, 'run_at', now)
+	if expired then
 		terminal(id, 7, now, 'expired before enqueue', nil)
-	elseif eta > now then
-		redis.call('HSET', tk, 'state', 1, 'run_at', eta)
+	elseif state == 1 then
 		redis.call('ZADD', k('sched'), eta, id)
 	else
-		make_ready(id, queue, prio, now)
+		redis.call('ZADD', k('r', queue), score(prio, now), id)
 	end
 	return queue
 end
 `
 
-// enqueueScript: ARGV = P now token n, then n messages. All or nothing.
+// enqueueScript: ARGV = P now ncalls, then per call: token n and n
+// messages. Each call is all or nothing on its own: its reply is either
+// one 'dup' row or a row per message. Calls are checked and inserted in
+// order, so a later call sees an earlier one's tasks.
 var enqueueScript = goredis.NewScript(lib + `
-local now, token, n = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
-local out = {}
-for i = 0, n - 1 do
-	local row = check(5 + i * MF, token)
-	if row and row[1] == 'dup' then return {row} end
-	out[i + 1] = row or false
-end
+local now, ncalls = tonumber(ARGV[2]), tonumber(ARGV[3])
+local pos = 4
+local replies = {}
 local queues = {}
-for i = 0, n - 1 do
-	if not out[i + 1] then
-		local q = insert(5 + i * MF, now, token)
-		queues[q] = true
-		out[i + 1] = {'ok', ARGV[5 + i * MF]}
+for c = 1, ncalls do
+	local token, n = ARGV[pos], tonumber(ARGV[pos + 1])
+	local base = pos + 2
+	local out = {}
+	local dup = nil
+	for i = 0, n - 1 do
+		local row = check(base + i * MF, token)
+		if row and row[1] == 'dup' then dup = row break end
+		out[i + 1] = row or false
 	end
+	if dup then
+		replies[c] = {dup}
+	else
+		for i = 0, n - 1 do
+			if not out[i + 1] then
+				queues[insert(base + i * MF, now, token)] = true
+				out[i + 1] = {'ok', ARGV[base + i * MF]}
+			end
+		end
+		replies[c] = out
+	end
+	pos = base + n * MF
 end
-for q in pairs(queues) do publish('r ' .. q) end
-return out
+for q in pairs(queues) do wake(q) end
+return replies
 `)
 
 // claimScript: ARGV = P now owner lease_until limit nq q... nx x...
@@ -179,6 +208,9 @@ for qi = 1, nq do
 end
 local nextat = ''
 if #got < limit then
+	-- This worker will wait for new work on these queues: mark them so
+	-- that the next task enqueued there wakes it (see wake).
+	for qi = 1, nq do redis.call('SET', k('w', ARGV[6 + qi]), 1) end
 	local a = redis.call('ZRANGE', k('sched'), 0, 0, 'WITHSCORES')
 	local b = redis.call('ZRANGE', k('lease'), 0, 0, 'WITHSCORES')
 	local m = nil
@@ -258,7 +290,7 @@ for i = 0, n - 1 do
 		out[i + 1] = 0
 	end
 end
-for q in pairs(requeued) do publish('r ' .. q) end
+for q in pairs(requeued) do wake(q) end
 return out
 `)
 
@@ -319,7 +351,7 @@ local row = check(9, token)
 if row and row[1] == 'dup' then return redis.error_reply('duplicate task ' .. row[2]) end
 local id = ARGV[9]
 if not row then
-	publish('r ' .. insert(9, now, token))
+	wake(insert(9, now, token))
 else
 	id = row[2]
 end

@@ -1,0 +1,162 @@
+package redis
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/docketq/docket/internal/wire"
+	"github.com/docketq/docket/transport"
+)
+
+// Concurrent Enqueue calls share script calls (group commit, as the SQLite
+// store's writer does): while one call's script runs, the calls that
+// arrive wait, and the first of them then sends all of them in one script
+// call, each still all or nothing on its own. Eight goroutines enqueueing
+// at once cost about one round trip and one script run, not eight. There
+// is no background goroutine: the caller whose turn it is sends the batch
+// and hands the turn to the first caller that arrived meanwhile.
+
+// maxBatchMessages bounds the messages one script call carries, so that a
+// flood of callers cannot build one huge script run that blocks Redis.
+const maxBatchMessages = 1024
+
+type enqueueCall struct {
+	ctx  context.Context
+	args []any // token, n, then n messages' fields
+	n    int
+	out  []transport.EnqueueResult
+	err  error
+	turn chan bool // true: send the next batch; false: out and err are set
+}
+
+type enqueuer struct {
+	mu      sync.Mutex
+	senders int // callers sending a batch, at most maxSenders
+	pending []*enqueueCall
+}
+
+// maxSenders is how many batches may be in flight at once: two, so that
+// one batch travels while Redis runs the other.
+const maxSenders = 2
+
+// Enqueue implements transport.Transport.
+func (t *Transport) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]transport.EnqueueResult, error) {
+	if len(p.Messages) == 0 {
+		return nil, nil
+	}
+	c := &enqueueCall{ctx: ctx, n: len(p.Messages), turn: make(chan bool, 1)}
+	c.args = make([]any, 0, 2+len(p.Messages)*15)
+	c.args = append(c.args, ulid.Make().String(), len(p.Messages))
+	for i := range p.Messages {
+		if p.Messages[i].Created.IsZero() {
+			p.Messages[i].Created = p.Now
+		}
+		var err error
+		if c.args, err = messageArgs(c.args, &p.Messages[i]); err != nil {
+			return nil, err
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	e := &t.enq
+	e.mu.Lock()
+	e.pending = append(e.pending, c)
+	// Calls wait only while maxSenders batches are in flight, so a caller
+	// that may send finds itself alone in pending.
+	lead := e.senders < maxSenders
+	if lead {
+		e.senders++
+	}
+	e.mu.Unlock()
+	// Once queued, the call waits for a definite outcome even if ctx ends
+	// meanwhile: a call already sent may have been stored.
+	if !lead && !<-c.turn {
+		return c.out, c.err
+	}
+	// This call's turn: it is the first pending call, so it is in the
+	// batch it sends.
+	e.mu.Lock()
+	batch := takeBatch(&e.pending)
+	e.mu.Unlock()
+	t.sendBatch(wire.Millis(p.Now), batch, c)
+	e.mu.Lock()
+	if len(e.pending) == 0 {
+		e.senders--
+		e.mu.Unlock()
+	} else {
+		next := e.pending[0]
+		e.mu.Unlock()
+		next.turn <- true
+	}
+	return c.out, c.err
+}
+
+// takeBatch removes from pending the calls that fit in one script call.
+func takeBatch(pending *[]*enqueueCall) []*enqueueCall {
+	all, n, i := *pending, 0, 0
+	for i < len(all) && (i == 0 || n+all[i].n <= maxBatchMessages) {
+		n += all[i].n
+		i++
+	}
+	batch := all[:i:i]
+	*pending = append([]*enqueueCall(nil), all[i:]...)
+	return batch
+}
+
+// sendBatch runs one script call for the calls of batch whose ctx has not
+// ended, sets each call's outcome and tells every call but the sender.
+func (t *Transport) sendBatch(now int64, batch []*enqueueCall, sender *enqueueCall) {
+	args := []any{now, 0}
+	var live []*enqueueCall
+	var ctx context.Context
+	for _, c := range batch {
+		if err := c.ctx.Err(); err != nil {
+			c.err = err // not sent: certainly not stored
+			continue
+		}
+		if ctx == nil {
+			ctx = context.WithoutCancel(c.ctx)
+		}
+		live = append(live, c)
+		args = append(args, c.args...)
+	}
+	args[1] = len(live)
+	if len(live) > 0 {
+		v, err := t.run(ctx, enqueueScript, args...)
+		groups, _ := v.([]any)
+		for i, c := range live {
+			switch {
+			case err != nil && outcomeUnknown(err):
+				c.err = fmt.Errorf("docket: redis enqueue: %w: %w", transport.ErrOutcomeUnknown, err)
+			case err != nil:
+				c.err = fmt.Errorf("docket: redis enqueue: %w", err)
+			case i >= len(groups):
+				c.err = fmt.Errorf("docket: redis enqueue: the script answered %d of %d calls", len(groups), len(live))
+			default:
+				c.out, c.err = enqueueResults(row(groups[i]))
+			}
+		}
+	}
+	for _, c := range batch {
+		if c != sender {
+			c.turn <- false
+		}
+	}
+}
+
+// enqueueResults reads one call's reply rows.
+func enqueueResults(rows []any) ([]transport.EnqueueResult, error) {
+	if r := row(rows[0]); str(r, 0) == "dup" {
+		return nil, &transport.DuplicateError{ID: str(r, 1), UniqueKey: str(r, 2), ExistingID: str(r, 3)}
+	}
+	out := make([]transport.EnqueueResult, len(rows))
+	for i, x := range rows {
+		r := row(x)
+		out[i] = transport.EnqueueResult{ID: str(r, 1), Existing: str(r, 0) == "existing"}
+	}
+	return out, nil
+}
