@@ -367,14 +367,19 @@ func runChild(spec ChildSpec) (map[string]float64, error) {
 		if poll != nil {
 			fmt.Fprintln(os.Stderr, poll.Note(spec.System+" rss child"))
 		}
+		// The split of resident memory before the workers stop: private
+		// memory (heap, stacks, caches) and pages of files (the binary's
+		// code and tables, mapped files).
+		anon, aerr := procStatusKiB("RssAnon")
+		file, ferr := procStatusKiB("RssFile")
 		if err := inst.Stop(ctx); err != nil {
 			return nil, err
 		}
 		hwm, err := procStatusKiB("VmHWM")
-		if err != nil {
+		if err := errors.Join(err, aerr, ferr); err != nil {
 			return nil, err
 		}
-		return map[string]float64{"hwm": float64(hwm) * 1024}, nil
+		return map[string]float64{"hwm": float64(hwm) * 1024, "anon": float64(anon) * 1024, "file": float64(file) * 1024}, nil
 
 	case roleIdle:
 		inst, err := s.Open(ctx, o)

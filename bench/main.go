@@ -391,7 +391,9 @@ func measurements(h *Harness) []Measurement {
 	}
 	ms = append(ms,
 		Measurement{Name: "rss", Metrics: []Metric{{Key: "hwm", Scale: 1.0 / (1 << 20),
-			Label: fmt.Sprintf("peak RSS (VmHWM) of a child process draining %s tasks at concurrency 64 (MiB)", commas(sc.RSSN))}},
+			Label: fmt.Sprintf("peak RSS (VmHWM) of a child process draining %s tasks at concurrency 64 (MiB)", commas(sc.RSSN))},
+			{Key: "anon", Scale: 1.0 / (1 << 20), Label: "of which private memory (RssAnon: heap, stacks, caches) once all ran (MiB)"},
+			{Key: "file", Scale: 1.0 / (1 << 20), Label: "and file pages (RssFile: the binary's code and tables) once all ran (MiB)"}},
 			Run: measureRSS},
 		Measurement{Name: "size", Runs: 1, Metrics: []Metric{
 			{Key: "per", Scale: 1, Label: fmt.Sprintf("store size per pending task with %s pending: file + WAL after checkpoint(TRUNCATE); Redis systems: MEMORY USAGE summed over their keys (bytes/task; 1 run)", commas(sc.SizeN))},

@@ -314,6 +314,12 @@ func fileDSN(o Options, writer bool) string {
 		// would stall every caller of that commit for an fsync. The
 		// store's checkpointer does it in the background instead.
 		q.Add("_pragma", "wal_autocheckpoint(0)")
+		// The writer's working set is small whatever the depth: the head
+		// of the ready index and the rows it claims, the tail where new
+		// rows go. Half a MiB of page cache (SQLite's default is 2 MiB per
+		// connection) drains as fast and keeps a worker's peak RSS about
+		// 1.5 MiB lower (bench/, rss and drain rows).
+		q.Add("_pragma", "cache_size(-512)")
 	}
 	q.Add("_pragma", "journal_mode(WAL)")
 	q.Add("_pragma", "synchronous("+o.Synchronous+")")
