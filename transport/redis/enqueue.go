@@ -34,13 +34,9 @@ type enqueueCall struct {
 
 type enqueuer struct {
 	mu      sync.Mutex
-	senders int // callers sending a batch, at most maxSenders
+	busy    bool // a caller is sending a batch; only it takes from pending
 	pending []*enqueueCall
 }
-
-// maxSenders is how many batches may be in flight at once: two, so that
-// one batch travels while Redis runs the other.
-const maxSenders = 2
 
 // Enqueue implements transport.Transport.
 func (t *Transport) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]transport.EnqueueResult, error) {
@@ -48,8 +44,8 @@ func (t *Transport) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]t
 		return nil, nil
 	}
 	c := &enqueueCall{ctx: ctx, n: len(p.Messages), turn: make(chan bool, 1)}
-	c.args = make([]any, 0, 2+len(p.Messages)*15)
-	c.args = append(c.args, ulid.Make().String(), len(p.Messages))
+	c.args = make([]any, 0, 3+len(p.Messages)*15)
+	c.args = append(c.args, ulid.Make().String(), wire.Millis(p.Now), len(p.Messages))
 	for i := range p.Messages {
 		if p.Messages[i].Created.IsZero() {
 			p.Messages[i].Created = p.Now
@@ -65,12 +61,11 @@ func (t *Transport) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]t
 	e := &t.enq
 	e.mu.Lock()
 	e.pending = append(e.pending, c)
-	// Calls wait only while maxSenders batches are in flight, so a caller
-	// that may send finds itself alone in pending.
-	lead := e.senders < maxSenders
-	if lead {
-		e.senders++
-	}
+	// Calls wait only while a batch is in flight, and the sender hands
+	// the turn to the first of them, so whoever sends is first in pending
+	// and in the batch it takes.
+	lead := !e.busy
+	e.busy = true
 	e.mu.Unlock()
 	// Once queued, the call waits for a definite outcome even if ctx ends
 	// meanwhile: a call already sent may have been stored.
@@ -82,10 +77,10 @@ func (t *Transport) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]t
 	e.mu.Lock()
 	batch := takeBatch(&e.pending)
 	e.mu.Unlock()
-	t.sendBatch(wire.Millis(p.Now), batch, c)
+	t.sendBatch(batch, c)
 	e.mu.Lock()
 	if len(e.pending) == 0 {
-		e.senders--
+		e.busy = false
 		e.mu.Unlock()
 	} else {
 		next := e.pending[0]
@@ -109,8 +104,8 @@ func takeBatch(pending *[]*enqueueCall) []*enqueueCall {
 
 // sendBatch runs one script call for the calls of batch whose ctx has not
 // ended, sets each call's outcome and tells every call but the sender.
-func (t *Transport) sendBatch(now int64, batch []*enqueueCall, sender *enqueueCall) {
-	args := []any{now, 0}
+func (t *Transport) sendBatch(batch []*enqueueCall, sender *enqueueCall) {
+	args := []any{0}
 	var live []*enqueueCall
 	var ctx context.Context
 	for _, c := range batch {
@@ -124,7 +119,7 @@ func (t *Transport) sendBatch(now int64, batch []*enqueueCall, sender *enqueueCa
 		live = append(live, c)
 		args = append(args, c.args...)
 	}
-	args[1] = len(live)
+	args[0] = len(live)
 	if len(live) > 0 {
 		v, err := t.run(ctx, enqueueScript, args...)
 		groups, _ := v.([]any)

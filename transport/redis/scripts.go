@@ -112,18 +112,18 @@ local function insert(base, now, token)
 end
 `
 
-// enqueueScript: ARGV = P now ncalls, then per call: token n and n
+// enqueueScript: ARGV = P ncalls, then per call: token now n and n
 // messages. Each call is all or nothing on its own: its reply is either
 // one 'dup' row or a row per message. Calls are checked and inserted in
 // order, so a later call sees an earlier one's tasks.
 var enqueueScript = goredis.NewScript(lib + `
-local now, ncalls = tonumber(ARGV[2]), tonumber(ARGV[3])
-local pos = 4
+local ncalls = tonumber(ARGV[2])
+local pos = 3
 local replies = {}
 local queues = {}
 for c = 1, ncalls do
-	local token, n = ARGV[pos], tonumber(ARGV[pos + 1])
-	local base = pos + 2
+	local token, now, n = ARGV[pos], tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])
+	local base = pos + 3
 	local out = {}
 	local dup = nil
 	for i = 0, n - 1 do
