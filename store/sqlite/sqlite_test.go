@@ -468,13 +468,13 @@ func TestRefusalDoesNotFailTheBatch(t *testing.T) {
 	s.Enqueue(ctx, transport.EnqueueParams{Now: base, Messages: []transport.Message{msg("taken")}})
 	var wg sync.WaitGroup
 	errs := make(chan error, 1000)
-	for g := range 6 {
+	for g := range 8 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for i := range 100 {
 				var err error
-				switch g % 3 {
+				switch g % 4 {
 				case 0:
 					_, err = s.Enqueue(ctx, transport.EnqueueParams{Now: base, Messages: []transport.Message{msg(fmt.Sprintf("ok-%d-%d", g, i))}})
 				case 1:
@@ -489,6 +489,18 @@ func TestRefusalDoesNotFailTheBatch(t *testing.T) {
 					}
 					if err == nil {
 						_, err = s.Claim(ctx, transport.ClaimParams{Now: base, Owner: "w", Queues: []string{"default"}, Limit: 2, LeaseUntil: base.Add(time.Minute)})
+					}
+				case 3:
+					// A row the schema refuses (NOT NULL payload) fails
+					// its own call alone.
+					bad := msg(fmt.Sprintf("bad-%d-%d", g, i))
+					bad.Payload = nil
+					if _, err = s.Enqueue(ctx, transport.EnqueueParams{Now: base, Messages: []transport.Message{bad}}); err == nil {
+						err = fmt.Errorf("a task with no payload was stored")
+					} else if strings.Contains(err.Error(), "sqlite write") {
+						err = fmt.Errorf("the refused row failed its batch: %w", err)
+					} else {
+						err = nil
 					}
 				}
 				if err != nil {

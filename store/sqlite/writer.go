@@ -19,10 +19,12 @@ import (
 // The writer owns the store's single write connection. Every write (enqueue,
 // claim, heartbeat, finish, cancel, prune) is an op sent to it; the writer
 // takes every op that is waiting, runs them in one BEGIN IMMEDIATE
-// transaction, each inside its own savepoint, and commits once (group
-// commit). An op that fails rolls back to its savepoint alone; a failed
-// commit fails every op of the batch. Callers always learn a definite
-// outcome: an op that was skipped because its ctx ended reports ctx.Err().
+// transaction and commits once (group commit). An op that may refuse after
+// it wrote (doSavepoint) runs in a savepoint of its own and rolls back to it
+// alone; any other op refuses only before it writes (refuse), and any other
+// error of it, like a failed commit, fails every op of the batch, which
+// rolls back whole. Callers always learn a definite outcome: an op that was
+// skipped because its ctx ended reports ctx.Err().
 
 // maxBatch bounds how many ops share one transaction, so a flood of writers
 // cannot hold the write lock for long.

@@ -17,16 +17,25 @@ import (
 // call, each still all or nothing on its own. Eight goroutines enqueueing
 // at once cost about one round trip and one script run, not eight. There
 // is no background goroutine: the caller whose turn it is sends the batch
-// and hands the turn to the first caller that arrived meanwhile.
+// and hands the turn to the first caller that arrived meanwhile. A call
+// that waits for its batch waits for a definite outcome, as a call that
+// was sent does, whatever its ctx says meanwhile (the client's timeouts
+// bound the wait); a call whose ctx ended before its batch was sent is
+// not sent.
 
-// maxBatchMessages bounds the messages one script call carries, so that a
-// flood of callers cannot build one huge script run that blocks Redis.
-const maxBatchMessages = 1024
+// maxBatchMessages and maxBatchBytes bound one script call, so that a flood
+// of callers cannot build a script run that blocks Redis for long or a
+// command near Redis's query buffer limit. A single call is never split.
+const (
+	maxBatchMessages = 1024
+	maxBatchBytes    = 8 << 20
+)
 
 type enqueueCall struct {
 	ctx  context.Context
-	args []any // token, n, then n messages' fields
+	args []any // token, now, n, then n messages' fields
 	n    int
+	size int // bytes of payloads and metadata, roughly
 	out  []transport.EnqueueResult
 	err  error
 	turn chan bool // true: send the next batch; false: out and err are set
@@ -54,6 +63,7 @@ func (t *Transport) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]t
 		if c.args, err = messageArgs(c.args, &p.Messages[i]); err != nil {
 			return nil, err
 		}
+		c.size += len(p.Messages[i].Payload) + 256
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -77,24 +87,30 @@ func (t *Transport) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]t
 	e.mu.Lock()
 	batch := takeBatch(&e.pending)
 	e.mu.Unlock()
+	defer e.handOff()
 	t.sendBatch(batch, c)
+	return c.out, c.err
+}
+
+// handOff ends a sender's turn: the first waiting call sends next.
+func (e *enqueuer) handOff() {
 	e.mu.Lock()
 	if len(e.pending) == 0 {
 		e.busy = false
 		e.mu.Unlock()
-	} else {
-		next := e.pending[0]
-		e.mu.Unlock()
-		next.turn <- true
+		return
 	}
-	return c.out, c.err
+	next := e.pending[0]
+	e.mu.Unlock()
+	next.turn <- true
 }
 
 // takeBatch removes from pending the calls that fit in one script call.
 func takeBatch(pending *[]*enqueueCall) []*enqueueCall {
-	all, n, i := *pending, 0, 0
-	for i < len(all) && (i == 0 || n+all[i].n <= maxBatchMessages) {
+	all, n, size, i := *pending, 0, 0, 0
+	for i < len(all) && (i == 0 || n+all[i].n <= maxBatchMessages && size+all[i].size <= maxBatchBytes) {
 		n += all[i].n
+		size += all[i].size
 		i++
 	}
 	batch := all[:i:i]
@@ -103,8 +119,19 @@ func takeBatch(pending *[]*enqueueCall) []*enqueueCall {
 }
 
 // sendBatch runs one script call for the calls of batch whose ctx has not
-// ended, sets each call's outcome and tells every call but the sender.
+// ended, sets each call's outcome and tells every call but the sender,
+// even if it panics.
 func (t *Transport) sendBatch(batch []*enqueueCall, sender *enqueueCall) {
+	defer func() {
+		for _, c := range batch {
+			if c.out == nil && c.err == nil {
+				c.err = fmt.Errorf("docket: redis enqueue: the batch it was sent in failed: %w", transport.ErrOutcomeUnknown)
+			}
+			if c != sender {
+				c.turn <- false
+			}
+		}
+	}()
 	args := []any{0}
 	var live []*enqueueCall
 	var ctx context.Context
@@ -129,16 +156,11 @@ func (t *Transport) sendBatch(batch []*enqueueCall, sender *enqueueCall) {
 				c.err = fmt.Errorf("docket: redis enqueue: %w: %w", transport.ErrOutcomeUnknown, err)
 			case err != nil:
 				c.err = fmt.Errorf("docket: redis enqueue: %w", err)
-			case i >= len(groups):
-				c.err = fmt.Errorf("docket: redis enqueue: the script answered %d of %d calls", len(groups), len(live))
+			case i >= len(groups) || len(row(groups[i])) == 0:
+				c.err = fmt.Errorf("docket: redis enqueue: the script answered %d of %d calls: %w", len(groups), len(live), transport.ErrOutcomeUnknown)
 			default:
 				c.out, c.err = enqueueResults(row(groups[i]))
 			}
-		}
-	}
-	for _, c := range batch {
-		if c != sender {
-			c.turn <- false
 		}
 	}
 }

@@ -17,7 +17,7 @@ const cancelledAtRelease = "cancelled; its worker released it before it finished
 //	{P}:done        zset: finished tasks, score prune time ms
 //	{P}:u:<sha1>    string: the unfinished task holding a unique key
 //	{P}:ev          pub/sub: "r <queue>" new work, "d <id>" finished, "c <id>" cancel
-//	{P}:w:<queue>   string: set while a worker waits for new work on the queue
+//	{P}:w:<queue>   string: set while a worker waits for new work on the queue (60 s expiry)
 //	{P}:s:<name>    hash: a schedule's cursor;  {P}:sr:<name> zset: its fired slots
 //	{P}:schedules   set: schedule names
 //
@@ -210,7 +210,9 @@ local nextat = ''
 if #got < limit then
 	-- This worker will wait for new work on these queues: mark them so
 	-- that the next task enqueued there wakes it (see wake).
-	for qi = 1, nq do redis.call('SET', k('w', ARGV[6 + qi]), 1) end
+	-- The mark expires, so queues that are no longer used leave no key;
+	-- a waiting worker claims at least once a second and sets it again.
+	for qi = 1, nq do redis.call('SET', k('w', ARGV[6 + qi]), 1, 'EX', 60) end
 	local a = redis.call('ZRANGE', k('sched'), 0, 0, 'WITHSCORES')
 	local b = redis.call('ZRANGE', k('lease'), 0, 0, 'WITHSCORES')
 	local m = nil
