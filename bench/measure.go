@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -672,19 +671,7 @@ type dbFiler interface {
 func liveSize(ctx context.Context, s System, dir string) (int64, error) {
 	switch s := s.(type) {
 	case dbFiler:
-		var total int64
-		path := filepath.Join(dir, s.dbFile())
-		for _, p := range []string{path, path + "-wal"} {
-			st, err := os.Stat(p)
-			if errors.Is(err, os.ErrNotExist) {
-				continue
-			}
-			if err != nil {
-				return 0, err
-			}
-			total += st.Size()
-		}
-		return total, nil
+		return fileAndWAL(filepath.Join(dir, s.dbFile()))
 	case redisUser:
 		return redisUsedMemory(ctx, s)
 	case unsupporter:

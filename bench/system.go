@@ -114,18 +114,7 @@ func sqliteStorage(ctx context.Context, path string) (int64, error) {
 	if err := db.Close(); err != nil {
 		return 0, err
 	}
-	var total int64
-	for _, p := range []string{path, path + "-wal"} {
-		st, err := os.Stat(p)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			return 0, err
-		}
-		total += st.Size()
-	}
-	return total, nil
+	return fileAndWAL(path)
 }
 
 // openObserver opens a separate small pool on a peer's database file for
@@ -193,4 +182,21 @@ func (p *PollErrors) Note(what string) string {
 		return ""
 	}
 	return fmt.Sprintf("%s: %d polls failed and were retried (first: %v)", what, p.N, p.First)
+}
+
+// fileAndWAL is the size of a SQLite file plus its WAL, as they are; a file
+// that does not exist counts zero.
+func fileAndWAL(path string) (int64, error) {
+	var total int64
+	for _, p := range []string{path, path + "-wal"} {
+		st, err := os.Stat(p)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		total += st.Size()
+	}
+	return total, nil
 }

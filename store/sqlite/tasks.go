@@ -12,9 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	sqlitedrv "modernc.org/sqlite"
-	sqlite3 "modernc.org/sqlite/lib"
-
 	"github.com/docketq/docket/internal/wire"
 	"github.com/docketq/docket/transport"
 )
@@ -107,14 +104,6 @@ func (s *Store) sameDatabase(ctx context.Context, tx *sql.Tx) error {
 		file = "an in-memory database"
 	}
 	return fmt.Errorf("%w: the transaction is on %s, the queue on %s", transport.ErrOtherDatabase, file, s.file)
-}
-
-// isConstraint reports whether err is a constraint that refused a
-// statement (a NOT NULL column left empty): SQLite undoes that statement
-// alone and the transaction goes on.
-func isConstraint(err error) bool {
-	var se *sqlitedrv.Error
-	return errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_CONSTRAINT
 }
 
 func insert(ctx context.Context, r runner, p transport.EnqueueParams) ([]transport.EnqueueResult, error) {

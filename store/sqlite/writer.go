@@ -154,6 +154,14 @@ func classify(err error) error {
 	return err
 }
 
+// isConstraint reports whether err is a constraint that refused a
+// statement (a NOT NULL column left empty): SQLite undoes that statement
+// alone and the transaction goes on.
+func isConstraint(err error) bool {
+	var se *sqlitedrv.Error
+	return errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_CONSTRAINT
+}
+
 func (w *writer) close() {
 	close(w.quit)
 	<-w.stopped
