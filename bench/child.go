@@ -21,15 +21,16 @@ import (
 // childEnv names the environment variable that makes the harness binary
 // run as a child process: its value is a JSON ChildSpec. The driver starts
 // one for every measurement of every system (roleMeasure); a measurement
-// that needs a second process (latency2p, rss, idle) starts one more from
-// there with one of the other roles.
+// that needs a second process (latency2p, the drain2p rows, producer,
+// producerwait, idle) starts one more from there with one of the other
+// roles.
 const childEnv = "DOCKET_BENCH_CHILD"
 
 // Child roles.
 const (
 	roleMeasure = "measure" // run one measurement of one system once
 	roleLatency = "latency" // workers for the two-process latency stream
-	roleRSS     = "rss"     // drain N tasks at Concurrency, report peak RSS
+	roleDrain   = "drain"   // drain N tasks at Concurrency, report the rate and peak RSS
 	roleIdle    = "idle"    // idle workers, report CPU over Duration
 )
 
@@ -52,11 +53,13 @@ type ChildSpec struct {
 	// parent.
 	Dir         string
 	Concurrency int           // workers
-	N           int           // tasks to expect (latency, rss)
+	N           int           // tasks to expect (latency, drain)
 	Duration    time.Duration // measuring window (idle)
 	// PeerDefaults runs the peers with their own default poll intervals
 	// instead of the harness's -poll.
 	PeerDefaults bool
+	// Results is Options.Results of the child's instance.
+	Results bool
 }
 
 // loadSample is the 1-minute load average (/proc/loadavg) when a
@@ -275,25 +278,36 @@ func measureChild(spec ChildSpec) (r childResult) {
 		r.Err = err.Error()
 		return r
 	}
-	if p := spec.Config.CPUProfile; p != "" {
-		f, err := os.Create(fmt.Sprintf("%s.%s.%s.%d.pprof", p, m.Name, s.Name(), spec.Run+1))
-		if err != nil {
-			r.Err = err.Error()
-			return r
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			r.Err = err.Error()
-			return r
-		}
-		defer pprof.StopCPUProfile()
+	stop, err := startProfile(spec.Config.CPUProfile, fmt.Sprintf("%s.%s.%d", m.Name, s.Name(), spec.Run+1))
+	if err != nil {
+		r.Err = err.Error()
+		return r
 	}
+	defer stop()
 	ctx, cancel := context.WithTimeout(context.Background(), measureTimeout)
 	defer cancel()
 	res, err := m.Run(ctx, h, s)
 	r.Values, r.Notes, r.NAKeys = res.Values, res.Notes, res.NA
 	r.setErr(err, "")
 	return r
+}
+
+// startProfile starts a CPU profile of this process into
+// PREFIX.NAME.pprof if prefix is set, and returns the function that ends
+// it.
+func startProfile(prefix, name string) (stop func(), err error) {
+	if prefix == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(prefix + "." + name + ".pprof")
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 // loadAvg1 is the machine's 1-minute load average from /proc/loadavg.
@@ -315,7 +329,14 @@ func runChild(spec ChildSpec) (map[string]float64, error) {
 	if err != nil {
 		return nil, err
 	}
-	o := Options{Dir: spec.Dir, Concurrency: spec.Concurrency, Poll: spec.Config.Poll}
+	o := Options{Dir: spec.Dir, Concurrency: spec.Concurrency, Poll: spec.Config.Poll, Results: spec.Results}
+	// A worker process's profile is named after its role, its system and
+	// its pid (the measurement process's name is not known here).
+	stop, err := startProfile(spec.Config.CPUProfile, fmt.Sprintf("%s.%s.%d", spec.Role, spec.System, os.Getpid()))
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
 	switch spec.Role {
 	case roleLatency:
 		rec := newLatencyRecorder(spec.N)
@@ -339,7 +360,7 @@ func runChild(spec ChildSpec) (map[string]float64, error) {
 		}
 		return map[string]float64{"p50": p50, "p99": p99}, inst.Stop(ctx)
 
-	case roleRSS:
+	case roleDrain:
 		var ran atomic.Int64
 		done := make(chan struct{})
 		o.Handler = func(int64) {
@@ -352,9 +373,15 @@ func runChild(spec ChildSpec) (map[string]float64, error) {
 			return nil, err
 		}
 		defer inst.Close()
+		cpu0, err := cpuTime()
+		if err != nil {
+			return nil, err
+		}
+		t0 := time.Now()
 		if err := inst.Start(ctx); err != nil {
 			return nil, err
 		}
+		fmt.Println("started")
 		select {
 		case <-done:
 		case <-time.After(10 * time.Minute):
@@ -364,8 +391,13 @@ func runChild(spec ChildSpec) (map[string]float64, error) {
 		if err != nil {
 			return nil, err
 		}
+		end := time.Now()
+		cpu1, err := cpuTime()
+		if err != nil {
+			return nil, err
+		}
 		if poll != nil {
-			fmt.Fprintln(os.Stderr, poll.Note(spec.System+" rss child"))
+			fmt.Fprintln(os.Stderr, poll.Note(spec.System+" drain child"))
 		}
 		// The split of resident memory before the workers stop: private
 		// memory (heap, stacks, caches) and pages of files (the binary's
@@ -379,7 +411,11 @@ func runChild(spec ChildSpec) (map[string]float64, error) {
 		if err := errors.Join(err, aerr, ferr); err != nil {
 			return nil, err
 		}
-		return map[string]float64{"hwm": float64(hwm) * 1024, "anon": float64(anon) * 1024, "file": float64(file) * 1024}, nil
+		return map[string]float64{
+			"rate": tasksPerSec(spec.N, end.Sub(t0)), "end": float64(end.UnixNano()),
+			"cpu": float64(cpu1-cpu0) / float64(time.Microsecond) / float64(spec.N),
+			"hwm": float64(hwm) * 1024, "anon": float64(anon) * 1024, "file": float64(file) * 1024,
+		}, nil
 
 	case roleIdle:
 		inst, err := s.Open(ctx, o)

@@ -359,6 +359,45 @@ func measurements(h *Harness) []Measurement {
 			Run:     func(ctx context.Context, h *Harness, s System) (Result, error) { return measureDrain(ctx, h, s, c) },
 		})
 	}
+	for _, v := range []struct {
+		conc    int
+		results bool
+	}{{8, true}, {64, true}, {8, false}, {64, false}} {
+		name, what := fmt.Sprintf("drain2p%d", v.conc), "each result reported to the producer"
+		if !v.results {
+			name, what = name+"i", "IgnoreResult"
+		}
+		m := Measurement{
+			Name: name,
+			Metrics: append(rate(fmt.Sprintf("drain %s tasks at concurrency %d, producer and worker in two processes, %s: from the worker's start until all ran and the producer knows every outcome (tasks/s)", commas(sc.DrainN), v.conc, what)),
+				Metric{Key: "cpu", Scale: 1, Label: "CPU of that worker process per task, getrusage utime+stime (µs)"},
+				Metric{Key: "server", Scale: 1, Label: "CPU of the server per task over the same drain: redis-server's INFO cpu; RabbitMQ's beam.smp from /proc when it runs on this machine (µs)"}),
+			Run: func(ctx context.Context, h *Harness, s System) (Result, error) {
+				return measureDrain2P(ctx, h, s, v.conc, v.results)
+			},
+		}
+		if v.conc == 64 && v.results {
+			m.Metrics = append(m.Metrics,
+				Metric{Key: "hwm", Scale: 1.0 / (1 << 20), Label: "peak RSS (VmHWM) of that worker process (MiB)"},
+				Metric{Key: "anon", Scale: 1.0 / (1 << 20), Label: "of which private memory (RssAnon: heap, stacks, caches) once all ran (MiB)"},
+				Metric{Key: "file", Scale: 1.0 / (1 << 20), Label: "and file pages (RssFile: the binary's code and tables) once all ran (MiB)"})
+		}
+		ms = append(ms, m)
+	}
+	ms = append(ms,
+		Measurement{Name: "producer", Metrics: []Metric{
+			{Key: "hwm", Scale: 1.0 / (1 << 20), Label: fmt.Sprintf("peak RSS of a producer process enqueueing %s tasks from 8 goroutines, nobody waiting, a worker process draining at concurrency 64 (MiB)", commas(sc.ProducerN))},
+			{Key: "rate", Scale: 1, HigherBetter: true, Label: "that producer's enqueue rate (tasks/s)"},
+		}, Run: func(ctx context.Context, h *Harness, s System) (Result, error) {
+			return measureProducer(ctx, h, s, false)
+		}},
+		Measurement{Name: "producerwait", Metrics: []Metric{
+			{Key: "hwm", Scale: 1.0 / (1 << 20), Label: fmt.Sprintf("peak RSS of a producer process of %s tasks whose 8 goroutines each enqueue a task and wait for its result, same worker (MiB)", commas(sc.WaitN))},
+			{Key: "rate", Scale: 1, HigherBetter: true, Label: "that producer's rate, enqueue to result (tasks/s)"},
+		}, Run: func(ctx context.Context, h *Harness, s System) (Result, error) {
+			return measureProducer(ctx, h, s, true)
+		}},
+	)
 	stream := fmt.Sprintf("%d tasks/s for %s, %d workers", sc.LatencyRate, sc.LatencyFor, latencyConcurrency)
 	ms = append(ms,
 		Measurement{Name: "latency", Metrics: []Metric{
@@ -390,11 +429,6 @@ func measurements(h *Harness) []Measurement {
 		ms = append(ms, m)
 	}
 	ms = append(ms,
-		Measurement{Name: "rss", Metrics: []Metric{{Key: "hwm", Scale: 1.0 / (1 << 20),
-			Label: fmt.Sprintf("peak RSS (VmHWM) of a child process draining %s tasks at concurrency 64 (MiB)", commas(sc.RSSN))},
-			{Key: "anon", Scale: 1.0 / (1 << 20), Label: "of which private memory (RssAnon: heap, stacks, caches) once all ran (MiB)"},
-			{Key: "file", Scale: 1.0 / (1 << 20), Label: "and file pages (RssFile: the binary's code and tables) once all ran (MiB)"}},
-			Run: measureRSS},
 		Measurement{Name: "size", Runs: 1, Metrics: []Metric{
 			{Key: "per", Scale: 1, Label: fmt.Sprintf("store size per pending task with %s pending: file + WAL after checkpoint(TRUNCATE); Redis systems: MEMORY USAGE summed over their keys (bytes/task; 1 run)", commas(sc.SizeN))},
 			{Key: "after", Scale: 1.0 / 1024, Label: "store size after those tasks completed and retention/cleanup ran (KiB; 1 run)"},

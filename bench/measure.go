@@ -72,19 +72,20 @@ type Scale struct {
 	LatencyRate  int           // tasks/s
 	LatencyFor   time.Duration // duration of the steady stream
 	ClaimTasks   int           // tasks claimed at each depth
-	RSSN         int           // tasks drained in the RSS child
 	SizeN        int           // pending tasks for the size rows
 	IdleFor      time.Duration // idle CPU window
 	SettleBefore time.Duration // after Start, before a latency stream
 	SteadyFor    time.Duration // window of the steady row
+	ProducerN    int           // tasks a producer enqueues, nobody waiting
+	WaitN        int           // tasks a producer enqueues, waiting for each
 }
 
 func fullScale() Scale {
 	return Scale{
 		EnqueueFor: 2 * time.Second, DrainN: 50_000, DrainCap: 60 * time.Second,
 		LatencyRate: 500, LatencyFor: 5 * time.Second,
-		ClaimTasks: 1_000, RSSN: 50_000, SizeN: 100_000, IdleFor: 10 * time.Second, SettleBefore: 300 * time.Millisecond,
-		SteadyFor: 60 * time.Second,
+		ClaimTasks: 1_000, SizeN: 100_000, IdleFor: 10 * time.Second, SettleBefore: 300 * time.Millisecond,
+		SteadyFor: 60 * time.Second, ProducerN: 200_000, WaitN: 50_000,
 	}
 }
 
@@ -92,8 +93,8 @@ func quickScale() Scale {
 	return Scale{
 		EnqueueFor: 500 * time.Millisecond, DrainN: 5_000, DrainCap: 20 * time.Second,
 		LatencyRate: 500, LatencyFor: time.Second,
-		ClaimTasks: 1_000, RSSN: 5_000, SizeN: 5_000, IdleFor: 2 * time.Second, SettleBefore: 200 * time.Millisecond,
-		SteadyFor: 5 * time.Second,
+		ClaimTasks: 1_000, SizeN: 5_000, IdleFor: 2 * time.Second, SettleBefore: 200 * time.Millisecond,
+		SteadyFor: 5 * time.Second, ProducerN: 20_000, WaitN: 5_000,
 	}
 }
 
@@ -440,27 +441,136 @@ func measureClaim(ctx context.Context, h *Harness, s System, depth int) (Result,
 	return Result{Values: map[string]float64{"per": float64(per) / float64(time.Microsecond)}}, inst.Stop(stopCtx)
 }
 
-// measureRSS drains in a child process and reports its peak RSS.
-func measureRSS(ctx context.Context, h *Harness, s System) (Result, error) {
-	n := h.Scale.RSSN
-	inst, dir, err := h.openFresh(ctx, s, Options{Concurrency: 1})
+// measureDrain2P is the production layout: this process enqueues the
+// tasks and stays open as their producer, and a worker process opens the
+// store and drains them at conc. The worker times itself from its start
+// until all ran and it finds none unfinished; with results, this process
+// then checks that it learned every task's outcome, and the time it took
+// after the worker finished counts too. The worker's peak RSS is reported.
+func measureDrain2P(ctx context.Context, h *Harness, s System, conc int, results bool) (Result, error) {
+	n := h.Scale.DrainN
+	inst, dir, err := h.openFresh(ctx, s, Options{Concurrency: 1, Results: results})
 	if err != nil {
 		return Result{}, err
 	}
-	err = fill(ctx, inst, n)
-	if err := errors.Join(err, inst.Close()); err != nil {
-		return Result{}, err
+	defer inst.Close()
+	if err := fill(ctx, inst, n); err != nil {
+		return Result{}, fmt.Errorf("fill: %w", err)
 	}
-	child, err := h.startChild(ctx, ChildSpec{Role: roleRSS, System: s.Name(), Dir: dir, Concurrency: 64, N: n})
+	server0, serverErr := serverCPU(ctx, s)
+	child, err := h.startChild(ctx, ChildSpec{Role: roleDrain, System: s.Name(), Dir: dir, Concurrency: conc, N: n, Results: results})
 	if err != nil {
 		return Result{}, err
 	}
 	defer child.kill()
-	v, err := child.values(h.Scale.DrainCap + time.Minute)
+	v, err := child.values(h.Scale.DrainCap + 10*time.Minute)
 	if err != nil {
 		return Result{}, err
 	}
-	return Result{Values: v}, nil
+	var res Result
+	if serverErr == nil {
+		var server1 float64
+		server1, serverErr = serverCPU(ctx, s)
+		v["server"] = (server1 - server0) * 1e6 / float64(n)
+	}
+	elapsed := time.Duration(float64(n) / v["rate"] * float64(time.Second))
+	if results {
+		poll, err := waitDone(ctx, inst, time.Millisecond)
+		if err != nil {
+			return Result{}, fmt.Errorf("producer: %w", err)
+		}
+		res.note(poll.Note("the producer checking that it knows every outcome"))
+		if lag := time.Since(time.Unix(0, int64(v["end"]))); lag > 0 {
+			elapsed += lag
+		}
+	}
+	res.Values = map[string]float64{"rate": tasksPerSec(n, elapsed), "hwm": v["hwm"], "anon": v["anon"], "file": v["file"], "cpu": v["cpu"]}
+	if serverErr != nil {
+		res.notApplicable("server", serverErr.Error())
+	} else {
+		res.Values["server"] = v["server"]
+	}
+	return res, nil
+}
+
+// serverCPU is the CPU time, in seconds, the server of s (Redis, or a
+// RabbitMQ on this machine) has used so far, or an *NA.
+func serverCPU(ctx context.Context, s System) (float64, error) {
+	switch s := s.(type) {
+	case redisUser:
+		return redisCPU(ctx, s)
+	case interface{ brokerCPU() (float64, error) }:
+		return s.brokerCPU()
+	}
+	return 0, &NA{Reason: s.Name() + " has no server"}
+}
+
+// measureProducer is a producer process in the production layout: it
+// enqueues Scale.ProducerN tasks from 8 goroutines while a worker process
+// drains them at concurrency 64, nobody waiting for any (wait false); or
+// each goroutine enqueues a task and waits for its result before the next,
+// Scale.WaitN tasks in all. It reports its own peak RSS and its rate.
+func measureProducer(ctx context.Context, h *Harness, s System, wait bool) (Result, error) {
+	n := h.Scale.ProducerN
+	if wait {
+		n = h.Scale.WaitN
+	}
+	inst, dir, err := h.openFresh(ctx, s, Options{Concurrency: 1, Results: true, Untracked: true})
+	if err != nil {
+		return Result{}, err
+	}
+	defer inst.Close()
+	call := func() error { return inst.Enqueue(ctx, 0) }
+	if wait {
+		w, ok := inst.(resultWaiter)
+		if !ok {
+			return Result{}, &NA{Reason: s.Name() + " has no result to wait for"}
+		}
+		call = func() error { return w.EnqueueWait(ctx) }
+	}
+	// Warm up (connections, declarations), untimed; the worker runs these
+	// too.
+	const warm = 10
+	for range warm {
+		if err := inst.Enqueue(ctx, 0); err != nil {
+			return Result{}, err
+		}
+	}
+	child, err := h.startChild(ctx, ChildSpec{Role: roleDrain, System: s.Name(), Dir: dir, Concurrency: 64, N: n + warm, Results: true})
+	if err != nil {
+		return Result{}, err
+	}
+	defer child.kill()
+	if err := child.waitLine("started", time.Minute); err != nil {
+		return Result{}, err
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make([]error, 8)
+	t0 := time.Now()
+	for g := range errs {
+		wg.Go(func() {
+			for next.Add(1) <= int64(n) {
+				if err := call(); err != nil {
+					errs[g] = err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(t0)
+	if err := errors.Join(errs...); err != nil {
+		return Result{}, err
+	}
+	if _, err := child.values(h.Scale.DrainCap + 10*time.Minute); err != nil {
+		return Result{}, fmt.Errorf("worker: %w", err)
+	}
+	hwm, err := procStatusKiB("VmHWM")
+	if err != nil {
+		return Result{}, err
+	}
+	return Result{Values: map[string]float64{"hwm": float64(hwm) * 1024, "rate": tasksPerSec(n, elapsed)}}, nil
 }
 
 // measureSize fills SizeN tasks and measures the store, then drains them,

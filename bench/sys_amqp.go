@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -8,8 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -222,9 +225,9 @@ func amqpNA(measurement string) error {
 // persistent messages published to it with publisher confirms, each
 // Enqueue waiting for its own confirm (concurrent callers share the one
 // confirm channel), a batch published whole and then its confirms awaited;
-// workers consume with manual acknowledgements, a prefetch of
-// max(64, 5×Concurrency) (docket's default is Concurrency plus a prefetch
-// of 4×Concurrency), and acknowledge each message after the handler.
+// workers consume with manual acknowledgements and a prefetch of
+// 5×Concurrency (docket's default: Concurrency plus a prefetch of
+// 4×Concurrency), and acknowledge each message after the handler.
 type amqpSystem struct{ b amqpBroker }
 
 func (amqpSystem) Name() string                          { return "amqp091" }
@@ -331,7 +334,7 @@ func (i *amqpInstance) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := ch.Qos(max(64, 5*conc), 0, false); err != nil {
+	if err := ch.Qos(5*conc, 0, false); err != nil {
 		return err
 	}
 	msgs, err := ch.Consume(i.queue, amqpConsumerTag, false, false, false, false, nil)
@@ -411,3 +414,57 @@ func (i *amqpInstance) Close() error {
 	}
 	return errors.Join(err, cerr, i.watch.close())
 }
+
+// brokerCPU is the CPU time, in seconds, of the RabbitMQ server on this
+// machine (the one beam.smp process running RabbitMQ, read from /proc),
+// or an *NA when the broker is elsewhere or cannot be told apart.
+func (b amqpBroker) brokerCPU() (float64, error) {
+	u, err := url.Parse(b.url)
+	if err != nil {
+		return 0, err
+	}
+	if h := u.Hostname(); h != "127.0.0.1" && h != "localhost" && h != "::1" {
+		return 0, &NA{Reason: "RabbitMQ is not on this machine"}
+	}
+	dirs, err := filepath.Glob("/proc/[0-9]*")
+	if err != nil {
+		return 0, err
+	}
+	var found []string
+	for _, d := range dirs {
+		comm, err := os.ReadFile(d + "/comm")
+		if err != nil || strings.TrimSpace(string(comm)) != "beam.smp" {
+			continue
+		}
+		if cmd, err := os.ReadFile(d + "/cmdline"); err == nil && bytes.Contains(cmd, []byte("rabbit")) {
+			found = append(found, d)
+		}
+	}
+	if len(found) != 1 {
+		return 0, &NA{Reason: fmt.Sprintf("%d RabbitMQ processes on this machine; the broker's CPU needs exactly one", len(found))}
+	}
+	stat, err := os.ReadFile(found[0] + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	// Fields 14 and 15 (utime, stime) in clock ticks, after the command
+	// name in parentheses.
+	rest := stat[bytes.LastIndexByte(stat, ')')+1:]
+	f := strings.Fields(string(rest))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("short %s/stat", found[0])
+	}
+	ut, err1 := strconv.ParseFloat(f[11], 64)
+	st, err2 := strconv.ParseFloat(f[12], 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	return (ut + st) / clockTicks, nil
+}
+
+// clockTicks is Linux's USER_HZ, the unit of /proc/PID/stat's times (100
+// on every architecture Go runs Linux on).
+const clockTicks = 100
+
+func (s docketAMQPSystem) brokerCPU() (float64, error) { return s.b.brokerCPU() }
+func (s amqpSystem) brokerCPU() (float64, error)       { return s.b.brokerCPU() }

@@ -42,7 +42,10 @@ func (docketSystem) Open(ctx context.Context, o Options) (Instance, error) {
 // openDocket opens docket on url with the harness's options, then extra.
 func openDocket(ctx context.Context, url string, o Options, extra ...docket.Option) (*docketInstance, error) {
 	opts := append([]docket.Option{docket.Concurrency(max(1, o.Concurrency))}, extra...)
-	taskOpts := []docket.TaskOption{docket.IgnoreResult()}
+	var taskOpts []docket.TaskOption
+	if !o.Results {
+		taskOpts = append(taskOpts, docket.IgnoreResult())
+	}
 	if o.ShortRetention {
 		opts = append(opts, docket.PruneInterval(10*time.Millisecond))
 		taskOpts = append(taskOpts, docket.ResultTTL(time.Millisecond))
@@ -68,6 +71,15 @@ func openDocket(ctx context.Context, url string, o Options, extra ...docket.Opti
 
 func (d *docketInstance) Enqueue(ctx context.Context, stamp int64) error {
 	_, err := d.task.Enqueue(ctx, d.q, stampArgs{T: stamp})
+	return err
+}
+
+func (d *docketInstance) EnqueueWait(ctx context.Context) error {
+	r, err := d.task.Enqueue(ctx, d.q, stampArgs{})
+	if err != nil {
+		return err
+	}
+	_, err = r.Wait(ctx)
 	return err
 }
 

@@ -13,7 +13,8 @@ import (
 
 // docketAMQPSystem runs docket on RabbitMQ alone (the same program as
 // docket, with an amqp:// URL and its defaults: quorum queues, publisher
-// confirms, results and states sent to the producer's reply queue). Each
+// confirms, a prefetch of 4×concurrency, results and states sent to the
+// producer's reply queue). Each
 // fresh store is a new name prefix (see amqpBroker).
 type docketAMQPSystem struct{ b amqpBroker }
 
@@ -55,17 +56,14 @@ func (s docketAMQPSystem) Open(ctx context.Context, o Options) (Instance, error)
 	q := u.Query()
 	q.Set("prefix", prefix)
 	u.RawQuery = q.Encode()
-	// The same broker prefetch as the amqp091 baseline: docket's default
-	// (concurrency plus 4×concurrency, as Celery's) is smaller for short
-	// tasks at low concurrency, and prefetch sets the pace of a push
-	// consumer.
-	conc := max(1, o.Concurrency)
-	inst, err := openDocket(ctx, u.String(), o, docket.Prefetch(max(64, 5*conc)-conc))
+	// docket's default prefetch (concurrency plus 4×concurrency, as
+	// Celery's); the amqp091 baseline consumes with the same.
+	inst, err := openDocket(ctx, u.String(), o)
 	if err != nil {
 		return nil, err
 	}
 	queue := prefix + ".q." + docket.DefaultQueue
-	return &docketAMQPInstance{docketInstance: inst, watch: &queueWatch{b: s.b, queue: queue}}, nil
+	return &docketAMQPInstance{docketInstance: inst, watch: &queueWatch{b: s.b, queue: queue}, untracked: o.Untracked}, nil
 }
 
 // docketAMQPInstance keeps the ids of the tasks it enqueued: with RabbitMQ
@@ -75,7 +73,8 @@ func (s docketAMQPSystem) Open(ctx context.Context, o Options) (Instance, error)
 // can check).
 type docketAMQPInstance struct {
 	*docketInstance
-	watch *queueWatch
+	watch     *queueWatch
+	untracked bool // Options.Untracked: ids not kept
 
 	mu   sync.Mutex
 	ids  []string
@@ -84,7 +83,7 @@ type docketAMQPInstance struct {
 
 func (d *docketAMQPInstance) Enqueue(ctx context.Context, stamp int64) error {
 	r, err := d.task.Enqueue(ctx, d.q, stampArgs{T: stamp})
-	if err != nil {
+	if err != nil || d.untracked {
 		return err
 	}
 	d.mu.Lock()
@@ -95,7 +94,7 @@ func (d *docketAMQPInstance) Enqueue(ctx context.Context, stamp int64) error {
 
 func (d *docketAMQPInstance) EnqueueBatch(ctx context.Context, n int) error {
 	rs, err := d.task.EnqueueMany(ctx, d.q, make([]stampArgs, n))
-	if err != nil {
+	if err != nil || d.untracked {
 		return err
 	}
 	d.mu.Lock()

@@ -44,6 +44,13 @@ type Options struct {
 	// Fresh asks for an empty store where the system cannot get one from a
 	// new directory (asynq: FLUSHDB of its own Redis database).
 	Fresh bool
+	// Results asks for each task's result to be kept for its producer
+	// (docket: tasks without IgnoreResult). Systems without results
+	// ignore it.
+	Results bool
+	// Untracked says the harness will not call Unfinished: an instance
+	// that keeps what it enqueued for that check need not.
+	Untracked bool
 }
 
 // System is one queue under test. Open either creates a fresh store in
@@ -78,6 +85,12 @@ type Instance interface {
 	Cleanup(ctx context.Context) (how string, poll *PollErrors, err error)
 	// Close releases the instance; it stops the workers if still running.
 	Close() error
+}
+
+// resultWaiter is an Instance that can wait for a task's result.
+type resultWaiter interface {
+	// EnqueueWait submits one task and waits until its result is known.
+	EnqueueWait(ctx context.Context) error
 }
 
 // sqliteDSN is the DSN every SQLite-based peer uses: the same settings as
