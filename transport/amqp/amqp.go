@@ -54,8 +54,12 @@
 //
 // Outcomes are acknowledged in as few frames as possible: once every
 // delivery up to a tag is settled, one acknowledgement with the multiple
-// flag covers them all; deliveries above a gap (a task still running) are
-// acknowledged one by one.
+// flag covers them all. A delivery settled above a gap (a task still
+// running) is held back for up to 5 ms, since the gap usually closes by
+// then and the multiple frame covers it too; if it does not, the delivery
+// is acknowledged alone. A worker that stops sends what it held back; one
+// whose connection is lost meanwhile has those tasks delivered again, as
+// if their outcomes had not been recorded.
 //
 // # Enqueue errors
 //

@@ -143,46 +143,70 @@ func mustURL(t *testing.T, s string) *url.URL {
 }
 
 // TestAckBook: outcomes that close the gap from the floor go in one frame
-// with the multiple flag, naming a tag not acknowledged before; the rest go
-// alone; nothing is acknowledged twice.
+// with the multiple flag, naming a tag not acknowledged before; the rest
+// are held back until ackHold passed, and covered by the multiple frame if
+// the gap closes first; nothing is acknowledged twice.
 func TestAckBook(t *testing.T) {
 	var b ackBook
+	t0 := time.Now()
+	now := t0
 	check := func(tags []uint64, wantMulti uint64, wantSingle []uint64, wantFloor uint64) {
 		t.Helper()
-		m, s := b.plan(tags)
+		m, s := b.plan(tags, now)
 		if m != wantMulti || !slices.Equal(s, wantSingle) || b.floor != wantFloor {
 			t.Fatalf("plan(%v) = %d, %v (floor %d); want %d, %v (floor %d)", tags, m, s, b.floor, wantMulti, wantSingle, wantFloor)
 		}
 	}
 	check([]uint64{2, 1, 3}, 3, nil, 3)
-	check([]uint64{5, 7}, 0, []uint64{5, 7}, 3) // 4 still runs
-	check([]uint64{6}, 0, []uint64{6}, 3)       // still above the gap
-	check([]uint64{4}, 4, nil, 7)               // closes it: 5–7 were sent alone
-	check([]uint64{9, 8, 10}, 10, nil, 10)      // out of order within a batch
-	check([]uint64{10, 9, 3}, 0, nil, 10)       // already acknowledged: nothing
-	check([]uint64{12}, 0, []uint64{12}, 10)    // above a gap
-	check([]uint64{11, 13}, 13, nil, 13)        // one frame covers 11–13
-	check([]uint64{15}, 0, []uint64{15}, 13)    // above a gap
-	check([]uint64{14}, 14, nil, 15)            // the frame names 14, not 15: 15 is acknowledged
-	check([]uint64{16, 16, 17}, 17, nil, 17)    // duplicates in one call
-	check(nil, 0, nil, 17)
-	if len(b.above) != 0 {
-		t.Fatalf("tags above the floor kept: %v", b.above)
+	check([]uint64{5, 7}, 0, nil, 3) // 4 still runs: held back
+	check([]uint64{6}, 0, nil, 3)    // still above the gap
+	if got := b.next(); !got.Equal(t0.Add(ackHold)) {
+		t.Fatalf("next = %v, want %v", got, t0.Add(ackHold))
+	}
+	check([]uint64{4}, 7, nil, 7)          // closes it: one frame covers 4–7
+	check([]uint64{9, 8, 10}, 10, nil, 10) // out of order within a batch
+	check([]uint64{10, 9, 3}, 0, nil, 10)  // already acknowledged: nothing
+	check([]uint64{12}, 0, nil, 10)        // above a gap: held
+	now = t0.Add(ackHold)
+	check([]uint64{14}, 0, []uint64{12}, 10) // 12's time is up: alone; 14 held
+	if got := b.due(now, false); len(got) != 0 {
+		t.Fatalf("due = %v, want none (14 was held at %v)", got, now)
+	}
+	check([]uint64{11, 13}, 14, nil, 14) // the frame names 14, the last not yet acknowledged
+	now = now.Add(time.Millisecond)
+	check([]uint64{16}, 0, nil, 14)
+	if got := b.due(time.Time{}, true); !slices.Equal(got, []uint64{16}) {
+		t.Fatalf("due(all) = %v, want [16]", got)
+	}
+	check([]uint64{15}, 15, nil, 16)         // the frame names 15, not 16: 16 is acknowledged
+	check([]uint64{17, 17, 18}, 18, nil, 18) // duplicates in one call
+	check(nil, 0, nil, 18)
+	if len(b.above) != 0 || len(b.held) != 0 || !b.next().IsZero() {
+		t.Fatalf("tags above the floor kept: %v, held %v", b.above, b.held)
 	}
 }
 
 // TestAckBookLongGap: one delivery that stays unacknowledged (a long task)
-// does not make every later acknowledgement cost more.
+// does not make every later acknowledgement cost more, and holds back at
+// most ackHoldMax of them.
 func TestAckBookLongGap(t *testing.T) {
 	var b ackBook
 	const n = 200_000
+	now := time.Now()
 	start := time.Now()
+	sent := 0
 	for tag := uint64(2); tag <= n; tag++ {
-		if m, s := b.plan([]uint64{tag}); m != 0 || len(s) != 1 {
-			t.Fatalf("tag %d: %d, %v", tag, m, s)
+		m, s := b.plan([]uint64{tag}, now)
+		if m != 0 || len(b.held) > ackHoldMax {
+			t.Fatalf("tag %d: %d, %v, %d held", tag, m, s, len(b.held))
 		}
+		sent += len(s)
 	}
-	if m, s := b.plan([]uint64{1}); m != 1 || len(s) != 0 || b.floor != n || len(b.above) != 0 {
+	sent += len(b.due(time.Time{}, true))
+	if sent != n-1 {
+		t.Fatalf("%d acknowledged alone, want %d", sent, n-1)
+	}
+	if m, s := b.plan([]uint64{1}, now); m != 1 || len(s) != 0 || b.floor != n || len(b.above) != 0 {
 		t.Fatalf("closing the gap: %d, %v, floor %d, %d above", m, s, b.floor, len(b.above))
 	}
 	t.Logf("%d acknowledgements behind a gap in %v", n, time.Since(start))

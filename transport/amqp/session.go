@@ -35,8 +35,9 @@ type session struct {
 	consumers map[string]bool    // docket queues consumed
 	loops     sync.WaitGroup     // the consumers' delivery loops
 
-	ackMu sync.Mutex // guards acks and orders the ack frames
-	acks  ackBook
+	ackMu    sync.Mutex // guards acks and ackTimer, and orders the ack frames
+	acks     ackBook
+	ackTimer *time.Timer // sends the acknowledgements acks holds back
 }
 
 // lockCtl takes the right to call synchronous methods on ctl, waiting

@@ -177,7 +177,8 @@ func (b *broker) StopClaims(ctx context.Context, owner string) error {
 }
 
 // giveBack cancels s's consumers, waits until their deliveries are
-// buffered, and republishes and acknowledges the buffer.
+// buffered, republishes and acknowledges the buffer, and sends the
+// acknowledgements held back.
 func (b *broker) giveBack(ctx context.Context, s *session) error {
 	s.consumeMu.Lock()
 	for q := range s.consumers {
@@ -214,6 +215,9 @@ func (b *broker) giveBack(ctx context.Context, s *session) error {
 	if err := ackHeld(buf); err != nil {
 		return b.wrap("ack", err)
 	}
+	if err := s.flushHeldAcks(); err != nil {
+		return b.wrap("ack", err)
+	}
 	return nil
 }
 
@@ -241,17 +245,27 @@ func ackHeld(hs []*held) error {
 }
 
 // ack acknowledges the deliveries of cons with the given tags in as few
-// frames as ackBook allows.
+// frames as ackBook allows; tags it holds back are sent by a timer (see
+// flushHeldAcks).
 func (s *session) ack(tags []uint64) error {
 	s.ackMu.Lock()
 	defer s.ackMu.Unlock()
-	multiple, single := s.acks.plan(tags)
+	multiple, single := s.acks.plan(tags, time.Now())
 	if multiple > 0 {
 		if err := s.cons.Ack(multiple, true); err != nil {
 			return err
 		}
 	}
-	for _, tag := range single {
+	if err := s.ackAlone(single); err != nil {
+		return err
+	}
+	s.armAckTimer()
+	return nil
+}
+
+// ackAlone acknowledges each tag in its own frame. The caller holds ackMu.
+func (s *session) ackAlone(tags []uint64) error {
+	for _, tag := range tags {
 		if err := s.cons.Ack(tag, false); err != nil {
 			return err
 		}
@@ -259,55 +273,132 @@ func (s *session) ack(tags []uint64) error {
 	return nil
 }
 
+// armAckTimer makes sure the tags the book holds back are sent once due.
+// The caller holds ackMu.
+func (s *session) armAckTimer() {
+	next := s.acks.next()
+	if next.IsZero() || s.ackTimer != nil {
+		return
+	}
+	s.ackTimer = time.AfterFunc(max(time.Until(next), 0), func() {
+		s.ackMu.Lock()
+		defer s.ackMu.Unlock()
+		s.ackTimer = nil
+		if err := s.ackAlone(s.acks.due(time.Now(), false)); err != nil {
+			s.fail(fmt.Errorf("acknowledge: %w", err))
+			return
+		}
+		s.armAckTimer()
+	})
+}
+
+// flushHeldAcks sends every acknowledgement the book holds back, before
+// the session is closed on purpose: a delivery left unacknowledged would
+// be delivered again.
+func (s *session) flushHeldAcks() error {
+	s.ackMu.Lock()
+	defer s.ackMu.Unlock()
+	if s.ackTimer != nil {
+		s.ackTimer.Stop()
+		s.ackTimer = nil
+	}
+	return s.ackAlone(s.acks.due(time.Time{}, true))
+}
+
+// ackHold is how long ackBook holds back the acknowledgement of a delivery
+// above a gap, and ackHoldMax how many it holds at most.
+const (
+	ackHold    = 5 * time.Millisecond
+	ackHoldMax = 256
+)
+
 // ackBook keeps which deliveries of a channel are acknowledged, to
 // acknowledge new ones in as few frames as possible. Delivery tags number
 // a channel's deliveries 1, 2, 3…, so once every tag from the floor up is
-// acknowledged or being acknowledged, one frame with the multiple flag
-// covers them; tags above a gap (a delivery still running, or not even
-// handed to a consumer yet) are acknowledged one by one. A task queue
-// finishes tasks roughly in the order they arrive, so a batch of outcomes
-// mostly takes one frame instead of one each, for the broker as much as
-// for this process.
+// settled, one frame with the multiple flag covers them. Tasks finish
+// roughly in the order they arrive, but not exactly: a settled tag above a
+// gap (a delivery still running) is held back for ackHold, since the gap
+// usually closes within that time and the multiple frame then covers it
+// too; if it does not (a long task), the held tag is acknowledged alone. A
+// busy worker's batch of outcomes so takes one frame instead of one each,
+// for the broker as much as for this process. Holding back delays
+// nothing but the broker's deletion of the message (and the prefetch slot
+// it occupies, hence ackHoldMax); a connection lost meanwhile redelivers
+// the held tasks, as it would have before their outcome was recorded.
 type ackBook struct {
-	floor uint64              // every tag up to this one is acknowledged
-	above map[uint64]struct{} // tags above floor acknowledged one by one
+	floor uint64               // every tag up to this one is acknowledged
+	above map[uint64]struct{}  // tags above floor acknowledged one by one
+	held  map[uint64]time.Time // tags above floor settled, not sent yet, since when
 }
 
-// plan records tags as acknowledged and returns the frames that do it:
-// the tag to acknowledge with the multiple flag (0 for none) and the tags
-// to acknowledge alone. Tags already acknowledged are ignored.
-func (b *ackBook) plan(tags []uint64) (multiple uint64, single []uint64) {
+// plan records tags as settled at now and returns the frames to send: the
+// tag to acknowledge with the multiple flag (0 for none) and the tags to
+// acknowledge alone. Tags already settled are ignored.
+func (b *ackBook) plan(tags []uint64, now time.Time) (multiple uint64, single []uint64) {
+	if b.above == nil {
+		b.above, b.held = map[uint64]struct{}{}, map[uint64]time.Time{}
+	}
 	mine := make(map[uint64]struct{}, len(tags))
 	for _, tag := range tags {
-		if _, done := b.above[tag]; tag > b.floor && !done {
+		_, sent := b.above[tag]
+		_, held := b.held[tag]
+		if tag > b.floor && !sent && !held {
 			mine[tag] = struct{}{}
 		}
 	}
 	floor := b.floor
 	for {
-		if _, ok := mine[floor+1]; ok {
-			// The multiple frame names one of ours: naming a tag
-			// acknowledged before is an error to RabbitMQ.
-			multiple = floor + 1
-		} else if _, ok := b.above[floor+1]; ok {
-			delete(b.above, floor+1) // below the floor from now on
+		next := floor + 1
+		_, ok := mine[next]
+		_, held := b.held[next]
+		if ok || held {
+			// The multiple frame names a tag not acknowledged yet:
+			// naming one acknowledged before is an error to RabbitMQ.
+			multiple = next
+			delete(b.held, next)
+		} else if _, sent := b.above[next]; sent {
+			delete(b.above, next) // below the floor from now on
 		} else {
 			break
 		}
 		floor++
 	}
+	b.floor = floor
 	for tag := range mine {
 		if tag > floor {
-			single = append(single, tag)
+			b.held[tag] = now
 		}
 	}
-	slices.Sort(single)
-	if b.above == nil {
-		b.above = map[uint64]struct{}{}
+	return multiple, b.due(now, len(b.held) > ackHoldMax)
+}
+
+// due returns, in order, the held tags settled ackHold or more before now
+// (all of them with all), and records them as acknowledged alone.
+func (b *ackBook) due(now time.Time, all bool) []uint64 {
+	var out []uint64
+	for tag, since := range b.held {
+		if all || now.Sub(since) >= ackHold {
+			out = append(out, tag)
+		}
 	}
-	for _, tag := range single {
+	slices.Sort(out)
+	for _, tag := range out {
+		delete(b.held, tag)
 		b.above[tag] = struct{}{}
 	}
-	b.floor = floor
-	return multiple, single
+	return out
+}
+
+// next returns when the first held tag falls due, or the zero time.
+func (b *ackBook) next() time.Time {
+	var first time.Time
+	for _, since := range b.held {
+		if first.IsZero() || since.Before(first) {
+			first = since
+		}
+	}
+	if first.IsZero() {
+		return first
+	}
+	return first.Add(ackHold)
 }
