@@ -19,11 +19,14 @@ import (
 // (Run) and answers questions about results. It is safe for concurrent use.
 // Open one per process and Close it when done.
 type Queue struct {
-	t     transport.Transport
-	ss    transport.ScheduleStore // t's schedules; nil when it keeps none
-	url   string                  // redacted
-	cfg   config
-	unsub func()
+	t  transport.Transport
+	ss transport.ScheduleStore // t's schedules; nil when it keeps none
+	// retainer is t when it keeps task state in memory for as long as
+	// handles on it live (see newResult); nil otherwise.
+	retainer transport.Retainer
+	url      string // redacted
+	cfg      config
+	unsub    func()
 
 	mu     sync.RWMutex
 	tasks  map[string]Registrable
@@ -148,6 +151,7 @@ func newQueue(t transport.Transport, name string, cfg config) *Queue {
 		closing:  make(chan struct{}),
 	}
 	q.ss, _ = t.(transport.ScheduleStore)
+	q.retainer, _ = t.(transport.Retainer)
 	q.life, q.endLife = context.WithCancel(context.Background())
 	q.waiters.m = map[string][]chan struct{}{}
 	if s, ok := t.(transport.Subscriber); ok {

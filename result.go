@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"time"
 
 	"github.com/docketq/docket/internal/backoff"
@@ -14,6 +15,19 @@ import (
 type Result[R any] struct {
 	q  *Queue
 	id string
+}
+
+// newResult returns a handle on task id's result. A backend that keeps
+// this process's tasks in memory (a transport.Retainer: RabbitMQ alone)
+// keeps the task's state while the handle is reachable, and is told when
+// it is garbage.
+func newResult[R any](q *Queue, id string) *Result[R] {
+	r := &Result[R]{q: q, id: id}
+	if q.retainer != nil {
+		q.retainer.Retain(id)
+		runtime.AddCleanup(r, q.retainer.Release, id)
+	}
+	return r
 }
 
 // ID returns the task's id.

@@ -66,7 +66,11 @@ func RetryBackoff(b Backoff) TaskOption { return func(o *taskOpts) { o.backoff =
 func ResultTTL(d time.Duration) TaskOption { return func(o *taskOpts) { o.resultTTL = d } }
 
 // IgnoreResult drops the handler's return value; Wait still reports the
-// outcome, with a zero result.
+// outcome, with a zero result. With RabbitMQ alone, where a task's state
+// reaches its producer only as a message from the worker, such a task is
+// not reported at all (fire and forget costs the broker only the task's
+// own message): its producer keeps nothing of it, and Info and Wait answer
+// ErrNotFound at once.
 func IgnoreResult() TaskOption { return func(o *taskOpts) { o.ignoreResult = true } }
 
 // Countdown delays the task by d, as Celery's countdown does.

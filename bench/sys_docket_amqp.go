@@ -63,44 +63,44 @@ func (s docketAMQPSystem) Open(ctx context.Context, o Options) (Instance, error)
 		return nil, err
 	}
 	queue := prefix + ".q." + docket.DefaultQueue
-	return &docketAMQPInstance{docketInstance: inst, watch: &queueWatch{b: s.b, queue: queue}, untracked: o.Untracked}, nil
+	return &docketAMQPInstance{docketInstance: inst, watch: &queueWatch{b: s.b, queue: queue}, track: o.Results && !o.Untracked}, nil
 }
 
-// docketAMQPInstance keeps the ids of the tasks it enqueued: with RabbitMQ
-// alone, docket knows the state of those (List needs a result store), so
-// Unfinished asks docket about each of them, and the broker about messages
-// still waiting in the queue (all a child process that enqueued nothing
-// can check).
+// docketAMQPInstance keeps the handles on the tasks it enqueued: with
+// RabbitMQ alone, docket knows the state of those (List needs a result
+// store), for as long as their handles are held; so Unfinished asks docket
+// about each of them, and the broker about messages still waiting in the
+// queue (all a child process that enqueued nothing can check). Tasks that
+// ignore their results are not reported to their producer: for those,
+// and with Options.Untracked, nothing is kept.
 type docketAMQPInstance struct {
 	*docketInstance
-	watch     *queueWatch
-	untracked bool // Options.Untracked: ids not kept
+	watch *queueWatch
+	track bool // keep the handles
 
 	mu   sync.Mutex
-	ids  []string
-	next int // ids before it are known to have finished
+	rs   []*docket.Result[struct{}]
+	next int // handles before it are known to have finished (and dropped)
 }
 
 func (d *docketAMQPInstance) Enqueue(ctx context.Context, stamp int64) error {
 	r, err := d.task.Enqueue(ctx, d.q, stampArgs{T: stamp})
-	if err != nil || d.untracked {
+	if err != nil || !d.track {
 		return err
 	}
 	d.mu.Lock()
-	d.ids = append(d.ids, r.ID())
+	d.rs = append(d.rs, r)
 	d.mu.Unlock()
 	return nil
 }
 
 func (d *docketAMQPInstance) EnqueueBatch(ctx context.Context, n int) error {
 	rs, err := d.task.EnqueueMany(ctx, d.q, make([]stampArgs, n))
-	if err != nil || d.untracked {
+	if err != nil || !d.track {
 		return err
 	}
 	d.mu.Lock()
-	for _, r := range rs {
-		d.ids = append(d.ids, r.ID())
-	}
+	d.rs = append(d.rs, rs...)
 	d.mu.Unlock()
 	return nil
 }
@@ -112,8 +112,8 @@ func (d *docketAMQPInstance) Unfinished(ctx context.Context) (bool, error) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for ; d.next < len(d.ids); d.next++ {
-		info, err := d.q.Info(ctx, d.ids[d.next])
+	for ; d.next < len(d.rs); d.next++ {
+		info, err := d.rs[d.next].Info(ctx)
 		switch {
 		case errors.Is(err, docket.ErrNotFound):
 			// Finished and forgotten after its result TTL.
@@ -122,6 +122,7 @@ func (d *docketAMQPInstance) Unfinished(ctx context.Context) (bool, error) {
 		case !info.State.Terminal():
 			return true, nil
 		}
+		d.rs[d.next] = nil
 	}
 	return false, nil
 }

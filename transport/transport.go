@@ -358,6 +358,18 @@ type ClaimIDResult struct {
 	Ended bool
 }
 
+// Retainer is implemented by a transport that keeps the state of the
+// tasks this process enqueued in its own memory (RabbitMQ alone), so that
+// it can keep what someone here may still ask about and forget the rest.
+// The Queue calls Retain for every handle on a task's result it gives out
+// (Task.Enqueue and EnqueueMany, EnqueueByName, ResultOf), and Release with
+// the same id once that handle is garbage; Release runs on the runtime's
+// cleanup goroutine and must not block.
+type Retainer interface {
+	Retain(id string)
+	Release(id string)
+}
+
 // ClaimStopper is implemented by push-based transports that receive tasks
 // on a worker's behalf between claims (a broker consumer with a prefetch).
 // A worker calls StopClaims once its last Claim returned: the transport

@@ -16,13 +16,19 @@ import (
 //
 //   - Durable: the task messages, in durable quorum (or classic) queues
 //     and delay levels, published persistent with confirms. Nothing else:
-//     a task's state and result live in its producer's memory (final
-//     states for an hour, or their ResultTTL if shorter) and die with it.
+//     a task's state and result live in its producer's memory and die
+//     with it. The producer keeps a task while a handle on its result is
+//     reachable in the process, and otherwise only among the last
+//     rememberTasks it enqueued (final states for an hour at most, or
+//     their ResultTTL if shorter); so its memory depends on the handles
+//     the program holds, not on how many tasks it enqueued.
 //   - Other processes: workers send each task's retries, releases and final
-//     state to its producer's reply queue (PREFIX.reply.ID); a producer in
-//     another process learns nothing of a task it did not enqueue (Get
-//     answers ErrNotFound, Lookup leaves it out), and never sees a task
-//     start. Cancel is broadcast to every connected process and remembered
+//     state to its producer's reply queue (PREFIX.reply.ID), one message
+//     per producer for each batch of outcomes; a producer in another
+//     process learns nothing of a task it did not enqueue (Get answers
+//     ErrNotFound, Lookup leaves it out), and never sees a task start. A
+//     task that ignores its result names no reply queue: nobody is told
+//     its state, and its producer does not keep it. Cancel is broadcast to every connected process and remembered
 //     for a day; a process that connects later does not know of it.
 //   - Not offered: unique keys (Enqueue refuses them with ErrUnsupported),
 //     duplicate-id checks (enqueueing an id again publishes a second
@@ -41,13 +47,22 @@ type alone struct {
 	// under mu
 	replyMove int                // reply queues given up
 	replies   bool               // a reply queue is wanted (this process enqueued)
-	known     map[string]*record // the tasks this process enqueued
+	known     map[string]*record // the tasks this process enqueued and keeps
+	recent    []string           // ids of the last rememberTasks of them, a ring
+	oldest    int                // the ring's oldest entry, once it is full
 }
+
+// rememberTasks is how many of the tasks it enqueued last a producer keeps
+// without a handle on them: enough for Info by id on recent tasks, and a
+// bound on memory (about half a KiB each, plus arguments) whatever the
+// rate of enqueues.
+const rememberTasks = 10_000
 
 var (
 	_ transport.Transport    = (*alone)(nil)
 	_ transport.Subscriber   = (*alone)(nil)
 	_ transport.ClaimStopper = (*alone)(nil)
+	_ transport.Retainer     = (*alone)(nil)
 )
 
 // newAlone returns the transport of RabbitMQ alone on b, not connected yet.
@@ -127,8 +142,10 @@ func (a *alone) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]trans
 	if err != nil {
 		return nil, err
 	}
-	if err := a.wantReplies(ctx, s); err != nil {
-		return nil, err
+	if slices.ContainsFunc(p.Messages, func(m transport.Message) bool { return !m.IgnoreResult }) {
+		if err := a.wantReplies(ctx, s); err != nil {
+			return nil, err
+		}
 	}
 	out, err := a.newMessages(ctx, s, p.Now, p.Messages, a.replyQueue())
 	if err != nil {
@@ -147,17 +164,66 @@ func (a *alone) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]trans
 	return res, nil
 }
 
-// remember records new tasks as this process's own.
+// remember records new tasks as this process's own, among the recent
+// ones; a task that ignores its result is not reported, so not kept.
 func (a *alone) remember(now time.Time, msgs []transport.Message) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for i := range msgs {
+		if msgs[i].IgnoreResult {
+			continue
+		}
 		in := transport.Info{Message: msgs[i], State: transport.StateReady}
 		in.ReturnExisting = false
 		if now.Before(in.ETA) {
 			in.State, in.RunAt = transport.StateScheduled, in.ETA
 		}
-		a.known[in.ID] = &record{info: in}
+		a.known[in.ID] = &record{info: in, recent: 1}
+		a.addRecent(in.ID)
+	}
+}
+
+// addRecent puts id in the ring of recent tasks; the task that leaves it
+// is forgotten unless a handle holds it. The caller holds mu.
+func (a *alone) addRecent(id string) {
+	if len(a.recent) < rememberTasks {
+		a.recent = append(a.recent, id)
+		return
+	}
+	out := a.recent[a.oldest]
+	a.recent[a.oldest] = id
+	a.oldest = (a.oldest + 1) % len(a.recent)
+	if r := a.known[out]; r != nil {
+		r.recent--
+		a.keepOrForget(out, r)
+	}
+}
+
+// keepOrForget forgets the task r when nothing keeps it any more. The
+// caller holds mu.
+func (a *alone) keepOrForget(id string, r *record) {
+	if r.recent <= 0 && r.handles <= 0 && a.known[id] == r {
+		delete(a.known, id)
+	}
+}
+
+// Retain implements transport.Retainer: a handle on the task's result
+// keeps it.
+func (a *alone) Retain(id string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if r := a.known[id]; r != nil {
+		r.handles++
+	}
+}
+
+// Release implements transport.Retainer.
+func (a *alone) Release(id string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if r := a.known[id]; r != nil && r.handles > 0 {
+		r.handles--
+		a.keepOrForget(id, r)
 	}
 }
 
@@ -400,7 +466,7 @@ func (a *alone) Get(ctx context.Context, p transport.GetParams) (transport.Info,
 	defer a.mu.Unlock()
 	r := a.known[p.ID]
 	if r == nil {
-		return transport.Info{}, fmt.Errorf("docket: task %s: %w (with RabbitMQ alone a process knows only the tasks it enqueued; a result store shares them)", p.ID, transport.ErrNotFound)
+		return transport.Info{}, fmt.Errorf("docket: task %s: %w (with RabbitMQ alone a process knows only the tasks it enqueued, while a handle on the result is held or among its last %d, and none that ignores its result; a result store keeps them all)", p.ID, transport.ErrNotFound, rememberTasks)
 	}
 	return r.info, nil
 }

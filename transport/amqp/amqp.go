@@ -135,13 +135,26 @@
 // like Celery's rpc result backend: every message names the producer's
 // reply queue (PREFIX.reply.ID, deleted ten minutes after its producer is
 // gone), and workers send it each task's retries, releases and final state
-// with its result, one message per producer for each batch of outcomes
-// (none to a producer on the worker's own docket.Queue, which records
-// them directly). A task's start is not reported to a producer elsewhere:
-// its Info says ready until the task retries or ends. Wait, Info and
-// Cancel work for the tasks a process enqueued itself; it keeps their final
-// states (not their arguments) in memory for an hour, or their ResultTTL if
-// shorter. Unique keys, listing, retention, lookups of other processes'
+// with its result, one message per producer for each batch of outcomes (a
+// busy worker's batches hold tens of outcomes; none is sent to a producer
+// on the worker's own docket.Queue, which records them directly). A task
+// that ignores its result (IgnoreResult) names no reply queue and is
+// reported to nobody. A task's start is not reported to a producer
+// elsewhere: its Info says ready until the task retries or ends.
+//
+// Wait, Info and Cancel work for the tasks a process enqueued itself, as
+// long as it keeps them in memory: a task is kept while a handle on its
+// result (the *Result that Enqueue or ResultOf returned) is reachable in
+// the process, as Celery keeps a pending AsyncResult, and otherwise only
+// among the last 10,000 tasks the process enqueued; a final state is
+// dropped after an hour, or its ResultTTL if shorter. So a web process
+// that enqueues and drops the handles uses the same memory after a million
+// tasks as after ten thousand, and a program that keeps the handles it
+// will Wait on gets every result. For an id it no longer keeps (a handle
+// dropped long ago, a task that ignores its result, another process's
+// task), Info and Wait answer ErrNotFound at once.
+//
+// Unique keys, listing, retention, lookups of other processes'
 // tasks and periodic schedules need state shared by every process, which
 // RabbitMQ does not keep: the transport does not offer them, and docket
 // answers those calls with an error wrapping ErrUnsupported.

@@ -194,7 +194,11 @@ func (b *broker) newMessages(ctx context.Context, s *session, now time.Time, msg
 		if m.Created.IsZero() {
 			m.Created = now
 		}
-		pub, err := encode(m, 0, "", replyTo)
+		rt := replyTo
+		if m.IgnoreResult {
+			rt = "" // nobody is told the state of a task that ignores its result
+		}
+		pub, err := encode(m, 0, "", rt)
 		if err != nil {
 			return nil, err
 		}

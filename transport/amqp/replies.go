@@ -21,9 +21,13 @@ import (
 // replyExpires is how long a reply queue outlives its producer.
 const replyExpires = 10 * time.Minute
 
-// record is what a producer knows of a task it enqueued.
+// record is what a producer knows of a task it enqueued, and what keeps
+// it: handles on its result in this process, and its place among the
+// recent tasks.
 type record struct {
-	info transport.Info
+	info    transport.Info
+	handles int // handles reachable (see Retain)
+	recent  int // places in the ring of recent tasks (an id enqueued again has two)
 }
 
 // stateUpdate is one state change of a task, as sent to its producer.
