@@ -370,6 +370,7 @@ func measurements(h *Harness) []Measurement {
 		m := Measurement{
 			Name: name,
 			Metrics: append(rate(fmt.Sprintf("drain %s tasks at concurrency %d, producer and worker in two processes, %s: from the worker's start until all ran and the producer knows every outcome (tasks/s)", commas(sc.DrainN), v.conc, what)),
+				Metric{Key: "lag", Scale: 1, Label: "of that time, after the worker finished until the producer knew every outcome (ms)"},
 				Metric{Key: "cpu", Scale: 1, Label: "CPU of that worker process per task, getrusage utime+stime (µs)"},
 				Metric{Key: "server", Scale: 1, Label: "CPU of the server per task over the same drain: redis-server's INFO cpu; RabbitMQ's beam.smp from /proc when it runs on this machine (µs)"}),
 			Run: func(ctx context.Context, h *Harness, s System) (Result, error) {

@@ -482,9 +482,10 @@ func measureDrain2P(ctx context.Context, h *Harness, s System, conc int, results
 		res.note(poll.Note("the producer checking that it knows every outcome"))
 		if lag := time.Since(time.Unix(0, int64(v["end"]))); lag > 0 {
 			elapsed += lag
+			v["lag"] = float64(lag) / float64(time.Millisecond)
 		}
 	}
-	res.Values = map[string]float64{"rate": tasksPerSec(n, elapsed), "hwm": v["hwm"], "anon": v["anon"], "file": v["file"], "cpu": v["cpu"]}
+	res.Values = map[string]float64{"rate": tasksPerSec(n, elapsed), "hwm": v["hwm"], "anon": v["anon"], "file": v["file"], "cpu": v["cpu"], "lag": v["lag"]}
 	if serverErr != nil {
 		res.notApplicable("server", serverErr.Error())
 	} else {

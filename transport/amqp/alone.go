@@ -254,8 +254,13 @@ func (a *alone) unpublished(res []transport.EnqueueResult, err error) error {
 // work per task).
 func (a *alone) Claim(ctx context.Context, p transport.ClaimParams) (transport.ClaimResult, error) {
 	res, err := a.claim(ctx, p, a.decide)
+	if len(res.Deliveries) == 0 {
+		return res, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	for _, d := range res.Deliveries {
-		a.apply(d.ID, stateUpdate{state: transport.StateRunning, attempt: d.Attempt, at: p.Now})
+		a.applyLocked(d.ID, stateUpdate{state: transport.StateRunning, attempt: d.Attempt, at: p.Now})
 	}
 	return res, err
 }
@@ -264,7 +269,7 @@ func (a *alone) Claim(ctx context.Context, p transport.ClaimParams) (transport.C
 // and this process's memory of cancellations are all there is to go by.
 func (a *alone) decide(ctx context.Context, s *session, p transport.ClaimParams, picked []*held) (verdict, error) {
 	var v verdict
-	rs := reports{}
+	var rs reports
 	for _, h := range picked {
 		id := h.msg.ID
 		var state transport.State
@@ -302,12 +307,17 @@ func (a *alone) decide(ctx context.Context, s *session, p transport.ClaimParams,
 			st.out = append(st.out, a.deadLetter(h, reason))
 		}
 		u := stateUpdate{state: state, attempt: h.attempt - 1, at: p.Now, err: reason}
+		if rs == nil {
+			rs = reports{}
+		}
 		rs.add(h, u)
 		a.apply(id, u)
 		v.settle = append(v.settle, st)
 		v.ended = append(v.ended, transport.Status{ID: id, State: state})
 	}
-	v.beforeAck = func(ctx context.Context) error { return a.sendReports(ctx, s, rs) }
+	if rs != nil {
+		v.beforeAck = func(ctx context.Context) error { return a.sendReports(ctx, s, rs) }
+	}
 	return v, nil
 }
 

@@ -14,7 +14,7 @@ import (
 // ack. b.N is the number of tasks. bench/ compares the same work with a
 // plain amqp091-go loop, at the same broker prefetch (64 here).
 func BenchmarkDrain(b *testing.B) {
-	for _, conc := range []int{1, 8} {
+	for _, conc := range []int{1, 8, 64} {
 		b.Run(fmt.Sprintf("conc%d", conc), func(b *testing.B) {
 			url := freshURL(b, "")
 			q, err := docket.Open(bg, url, docket.Concurrency(conc), docket.Prefetch(64-conc))

@@ -25,6 +25,18 @@ type held struct {
 	owner   string
 }
 
+// consuming reports whether s consumes every one of queues.
+func (s *session) consuming(queues []string) bool {
+	s.consumeMu.Lock()
+	defer s.consumeMu.Unlock()
+	for _, q := range queues {
+		if !s.consumers[q] {
+			return false
+		}
+	}
+	return true
+}
+
 func (b *broker) consumerTag(queue string) string { return "docket." + b.id + "." + queue }
 
 // consume starts the consumer of a docket queue on s (once per session).
@@ -153,9 +165,13 @@ func (b *broker) claim(ctx context.Context, p transport.ClaimParams, decide deci
 		return res, err
 	}
 	// However long the caller's ctx, a broker that does not answer must
-	// not hold the worker's loop for more than half a minute.
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
+	// not hold the worker's loop for more than half a minute. (A worker's
+	// own bound is usually that already: no second timer per claim.)
+	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > claimWait {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, claimWait)
+		defer cancel()
+	}
 	if err := b.startConsumers(ctx, s, p); err != nil {
 		return res, err
 	}
@@ -183,12 +199,16 @@ func (b *broker) claim(ctx context.Context, p transport.ClaimParams, decide deci
 		b.inflight[h.msg.ID] = h
 	}
 	b.mu.Unlock()
+	res.Deliveries = make([]transport.Delivery, 0, len(v.give))
 	for _, h := range v.give {
 		d := transport.Delivery{Message: h.msg, Attempt: h.attempt, Owner: p.Owner, LeaseUntil: p.LeaseUntil, LastError: h.lastErr}
 		res.Deliveries = append(res.Deliveries, d)
 	}
 	return res, nil
 }
+
+// claimWait bounds how long a claim waits for the broker.
+const claimWait = 30 * time.Second
 
 // startConsumers records p's queues and capacity as this process's
 // consumers and starts those not started on s yet.
@@ -201,6 +221,9 @@ func (b *broker) startConsumers(ctx context.Context, s *session, p transport.Cla
 		b.queues[q] = true
 	}
 	b.mu.Unlock()
+	if s.consuming(p.Queues) {
+		return nil
+	}
 	for _, q := range p.Queues {
 		if err := b.consume(ctx, s, q); err != nil {
 			return err
@@ -231,15 +254,14 @@ func (b *broker) pick(p transport.ClaimParams) []*held {
 	}
 	slices.SortStableFunc(cand, func(x, y int) int { return b.buf[y].msg.Priority - b.buf[x].msg.Priority })
 	cand = cand[:min(len(cand), p.Limit)]
-	taken := make(map[int]bool, len(cand))
 	out := make([]*held, 0, len(cand))
 	for _, i := range cand {
-		taken[i] = true
 		out = append(out, b.buf[i])
+		b.buf[i] = nil
 	}
 	keep := b.buf[:0]
-	for i, h := range b.buf {
-		if !taken[i] && (stale == 0 || h.s == b.sess) {
+	for _, h := range b.buf {
+		if h != nil && (stale == 0 || h.s == b.sess) {
 			keep = append(keep, h)
 		}
 	}

@@ -2,6 +2,8 @@ package amqp
 
 import (
 	"bytes"
+	"encoding/json"
+	"reflect"
 	"testing"
 	"time"
 
@@ -100,6 +102,56 @@ func FuzzEnvelope(f *testing.F) {
 		}
 		if attempts2 != attempts || reply2 != reply || m2.Name != m.Name || !bytes.Equal(m2.Payload, m.Payload) || !bytes.Equal(enc(&m2, attempts2, reply2), again) {
 			t.Fatalf("%q: encoding not stable: %q then %q", body, again, enc(&m2, attempts2, reply2))
+		}
+	})
+}
+
+// TestReportsRoundTrip: a batch of state reports survives encoding, with
+// every field, empty and nil values, and the JSON of older workers still
+// reads.
+func TestReportsRoundTrip(t *testing.T) {
+	list := []report{
+		{ID: "01M86BNTZZT36VSKGS0W2D3SC4", State: transport.StateSucceeded, Attempt: 1, At: 1_764_000_000_123, Result: []byte(`{"ok":true}`)},
+		{ID: "b", State: transport.StateScheduled, Attempt: 3, RunAt: 1_764_000_009_000, Error: "boom: it failed\nline two"},
+		{ID: "c", State: transport.StateFailed, Attempt: 1 << 20, At: -5},
+		{ID: "d", State: transport.StateReady},
+	}
+	got, err := reportsOf(reportsType, encodeReports(list))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, list) {
+		t.Fatalf("decoded %+v\nwant %+v", got, list)
+	}
+	old, _ := json.Marshal(list)
+	if got, err := reportsOf(reportsJSONType, old); err != nil || !reflect.DeepEqual(got, list) {
+		t.Fatalf("JSON reports decoded as %+v, %v", got, err)
+	}
+	if got, err := decodeReports(nil); err != nil || len(got) != 0 {
+		t.Fatalf("empty body: %v, %v", got, err)
+	}
+	body := encodeReports(list)
+	for n := range len(body) - 1 {
+		if got, err := decodeReports(body[:n]); err == nil && len(got) == len(list) {
+			t.Fatalf("a body cut at %d bytes decoded whole", n)
+		}
+	}
+}
+
+// FuzzDecodeReports: any body decodes or is refused, without a panic, and
+// what decodes encodes back to the same bytes.
+func FuzzDecodeReports(f *testing.F) {
+	f.Add(encodeReports([]report{{ID: "a", State: transport.StateSucceeded, Attempt: 1, At: 7, Result: []byte("1")}}))
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
+	f.Fuzz(func(t *testing.T, body []byte) {
+		list, err := decodeReports(body)
+		if err != nil {
+			return
+		}
+		if again := encodeReports(list); !bytes.Equal(again, body) && len(list) > 0 {
+			if back, err := decodeReports(again); err != nil || !reflect.DeepEqual(back, list) {
+				t.Fatalf("re-encoding %+v: %v", list, err)
+			}
 		}
 	})
 }
