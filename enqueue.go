@@ -57,7 +57,7 @@ func (q *Queue) EnqueueByName(ctx context.Context, name string, args any, opts .
 	if err != nil {
 		return nil, err
 	}
-	return newResult[json.RawMessage](q, ids[0]), nil
+	return newResult[json.RawMessage](q, ids[0], true), nil
 }
 
 // enqueue validates, builds messages and stores them in one call.

@@ -17,14 +17,17 @@ type Result[R any] struct {
 	id string
 }
 
-// newResult returns a handle on task id's result. A backend that keeps
-// this process's tasks in memory (a transport.Retainer: RabbitMQ alone)
-// keeps the task's state while the handle is reachable, and is told when
-// it is garbage.
-func newResult[R any](q *Queue, id string) *Result[R] {
+// newResult returns a handle on task id's result; enqueued says it is the
+// handle of a task this call enqueued, which a transport.Retainer counts
+// already. A backend that keeps this process's tasks in memory (a
+// Retainer: RabbitMQ alone) keeps the task's state while a handle is
+// reachable, and is told when each is garbage.
+func newResult[R any](q *Queue, id string, enqueued bool) *Result[R] {
 	r := &Result[R]{q: q, id: id}
 	if q.retainer != nil {
-		q.retainer.Retain(id)
+		if !enqueued {
+			q.retainer.Retain(id)
+		}
 		runtime.AddCleanup(r, q.retainer.Release, id)
 	}
 	return r

@@ -93,14 +93,14 @@ func (t *Task[A, R]) EnqueueMany(ctx context.Context, e Enqueuer, args []A, opts
 	}
 	out := make([]*Result[R], len(ids))
 	for i, id := range ids {
-		out[i] = newResult[R](q, id)
+		out[i] = newResult[R](q, id, true)
 	}
 	return out, nil
 }
 
 // ResultOf returns a handle to the result of a task of this kind enqueued
 // earlier (by id, perhaps by another process).
-func (t *Task[A, R]) ResultOf(q *Queue, id string) *Result[R] { return newResult[R](q, id) }
+func (t *Task[A, R]) ResultOf(q *Queue, id string) *Result[R] { return newResult[R](q, id, false) }
 
 // register implementation: the untyped layer the worker drives.
 func (t *Task[A, R]) taskName() string       { return t.name }

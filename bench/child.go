@@ -396,6 +396,7 @@ func runChild(spec ChildSpec) (map[string]float64, error) {
 		if err != nil {
 			return nil, err
 		}
+		fmt.Println("ran")
 		if poll != nil {
 			fmt.Fprintln(os.Stderr, poll.Note(spec.System+" drain child"))
 		}
@@ -412,7 +413,7 @@ func runChild(spec ChildSpec) (map[string]float64, error) {
 			return nil, err
 		}
 		return map[string]float64{
-			"rate": tasksPerSec(spec.N, end.Sub(t0)), "end": float64(end.UnixNano()),
+			"rate": tasksPerSec(spec.N, end.Sub(t0)),
 			"cpu": float64(cpu1-cpu0) / float64(time.Microsecond) / float64(spec.N),
 			"hwm": float64(hwm) * 1024, "anon": float64(anon) * 1024, "file": float64(file) * 1024,
 		}, nil

@@ -463,28 +463,33 @@ func measureDrain2P(ctx context.Context, h *Harness, s System, conc int, results
 		return Result{}, err
 	}
 	defer child.kill()
-	v, err := child.values(h.Scale.DrainCap + 10*time.Minute)
-	if err != nil {
+	// The worker prints "ran" once all ran, before it stops: from then
+	// on, what the producer still lacks is its lag.
+	if err := child.waitLine("ran", h.Scale.DrainCap+10*time.Minute); err != nil {
 		return Result{}, err
 	}
+	ran := time.Now()
 	var res Result
-	if serverErr == nil {
-		var server1 float64
-		server1, serverErr = serverCPU(ctx, s)
-		v["server"] = (server1 - server0) * 1e6 / float64(n)
-	}
-	elapsed := time.Duration(float64(n) / v["rate"] * float64(time.Second))
+	var lag time.Duration
 	if results {
 		poll, err := waitDone(ctx, inst, time.Millisecond)
 		if err != nil {
 			return Result{}, fmt.Errorf("producer: %w", err)
 		}
 		res.note(poll.Note("the producer checking that it knows every outcome"))
-		if lag := time.Since(time.Unix(0, int64(v["end"]))); lag > 0 {
-			elapsed += lag
-			v["lag"] = float64(lag) / float64(time.Millisecond)
-		}
+		lag = time.Since(ran)
 	}
+	v, err := child.values(time.Minute)
+	if err != nil {
+		return Result{}, err
+	}
+	if serverErr == nil {
+		var server1 float64
+		server1, serverErr = serverCPU(ctx, s)
+		v["server"] = (server1 - server0) * 1e6 / float64(n)
+	}
+	elapsed := time.Duration(float64(n)/v["rate"]*float64(time.Second)) + lag
+	v["lag"] = float64(lag) / float64(time.Millisecond)
 	res.Values = map[string]float64{"rate": tasksPerSec(n, elapsed), "hwm": v["hwm"], "anon": v["anon"], "file": v["file"], "cpu": v["cpu"], "lag": v["lag"]}
 	if serverErr != nil {
 		res.notApplicable("server", serverErr.Error())

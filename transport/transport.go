@@ -103,7 +103,9 @@ type Message struct {
 	Timeout     time.Duration // per-attempt handler timeout; zero means none
 	Backoff     *Backoff      // nil: the worker's policy for the task name
 	ResultTTL   time.Duration // how long the finished task and its result are kept
-	// IgnoreResult drops the handler's return value; the state is still kept.
+	// IgnoreResult drops the handler's return value; the state is still
+	// kept by every backend that shares state (RabbitMQ alone reports
+	// nothing of such a task to its producer).
 	IgnoreResult bool
 	// UniqueKey, when set, admits at most one non-terminal task with this key.
 	UniqueKey string
@@ -361,10 +363,11 @@ type ClaimIDResult struct {
 // Retainer is implemented by a transport that keeps the state of the
 // tasks this process enqueued in its own memory (RabbitMQ alone), so that
 // it can keep what someone here may still ask about and forget the rest.
-// The Queue calls Retain for every handle on a task's result it gives out
-// (Task.Enqueue and EnqueueMany, EnqueueByName, ResultOf), and Release with
-// the same id once that handle is garbage; Release runs on the runtime's
-// cleanup goroutine and must not block.
+// Each task a successful Enqueue returns counts one handle on its result
+// (the one the Queue gives its caller); the Queue calls Retain for every
+// other handle it gives out (ResultOf), and Release with the task's id
+// once a handle is garbage. Release runs on the runtime's cleanup
+// goroutine and must not block.
 type Retainer interface {
 	Retain(id string)
 	Release(id string)

@@ -178,7 +178,16 @@ func (a *alone) remember(now time.Time, msgs []transport.Message) {
 		if now.Before(in.ETA) {
 			in.State, in.RunAt = transport.StateScheduled, in.ETA
 		}
-		a.known[in.ID] = &record{info: in, recent: 1}
+		// The handle Enqueue's caller gets holds the task from the
+		// start, so a batch larger than the ring keeps every task.
+		r := a.known[in.ID]
+		if r == nil {
+			r = &record{}
+			a.known[in.ID] = r
+		}
+		r.info = in // an id enqueued again: the new task, the old handles
+		r.handles++
+		r.recent++
 		a.addRecent(in.ID)
 	}
 }
@@ -207,8 +216,8 @@ func (a *alone) keepOrForget(id string, r *record) {
 	}
 }
 
-// Retain implements transport.Retainer: a handle on the task's result
-// keeps it.
+// Retain implements transport.Retainer: another handle on the task's
+// result keeps it.
 func (a *alone) Retain(id string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -394,7 +403,7 @@ func (a *alone) Finish(ctx context.Context, p transport.FinishParams) ([]transpo
 	if err := a.sendReports(ctx, s, rs); err != nil {
 		return nil, err
 	}
-	if err := ackHeld(hs); err != nil {
+	if err := ackHeld(hs, a.consumingAny()); err != nil {
 		// The channel is gone; the broker redelivers the tasks, and the
 		// copies or results just published may run or count twice.
 		res = allLost(res)

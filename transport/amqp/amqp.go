@@ -54,12 +54,17 @@
 //
 // Outcomes are acknowledged in as few frames as possible: once every
 // delivery up to a tag is settled, one acknowledgement with the multiple
-// flag covers them all. A delivery settled above a gap (a task still
-// running) is held back for up to 5 ms, since the gap usually closes by
-// then and the multiple frame covers it too; if it does not, the delivery
-// is acknowledged alone. A worker that stops sends what it held back; one
-// whose connection is lost meanwhile has those tasks delivered again, as
-// if their outcomes had not been recorded.
+// flag covers them all. While a worker consumes, a delivery settled above
+// a gap (a task still running) is held back for up to 5 ms (at most a
+// quarter of the prefetch), since the gap usually closes by then and the
+// multiple frame covers it too; if it does not, the gap is a long task,
+// and deliveries above it are acknowledged alone until it ends. A worker
+// that stops consuming sends what it held back and holds nothing more. A
+// channel lost in those 5 ms has RabbitMQ deliver the held tasks again: on
+// RabbitMQ alone, where the producer already has the outcome, such a task
+// runs again after it completed (as when the connection breaks between a
+// result and its acknowledgement); with a result store the store drops the
+// copy.
 //
 // # Enqueue errors
 //

@@ -183,6 +183,9 @@ func (b *broker) install(s *session) {
 		if len(lost) > 0 {
 			b.publishEvent(transport.Event{Kind: transport.EventLost, IDs: lost})
 		}
+		// A session failed on purpose may still have its channel: the
+		// acknowledgements it held back go out if they can.
+		_ = s.flushHeldAcks()
 		s.conn.Close()
 		if closed {
 			return

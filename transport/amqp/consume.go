@@ -25,6 +25,14 @@ type held struct {
 	owner   string
 }
 
+// setHoldMax sizes how many acknowledgements s may hold back to its
+// consumers' prefetch.
+func (s *session) setHoldMax(prefetch int) {
+	s.ackMu.Lock()
+	s.holdMax = holdLimit(prefetch)
+	s.ackMu.Unlock()
+}
+
 // consuming reports whether s consumes every one of queues.
 func (s *session) consuming(queues []string) bool {
 	s.consumeMu.Lock()
@@ -56,6 +64,7 @@ func (b *broker) consume(ctx context.Context, s *session, queue string) error {
 		if err := s.cons.Qos(max(capacity, 1), 0, false); err != nil {
 			return b.wrap("set prefetch", err)
 		}
+		s.setHoldMax(capacity)
 	}
 	qn := b.queueName(queue)
 	// The consumer must outlive ctx (ConsumeWithContext would cancel it
@@ -130,6 +139,7 @@ func (b *broker) resumeConsumers(ctx context.Context, s *session) error {
 	if err := s.cons.Qos(capacity, 0, false); err != nil {
 		return b.wrap("set prefetch", err)
 	}
+	s.setHoldMax(capacity)
 	for _, q := range queues {
 		if err := b.consume(ctx, s, q); err != nil {
 			return err
@@ -278,4 +288,12 @@ func (b *broker) requeue(hs []*held) {
 		return
 	}
 	b.buf = append(append([]*held(nil), hs...), b.buf...)
+}
+
+// consumingAny reports whether this process consumes any docket queue (it
+// stops at StopClaims).
+func (b *broker) consumingAny() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.queues) > 0
 }

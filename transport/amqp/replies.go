@@ -29,8 +29,8 @@ const replyExpires = 10 * time.Minute
 // recent tasks.
 type record struct {
 	info    transport.Info
-	handles int // handles reachable (see Retain)
-	recent  int // places in the ring of recent tasks (an id enqueued again has two)
+	handles int // handles on it not yet garbage (see Retain)
+	recent  int // its places in the ring of recent tasks (an id enqueued twice has two)
 }
 
 // stateUpdate is one state change of a task, as sent to its producer.
@@ -98,12 +98,15 @@ const (
 
 // reportsOf decodes a report message of type typ.
 func reportsOf(typ string, body []byte) ([]report, error) {
-	if typ == reportsJSONType {
+	switch typ {
+	case reportsJSONType:
 		var list []report
 		err := json.Unmarshal(body, &list)
 		return list, err
+	case reportsType:
+		return decodeReports(body)
 	}
-	return decodeReports(body)
+	return nil, fmt.Errorf("%w: unknown type %q", errBadReports, typ)
 }
 
 // encodeReports returns the body of a reportsType message.

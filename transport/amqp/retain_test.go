@@ -134,3 +134,48 @@ func TestIgnoreResultIsNotReported(t *testing.T) {
 		t.Fatalf("Wait: %v; want ErrNotFound at once", err)
 	}
 }
+
+// The handles Enqueue returns hold their tasks from the start: a batch
+// larger than the ring of recent tasks keeps every task while its handles
+// live, and a task enqueued again with the same id (the documented retry
+// after ErrOutcomeUnknown) is kept while either handle lives.
+func TestProducerKeepsBigBatchesAndRepeatedIDs(t *testing.T) {
+	tr, err := amqp.New(bg, amqp.Config{URL: freshURL(t, "")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := docket.New(tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	task := docket.NewTask("keep.batch", func(ctx context.Context, n int) (int, error) { return n, nil })
+	q.Register(task)
+	first, err := task.Enqueue(bg, q, 1, docket.TaskID("again-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := task.Enqueue(bg, q, 2, docket.TaskID("again-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runtime.KeepAlive(second)
+	second = nil
+	rs, err := task.EnqueueMany(bg, q, make([]int, amqp.RememberTasks+50))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The cleanups of garbage handles run after a collection, on their
+	// own goroutine.
+	runtime.GC()
+	time.Sleep(200 * time.Millisecond)
+	runtime.GC()
+	time.Sleep(200 * time.Millisecond)
+	for _, r := range []*docket.Result[int]{first, rs[0], rs[len(rs)-1]} {
+		if _, err := r.Info(bg); err != nil {
+			t.Fatalf("task %s, its handle held: %v", r.ID(), err)
+		}
+	}
+	runtime.KeepAlive(rs)
+	runtime.KeepAlive(first)
+}

@@ -38,6 +38,7 @@ type session struct {
 	ackMu    sync.Mutex // guards acks and ackTimer, and orders the ack frames
 	acks     ackBook
 	ackTimer *time.Timer // sends the acknowledgements acks holds back
+	holdMax  int         // how many acknowledgements acks may hold back (see holdLimit)
 }
 
 // lockCtl takes the right to call synchronous methods on ctl, waiting

@@ -40,7 +40,7 @@ func (b *broker) settle(s *session, items []settlement, beforeAck func(ctx conte
 	for i, st := range items {
 		hs[i] = st.h
 	}
-	if err := ackHeld(hs); err != nil {
+	if err := ackHeld(hs, true); err != nil {
 		return b.wrap("ack", err)
 	}
 	return nil
@@ -179,7 +179,12 @@ func (b *broker) StopClaims(ctx context.Context, owner string) error {
 // giveBack cancels s's consumers, waits until their deliveries are
 // buffered, republishes and acknowledges the buffer, and sends the
 // acknowledgements held back.
-func (b *broker) giveBack(ctx context.Context, s *session) error {
+func (b *broker) giveBack(ctx context.Context, s *session) (err error) {
+	defer func() {
+		if ferr := s.flushHeldAcks(); ferr != nil && err == nil {
+			err = b.wrap("ack", ferr)
+		}
+	}()
 	s.consumeMu.Lock()
 	for q := range s.consumers {
 		if err := s.cons.Cancel(b.consumerTag(q), false); err != nil {
@@ -212,19 +217,19 @@ func (b *broker) giveBack(ctx context.Context, s *session) error {
 	if err := b.publish(ctx, s, out); err != nil {
 		return err
 	}
-	if err := ackHeld(buf); err != nil {
-		return b.wrap("ack", err)
-	}
-	if err := s.flushHeldAcks(); err != nil {
+	if err := ackHeld(buf, false); err != nil {
 		return b.wrap("ack", err)
 	}
 	return nil
 }
 
 // ackHeld acknowledges each of hs (nil entries aside) on the channel that
-// delivered it (see session.ack). A delivery of a session that ended cannot
-// be acknowledged: the broker has put it back.
-func ackHeld(hs []*held) error {
+// delivered it (see session.ack); hold lets the book hold acknowledgements
+// back, which it must not once this process stopped consuming (nothing
+// would close the gap, and nothing may be left unsent when the program
+// exits). A delivery of a session that ended cannot be acknowledged: the
+// broker has put it back.
+func ackHeld(hs []*held, hold bool) error {
 	tags := map[*session][]uint64{}
 	for _, h := range hs {
 		if h != nil {
@@ -237,7 +242,7 @@ func ackHeld(hs []*held) error {
 			errs = append(errs, fmt.Errorf("the channel that delivered %d of the tasks is closed: %w", len(list), s.cause()))
 			continue
 		}
-		if err := s.ack(list); err != nil {
+		if err := s.ack(list, hold); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -247,10 +252,14 @@ func ackHeld(hs []*held) error {
 // ack acknowledges the deliveries of cons with the given tags in as few
 // frames as ackBook allows; tags it holds back are sent by a timer (see
 // flushHeldAcks).
-func (s *session) ack(tags []uint64) error {
+func (s *session) ack(tags []uint64, hold bool) error {
 	s.ackMu.Lock()
 	defer s.ackMu.Unlock()
-	multiple, single := s.acks.plan(tags, time.Now())
+	limit := 0
+	if hold {
+		limit = s.holdMax
+	}
+	multiple, single := s.acks.plan(tags, time.Now(), limit)
 	if multiple > 0 {
 		if err := s.cons.Ack(multiple, true); err != nil {
 			return err
@@ -306,11 +315,13 @@ func (s *session) flushHeldAcks() error {
 }
 
 // ackHold is how long ackBook holds back the acknowledgement of a delivery
-// above a gap, and ackHoldMax how many it holds at most.
-const (
-	ackHold    = 5 * time.Millisecond
-	ackHoldMax = 256
-)
+// above a gap.
+const ackHold = 5 * time.Millisecond
+
+// holdLimit is how many acknowledgements a consumer with the given
+// prefetch may hold back: a quarter of it, so that the broker keeps
+// delivering while they wait.
+func holdLimit(prefetch int) int { return prefetch / 4 }
 
 // ackBook keeps which deliveries of a channel are acknowledged, to
 // acknowledge new ones in as few frames as possible. Delivery tags number
@@ -319,22 +330,27 @@ const (
 // roughly in the order they arrive, but not exactly: a settled tag above a
 // gap (a delivery still running) is held back for ackHold, since the gap
 // usually closes within that time and the multiple frame then covers it
-// too; if it does not (a long task), the held tag is acknowledged alone. A
-// busy worker's batch of outcomes so takes one frame instead of one each,
-// for the broker as much as for this process. Holding back delays
-// nothing but the broker's deletion of the message (and the prefetch slot
-// it occupies, hence ackHoldMax); a connection lost meanwhile redelivers
-// the held tasks, as it would have before their outcome was recorded.
+// too; if it does not (a long task), the held tag is acknowledged alone,
+// and so is every tag after it until the floor moves: holding back behind
+// a long task would only slow the consumer down. A busy worker's batch of
+// outcomes so takes one frame instead of one each, for the broker as much
+// as for this process. Holding back delays nothing but the broker's
+// deletion of the message and the prefetch slot it occupies (hence a
+// limit per call, a fraction of the prefetch); a channel lost meanwhile
+// redelivers the held tasks, as it would had their outcomes not been
+// recorded.
 type ackBook struct {
 	floor uint64               // every tag up to this one is acknowledged
 	above map[uint64]struct{}  // tags above floor acknowledged one by one
 	held  map[uint64]time.Time // tags above floor settled, not sent yet, since when
+	stuck bool                 // a held tag came due with the floor unmoved
 }
 
 // plan records tags as settled at now and returns the frames to send: the
 // tag to acknowledge with the multiple flag (0 for none) and the tags to
-// acknowledge alone. Tags already settled are ignored.
-func (b *ackBook) plan(tags []uint64, now time.Time) (multiple uint64, single []uint64) {
+// acknowledge alone. It holds back at most limit tags (none with 0). Tags
+// already settled are ignored.
+func (b *ackBook) plan(tags []uint64, now time.Time, limit int) (multiple uint64, single []uint64) {
 	if b.above == nil {
 		b.above, b.held = map[uint64]struct{}{}, map[uint64]time.Time{}
 	}
@@ -363,22 +379,33 @@ func (b *ackBook) plan(tags []uint64, now time.Time) (multiple uint64, single []
 		}
 		floor++
 	}
+	if floor > b.floor {
+		b.stuck = false
+	}
 	b.floor = floor
 	for tag := range mine {
 		if tag > floor {
 			b.held[tag] = now
 		}
 	}
-	return multiple, b.due(now, len(b.held) > ackHoldMax)
+	single = b.due(now, false) // may find the book stuck
+	if b.stuck || len(b.held) > limit {
+		single = append(single, b.due(now, true)...)
+		slices.Sort(single)
+	}
+	return multiple, single
 }
 
 // due returns, in order, the held tags settled ackHold or more before now
-// (all of them with all), and records them as acknowledged alone.
+// (all of them with all), and records them as acknowledged alone. A tag
+// that came due means the gap below it is a long task: the book is stuck
+// until the floor moves.
 func (b *ackBook) due(now time.Time, all bool) []uint64 {
 	var out []uint64
 	for tag, since := range b.held {
 		if all || now.Sub(since) >= ackHold {
 			out = append(out, tag)
+			b.stuck = b.stuck || !all
 		}
 	}
 	slices.Sort(out)

@@ -360,7 +360,7 @@ func (st *stored) Finish(ctx context.Context, p transport.FinishParams) ([]trans
 	}
 	// An acknowledgement that fails (the channel is gone) needs nothing:
 	// RabbitMQ delivers the task again, and the store settles that copy.
-	_ = ackHeld(hs)
+	_ = ackHeld(hs, st.consumingAny())
 	st.release(p.Items, hs)
 	return res, nil
 }
