@@ -414,8 +414,8 @@ func runChild(spec ChildSpec) (map[string]float64, error) {
 		}
 		return map[string]float64{
 			"rate": tasksPerSec(spec.N, end.Sub(t0)),
-			"cpu": float64(cpu1-cpu0) / float64(time.Microsecond) / float64(spec.N),
-			"hwm": float64(hwm) * 1024, "anon": float64(anon) * 1024, "file": float64(file) * 1024,
+			"cpu":  float64(cpu1-cpu0) / float64(time.Microsecond) / float64(spec.N),
+			"hwm":  float64(hwm) * 1024, "anon": float64(anon) * 1024, "file": float64(file) * 1024,
 		}, nil
 
 	case roleIdle:
