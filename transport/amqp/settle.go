@@ -319,9 +319,11 @@ func (s *session) flushHeldAcks() error {
 const ackHold = 5 * time.Millisecond
 
 // holdLimit is how many acknowledgements a consumer with the given
-// prefetch may hold back: a quarter of it, so that the broker keeps
-// delivering while they wait.
-func holdLimit(prefetch int) int { return prefetch / 4 }
+// prefetch may hold back: half of it, so that the broker keeps delivering
+// while they wait. At high concurrency the spread between the oldest
+// delivery not yet finished and the newest finished is itself most of the
+// prefetch: a smaller limit sends most acknowledgements alone.
+func holdLimit(prefetch int) int { return prefetch / 2 }
 
 // ackBook keeps which deliveries of a channel are acknowledged, to
 // acknowledge new ones in as few frames as possible. Delivery tags number
