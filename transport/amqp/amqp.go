@@ -55,8 +55,8 @@
 // Outcomes are acknowledged in as few frames as possible: once every
 // delivery up to a tag is settled, one acknowledgement with the multiple
 // flag covers them all. While a worker consumes, a delivery settled above
-// a gap (a task still running) is held back for up to 5 ms (at most a
-// quarter of the prefetch), since the gap usually closes by then and the
+// a gap (a task still running) is held back for up to 5 ms (at most half
+// the prefetch), since the gap usually closes by then and the
 // multiple frame covers it too; if it does not, the gap is a long task,
 // and deliveries above it are acknowledged alone until it ends. A worker
 // that stops consuming sends what it held back and holds nothing more. A
