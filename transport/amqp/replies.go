@@ -276,15 +276,17 @@ func (a *alone) reply(d *amqp.Delivery) {
 // applyReports applies state reports to this process's tasks.
 func (a *alone) applyReports(list []report) {
 	var finished []string
+	a.mu.Lock()
 	for _, r := range list {
 		if !r.State.Valid() || r.ID == "" {
 			continue
 		}
-		a.apply(r.ID, stateUpdate{state: r.State, attempt: r.Attempt, at: wire.FromMillis(r.At), err: r.Error, runAt: wire.FromMillis(r.RunAt), result: r.Result})
+		a.applyLocked(r.ID, stateUpdate{state: r.State, attempt: r.Attempt, at: wire.FromMillis(r.At), err: r.Error, runAt: wire.FromMillis(r.RunAt), result: r.Result})
 		if r.State.Terminal() {
 			finished = append(finished, r.ID)
 		}
 	}
+	a.mu.Unlock()
 	if len(finished) > 0 {
 		a.publishEvent(transport.Event{Kind: transport.EventFinished, IDs: finished})
 	}
