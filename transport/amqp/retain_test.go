@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/docketq/docket"
+	"github.com/docketq/docket/transport"
 	"github.com/docketq/docket/transport/amqp"
 )
 
@@ -28,12 +29,10 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// With RabbitMQ alone a producer keeps a task while a handle on its result
-// is reachable, and otherwise only among the last RememberTasks it
-// enqueued: enqueueing many more than that, handles dropped, leaves it
-// keeping no more; a handle held across them still gets its result; once
-// that handle is garbage, its task is forgotten too.
-func TestProducerKeepsWhatCanBeAskedFor(t *testing.T) {
+// openAlone returns a transport of RabbitMQ alone on a fresh prefix and
+// the Queue on it, closed when the test ends.
+func openAlone(t *testing.T) (transport.Transport, *docket.Queue) {
+	t.Helper()
 	tr, err := amqp.New(bg, amqp.Config{URL: freshURL(t, "")})
 	if err != nil {
 		t.Fatal(err)
@@ -42,7 +41,17 @@ func TestProducerKeepsWhatCanBeAskedFor(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer q.Close()
+	t.Cleanup(func() { q.Close() })
+	return tr, q
+}
+
+// With RabbitMQ alone a producer keeps a task while a handle on its result
+// is reachable, and otherwise only among the last RememberTasks it
+// enqueued: enqueueing many more than that, handles dropped, leaves it
+// keeping no more; a handle held across them still gets its result; once
+// that handle is garbage, its task is forgotten too.
+func TestProducerKeepsWhatCanBeAskedFor(t *testing.T) {
+	tr, q := openAlone(t)
 	task := docket.NewTask("keep.double", func(ctx context.Context, n int) (int, error) { return 2 * n, nil })
 	q.Register(task)
 	held, err := task.Enqueue(bg, q, 21)
@@ -140,15 +149,7 @@ func TestIgnoreResultIsNotReported(t *testing.T) {
 // live, and a task enqueued again with the same id (the documented retry
 // after ErrOutcomeUnknown) is kept while either handle lives.
 func TestProducerKeepsBigBatchesAndRepeatedIDs(t *testing.T) {
-	tr, err := amqp.New(bg, amqp.Config{URL: freshURL(t, "")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	q, err := docket.New(tr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
+	_, q := openAlone(t)
 	task := docket.NewTask("keep.batch", func(ctx context.Context, n int) (int, error) { return n, nil })
 	q.Register(task)
 	first, err := task.Enqueue(bg, q, 1, docket.TaskID("again-1"))
