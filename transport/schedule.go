@@ -40,6 +40,8 @@ type ScheduleState struct {
 	LastTaskID    string
 	LastTaskState State // 0 when the task is gone (pruned)
 	Updated       time.Time
+	Paused        bool     // slots are skipped (ScheduleAdmin)
+	Template      *Message // the task each slot enqueues, as the scheduler stored it; nil if none
 }
 
 // ScheduleInitParams are the arguments of ScheduleInit.
@@ -48,6 +50,11 @@ type ScheduleInitParams struct {
 	Name   string
 	Spec   string
 	NextAt time.Time
+	// Template is the message each slot enqueues (without ID, ETA or
+	// Created), stored so that ScheduleAdmin.ScheduleTrigger can fire the
+	// schedule from a process that does not define it. It is replaced on
+	// every ScheduleInit; the cursor is reset only when Spec changed.
+	Template *Message
 }
 
 // ScheduleStatesParams are the arguments of ScheduleStates.
@@ -69,6 +76,8 @@ type ScheduleFireParams struct {
 	// SkipIfRunning skips the slot (moving the cursor) when the schedule's
 	// last task has not reached a terminal state.
 	SkipIfRunning bool
+	// A paused schedule (ScheduleAdmin) skips the slot the same way,
+	// reporting Skipped "paused".
 }
 
 // ScheduleFireResult is the outcome of ScheduleFire.
@@ -76,7 +85,7 @@ type ScheduleFireResult struct {
 	Advanced bool   // the cursor moved: this caller won
 	Fired    bool   // the slot was recorded and its task enqueued
 	TaskID   string // the enqueued task
-	Skipped  string // why a slot was not fired ("running", "duplicate")
+	Skipped  string // why a slot was not fired ("running", "duplicate", "paused")
 }
 
 // ScheduleDeleteParams are the arguments of ScheduleDelete.

@@ -146,6 +146,14 @@ type Info struct {
 	Result          []byte    // encoded result of a succeeded task, unless ignored
 	Error           string    // last attempt's error, or the reason it ended
 	CancelRequested bool      // cancel asked while running
+	// Owner is the worker run holding the task, or that held its latest
+	// attempt (kept after the task ends; empty if never claimed).
+	Owner string
+	// Progress is the latest value the handler reported (JSON), if any.
+	Progress []byte
+	// Attempts records the attempts that ended without success, oldest
+	// first (Get fills it; listings leave it nil).
+	Attempts []Attempt
 }
 
 // Status is the small, cheap subset of Info used to poll many tasks at once.
