@@ -138,11 +138,45 @@ func (q *Queue) fireDue(ctx context.Context) (time.Time, error) {
 	return soonest, errors.Join(errs...)
 }
 
+// message builds the task a slot of e enqueues.
+func (e *scheduleEntry) message(now time.Time, extra ...TaskOption) (*transport.Message, error) {
+	opts := append(append([]TaskOption{Header("docket.schedule", e.name)}, extra...), e.opts.enqueue...)
+	msgs, err := buildMessages(now, e.task.taskName(), e.task.taskOptions(), [][]byte{e.payload}, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &msgs[0], nil
+}
+
+// template is the message the store keeps for TriggerSchedule: a slot's
+// task without its id, times (an expiry is relative to a slot) or slot.
+func (e *scheduleEntry) template(now time.Time) (*transport.Message, error) {
+	m, err := e.message(now)
+	if err != nil {
+		return nil, err
+	}
+	m.ID, m.ETA, m.Expires, m.Created = "", time.Time{}, time.Time{}, time.Time{}
+	return m, nil
+}
+
+// queue is the queue e's tasks go to.
+func (e *scheduleEntry) queue() string {
+	if m, err := e.message(time.Now()); err == nil {
+		return m.Queue
+	}
+	return ""
+}
+
 // fireOne brings one schedule up to now and returns its next slot.
 func (q *Queue) fireOne(ctx context.Context, ss transport.ScheduleStore, e *scheduleEntry, st transport.ScheduleState, now time.Time) (time.Time, error) {
 	var err error
-	if st.Name == "" || st.Spec != e.spec {
-		st, err = ss.ScheduleInit(ctx, transport.ScheduleInitParams{Now: now, Name: e.name, Spec: e.spec, NextAt: e.sched.Next(now)})
+	if st.Name == "" || st.Spec != e.spec || st.Template == nil {
+		var tmpl *transport.Message
+		tmpl, err = e.template(now)
+		if err != nil {
+			return time.Time{}, err
+		}
+		st, err = ss.ScheduleInit(ctx, transport.ScheduleInitParams{Now: now, Name: e.name, Spec: e.spec, NextAt: e.sched.Next(now), Template: tmpl})
 		if err != nil {
 			return time.Time{}, err
 		}
@@ -161,15 +195,11 @@ func (q *Queue) fireOne(ctx context.Context, ss transport.ScheduleStore, e *sche
 		}
 		p := transport.ScheduleFireParams{Now: now, Name: e.name, Cursor: st.NextAt, NextAt: next, SkipIfRunning: e.opts.skipIfRunning}
 		if !plan.slot.IsZero() {
-			opts := append([]TaskOption{
-				Header("docket.schedule", e.name),
-				Header("docket.slot", plan.slot.UTC().Format(time.RFC3339Nano)),
-			}, e.opts.enqueue...)
-			msgs, err := buildMessages(now, e.task.taskName(), e.task.taskOptions(), [][]byte{e.payload}, opts)
+			m, err := e.message(now, Header("docket.slot", plan.slot.UTC().Format(time.RFC3339Nano)))
 			if err != nil {
 				return time.Time{}, err
 			}
-			p.Slot, p.Message = plan.slot, &msgs[0]
+			p.Slot, p.Message = plan.slot, m
 		}
 		res, err := q.fire(ctx, ss, p)
 		if err != nil {

@@ -26,19 +26,25 @@ func (w *worker) fetchLoop() {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	pf := prefetcher{max: w.prefetch, started: &w.started, last: time.Now()}
+	var paused pausedQueues
 	for !w.stopping() {
 		sleep := time.Second
 		capacity := w.conc + pf.size()
 		free := capacity - w.heldCount()
+		paused.refresh(w)
+		queues := paused.filter(w.queueOrder())
+		if len(paused.names) > 0 {
+			sleep = pauseRefresh // notice a resume in time
+		}
 		// Claim in batches: wait for half the capacity to free up, unless
 		// executors are about to run out of work.
-		if free > 0 && (len(w.work) == 0 || free >= max(1, capacity/2)) {
+		if free > 0 && len(queues) > 0 && (len(w.work) == 0 || free >= max(1, capacity/2)) {
 			now := q.now()
 			exclude, refill := w.limits.excluded(time.Now())
 			limit := min(free, 256)
 			ctx, cancel := w.call(w.loopCall())
 			res, err := q.claim(ctx, transport.ClaimParams{
-				Now: now, Owner: w.owner, Queues: w.queueOrder(), Limit: limit,
+				Now: now, Owner: w.owner, Queues: queues, Limit: limit,
 				LeaseUntil: now.Add(q.cfg.lease), Exclude: exclude, Capacity: w.conc + w.prefetch,
 			})
 			cancel()

@@ -192,13 +192,16 @@ func (q *Queue) Unschedule(ctx context.Context, name string) error {
 type ScheduleInfo struct {
 	Name          string
 	Spec          string // the definition's description
-	Task          string // the task name ("" if not defined in this process)
+	// Task and Queue are what each slot enqueues: from this process's
+	// definition, or else as a scheduler stored them ("" if none did).
+	Task, Queue   string
 	NextAt        time.Time
 	LastSlot      time.Time
 	LastFiredAt   time.Time
 	LastTaskID    string
 	LastTaskState State // 0 when that task was pruned
 	Defined       bool  // registered by this process
+	Paused        bool  // slots are skipped (PauseSchedule)
 }
 
 // Schedules lists the schedules this process defined and those in the
@@ -207,7 +210,7 @@ func (q *Queue) Schedules(ctx context.Context) ([]ScheduleInfo, error) {
 	byName := map[string]*ScheduleInfo{}
 	q.mu.RLock()
 	for name, e := range q.schedules {
-		byName[name] = &ScheduleInfo{Name: name, Spec: e.spec, Task: e.task.taskName(), Defined: true, NextAt: e.sched.Next(q.now())}
+		byName[name] = &ScheduleInfo{Name: name, Spec: e.spec, Task: e.task.taskName(), Queue: e.queue(), Defined: true, NextAt: e.sched.Next(q.now())}
 	}
 	q.mu.RUnlock()
 	if ss := q.ss; ss != nil {
@@ -222,7 +225,10 @@ func (q *Queue) Schedules(ctx context.Context) ([]ScheduleInfo, error) {
 				byName[st.Name] = in
 			}
 			in.NextAt, in.LastSlot, in.LastFiredAt = st.NextAt, st.LastSlot, st.LastFiredAt
-			in.LastTaskID, in.LastTaskState = st.LastTaskID, st.LastTaskState
+			in.LastTaskID, in.LastTaskState, in.Paused = st.LastTaskID, st.LastTaskState, st.Paused
+			if in.Task == "" && st.Template != nil {
+				in.Task, in.Queue = st.Template.Name, st.Template.Queue
+			}
 		}
 	}
 	out := make([]ScheduleInfo, 0, len(byName))

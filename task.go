@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/docketq/docket/transport"
@@ -211,6 +212,37 @@ type TaskInfo struct {
 	CancelRequested bool
 	Args            json.RawMessage // the encoded arguments
 	Result          json.RawMessage // the encoded result, once succeeded
+	// Worker is the worker run holding the task, or that ran its latest
+	// attempt ("host:pid:id"; Queue.Workers describes it while it runs).
+	Worker string
+	// Progress is the latest value the handler reported with Progress or
+	// ReportProgress (JSON), if any.
+	Progress json.RawMessage
+	// Attempts lists every attempt, oldest first, with its worker, times,
+	// outcome and error (Info fills it; Search leaves it nil). The backend
+	// keeps the first and the latest 19 of those that ended in error.
+	Attempts []Attempt
+}
+
+// Attempt is one attempt of a task: who ran it, when, and how it ended.
+// State is the state the attempt moved the task to (StateScheduled: a
+// retry follows; StateReady: it was given back or its worker was lost), or
+// StateRunning for the attempt running now.
+type Attempt = transport.Attempt
+
+// attempts lists in's attempt records and, when its latest attempt ended
+// in success or still runs (which the backend does not record), that one.
+func attempts(in *transport.Info) []Attempt {
+	out := slices.Clone(in.Attempts)
+	if in.Attempt > 0 && (len(out) == 0 || out[len(out)-1].N < in.Attempt) &&
+		(in.State == StateRunning || in.State == StateSucceeded || in.State == StateCancelled) {
+		a := Attempt{N: in.Attempt, Owner: in.Owner, Started: in.Started, State: in.State}
+		if in.State.Terminal() {
+			a.Finished = in.Finished
+		}
+		out = append(out, a)
+	}
+	return out
 }
 
 func infoFrom(in *transport.Info) *TaskInfo {
@@ -219,7 +251,10 @@ func infoFrom(in *transport.Info) *TaskInfo {
 		MaxRetries: in.MaxAttempts - 1, Priority: in.Priority, ETA: in.ETA, Expires: in.Expires,
 		Created: in.Created, Started: in.Started, Finished: in.Finished, Error: in.Error,
 		Headers: in.Headers, UniqueKey: in.UniqueKey, CancelRequested: in.CancelRequested,
-		Args: json.RawMessage(in.Payload),
+		Args: json.RawMessage(in.Payload), Worker: in.Owner, Attempts: attempts(in),
+	}
+	if len(in.Progress) > 0 {
+		ti.Progress = json.RawMessage(in.Progress)
 	}
 	if len(in.Result) > 0 {
 		ti.Result = json.RawMessage(in.Result)
@@ -238,6 +273,8 @@ type TaskContext struct {
 	Headers    map[string]string
 	// LastError is the previous attempt's error, if this is a retry.
 	LastError string
+
+	progress *progress
 }
 
 type ctxKey struct{}

@@ -159,7 +159,8 @@ func (w *worker) start() {
 	}
 	go w.fetchLoop()
 	go w.completer()
-	w.loops.Add(3)
+	w.loops.Add(4)
+	go w.registryLoop()
 	go w.heartbeatLoop()
 	go w.pruneLoop()
 	go w.beatLoop()

@@ -20,7 +20,7 @@ import (
 // redis://127.0.0.1:6379/15), each under its own key prefix, deleted at the
 // end. Without the variable they are skipped.
 
-func serverURL(t *testing.T) string {
+func serverURL(t testing.TB) string {
 	t.Helper()
 	u := os.Getenv("DOCKET_TEST_REDIS_URL")
 	if u == "" {
@@ -33,7 +33,7 @@ var prefixes atomic.Int64
 
 // freshURL returns the server URL with a new key prefix, whose keys are
 // deleted when the test ends.
-func freshURL(t *testing.T) string {
+func freshURL(t testing.TB) string {
 	t.Helper()
 	base := serverURL(t)
 	prefix := fmt.Sprintf("dockettest-%d-%d", os.Getpid(), prefixes.Add(1))
@@ -68,7 +68,7 @@ func deletePrefix(base, prefix string) {
 func TestConformance(t *testing.T) {
 	serverURL(t)
 	transporttest.Run(t, transporttest.Backend{
-		NewURL: freshURL,
+		NewURL: func(t *testing.T) string { return freshURL(t) },
 		Open: func(t *testing.T) transport.Transport {
 			u, _ := url.Parse(freshURL(t))
 			tr, err := transport.Open(context.Background(), u, transport.Config{})
