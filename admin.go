@@ -52,7 +52,7 @@ func (q *Queue) admin(op string) (transport.Admin, error) {
 	if a, ok := q.t.(transport.Admin); ok {
 		return a, nil
 	}
-	return nil, fmt.Errorf("docket: %s: %w: this backend does not keep task state an operator can search (RabbitMQ needs a result store: ?result=sqlite:... or redis://...)", op, ErrUnsupported)
+	return nil, fmt.Errorf("docket: %s: %w: this backend keeps no task state an operator can search (RabbitMQ needs a result store: the ResultStore option, or --result-url)", op, ErrUnsupported)
 }
 
 // StateNames lists the states Stats counts and Filter.States accepts by
