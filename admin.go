@@ -88,14 +88,16 @@ type Stats struct {
 
 // Stats counts tasks by queue and state, with each queue's lag and the
 // last hour's outcomes per minute. Every backend answers it; RabbitMQ alone
-// knows only each queue's ready depth (from the broker).
+// knows only the ready depth (from the broker) of the queues this process
+// knows of: those of its registered tasks, its Queues option and the
+// default queue.
 func (q *Queue) Stats(ctx context.Context) (*Stats, error) {
 	s, ok := q.t.(transport.Stater)
 	if !ok {
 		return nil, fmt.Errorf("docket: stats: %w", ErrUnsupported)
 	}
 	now := q.now()
-	raw, err := s.Stats(ctx, transport.StatsParams{Now: now})
+	raw, err := s.Stats(ctx, transport.StatsParams{Now: now, Queues: q.allQueues()})
 	if err != nil {
 		return nil, err
 	}

@@ -45,6 +45,10 @@ type Admin interface {
 // StatsParams are the arguments of Stater.Stats.
 type StatsParams struct {
 	Now time.Time
+	// Queues names queues to include even when the backend cannot list
+	// its queues (RabbitMQ alone); a backend that can lists every queue
+	// with tasks and may ignore it.
+	Queues []string
 }
 
 // Stats is a snapshot of a backend's tasks.

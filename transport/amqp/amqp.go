@@ -360,6 +360,8 @@ var requiredOfStore = []struct {
 	{"transport.Lister (list tasks)", func(t transport.Transport) bool { _, ok := t.(transport.Lister); return ok }},
 	{"transport.Pruner (delete expired results)", func(t transport.Transport) bool { _, ok := t.(transport.Pruner); return ok }},
 	{"transport.ScheduleStore (periodic schedules)", func(t transport.Transport) bool { _, ok := t.(transport.ScheduleStore); return ok }},
+	{"transport.Admin (the operations API)", func(t transport.Transport) bool { _, ok := t.(transport.Admin); return ok }},
+	{"transport.ScheduleAdmin (pause and trigger schedules)", func(t transport.Transport) bool { _, ok := t.(transport.ScheduleAdmin); return ok }},
 }
 
 // checkStore returns an error wrapping transport.ErrUnsupported that names

@@ -48,8 +48,11 @@ type stored struct {
 	lister  transport.Lister
 	pruner  transport.Pruner
 	sched   transport.ScheduleStore
-	owned   bool   // Close closes the store (opened from the URL's result store)
-	unsub   func() // ends the forwarding of the store's notifications
+	admin   transport.Admin
+	// schedAdmin is the store's transport.ScheduleAdmin.
+	schedAdmin transport.ScheduleAdmin
+	owned      bool   // Close closes the store (opened from the URL's result store)
+	unsub      func() // ends the forwarding of the store's notifications
 	// giveUpAfter is how long a delivered task may stay unrecorded
 	// (unrecordedWait; shorter in tests).
 	giveUpAfter time.Duration
@@ -75,6 +78,7 @@ func newStored(b *broker, st transport.Transport, owned bool) (*stored, error) {
 		broker: b, store: st, owned: owned, unsub: func() {},
 		claimer: st.(transport.IDClaimer), lister: st.(transport.Lister),
 		pruner: st.(transport.Pruner), sched: st.(transport.ScheduleStore),
+		admin: st.(transport.Admin), schedAdmin: st.(transport.ScheduleAdmin),
 		giveUpAfter: unrecordedWait,
 	}
 	b.mode = s
@@ -264,9 +268,18 @@ func (st *stored) notLeased(ctx context.Context, s *session, now time.Time, h *h
 			return settlement{h: h}, nil // given up: dropped
 		}
 		at = now // recorded after all, just now: deliver it again
-	case r.State.Terminal():
-		// A copy of a task that already ended.
-		return settlement{h: h}, nil
+	case r.State.Terminal() || r.State == transport.StateScheduled:
+		if pending, age := st.actedPending(now, h); pending {
+			// An action's copy, before the action reached the store
+			// (see admin.go): ask again soon.
+			at = now.Add(min(max(age/2, 10*time.Millisecond), time.Second))
+			break
+		}
+		if r.State.Terminal() {
+			// A copy of a task that already ended.
+			return settlement{h: h}, nil
+		}
+		at = r.RunAt
 	default:
 		at = r.RunAt
 	}

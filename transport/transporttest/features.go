@@ -54,6 +54,11 @@ type Features struct {
 	// application's own database transaction (Queue.DB, Queue.Tx; test
 	// TxEnqueue).
 	TxEnqueue bool
+	// Admin: the transport implements transport.Admin (the operations
+	// API: Queue.Stats, Search, Act, PauseQueue, Workers, progress), and
+	// transport.ScheduleAdmin when it claims Schedules too (contract tests
+	// Admin*, ScheduleAdmin; tests Operate and PauseQueue).
+	Admin bool
 }
 
 // implemented returns the interface features tr implements.
@@ -63,7 +68,8 @@ func implemented(tr transport.Transport) Features {
 	_, prune := tr.(transport.Pruner)
 	_, byID := tr.(transport.IDClaimer)
 	_, tx := tr.(transport.TxEnqueuer)
-	return Features{Schedules: sched, Listing: list, Pruning: prune, ClaimByID: byID, TxEnqueue: tx}
+	_, admin := tr.(transport.Admin)
+	return Features{Schedules: sched, Listing: list, Pruning: prune, ClaimByID: byID, TxEnqueue: tx, Admin: admin}
 }
 
 // mismatches lists where tr's optional interfaces differ from the claims
@@ -80,6 +86,7 @@ func mismatches(tr transport.Transport, f Features) []string {
 		{"Pruning", "transport.Pruner", f.Pruning, has.Pruning},
 		{"ClaimByID", "transport.IDClaimer", f.ClaimByID, has.ClaimByID},
 		{"TxEnqueue", "transport.TxEnqueuer", f.TxEnqueue, has.TxEnqueue},
+		{"Admin", "transport.Admin", f.Admin, has.Admin},
 	} {
 		switch {
 		case c.claimed && !c.has:
@@ -87,6 +94,9 @@ func mismatches(tr transport.Transport, f Features) []string {
 		case !c.claimed && c.has:
 			out = append(out, fmt.Sprintf("%T implements %s, although the backend does not claim %s", tr, c.iface, c.feature))
 		}
+	}
+	if _, ok := tr.(transport.ScheduleAdmin); f.Admin && f.Schedules && !ok {
+		out = append(out, fmt.Sprintf("%T does not implement transport.ScheduleAdmin, although the backend claims Admin and Schedules", tr))
 	}
 	if f.TxEnqueue {
 		if d, ok := tr.(transport.DBProvider); !ok || d.DB() == nil {
@@ -128,6 +138,8 @@ func testFeatures(t *testing.T, b Backend) {
 	checkAPI("Queue.List (Listing)", f.Listing, err)
 	_, err = q.DB()
 	checkAPI("Queue.DB (TxEnqueue)", f.TxEnqueue, err)
+	_, err = q.Search(bg, docket.SearchOptions{Limit: 1})
+	checkAPI("Queue.Search (Admin)", f.Admin, err)
 	task := docket.NewTask("tt.features", func(ctx context.Context, _ int) (int, error) { return 0, nil })
 	if err := q.Register(task); err != nil {
 		t.Fatal(err)

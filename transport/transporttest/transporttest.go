@@ -114,6 +114,8 @@ func Run(t *testing.T, b Backend) {
 		{"BeatSlotsOnce", testBeat},
 		{"List", testList},
 		{"TxEnqueue", testTxEnqueue},
+		{"Operate", testOperate},
+		{"PauseQueue", testPauseQueue},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
