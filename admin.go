@@ -474,7 +474,8 @@ func (q *Queue) EnqueueJSON(ctx context.Context, name string, args json.RawMessa
 	if len(args) > q.cfg.maxPayload {
 		return "", fmt.Errorf("docket: enqueue %s: %w", name, &TooLargeError{What: "arguments", Size: len(args), Limit: q.cfg.maxPayload})
 	}
-	ids, err := q.enqueue(ctx, nil, name, &taskOpts{}, [][]byte{args}, opts)
+	defaults := defaultTaskOpts()
+	ids, err := q.enqueue(ctx, nil, name, &defaults, [][]byte{args}, opts)
 	if err != nil {
 		return "", err
 	}
