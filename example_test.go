@@ -124,3 +124,66 @@ func ExampleValidationError() {
 	// true Countdown
 	// docket: invalid Countdown -1m0s: countdown must be zero or positive, under 100 years
 }
+
+// The operations API: find the tasks that failed, read why, fix the cause
+// and retry them all, in batches.
+func ExampleQueue_Act() {
+	ctx := context.Background()
+	q, _ := docket.Open(ctx, "memory:")
+	defer q.Close()
+
+	diskFull := true
+	report := docket.NewTask("report", func(ctx context.Context, n int) (int, error) {
+		if n%4 == 0 && diskFull {
+			return 0, docket.Permanent(fmt.Errorf("report %d: disk full", n))
+		}
+		return n, nil
+	})
+	q.Register(report)
+	for n := range 12 {
+		report.Enqueue(ctx, q, n)
+	}
+	q.Drain(ctx)
+
+	failed := docket.Filter{States: []string{"failed"}}
+	page, _ := q.Search(ctx, docket.SearchOptions{Filter: failed, Limit: 2})
+	for _, t := range page.Tasks {
+		fmt.Println(t.State, string(t.Args), t.Error)
+	}
+
+	diskFull = false
+	res, _ := q.Act(ctx, docket.ActionRetry, docket.Target{Filter: &failed})
+	fmt.Println("retried:", res.Changed)
+	q.Drain(ctx)
+
+	st, _ := q.Stats(ctx)
+	fmt.Println(st.Queues[0].Name, st.Queues[0].Counts["succeeded"], "succeeded,", st.Queues[0].Counts["failed"], "failed")
+	// Output:
+	// failed 0 report 0: disk full
+	// failed 4 report 4: disk full
+	// retried: 3
+	// default 12 succeeded, 0 failed
+}
+
+// A handler reports its progress; Info, the docket command and the
+// dashboard show it.
+func ExampleProgress() {
+	ctx := context.Background()
+	q, _ := docket.Open(ctx, "memory:")
+	defer q.Close()
+
+	resize := docket.NewTask("images.resize", func(ctx context.Context, files []string) (int, error) {
+		for i := range files {
+			// ... resize files[i] ...
+			docket.Progress(ctx, int64(i+1), int64(len(files)))
+		}
+		return len(files), nil
+	})
+	q.Register(resize)
+	res, _ := resize.Enqueue(ctx, q, []string{"a.png", "b.png", "c.png"})
+	q.Drain(ctx)
+
+	info, _ := res.Info(ctx)
+	fmt.Println(info.State, string(info.Progress))
+	// Output: succeeded {"done":3,"total":3}
+}
