@@ -9,8 +9,6 @@ import (
 	"sort"
 	"time"
 
-	"github.com/oklog/ulid/v2"
-
 	"github.com/docketq/docket/transport"
 )
 
@@ -451,7 +449,7 @@ func (q *Queue) TriggerSchedule(ctx context.Context, name string) (string, error
 	if err != nil {
 		return "", err
 	}
-	id, err := sa.ScheduleTrigger(ctx, transport.ScheduleTriggerParams{Now: q.now(), Name: name, ID: ulid.Make().String()})
+	id, err := sa.ScheduleTrigger(ctx, transport.ScheduleTriggerParams{Now: q.now(), Name: name, ID: newID(q.now())})
 	if err != nil {
 		return "", err
 	}

@@ -178,7 +178,7 @@ func buildMessages(now time.Time, name string, defaults *taskOpts, payloads [][]
 		if o.hasID {
 			msgs[i].ID = o.id
 		} else {
-			msgs[i].ID = ulid.Make().String()
+			msgs[i].ID = newID(now)
 		}
 	}
 	return msgs, nil
@@ -212,4 +212,15 @@ func (q *Queue) allQueues() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// newID returns a new task id: a ULID whose time part is now on the
+// Queue's clock, so that id order, enqueue order and the Created time
+// agree (Search's time ranges rely on it), with a fake clock too.
+func newID(now time.Time) string {
+	id, err := ulid.New(ulid.Timestamp(now), ulid.DefaultEntropy())
+	if err != nil { // a time ULIDs cannot hold
+		return ulid.Make().String()
+	}
+	return id.String()
 }

@@ -190,8 +190,8 @@ func (q *Queue) Unschedule(ctx context.Context, name string) error {
 // ScheduleInfo describes one schedule: its definition in this process (if
 // any) and its durable state.
 type ScheduleInfo struct {
-	Name          string
-	Spec          string // the definition's description
+	Name string
+	Spec string // the definition's description
 	// Task and Queue are what each slot enqueues: from this process's
 	// definition, or else as a scheduler stored them ("" if none did).
 	Task, Queue   string
