@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/docketq/docket/internal/wire"
 	"github.com/docketq/docket/transport"
@@ -18,12 +19,20 @@ var _ transport.ScheduleStore = (*Store)(nil)
 // certain even for a scheduler whose clock jumped back by up to this much.
 const runHistory = 30 * 24 * 60 * 60 * 1000
 
-// ScheduleInit implements transport.ScheduleStore.
+// ScheduleInit implements transport.ScheduleStore. It stores p.Template
+// on every call; the cursor moves only when the spec changed.
 func (s *Store) ScheduleInit(ctx context.Context, p transport.ScheduleInitParams) (transport.ScheduleState, error) {
-	err := s.w.do(ctx, "schedule", func(r runner) error {
-		_, err := r.exec(ctx, `INSERT INTO docket_schedules (name, spec, next_at, updated_at) VALUES (?1, ?2, ?3, ?4)
-			ON CONFLICT (name) DO UPDATE SET spec = ?2, next_at = ?3, updated_at = ?4 WHERE spec != ?2`,
-			p.Name, p.Spec, wire.Millis(p.NextAt), wire.Millis(p.Now))
+	tmpl, err := encodeTemplate(p.Template)
+	if err != nil {
+		return transport.ScheduleState{}, fmt.Errorf("docket: init schedule %s: %w", p.Name, err)
+	}
+	err = s.w.do(ctx, "schedule", func(r runner) error {
+		_, err := r.exec(ctx, `INSERT INTO docket_schedules (name, spec, next_at, updated_at, template) VALUES (?1, ?2, ?3, ?4, ?5)
+			ON CONFLICT (name) DO UPDATE SET template = ?5,
+				next_at = CASE WHEN spec != ?2 THEN ?3 ELSE next_at END,
+				updated_at = CASE WHEN spec != ?2 THEN ?4 ELSE updated_at END,
+				spec = ?2`,
+			p.Name, p.Spec, wire.Millis(p.NextAt), wire.Millis(p.Now), tmpl)
 		return err
 	})
 	if err != nil {
@@ -41,7 +50,7 @@ func (s *Store) ScheduleInit(ctx context.Context, p transport.ScheduleInitParams
 
 // ScheduleStates implements transport.ScheduleStore.
 func (s *Store) ScheduleStates(ctx context.Context, p transport.ScheduleStatesParams) ([]transport.ScheduleState, error) {
-	q := `SELECT s.name, s.spec, s.next_at, s.last_slot, s.last_fired, s.last_task_id, t.state, s.updated_at
+	q := `SELECT s.name, s.spec, s.next_at, s.last_slot, s.last_fired, s.last_task_id, t.state, s.updated_at, s.paused, s.template
 		FROM docket_schedules s LEFT JOIN docket_tasks t ON t.id = s.last_task_id`
 	var args []any
 	if len(p.Names) > 0 {
@@ -61,8 +70,14 @@ func (s *Store) ScheduleStates(ctx context.Context, p transport.ScheduleStatesPa
 		var next, slot, fired, updated int64
 		var task sql.NullString
 		var state sql.NullInt64
-		if err := rows.Scan(&st.Name, &st.Spec, &next, &slot, &fired, &task, &state, &updated); err != nil {
+		var paused int
+		var tmpl []byte
+		if err := rows.Scan(&st.Name, &st.Spec, &next, &slot, &fired, &task, &state, &updated, &paused, &tmpl); err != nil {
 			return nil, fmt.Errorf("docket: read schedules: %w", err)
+		}
+		st.Paused = paused != 0
+		if st.Template, err = decodeTemplate(tmpl); err != nil {
+			return nil, fmt.Errorf("docket: read schedule %s: %w", st.Name, err)
 		}
 		st.NextAt, st.LastSlot, st.LastFiredAt, st.Updated = wire.FromMillis(next), wire.FromMillis(slot), wire.FromMillis(fired), wire.FromMillis(updated)
 		st.LastTaskID, st.LastTaskState = task.String, transport.State(state.Int64)
@@ -84,8 +99,9 @@ func (s *Store) ScheduleFire(ctx context.Context, p transport.ScheduleFireParams
 	err := s.w.doSavepoint(ctx, "schedule", func(r runner) error {
 		res = transport.ScheduleFireResult{}
 		var lastTask sql.NullString
-		err := queryOne(ctx, r, []any{&lastTask}, `UPDATE docket_schedules SET next_at = ?, updated_at = ?
-			WHERE name = ? AND next_at = ? RETURNING last_task_id`, wire.Millis(p.NextAt), now, p.Name, wire.Millis(p.Cursor))
+		var paused int
+		err := queryOne(ctx, r, []any{&lastTask, &paused}, `UPDATE docket_schedules SET next_at = ?, updated_at = ?
+			WHERE name = ? AND next_at = ? RETURNING last_task_id, paused`, wire.Millis(p.NextAt), now, p.Name, wire.Millis(p.Cursor))
 		if errors.Is(err, sql.ErrNoRows) {
 			return errLostRace
 		}
@@ -94,6 +110,10 @@ func (s *Store) ScheduleFire(ctx context.Context, p transport.ScheduleFireParams
 		}
 		res.Advanced = true
 		if p.Slot.IsZero() || p.Message == nil {
+			return nil
+		}
+		if paused != 0 {
+			res.Skipped = "paused"
 			return nil
 		}
 		if p.SkipIfRunning && lastTask.Valid {
@@ -145,4 +165,120 @@ func (s *Store) ScheduleDelete(ctx context.Context, p transport.ScheduleDeletePa
 		_, err := r.exec(ctx, "DELETE FROM docket_schedules WHERE name = ?", p.Name)
 		return err
 	})
+}
+
+// SchedulePause implements transport.ScheduleAdmin.
+func (s *Store) SchedulePause(ctx context.Context, p transport.SchedulePauseParams) error {
+	paused := 0
+	if p.Paused {
+		paused = 1
+	}
+	return s.w.do(ctx, "schedule", func(r runner) error {
+		err := execOne(ctx, r, "UPDATE docket_schedules SET paused = ?, updated_at = ? WHERE name = ?", paused, wire.Millis(p.Now), p.Name)
+		if errors.Is(err, sql.ErrNoRows) {
+			return refuse(fmt.Errorf("docket: pause schedule %s: no such schedule: %w", p.Name, transport.ErrNotFound))
+		}
+		if err != nil {
+			return fmt.Errorf("docket: pause schedule %s: %w", p.Name, err)
+		}
+		return nil
+	})
+}
+
+// ScheduleTrigger implements transport.ScheduleAdmin: it enqueues the
+// stored template as task p.ID, due now, and records it as the schedule's
+// last task without moving the cursor or recording a slot.
+func (s *Store) ScheduleTrigger(ctx context.Context, p transport.ScheduleTriggerParams) (string, error) {
+	if p.ID == "" {
+		return "", fmt.Errorf("%w: trigger schedule %s: empty task id", transport.ErrInvalid, p.Name)
+	}
+	var id string
+	err := s.w.do(ctx, "schedule", func(r runner) error {
+		var tmpl []byte
+		err := queryOne(ctx, r, []any{&tmpl}, "SELECT template FROM docket_schedules WHERE name = ?", p.Name)
+		if errors.Is(err, sql.ErrNoRows) {
+			return refuse(fmt.Errorf("docket: trigger schedule %s: no such schedule: %w", p.Name, transport.ErrNotFound))
+		}
+		if err != nil {
+			return fmt.Errorf("docket: trigger schedule %s: %w", p.Name, err)
+		}
+		m, err := decodeTemplate(tmpl)
+		if err != nil {
+			return refuse(fmt.Errorf("docket: trigger schedule %s: %w", p.Name, err))
+		}
+		if m == nil {
+			return refuse(fmt.Errorf("%w: trigger schedule %s: no task template is stored for it; "+
+				"the scheduler of this schedule must run a docket version that stores templates", transport.ErrInvalid, p.Name))
+		}
+		m.ID, m.Created, m.ETA = p.ID, p.Now, time.Time{}
+		out, err := insert(ctx, r, transport.EnqueueParams{Now: p.Now, Messages: []transport.Message{*m}})
+		if dup := (*transport.DuplicateError)(nil); errors.As(err, &dup) || isConstraint(err) {
+			return refuse(fmt.Errorf("docket: trigger schedule %s: %w", p.Name, err))
+		}
+		if err != nil {
+			return fmt.Errorf("docket: trigger schedule %s: %w", p.Name, err)
+		}
+		id = out[0].ID
+		if _, err := r.exec(ctx, "UPDATE docket_schedules SET last_task_id = ?, last_fired = ? WHERE name = ?", id, wire.Millis(p.Now), p.Name); err != nil {
+			return fmt.Errorf("docket: trigger schedule %s: %w", p.Name, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return "", err
+	}
+	return id, nil
+}
+
+// templateRecord is the template column of docket_schedules: the message a
+// schedule's slots enqueue, without id, ETA or creation time.
+type templateRecord struct {
+	Name        string          `json:"name"`
+	Queue       string          `json:"queue"`
+	Payload     []byte          `json:"payload,omitempty"`
+	Meta        json.RawMessage `json:"meta,omitempty"` // headers, backoff, IgnoreResult (wire.EncodeMeta)
+	Priority    int             `json:"priority,omitempty"`
+	Expires     int64           `json:"expires,omitempty"` // Unix ms
+	MaxAttempts int             `json:"max_attempts,omitempty"`
+	Timeout     time.Duration   `json:"timeout,omitempty"`
+	ResultTTL   time.Duration   `json:"result_ttl,omitempty"`
+	UniqueKey   string          `json:"unique_key,omitempty"`
+}
+
+// encodeTemplate returns the template column's value (nil for none).
+func encodeTemplate(m *transport.Message) (any, error) {
+	if m == nil {
+		return nil, nil
+	}
+	meta, err := wire.EncodeMeta(m)
+	if err != nil {
+		return nil, err
+	}
+	rec := templateRecord{Name: m.Name, Queue: m.Queue, Payload: m.Payload, Priority: m.Priority, Expires: wire.Millis(m.Expires),
+		MaxAttempts: m.MaxAttempts, Timeout: m.Timeout, ResultTTL: m.ResultTTL, UniqueKey: m.UniqueKey}
+	if meta != "" {
+		rec.Meta = json.RawMessage(meta)
+	}
+	raw, err := json.Marshal(rec)
+	if err != nil {
+		return nil, fmt.Errorf("docket: encode schedule template: %w", err)
+	}
+	return raw, nil
+}
+
+// decodeTemplate reads the template column (nil when none is stored).
+func decodeTemplate(raw []byte) (*transport.Message, error) {
+	if len(raw) == 0 {
+		return nil, nil
+	}
+	var rec templateRecord
+	if err := json.Unmarshal(raw, &rec); err != nil {
+		return nil, fmt.Errorf("docket: decode schedule template: %w: %w", transport.ErrIncompatible, err)
+	}
+	m := &transport.Message{Name: rec.Name, Queue: rec.Queue, Payload: rec.Payload, Priority: rec.Priority, Expires: wire.FromMillis(rec.Expires),
+		MaxAttempts: rec.MaxAttempts, Timeout: rec.Timeout, ResultTTL: rec.ResultTTL, UniqueKey: rec.UniqueKey}
+	if err := wire.DecodeMeta(string(rec.Meta), m); err != nil {
+		return nil, fmt.Errorf("docket: decode schedule template: %w: %w", transport.ErrIncompatible, err)
+	}
+	return m, nil
 }

@@ -12,7 +12,7 @@ import (
 // schemaVersion is the PRAGMA user_version this package writes. Migrations
 // run in order inside one transaction; a file with a higher version was
 // written by a newer docket and is refused.
-const schemaVersion = 1
+const schemaVersion = 2
 
 // migrations[i] moves the schema from version i to i+1.
 var migrations = []string{
@@ -67,6 +67,45 @@ var migrations = []string{
 		PRIMARY KEY (schedule, slot)
 	) STRICT, WITHOUT ROWID;
 	CREATE INDEX docket_schedule_runs_fired ON docket_schedule_runs (fired_at);`,
+	// 2: the operations API. A task keeps its last owner after it ends,
+	// records the attempts that ended without success (attempts, a JSON
+	// array of at most transport.MaxAttemptRecords) and the latest
+	// progress its handler reported. One index in (queue, state, id)
+	// order serves the counts (a covering scan) and the listings (one
+	// range per queue and state, in id order) of the scheduled and
+	// finished tasks. It is the only index added to the task table, since
+	// every index costs on each write that moves an entry, and it leaves
+	// out the two hot states, ready and running: an enqueue and a claim
+	// never touch it, a finish adds one entry at the end of its (queue,
+	// terminal state) range, a retry adds one and a promotion removes
+	// one. Ready and running tasks are counted from docket_tasks_ready
+	// and docket_tasks_timers and listed in primary-key order. Paused
+	// queues have a row in docket_queues; running worker processes one in
+	// docket_workers; docket_minutes counts outcomes per minute and queue,
+	// written with the outcomes. A schedule can be paused and keeps the
+	// message its slots enqueue.
+	`ALTER TABLE docket_tasks ADD COLUMN attempts TEXT;
+	ALTER TABLE docket_tasks ADD COLUMN progress BLOB;
+	CREATE INDEX docket_tasks_admin ON docket_tasks (queue, state, id) WHERE state NOT IN (2, 3);
+	CREATE TABLE docket_queues (
+		name      TEXT    NOT NULL PRIMARY KEY,
+		paused_at INTEGER NOT NULL
+	) STRICT, WITHOUT ROWID;
+	CREATE TABLE docket_workers (
+		id        TEXT    NOT NULL PRIMARY KEY,
+		info      TEXT    NOT NULL,
+		heartbeat INTEGER NOT NULL,
+		expires   INTEGER NOT NULL
+	) STRICT;
+	CREATE TABLE docket_minutes (
+		minute    INTEGER NOT NULL,
+		queue     TEXT    NOT NULL,
+		succeeded INTEGER NOT NULL DEFAULT 0,
+		failed    INTEGER NOT NULL DEFAULT 0,
+		PRIMARY KEY (minute, queue)
+	) STRICT, WITHOUT ROWID;
+	ALTER TABLE docket_schedules ADD COLUMN paused INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE docket_schedules ADD COLUMN template BLOB;`,
 }
 
 // SchemaError reports a database file this version of docket cannot use:

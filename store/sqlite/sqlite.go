@@ -21,8 +21,8 @@
 //   - One writer connection per process with group commit: concurrent
 //     enqueues, claims, heartbeats and completions share transactions.
 //   - Claims are one UPDATE … RETURNING over a partial index of ready rows.
-//   - Reads (Get, Lookup, List, Wait) use a separate pool and never wait for
-//     the writer.
+//   - Reads (Get, Lookup, List, Search, Stats, Wait) use a separate pool
+//     and never wait for the writer.
 //   - New files are created with mode 0600.
 //
 // synchronous=normal survives process crashes (kill -9) without losing an
@@ -84,7 +84,8 @@ type Options struct {
 // Store is docket's SQLite backend: a transport.Transport that keeps every
 // task in one database file. It implements every optional capability:
 // schedules, listing, retention, leasing by id (as a RabbitMQ result
-// store), transactional enqueue, DB and ChangeCounter.
+// store), transactional enqueue, DB and ChangeCounter, and the operations
+// API (transport.Admin and transport.ScheduleAdmin).
 type Store struct {
 	w       *writer
 	wdb     *sql.DB // holds the single writer connection
@@ -110,6 +111,8 @@ var (
 	_ transport.TxEnqueuer       = (*Store)(nil)
 	_ transport.DBProvider       = (*Store)(nil)
 	_ transport.Lister           = (*Store)(nil)
+	_ transport.Admin            = (*Store)(nil)
+	_ transport.ScheduleAdmin    = (*Store)(nil)
 	_ transport.OpenFunc         = openURL
 	_ interface{ Path() string } = (*Store)(nil)
 )
@@ -453,16 +456,17 @@ func (s *Store) Changes(ctx context.Context) (uint64, error) {
 	return v, err
 }
 
-// Stats counts the writer's work since Open.
-type Stats struct {
+// WriterStats counts the writer's work since Open.
+type WriterStats struct {
 	Commits int64 // write transactions committed
 	Ops     int64 // operations (enqueue calls, claims, finishes, ...) in them
 }
 
-// Stats reports how much group commit is batching: Ops/Commits is the mean
-// number of operations that shared one transaction.
-func (s *Store) Stats() Stats {
-	return Stats{Commits: s.w.commits.Load(), Ops: s.w.ops.Load()}
+// WriterStats reports how much group commit is batching: Ops/Commits is
+// the mean number of operations that shared one transaction. (Stats, of
+// transport.Stater, counts the tasks.)
+func (s *Store) WriterStats() WriterStats {
+	return WriterStats{Commits: s.w.commits.Load(), Ops: s.w.ops.Load()}
 }
 
 // Close stops the writer and closes both pools. It is safe to call twice.

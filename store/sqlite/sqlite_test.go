@@ -375,7 +375,7 @@ func TestGroupCommit(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	st := s.Stats()
+	st := s.WriterStats()
 	if st.Ops < 3200 {
 		t.Fatalf("ops %d", st.Ops)
 	}
@@ -514,7 +514,7 @@ func TestRefusalDoesNotFailTheBatch(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	if st := s.Stats(); st.Commits >= st.Ops {
+	if st := s.WriterStats(); st.Commits >= st.Ops {
 		t.Logf("no batching happened (%d ops, %d commits); the test proved less than it could", st.Ops, st.Commits)
 	}
 }

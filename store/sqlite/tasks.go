@@ -214,23 +214,30 @@ func queryOne(ctx context.Context, r runner, dest []any, query string, args ...a
 // lease lapsed: back to ready, or failed ("worker lost") when that attempt
 // was their last, or cancelled when a cancel was pending. Attempts were
 // counted at claim, so a task that kills its worker every time still ends.
-const promoteSQL = `UPDATE docket_tasks SET
-	state = CASE WHEN state = 1 THEN 2 WHEN cancel = 1 THEN 6 WHEN attempt >= max_attempts THEN 5 ELSE 2 END,
-	error = CASE WHEN state = 1 THEN error
-		WHEN cancel = 1 THEN 'cancelled; the worker was lost in attempt ' || attempt
-		ELSE 'worker lost: lease expired in attempt ' || attempt END,
+// A rescue records the lost attempt; the owner stays (Info.Owner).
+var promoteSQL = `UPDATE docket_tasks SET
+	state = CASE WHEN state = 1 THEN 2 ELSE ` + rescueState + ` END,
+	error = CASE WHEN state = 1 THEN error ELSE ` + rescueError + ` END,
 	finished_at = CASE WHEN state = 3 AND (cancel = 1 OR attempt >= max_attempts) THEN ?1 ELSE finished_at END,
 	run_at = CASE WHEN state = 1 THEN run_at WHEN cancel = 1 OR attempt >= max_attempts THEN ?1 + ttl_ms ELSE ?1 END,
-	owner = NULL
+	attempts = CASE WHEN state = 1 THEN attempts ELSE ` + appendAttempt(rescueState, rescueError, "?1") + ` END
 	WHERE state IN (1, 3) AND run_at <= ?1
-	RETURNING id, state`
+	RETURNING id, state, queue`
+
+// rescueState and rescueError are the state and error a running task whose
+// lease lapsed moves to.
+const (
+	rescueState = `CASE WHEN cancel = 1 THEN 6 WHEN attempt >= max_attempts THEN 5 ELSE 2 END`
+	rescueError = `CASE WHEN cancel = 1 THEN 'cancelled; the worker was lost in attempt ' || attempt
+		ELSE 'worker lost: lease expired in attempt ' || attempt END`
+)
 
 // claimSQL leases the first ready tasks of one queue in priority, then due
 // time, order. A task past its expiry is moved to expired instead.
 const claimSQL = `UPDATE docket_tasks SET
 	state = CASE WHEN expires_at > 0 AND expires_at <= ?1 THEN 7 ELSE 3 END,
 	attempt = attempt + CASE WHEN expires_at > 0 AND expires_at <= ?1 THEN 0 ELSE 1 END,
-	owner = CASE WHEN expires_at > 0 AND expires_at <= ?1 THEN NULL ELSE ?2 END,
+	owner = CASE WHEN expires_at > 0 AND expires_at <= ?1 THEN owner ELSE ?2 END,
 	run_at = CASE WHEN expires_at > 0 AND expires_at <= ?1 THEN ?1 + ttl_ms ELSE ?3 END,
 	started_at = CASE WHEN expires_at > 0 AND expires_at <= ?1 THEN started_at ELSE ?1 END,
 	finished_at = CASE WHEN expires_at > 0 AND expires_at <= ?1 THEN ?1 ELSE 0 END,
@@ -327,25 +334,34 @@ func (s *Store) Claim(ctx context.Context, p transport.ClaimParams) (transport.C
 }
 
 // promote makes due scheduled tasks ready and rescues lapsed leases; it
-// returns the tasks that ended instead (expired, or out of attempts).
+// returns the tasks that ended instead (expired, or out of attempts). A
+// rescue that ends a task failed counts as a failed attempt of the minute.
 func promote(ctx context.Context, r runner, now int64) ([]transport.Status, error) {
 	rows, err := r.query(ctx, promoteSQL, now)
 	if err != nil {
 		return nil, fmt.Errorf("docket: promote due tasks: %w", err)
 	}
 	var ended []transport.Status
+	var lost minuteCounts
 	for rows.Next() {
 		var st transport.Status
-		if err := rows.Scan(&st.ID, &st.State); err != nil {
+		var queue string
+		if err := rows.Scan(&st.ID, &st.State, &queue); err != nil {
 			rows.Close()
 			return nil, err
 		}
 		if st.State.Terminal() {
 			ended = append(ended, st)
 		}
+		if st.State == transport.StateFailed {
+			lost.add(now, queue, 0, 1)
+		}
 	}
 	if err := closeRows(rows); err != nil {
 		return nil, fmt.Errorf("docket: promote due tasks: %w", err)
+	}
+	if err := lost.write(ctx, r); err != nil {
+		return nil, err
 	}
 	return ended, nil
 }
@@ -446,9 +462,10 @@ func (s *Store) Extend(ctx context.Context, p transport.ExtendParams) ([]transpo
 // ?6..?8 the lease. A release (state 2) gives the attempt back and keeps
 // the previous attempt's error. A retry or a release of a task whose
 // cancel is pending ends it cancelled instead: a cancel that was accepted
-// is never lost by putting the task back.
-const finishSQL = `UPDATE docket_tasks SET
-	state = CASE WHEN ?1 IN (1, 2) AND cancel = 1 THEN 6 WHEN ?1 = 1 AND ?3 <= ?2 THEN 2 ELSE ?1 END,
+// is never lost by putting the task back. Every outcome but a success
+// appends the attempt's record; the owner stays (Info.Owner).
+var finishSQL = `UPDATE docket_tasks SET
+	state = ` + finishState + `,
 	run_at = CASE WHEN ?1 >= 4 OR cancel = 1 THEN ?2 + ttl_ms WHEN ?1 = 1 THEN ?3 ELSE ?2 END,
 	finished_at = CASE WHEN ?1 >= 4 OR cancel = 1 THEN ?2 ELSE 0 END,
 	attempt = attempt - CASE WHEN ?1 = 2 THEN 1 ELSE 0 END,
@@ -458,14 +475,18 @@ const finishSQL = `UPDATE docket_tasks SET
 		WHEN ?1 = 1 AND cancel = 1 THEN 'cancelled; attempt ' || attempt || ' failed' || coalesce(': ' || ?5, '')
 		WHEN ?1 = 2 THEN error
 		ELSE ?5 END,
-	owner = NULL
+	attempts = CASE WHEN ?1 = 4 THEN attempts ELSE ` +
+	appendAttempt(finishState, `coalesce(?5, CASE WHEN ?1 = 2 AND cancel = 1 THEN '`+cancelledAtRelease+`' END)`, "?2") + ` END
 	WHERE id = ?6 AND attempt = ?7 AND owner = ?8 AND state = 3`
+
+// finishState is the state finishSQL writes.
+const finishState = `CASE WHEN ?1 IN (1, 2) AND cancel = 1 THEN 6 WHEN ?1 = 1 AND ?3 <= ?2 THEN 2 ELSE ?1 END`
 
 // finishReturningSQL is finishSQL for an outcome that puts the task back
 // (a retry or a release): it reports the state written, which is
 // cancelled when a cancel was pending. A final outcome needs only the
 // count of rows written, which is cheaper than a returned row.
-const finishReturningSQL = finishSQL + ` RETURNING state`
+var finishReturningSQL = finishSQL + ` RETURNING state`
 
 // cancelledAtRelease is the error recorded for a task whose worker gave it
 // back (at shutdown) while a cancel was pending.
@@ -483,6 +504,7 @@ func (s *Store) Finish(ctx context.Context, p transport.FinishParams) ([]transpo
 	}
 	now := wire.Millis(p.Now)
 	err := s.w.do(ctx, "finish", func(r runner) error {
+		var counts finishCounts
 		for i, o := range p.Items {
 			var errText any
 			if o.Error != "" {
@@ -503,9 +525,10 @@ func (s *Store) Finish(ctx context.Context, p transport.FinishParams) ([]transpo
 				return fmt.Errorf("docket: finish task %s: %w", o.ID, err)
 			default:
 				out[i] = transport.FinishResult{Cancelled: !o.State.Terminal() && state == transport.StateCancelled}
+				counts.add(o)
 			}
 		}
-		return nil
+		return counts.write(ctx, r, now)
 	})
 	if err != nil {
 		return nil, err
@@ -535,19 +558,20 @@ func (s *Store) Cancel(ctx context.Context, p transport.CancelParams) (transport
 }
 
 const infoCols = `id, name, queue, state, priority, run_at, expires_at, attempt, max_attempts, timeout_ms, ttl_ms,
-	unique_key, payload, meta, result, error, created_at, started_at, finished_at, cancel`
+	unique_key, payload, meta, result, error, created_at, started_at, finished_at, cancel, owner, progress`
 
-func scanInfo(sc interface{ Scan(...any) error }) (transport.Info, error) {
+func scanInfo(sc interface{ Scan(...any) error }, extra ...any) (transport.Info, error) {
 	var (
 		in                                                             transport.Info
 		runAt, expires, timeout, ttl, created, started, finished, canc int64
-		uk, mt, errText                                                sql.NullString
+		uk, mt, errText, owner                                         sql.NullString
 	)
-	err := sc.Scan(&in.ID, &in.Name, &in.Queue, &in.State, &in.Priority, &runAt, &expires, &in.Attempt, &in.MaxAttempts,
-		&timeout, &ttl, &uk, &in.Payload, &mt, &in.Result, &errText, &created, &started, &finished, &canc)
+	err := sc.Scan(append([]any{&in.ID, &in.Name, &in.Queue, &in.State, &in.Priority, &runAt, &expires, &in.Attempt, &in.MaxAttempts,
+		&timeout, &ttl, &uk, &in.Payload, &mt, &in.Result, &errText, &created, &started, &finished, &canc, &owner, &in.Progress}, extra...)...)
 	if err != nil {
 		return in, err
 	}
+	in.Owner = owner.String
 	in.RunAt, in.Expires, in.Created, in.Started, in.Finished = wire.FromMillis(runAt), wire.FromMillis(expires), wire.FromMillis(created), wire.FromMillis(started), wire.FromMillis(finished)
 	if in.State == transport.StateScheduled {
 		in.ETA = in.RunAt
@@ -559,13 +583,17 @@ func scanInfo(sc interface{ Scan(...any) error }) (transport.Info, error) {
 
 // Get implements transport.Transport. It reads from the pool, not the writer.
 func (s *Store) Get(ctx context.Context, p transport.GetParams) (transport.Info, error) {
-	row := s.rdb.QueryRowContext(ctx, "SELECT "+infoCols+" FROM docket_tasks WHERE id = ?", p.ID)
-	in, err := scanInfo(row)
+	row := s.rdb.QueryRowContext(ctx, "SELECT "+infoCols+", attempts FROM docket_tasks WHERE id = ?", p.ID)
+	var attempts sql.NullString
+	in, err := scanInfo(row, &attempts)
 	if errors.Is(err, sql.ErrNoRows) {
 		return in, fmt.Errorf("docket: task %s: %w", p.ID, transport.ErrNotFound)
 	}
 	if err != nil {
 		return in, fmt.Errorf("docket: read task %s: %w", p.ID, classify(err))
+	}
+	if in.Attempts, err = decodeAttempts(attempts.String); err != nil {
+		return in, fmt.Errorf("docket: read task %s: %w", p.ID, err)
 	}
 	return in, nil
 }
@@ -662,8 +690,10 @@ func (s *Store) Prune(ctx context.Context, p transport.PruneParams) (int, error)
 		if err != nil {
 			return fmt.Errorf("docket: prune: %w", err)
 		}
-		n, err = res.RowsAffected()
-		return err
+		if n, err = res.RowsAffected(); err != nil {
+			return err
+		}
+		return pruneAdmin(ctx, r, wire.Millis(p.Now))
 	})
 	if err != nil {
 		return 0, err
@@ -680,25 +710,32 @@ func (s *Store) Prune(ctx context.Context, p transport.PruneParams) (int, error)
 var _ transport.IDClaimer = (*Store)(nil)
 
 // claimIDSQL leases one task by id: the next attempt, owned by ?2 until ?3.
-const claimIDSQL = `UPDATE docket_tasks SET state = 3, attempt = attempt + 1, owner = ?2, run_at = ?3,
-	started_at = ?1, finished_at = 0, cancel = 0 WHERE id = ?4 RETURNING ` + deliveryCols
+// A task still running under a lapsed lease records its lost attempt.
+var claimIDSQL = `UPDATE docket_tasks SET state = 3, attempt = attempt + 1, owner = ?2, run_at = ?3,
+	started_at = ?1, finished_at = 0, cancel = 0,
+	attempts = CASE WHEN state = 3 THEN ` + appendAttempt("2", "'worker lost: lease expired in attempt ' || attempt", "?1") + ` ELSE attempts END
+	WHERE id = ?4 RETURNING ` + deliveryCols
 
-// endIDSQL moves one task to a terminal state ?2 with error ?3.
-const endIDSQL = `UPDATE docket_tasks SET state = ?2, error = ?3, owner = NULL, finished_at = ?1,
-	run_at = ?1 + ttl_ms WHERE id = ?4`
+// endIDSQL moves one task to a terminal state ?2 with error ?3; a task
+// that was running (its worker lost) records that attempt.
+var endIDSQL = `UPDATE docket_tasks SET state = ?2, error = ?3, finished_at = ?1, run_at = ?1 + ttl_ms,
+	attempts = CASE WHEN state = 3 THEN ` + appendAttempt("?2", "?3", "?1") + ` ELSE attempts END
+	WHERE id = ?4`
 
 // ClaimIDs implements transport.IDClaimer.
 func (s *Store) ClaimIDs(ctx context.Context, p transport.ClaimIDsParams) ([]transport.ClaimIDResult, error) {
 	out := make([]transport.ClaimIDResult, len(p.IDs))
 	now := wire.Millis(p.Now)
 	err := s.w.do(ctx, "claim", func(r runner) error {
+		var lost minuteCounts
 		for i, id := range p.IDs {
 			out[i] = transport.ClaimIDResult{}
 			var state transport.State
 			var runAt, expires int64
 			var attempt, maxAttempts, cancel int
-			err := queryOne(ctx, r, []any{&state, &runAt, &expires, &attempt, &maxAttempts, &cancel},
-				"SELECT state, run_at, expires_at, attempt, max_attempts, cancel FROM docket_tasks WHERE id = ?", id)
+			var queue string
+			err := queryOne(ctx, r, []any{&state, &runAt, &expires, &attempt, &maxAttempts, &cancel, &queue},
+				"SELECT state, run_at, expires_at, attempt, max_attempts, cancel, queue FROM docket_tasks WHERE id = ?", id)
 			if errors.Is(err, sql.ErrNoRows) {
 				continue
 			}
@@ -712,6 +749,9 @@ func (s *Store) ClaimIDs(ctx context.Context, p transport.ClaimIDsParams) ([]tra
 					return fmt.Errorf("docket: end task %s: %w", id, err)
 				}
 				out[i] = transport.ClaimIDResult{State: end, Ended: true}
+				if state == transport.StateRunning && end == transport.StateFailed {
+					lost.add(now, queue, 0, 1)
+				}
 			case reason != "":
 				out[i] = transport.ClaimIDResult{State: state}
 				if !state.Terminal() {
@@ -737,7 +777,7 @@ func (s *Store) ClaimIDs(ctx context.Context, p transport.ClaimIDsParams) ([]tra
 				out[i] = transport.ClaimIDResult{Delivery: &d, State: transport.StateRunning}
 			}
 		}
-		return nil
+		return lost.write(ctx, r)
 	})
 	if err != nil {
 		return nil, err
