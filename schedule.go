@@ -205,8 +205,12 @@ type ScheduleInfo struct {
 }
 
 // Schedules lists the schedules this process defined and those in the
-// store, by name.
+// store, by name. It fails with ErrUnsupported on a backend that keeps no
+// schedule state (RabbitMQ alone), where no schedule can be defined.
 func (q *Queue) Schedules(ctx context.Context) ([]ScheduleInfo, error) {
+	if q.ss == nil {
+		return nil, fmt.Errorf("docket: schedules: %w: this backend keeps no shared schedule state (RabbitMQ needs a result store)", ErrUnsupported)
+	}
 	byName := map[string]*ScheduleInfo{}
 	q.mu.RLock()
 	for name, e := range q.schedules {
