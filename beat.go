@@ -170,7 +170,7 @@ func (e *scheduleEntry) queue() string {
 // fireOne brings one schedule up to now and returns its next slot.
 func (q *Queue) fireOne(ctx context.Context, ss transport.ScheduleStore, e *scheduleEntry, st transport.ScheduleState, now time.Time) (time.Time, error) {
 	var err error
-	if st.Name == "" || st.Spec != e.spec || st.Template == nil {
+	if st.Name == "" || st.Spec != e.spec || !e.inited.Load() {
 		var tmpl *transport.Message
 		tmpl, err = e.template(now)
 		if err != nil {
@@ -180,6 +180,7 @@ func (q *Queue) fireOne(ctx context.Context, ss transport.ScheduleStore, e *sche
 		if err != nil {
 			return time.Time{}, err
 		}
+		e.inited.Store(true)
 	}
 	// Each step moves the cursor once; a few steps may be needed (skip to
 	// the latest slot, then fire it), and a step is retried when another

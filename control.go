@@ -142,47 +142,78 @@ func truncate(b []byte, n int) []byte {
 	return b
 }
 
-// pausedQueues is a worker's view of the paused queues, refreshed at most
-// every pauseRefresh.
-type pausedQueues struct {
-	checked time.Time
-	names   []string
-	failed  int
-}
-
 // pauseRefresh is how often a worker re-reads the paused queues: a pause
-// or resume reaches every worker within it.
+// or resume reaches every worker within it (and a read's time).
 const pauseRefresh = 500 * time.Millisecond
 
-// refresh re-reads the paused queues when they are older than pauseRefresh.
-// A failed read keeps the last view (and is logged now and then).
-func (p *pausedQueues) refresh(w *worker) {
-	a, ok := w.q.t.(transport.Admin)
-	if !ok || time.Since(p.checked) < pauseRefresh {
-		return
+// pauseLoop keeps the worker's view of the paused queues (w.paused)
+// current, reading it every pauseRefresh on its own goroutine, so that a
+// slow backend never holds up a claim; a change wakes the fetch loop. A
+// failed read keeps the last view, and is logged now and then.
+func (w *worker) pauseLoop(a transport.Admin) {
+	defer w.loops.Done()
+	tick := time.NewTicker(pauseRefresh)
+	defer tick.Stop()
+	failures := 0
+	for {
+		select {
+		case <-w.quitLoops:
+			return
+		case <-tick.C:
+		}
+		err := w.readPaused(a)
+		switch {
+		case err == nil:
+			failures = 0
+		case errors.Is(err, context.Canceled):
+		default:
+			failures++
+			if failures == 1 || failures%100 == 0 {
+				w.q.cfg.logger.Warn("docket: could not read paused queues", "err", err, "failures", failures)
+			}
+		}
 	}
-	p.checked = time.Now()
+}
+
+// readPaused reads the paused queues into w.paused, and wakes the fetch
+// loop when they changed.
+func (w *worker) readPaused(a transport.Admin) error {
 	ctx, cancel := w.call(5 * time.Second)
 	defer cancel()
 	ps, err := a.Paused(ctx, transport.PausedParams{Now: w.q.now()})
 	if err != nil {
-		p.failed++
-		if p.failed == 1 || p.failed%100 == 0 && !errors.Is(err, context.Canceled) {
-			w.q.cfg.logger.Warn("docket: could not read paused queues", "err", err, "failures", p.failed)
-		}
-		return
+		return err
 	}
-	p.failed = 0
-	p.names = p.names[:0]
-	for _, x := range ps {
-		p.names = append(p.names, x.Queue)
+	names := make([]string, len(ps))
+	for i, x := range ps {
+		names[i] = x.Queue
 	}
+	sort.Strings(names)
+	if old := w.paused.Load(); old != nil && slices.Equal(*old, names) {
+		return nil
+	}
+	w.paused.Store(&names)
+	select {
+	case w.freed <- struct{}{}:
+	default:
+	}
+	return nil
 }
 
-// filter removes paused queues from qs.
-func (p *pausedQueues) filter(qs []string) []string {
-	if len(p.names) == 0 {
+// pausedNow returns the paused queues as last read.
+func (w *worker) pausedNow() []string {
+	if p := w.paused.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// claimable returns the worker's queues, in this claim's order, without
+// the paused ones.
+func (w *worker) claimable(paused []string) []string {
+	qs := w.queueOrder()
+	if len(paused) == 0 {
 		return qs
 	}
-	return slices.DeleteFunc(qs, func(s string) bool { return slices.Contains(p.names, s) })
+	return slices.DeleteFunc(qs, func(s string) bool { return slices.Contains(paused, s) })
 }

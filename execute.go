@@ -55,9 +55,11 @@ func (q *Queue) execute(parent context.Context, d *transport.Delivery) (out tran
 		out.Error = fmt.Sprintf("docket: task name %q is not registered in the worker that claimed it", d.Name)
 		return out, false
 	}
-	tc := &TaskContext{ID: d.ID, Name: d.Name, Queue: d.Queue, Attempt: d.Attempt, MaxRetries: d.MaxAttempts - 1, Headers: d.Headers, LastError: d.LastError,
-		progress: &progress{q: q, lease: d.Lease()}}
-	ctx := context.WithValue(parent, ctxKey{}, tc)
+	ts := &taskState{
+		TaskContext: TaskContext{ID: d.ID, Name: d.Name, Queue: d.Queue, Attempt: d.Attempt, MaxRetries: d.MaxAttempts - 1, Headers: d.Headers, LastError: d.LastError},
+		progress:    progress{q: q, lease: d.Lease()},
+	}
+	ctx := context.WithValue(parent, ctxKey{}, ts)
 	var timeoutCancel context.CancelFunc = func() {}
 	if d.Timeout > 0 {
 		ctx, timeoutCancel = context.WithTimeoutCause(ctx, d.Timeout, fmt.Errorf("docket: attempt timed out after %s: %w", d.Timeout, context.DeadlineExceeded))
@@ -75,7 +77,7 @@ func (q *Queue) execute(parent context.Context, d *transport.Delivery) (out tran
 		}
 	}
 	timeoutCancel()
-	tc.progress.end(parent)
+	ts.progress.end(parent)
 	return decide(d, result, err, context.Cause(parent), q.now(), func() Backoff { return q.backoffFor(d, t) })
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"sync/atomic"
 	"time"
@@ -26,19 +27,22 @@ func (w *worker) fetchLoop() {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	pf := prefetcher{max: w.prefetch, started: &w.started, last: time.Now()}
-	var paused pausedQueues
+	var paused []string // the paused queues this loop last acted on
 	for !w.stopping() {
 		sleep := time.Second
 		capacity := w.conc + pf.size()
 		free := capacity - w.heldCount()
-		paused.refresh(w)
-		queues := paused.filter(w.queueOrder())
-		if len(paused.names) > 0 {
-			sleep = pauseRefresh // notice a resume in time
+		if now := w.pausedNow(); !slices.Equal(now, paused) {
+			w.pausesChanged(paused, now)
+			paused = now
 		}
 		// Claim in batches: wait for half the capacity to free up, unless
 		// executors are about to run out of work.
-		if free > 0 && len(queues) > 0 && (len(w.work) == 0 || free >= max(1, capacity/2)) {
+		var queues []string
+		if free > 0 && (len(w.work) == 0 || free >= max(1, capacity/2)) {
+			queues = w.claimable(paused)
+		}
+		if len(queues) > 0 {
 			now := q.now()
 			exclude, refill := w.limits.excluded(time.Now())
 			limit := min(free, 256)
@@ -84,6 +88,23 @@ func (w *worker) fetchLoop() {
 			default:
 			}
 		}
+	}
+}
+
+// pausesChanged acts on a change of the paused queues: a transport that
+// receives tasks ahead of claims (RabbitMQ's consumers) is told to stop
+// and give back what it holds, so that nothing of a newly paused queue
+// waits unacknowledged in this process for as long as the pause lasts;
+// the next claim consumes the queues still claimable.
+func (w *worker) pausesChanged(before, after []string) {
+	cs, ok := w.q.t.(transport.ClaimStopper)
+	if !ok || !slices.ContainsFunc(after, func(q string) bool { return !slices.Contains(before, q) }) {
+		return
+	}
+	ctx, cancel := w.call(10 * time.Second)
+	defer cancel()
+	if err := cs.StopClaims(ctx, w.owner); err != nil {
+		w.q.cfg.logger.Warn("docket: could not give back the tasks of a paused queue", "err", err)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/docketq/docket/transport"
@@ -36,8 +37,8 @@ func Progress(ctx context.Context, done, total int64) error {
 // encodes to JSON (at most 1 KiB), such as {"stage": "upload", "files": 3}.
 // See Progress.
 func ReportProgress(ctx context.Context, v any) error {
-	tc, ok := ctx.Value(ctxKey{}).(*TaskContext)
-	if !ok || tc.progress == nil {
+	ts, ok := ctx.Value(ctxKey{}).(*taskState)
+	if !ok {
 		return fmt.Errorf("docket: progress: %w", invalid("ctx", nil, "the ctx of a running task's handler"))
 	}
 	raw, err := json.Marshal(v)
@@ -47,15 +48,20 @@ func ReportProgress(ctx context.Context, v any) error {
 	if len(raw) > maxProgress {
 		return fmt.Errorf("docket: progress: %w", &TooLargeError{What: "progress", Size: len(raw), Limit: maxProgress})
 	}
-	return tc.progress.report(ctx, raw)
+	return ts.progress.report(ctx, raw)
 }
 
 // progress writes one attempt's progress, at most once per progressEvery.
 // A value reported sooner waits, and the latest one is written by a timer
-// or when the attempt ends (flush).
+// or when the attempt ends (end), whichever comes first.
 type progress struct {
 	q     *Queue
 	lease transport.Lease
+	used  atomic.Bool // report was called: end has work to do
+
+	// write is held while a value is taken and written, so that end
+	// returns only after every write it did not make itself.
+	write sync.Mutex
 
 	mu      sync.Mutex
 	last    time.Time // the last write
@@ -70,6 +76,7 @@ func (p *progress) report(ctx context.Context, raw []byte) error {
 		_, err := p.q.admin("progress")
 		return err
 	}
+	p.used.Store(true)
 	p.mu.Lock()
 	if p.ended {
 		p.mu.Unlock()
@@ -84,7 +91,10 @@ func (p *progress) report(ctx context.Context, raw []byte) error {
 		return nil
 	}
 	p.last = time.Now()
+	p.pending = nil
 	p.mu.Unlock()
+	p.write.Lock()
+	defer p.write.Unlock()
 	_, err := a.SetProgress(ctx, transport.ProgressParams{Now: p.q.now(), Lease: p.lease, Value: raw})
 	return err
 }
@@ -99,26 +109,31 @@ func (p *progress) tick() {
 
 // flush writes the pending value, if any, now.
 func (p *progress) flush(ctx context.Context) {
+	p.write.Lock()
+	defer p.write.Unlock()
 	p.mu.Lock()
 	raw := p.pending
 	p.pending = nil
-	if raw == nil {
+	if raw == nil || p.ended {
 		p.mu.Unlock()
 		return
 	}
 	p.last = time.Now()
 	p.mu.Unlock()
-	a := p.q.t.(transport.Admin)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if _, err := a.SetProgress(ctx, transport.ProgressParams{Now: p.q.now(), Lease: p.lease, Value: raw}); err != nil {
+	if _, err := p.q.t.(transport.Admin).SetProgress(ctx, transport.ProgressParams{Now: p.q.now(), Lease: p.lease, Value: raw}); err != nil {
 		p.q.cfg.logger.Warn("docket: could not record progress", "err", err, "task", p.lease.ID)
 	}
 }
 
 // end writes what is pending and stops further writes: the attempt is
-// over, and its outcome is written next.
+// over, and its outcome is written next. It returns after any write in
+// flight, so no progress write lands after the outcome.
 func (p *progress) end(ctx context.Context) {
+	if !p.used.Load() {
+		return
+	}
 	p.mu.Lock()
 	if p.timer != nil {
 		p.timer.Stop()
@@ -126,8 +141,10 @@ func (p *progress) end(ctx context.Context) {
 	}
 	p.mu.Unlock()
 	p.flush(ctx)
+	p.write.Lock()
 	p.mu.Lock()
 	p.ended = true
 	p.pending = nil
 	p.mu.Unlock()
+	p.write.Unlock()
 }

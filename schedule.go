@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"sync/atomic"
 	"time"
 
 	"github.com/docketq/docket/transport"
@@ -68,6 +69,10 @@ type scheduleEntry struct {
 	task    Registrable
 	payload []byte
 	opts    scheduleOpts
+	// inited: this process stored the schedule's definition (its spec and
+	// task template) with ScheduleInit, once per start, so the store's
+	// template follows a redeploy that changed the arguments.
+	inited atomic.Bool
 }
 
 // Schedule registers a periodic run of t on q: every slot of when enqueues

@@ -234,7 +234,12 @@ type Attempt = transport.Attempt
 // in success or still runs (which the backend does not record), that one.
 func attempts(in *transport.Info) []Attempt {
 	out := slices.Clone(in.Attempts)
-	if in.Attempt > 0 && (len(out) == 0 || out[len(out)-1].N < in.Attempt) &&
+	// The latest attempt is recorded when it ended without success. A
+	// record of the same number may be an earlier claim of it that was
+	// given back (a release does not use up the attempt): it started
+	// before this one did.
+	recorded := slices.ContainsFunc(out, func(a Attempt) bool { return a.N == in.Attempt && !a.Started.Before(in.Started) })
+	if in.Attempt > 0 && !recorded &&
 		(in.State == StateRunning || in.State == StateSucceeded || in.State == StateCancelled) {
 		a := Attempt{N: in.Attempt, Owner: in.Owner, Started: in.Started, State: in.State}
 		if in.State.Terminal() {
@@ -273,17 +278,22 @@ type TaskContext struct {
 	Headers    map[string]string
 	// LastError is the previous attempt's error, if this is a retry.
 	LastError string
+}
 
-	progress *progress
+// taskState is what a handler's ctx carries: its TaskContext, and the
+// progress it reports (one allocation per attempt).
+type taskState struct {
+	TaskContext
+	progress progress
 }
 
 type ctxKey struct{}
 
 // FromContext returns the task a handler's ctx belongs to.
 func FromContext(ctx context.Context) (TaskContext, bool) {
-	tc, ok := ctx.Value(ctxKey{}).(*TaskContext)
+	ts, ok := ctx.Value(ctxKey{}).(*taskState)
 	if !ok {
 		return TaskContext{}, false
 	}
-	return *tc, true
+	return ts.TaskContext, true
 }

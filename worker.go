@@ -104,7 +104,8 @@ type worker struct {
 	freed    chan struct{}
 	limits   limits
 
-	started atomic.Int64 // tasks that began running (drives the prefetch)
+	started atomic.Int64             // tasks that began running (drives the prefetch)
+	paused  atomic.Pointer[[]string] // paused queues, sorted (pauseLoop)
 
 	mu sync.Mutex
 	// inflight holds every execution whose lease this worker still holds,
@@ -156,6 +157,15 @@ func (w *worker) start() {
 	for range w.conc {
 		w.execs.Add(1)
 		go w.executor()
+	}
+	if a, ok := w.q.t.(transport.Admin); ok {
+		// The first read is made before the first claim, so a queue
+		// paused before the worker started is never claimed.
+		if err := w.readPaused(a); err != nil {
+			w.q.cfg.logger.Warn("docket: could not read paused queues", "err", err)
+		}
+		w.loops.Add(1)
+		go w.pauseLoop(a)
 	}
 	go w.fetchLoop()
 	go w.completer()

@@ -47,7 +47,7 @@ func decodeAttempts(raw string) ([]transport.Attempt, error) {
 	}
 	var recs []attemptRecord
 	if err := json.Unmarshal([]byte(raw), &recs); err != nil {
-		return nil, fmt.Errorf("docket: decode attempt records: %w", err)
+		return nil, fmt.Errorf("docket: decode attempt records: %w: %v", transport.ErrIncompatible, err)
 	}
 	out := make([]transport.Attempt, len(recs))
 	for i, r := range recs {

@@ -70,13 +70,15 @@ var migrations = []string{
 	// 2: the operations API. A task keeps its last owner after it ends,
 	// records the attempts that ended without success (attempts, a JSON
 	// array of at most transport.MaxAttemptRecords) and the latest
-	// progress its handler reported. One index in (queue, state, id)
+	// progress its handler reported in its current attempt (a claim
+	// clears it). One index in (queue, state, id)
 	// order serves the counts (a covering scan) and the listings (one
 	// range per queue and state, in id order) of the scheduled and
 	// finished tasks. It is the only index added to the task table, since
 	// every index costs on each write that moves an entry, and it leaves
-	// out the two hot states, ready and running: an enqueue and a claim
-	// never touch it, a finish adds one entry at the end of its (queue,
+	// out the two hot states, ready and running: an enqueue of a task due
+	// now and a claim never touch it (an enqueue with an ETA adds one
+	// entry, a scheduled task), a finish adds one entry at the end of its (queue,
 	// terminal state) range, a retry adds one and a promotion removes
 	// one. Ready and running tasks are counted from docket_tasks_ready
 	// and docket_tasks_timers and listed in primary-key order. Paused

@@ -240,6 +240,7 @@ const claimSQL = `UPDATE docket_tasks SET
 	owner = CASE WHEN expires_at > 0 AND expires_at <= ?1 THEN owner ELSE ?2 END,
 	run_at = CASE WHEN expires_at > 0 AND expires_at <= ?1 THEN ?1 + ttl_ms ELSE ?3 END,
 	started_at = CASE WHEN expires_at > 0 AND expires_at <= ?1 THEN started_at ELSE ?1 END,
+	progress = NULL,
 	finished_at = CASE WHEN expires_at > 0 AND expires_at <= ?1 THEN ?1 ELSE 0 END,
 	error = CASE WHEN expires_at > 0 AND expires_at <= ?1 THEN 'expired before start' ELSE error END
 	WHERE rowid IN (SELECT rowid FROM docket_tasks WHERE state = 2 AND queue = ?4 %s
@@ -712,7 +713,7 @@ var _ transport.IDClaimer = (*Store)(nil)
 // claimIDSQL leases one task by id: the next attempt, owned by ?2 until ?3.
 // A task still running under a lapsed lease records its lost attempt.
 var claimIDSQL = `UPDATE docket_tasks SET state = 3, attempt = attempt + 1, owner = ?2, run_at = ?3,
-	started_at = ?1, finished_at = 0, cancel = 0,
+	started_at = ?1, finished_at = 0, cancel = 0, progress = NULL,
 	attempts = CASE WHEN state = 3 THEN ` + appendAttempt("2", "'worker lost: lease expired in attempt ' || attempt", "?1") + ` ELSE attempts END
 	WHERE id = ?4 RETURNING ` + deliveryCols
 

@@ -2,6 +2,7 @@ package amqp
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -76,13 +77,29 @@ func (st *stored) SetProgress(ctx context.Context, p transport.ProgressParams) (
 
 // Act implements transport.Admin: see the comment at the top of this file.
 // A cancel is also broadcast to running handlers, as Cancel does.
+//
+// Two actions are narrower than on a store alone. A retry or run-now
+// applies only to the tasks whose copy was published (a task that was
+// running when the copies were made is skipped, not made ready without a
+// message), and never to a record of a message a worker gave up (its
+// producer was told nothing was enqueued). A delete applies only to
+// finished tasks: an unfinished one still has a message in RabbitMQ,
+// which would find no task and be recorded as given up; cancel it first.
 func (st *stored) Act(ctx context.Context, p transport.ActParams) (transport.ActResult, error) {
-	if p.Action == transport.ActionRetry || p.Action == transport.ActionRunNow {
-		if err := st.publishActed(ctx, p); err != nil {
+	var skipped int
+	switch p.Action {
+	case transport.ActionRetry, transport.ActionRunNow, transport.ActionDelete:
+		ids, n, err := st.actable(ctx, p)
+		if err != nil {
 			return transport.ActResult{}, fmt.Errorf("docket: amqp: %s: nothing changed: %w", p.Action, err)
 		}
+		p.IDs, skipped = ids, n
+	}
+	if len(p.IDs) == 0 {
+		return transport.ActResult{Skipped: skipped}, nil
 	}
 	res, err := st.admin.Act(ctx, p)
+	res.Skipped += skipped
 	if err != nil || p.Action != transport.ActionCancel || len(res.Changed) == 0 {
 		return res, err
 	}
@@ -91,15 +108,30 @@ func (st *stored) Act(ctx context.Context, p transport.ActParams) (transport.Act
 	return res, st.broadcastCancel(ctx, res.Changed)
 }
 
-// publishActed publishes a marked message for each of p's tasks the
-// action may apply to.
-func (st *stored) publishActed(ctx context.Context, p transport.ActParams) error {
+// actable returns the ids of p the store may act on (see Act), and how
+// many it skipped; for a retry or run-now, it publishes a marked message
+// for each of them first. Unknown ids are kept, for the store to count.
+func (st *stored) actable(ctx context.Context, p transport.ActParams) ([]string, int, error) {
+	var ids []string
 	var msgs []transport.Message
+	skipped := 0
 	stamp := strconv.FormatInt(p.Now.UnixMilli(), 10)
 	for _, id := range p.IDs {
 		in, err := st.store.Get(ctx, transport.GetParams{Now: p.Now, ID: id})
-		if err != nil || !p.Action.Applies(in.State) {
-			continue // unknown or skipped: the store's Act counts it
+		switch {
+		case errors.Is(err, transport.ErrNotFound):
+			ids = append(ids, id)
+			continue
+		case err != nil:
+			return nil, 0, err
+		case !p.Action.Applies(in.State) || in.Headers[givenUpHeader] != "",
+			p.Action == transport.ActionDelete && !in.State.Terminal():
+			skipped++
+			continue
+		}
+		ids = append(ids, id)
+		if p.Action == transport.ActionDelete {
+			continue
 		}
 		m := in.Message
 		m.ETA = time.Time{}
@@ -110,10 +142,12 @@ func (st *stored) publishActed(ctx context.Context, p transport.ActParams) error
 		m.Headers[actedHeader] = stamp
 		msgs = append(msgs, m)
 	}
-	if len(msgs) == 0 {
-		return nil
+	if len(msgs) > 0 {
+		if err := st.publishNew(ctx, p.Now, msgs); err != nil {
+			return nil, 0, err
+		}
 	}
-	return st.publishNew(ctx, p.Now, msgs)
+	return ids, skipped, nil
 }
 
 // actedPending reports whether h is an action's copy (see the top of this
