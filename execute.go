@@ -50,7 +50,7 @@ func (w *worker) executor() {
 func (q *Queue) execute(parent context.Context, d *transport.Delivery) (out transport.Outcome, skip bool) {
 	t := q.lookupTask(d.Name)
 	if t == nil {
-		out.Lease = d.Lease()
+		out.Lease, out.Queue = d.Lease(), d.Queue
 		out.State = StateFailed
 		out.Error = fmt.Sprintf("docket: task name %q is not registered in the worker that claimed it", d.Name)
 		return out, false
@@ -86,7 +86,7 @@ func (q *Queue) execute(parent context.Context, d *transport.Delivery) (out tran
 // inputs, apart from the backoff's jitter. skip means no outcome may be
 // written (the lease was lost).
 func decide(d *transport.Delivery, result []byte, err, cause error, now time.Time, backoff func() Backoff) (out transport.Outcome, skip bool) {
-	out.Lease = d.Lease()
+	out.Lease, out.Queue = d.Lease(), d.Queue
 	switch {
 	case cause == errLeaseLost:
 		return out, true

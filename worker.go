@@ -269,7 +269,7 @@ drain:
 }
 
 func release(ex *execution) transport.Outcome {
-	return transport.Outcome{Lease: ex.d.Lease(), State: transport.StateReady}
+	return transport.Outcome{Lease: ex.d.Lease(), Queue: ex.d.Queue, State: transport.StateReady}
 }
 
 func (w *worker) heldCount() int {

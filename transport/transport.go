@@ -228,6 +228,10 @@ type FinishParams struct {
 // attempt (graceful shutdown).
 type Outcome struct {
 	Lease
+	// Queue is the task's queue, as delivered: backends that count
+	// outcomes per queue (Admin's history) use it; empty means unknown
+	// (the backend looks it up).
+	Queue  string
 	State  State
 	Result []byte
 	Error  string

@@ -105,22 +105,49 @@ func (c *minuteCounts) write(ctx context.Context, r runner) error {
 	return nil
 }
 
-// finishCounts gathers the outcomes of one Finish op. The outcome does not
-// carry its queue, so the counts are added by one statement that looks the
-// tasks up by id and groups them by queue.
-type finishCounts struct{ succeeded, failed []string }
-
-func (c *finishCounts) add(o transport.Outcome) {
-	switch o.State {
-	case transport.StateSucceeded:
-		c.succeeded = append(c.succeeded, o.ID)
-	case transport.StateFailed, transport.StateScheduled:
-		c.failed = append(c.failed, o.ID)
-	}
+// finishCounts gathers the outcomes of one Finish op, by queue. An
+// outcome that does not name its queue is looked up by id.
+type finishCounts struct {
+	byQueue           map[string]*[2]int64 // succeeded, failed
+	succeeded, failed []string             // ids of outcomes without a queue
 }
 
-// finishMinutesSQL adds a Finish op's outcomes to docket_minutes: ?1 the
-// minute, ?2 and ?3 the JSON arrays of succeeded and failed task ids.
+func (c *finishCounts) add(o transport.Outcome) {
+	var i int
+	switch o.State {
+	case transport.StateSucceeded:
+		i = 0
+	case transport.StateFailed, transport.StateScheduled:
+		i = 1
+	default:
+		return
+	}
+	if o.Queue == "" {
+		if i == 0 {
+			c.succeeded = append(c.succeeded, o.ID)
+		} else {
+			c.failed = append(c.failed, o.ID)
+		}
+		return
+	}
+	if c.byQueue == nil {
+		c.byQueue = map[string]*[2]int64{}
+	}
+	n := c.byQueue[o.Queue]
+	if n == nil {
+		n = new([2]int64)
+		c.byQueue[o.Queue] = n
+	}
+	n[i]++
+}
+
+// addMinutesSQL adds to one queue's outcome counts of a minute: ?1 the
+// minute, ?2 the queue, ?3 and ?4 the succeeded and failed attempts.
+const addMinutesSQL = `INSERT INTO docket_minutes (minute, queue, succeeded, failed) VALUES (?1, ?2, ?3, ?4)
+	ON CONFLICT (minute, queue) DO UPDATE SET succeeded = succeeded + excluded.succeeded, failed = failed + excluded.failed`
+
+// finishMinutesSQL adds outcomes whose queue is unknown: ?1 the minute,
+// ?2 and ?3 the JSON arrays of succeeded and failed task ids.
 const finishMinutesSQL = `INSERT INTO docket_minutes (minute, queue, succeeded, failed)
 	SELECT ?1, t.queue, sum(j.ok), sum(1 - j.ok)
 	FROM (SELECT value AS id, 1 AS ok FROM json_each(?2) UNION ALL SELECT value, 0 FROM json_each(?3)) j
@@ -129,6 +156,12 @@ const finishMinutesSQL = `INSERT INTO docket_minutes (minute, queue, succeeded, 
 	ON CONFLICT (minute, queue) DO UPDATE SET succeeded = succeeded + excluded.succeeded, failed = failed + excluded.failed`
 
 func (c *finishCounts) write(ctx context.Context, r runner, now int64) error {
+	minute := minuteOf(now)
+	for queue, n := range c.byQueue {
+		if _, err := r.exec(ctx, addMinutesSQL, minute, queue, n[0], n[1]); err != nil {
+			return fmt.Errorf("docket: count outcomes: %w", err)
+		}
+	}
 	if len(c.succeeded)+len(c.failed) == 0 {
 		return nil
 	}
@@ -140,7 +173,7 @@ func (c *finishCounts) write(ctx context.Context, r runner, now int64) error {
 	if c.failed == nil {
 		failed = []byte("[]")
 	}
-	if _, err := r.exec(ctx, finishMinutesSQL, minuteOf(now), string(ok), string(failed)); err != nil {
+	if _, err := r.exec(ctx, finishMinutesSQL, minute, string(ok), string(failed)); err != nil {
 		return fmt.Errorf("docket: count outcomes: %w", err)
 	}
 	return nil
