@@ -284,3 +284,23 @@ type ScheduleTriggerParams struct {
 	// Name is the schedule; ID the new task's id.
 	Name, ID string
 }
+
+// Search bounds: the defaults and limits of SearchParams.Limit and
+// Examine.
+const (
+	DefaultSearchLimit   = 100
+	MaxSearchLimit       = 1000
+	DefaultSearchExamine = 10_000
+)
+
+// Bounds returns p's page size and examination bound, defaults applied.
+func (p *SearchParams) Bounds() (limit, examine int) {
+	limit, examine = p.Limit, p.Examine
+	if limit <= 0 {
+		limit = DefaultSearchLimit
+	}
+	if examine <= 0 {
+		examine = DefaultSearchExamine
+	}
+	return min(limit, MaxSearchLimit), examine
+}

@@ -527,25 +527,13 @@ func (s *Store) SetPaused(ctx context.Context, p transport.SetPausedParams) erro
 	})
 }
 
-// workerRecord is the info column of docket_workers.
-type workerRecord struct {
-	Host        string   `json:"host,omitempty"`
-	PID         int      `json:"pid,omitempty"`
-	Queues      []string `json:"queues,omitempty"`
-	Concurrency int      `json:"concurrency,omitempty"`
-	Busy        int      `json:"busy,omitempty"`
-	Started     int64    `json:"started,omitempty"`
-	Version     string   `json:"version,omitempty"`
-}
-
 // Heartbeat implements transport.Admin.
 func (s *Store) Heartbeat(ctx context.Context, p transport.HeartbeatParams) error {
 	w := p.Worker
 	if w.ID == "" {
 		return fmt.Errorf("%w: heartbeat: empty worker id", transport.ErrInvalid)
 	}
-	info, err := json.Marshal(workerRecord{Host: w.Host, PID: w.PID, Queues: w.Queues, Concurrency: w.Concurrency,
-		Busy: w.Busy, Started: wire.Millis(w.Started), Version: w.Version})
+	info, err := wire.EncodeWorker(&w)
 	if err != nil {
 		return fmt.Errorf("docket: heartbeat: %w", err)
 	}
@@ -574,18 +562,16 @@ func (s *Store) Workers(ctx context.Context, p transport.WorkersParams) ([]trans
 	defer rows.Close()
 	var out []transport.WorkerInfo
 	for rows.Next() {
-		var w transport.WorkerInfo
-		var info string
+		var id, info string
 		var beat, expires int64
-		if err := rows.Scan(&w.ID, &info, &beat, &expires); err != nil {
+		if err := rows.Scan(&id, &info, &beat, &expires); err != nil {
 			return nil, fmt.Errorf("docket: read workers: %w", err)
 		}
-		var rec workerRecord
-		if err := json.Unmarshal([]byte(info), &rec); err != nil {
-			return nil, fmt.Errorf("docket: read worker %s: %w: %w", w.ID, transport.ErrIncompatible, err)
+		w, err := wire.DecodeWorker([]byte(info))
+		if err != nil {
+			return nil, fmt.Errorf("docket: read worker %s: %w", id, err)
 		}
-		w.Host, w.PID, w.Queues, w.Concurrency, w.Busy, w.Version = rec.Host, rec.PID, rec.Queues, rec.Concurrency, rec.Busy, rec.Version
-		w.Started, w.Heartbeat, w.Expires = wire.FromMillis(rec.Started), wire.FromMillis(beat), wire.FromMillis(expires)
+		w.ID, w.Heartbeat, w.Expires = id, wire.FromMillis(beat), wire.FromMillis(expires)
 		out = append(out, w)
 	}
 	if err := rows.Err(); err != nil {

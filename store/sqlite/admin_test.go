@@ -196,7 +196,7 @@ func TestAdminQueryPlans(t *testing.T) {
 		"queue-states-filter": {Queue: "default", States: []transport.State{transport.StateReady}, Name: "n", Text: "1", Until: base.Add(time.Hour)},
 	}
 	for name, p := range searches {
-		w, ok := newWalk(p, defaultSearchExamine)
+		w, ok := newWalk(p, transport.DefaultSearchExamine)
 		if !ok {
 			t.Fatalf("%s: empty walk", name)
 		}

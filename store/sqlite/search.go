@@ -16,13 +16,6 @@ import (
 	"github.com/docketq/docket/transport"
 )
 
-// Search bounds (transport.SearchParams).
-const (
-	defaultSearchLimit   = 100
-	maxSearchLimit       = 1000
-	defaultSearchExamine = 10_000
-)
-
 // Search walks an index in id order from the cursor and examines at most
 // p.Examine tasks:
 //
@@ -47,15 +40,7 @@ const (
 // whose first ten characters encode the creation time, so a time range is
 // an id range.
 func (s *Store) Search(ctx context.Context, p transport.SearchParams) (transport.SearchResult, error) {
-	limit := p.Limit
-	if limit <= 0 {
-		limit = defaultSearchLimit
-	}
-	limit = min(limit, maxSearchLimit)
-	examine := p.Examine
-	if examine <= 0 {
-		examine = defaultSearchExamine
-	}
+	limit, examine := p.Bounds()
 	if p.Order != transport.OldestFirst && p.Order != transport.NewestFirst {
 		return transport.SearchResult{}, fmt.Errorf("%w: unknown search order %d", transport.ErrInvalid, p.Order)
 	}
