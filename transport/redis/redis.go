@@ -35,6 +35,26 @@
 // workers and waiters on any host; after a reconnect they re-check, and a
 // polling fallback covers the gap.
 //
+// Operations (transport.Admin): the same scripts keep every task in index
+// sets, all scored 0 and so ordered by id: one per queue of all its tasks,
+// and one per queue and state for the scheduled, retrying and finished
+// ones. Ready tasks are counted in the queue's ready set and running ones
+// as the rest, so a claim, the hot path, moves no index entry. Stats
+// counts with ZCARD; Search walks the sets in id order from a cursor,
+// examining a bounded number of tasks per call. Each task's latest owner, progress and
+// the attempts that ended without success stay in its hash; outcomes are
+// counted per queue and minute for the last two hours.
+//
+// Upgrading from a version without the index sets needs nothing: the
+// first process of this version that opens a prefix indexes the tasks
+// stored before (one SCAN over the server's keys, then {prefix}:layout
+// records it). While processes of the earlier version still run, the tasks
+// they enqueue are indexed when a process of this version changes their
+// state (so Search and Stats may miss, or count in their old state, tasks
+// that only old processes touched), and the ids of tasks they prune stay
+// in the indexes (counted as running) until a Search meets and drops
+// them. Once every process runs this version, the indexes are exact.
+//
 // Durability is Redis's: with appendonly yes (appendfsync everysec) a
 // crash of the server loses at most about a second of acknowledged writes;
 // with appendonly no (Debian's default) a restart loses everything.
@@ -144,6 +164,9 @@ func newTransport(ctx context.Context, client goredis.UniversalClient, owned boo
 	if err == nil {
 		t := &Transport{rdb: client, owned: owned, prefix: opts.Prefix, log: opts.Logger, where: where}
 		if err = t.check(ctx, opts.Strict); err == nil {
+			if err := t.upgrade(ctx); err != nil {
+				t.log.Warn("docket: redis could not index the tasks stored by an earlier version; Search and Stats miss them until a process indexes them", "server", t.where, "err", err)
+			}
 			return t, nil
 		}
 	}
@@ -565,7 +588,9 @@ func (t *Transport) Get(ctx context.Context, p transport.GetParams) (transport.I
 	if len(h) == 0 || h["state"] == "" {
 		return transport.Info{}, fmt.Errorf("docket: task %s: %w", p.ID, transport.ErrNotFound)
 	}
-	return infoFrom(p.ID, h)
+	in, err := infoFrom(p.ID, h)
+	in.Attempts = decodeAttempts(h["atts"])
+	return in, err
 }
 
 func infoFrom(id string, h map[string]string) (transport.Info, error) {
@@ -579,6 +604,10 @@ func infoFrom(id string, h map[string]string) (transport.Info, error) {
 	in.RunAt, in.Started, in.Finished = wire.FromMillis(n("run_at")), wire.FromMillis(n("started")), wire.FromMillis(n("finished"))
 	if r, ok := h["res"]; ok {
 		in.Result = []byte(r)
+	}
+	in.Owner = h["owner"]
+	if v := h["prog"]; v != "" { // a claim empties it: a new attempt has none yet
+		in.Progress = []byte(v)
 	}
 	if in.State == transport.StateScheduled {
 		in.ETA = in.RunAt

@@ -2,6 +2,7 @@ package redis
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strconv"
 
@@ -13,7 +14,15 @@ import (
 
 // ScheduleInit implements transport.ScheduleStore.
 func (t *Transport) ScheduleInit(ctx context.Context, p transport.ScheduleInitParams) (transport.ScheduleState, error) {
-	if _, err := t.run(ctx, scheduleInitScript, wire.Millis(p.Now), p.Name, p.Spec, wire.Millis(p.NextAt)); err != nil {
+	tmpl, has := "", "0"
+	if p.Template != nil {
+		raw, err := json.Marshal(p.Template)
+		if err != nil {
+			return transport.ScheduleState{}, fmt.Errorf("docket: schedule %s: template: %w: %w", p.Name, transport.ErrInvalid, err)
+		}
+		tmpl, has = string(raw), "1"
+	}
+	if _, err := t.run(ctx, scheduleInitScript, wire.Millis(p.Now), p.Name, p.Spec, wire.Millis(p.NextAt), tmpl, has); err != nil {
 		return transport.ScheduleState{}, fmt.Errorf("docket: redis init schedule %s: %w", p.Name, err)
 	}
 	sts, err := t.ScheduleStates(ctx, transport.ScheduleStatesParams{Now: p.Now, Names: []string{p.Name}})
@@ -46,7 +55,16 @@ func (t *Transport) ScheduleStates(ctx context.Context, p transport.ScheduleStat
 		}
 		n := func(k string) int64 { v, _ := strconv.ParseInt(h[k], 10, 64); return v }
 		st := transport.ScheduleState{Name: name, Spec: h["spec"], NextAt: wire.FromMillis(n("next_at")), LastSlot: wire.FromMillis(n("last_slot")),
-			LastFiredAt: wire.FromMillis(n("last_fired")), LastTaskID: h["last_task"], Updated: wire.FromMillis(n("updated"))}
+			LastFiredAt: wire.FromMillis(n("last_fired")), LastTaskID: h["last_task"], Updated: wire.FromMillis(n("updated")),
+			Paused: h["paused"] != ""}
+		if raw := h["tmpl"]; raw != "" {
+			var m transport.Message
+			if err := json.Unmarshal([]byte(raw), &m); err != nil {
+				t.log.Warn("docket: redis schedule template unreadable", "schedule", name, "err", err)
+			} else {
+				st.Template = &m
+			}
+		}
 		if st.LastTaskID != "" {
 			if s, err := t.rdb.HGet(ctx, t.key("t", st.LastTaskID), "state").Int(); err == nil {
 				st.LastTaskState = transport.State(s)

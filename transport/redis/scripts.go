@@ -1,6 +1,12 @@
 package redis
 
-import goredis "github.com/redis/go-redis/v9"
+import (
+	"strconv"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/docketq/docket/transport"
+)
 
 // cancelledAtRelease is the error recorded for a task whose worker gave it
 // back (at shutdown) while a cancel was pending. The text is that of the
@@ -16,16 +22,52 @@ const cancelledAtRelease = "cancelled; its worker released it before it finished
 //	{P}:lease       zset: running tasks, score lease deadline ms
 //	{P}:done        zset: finished tasks, score prune time ms
 //	{P}:u:<sha1>    string: the unfinished task holding a unique key
-//	{P}:ev          pub/sub: "r <queue>" new work, "d <id>" finished, "c <id>" cancel
+//	{P}:ev          pub/sub: "r <queue>" new work, "d <id>" finished or deleted, "c <id>" cancel
 //	{P}:w:<queue>   string: set while a worker waits for new work on the queue (60 s expiry)
-//	{P}:s:<name>    hash: a schedule's cursor;  {P}:sr:<name> zset: its fired slots
+//	{P}:s:<name>    hash: a schedule: spec next_at updated last_slot last_fired
+//	                last_task, paused (ms since; absent when not paused),
+//	                tmpl (JSON of the transport.Message each slot enqueues);
+//	{P}:sr:<name>   zset: its fired slots
 //	{P}:schedules   set: schedule names
 //
+// The operations API (admin.go) adds:
+//
+//	{P}:queues         set: the queues that have tasks (added at enqueue,
+//	                   removed when a prune or delete empties {P}:a:<queue>)
+//	{P}:a:<queue>      zset, every score 0: the ids of all the queue's tasks
+//	{P}:x:<queue>:<ix> zset, every score 0: the ids of the queue's tasks in
+//	                   index set ix: "1" scheduled and never attempted, "r"
+//	                   scheduled to retry (attempted), "4".."7" finished, by
+//	                   state. Ready and running tasks are in none (their
+//	                   'ix' is "0"): the claim and the finish of a task,
+//	                   the hot path, then cost no index move but the final
+//	                   ZADD. The task's 'ix' field names its set; every
+//	                   script that changes a state moves it (index). Counts
+//	                   are ZCARDs: ready ones of {P}:r:<queue>, running ones
+//	                   what {P}:a:<queue> holds beyond all the others.
+//	                   Search walks these sets in id order (ZRANGEBYLEX).
+//	{P}:m:<minute ms>  hash: outcomes that minute, fields "<queue>:s"
+//	                   (succeeded) and "<queue>:f" (failed or retried);
+//	                   expires after 2 h
+//	{P}:paused         hash: paused queue → paused since (ms)
+//	{P}:workers        hash: worker id → JSON record (wire.EncodeWorker);
+//	{P}:wexp           zset: worker id, score expiry ms; expired ones are
+//	                   dropped by heartbeats, prunes and reads
+//	{P}:layout         string: "2" once the tasks stored before these indexes
+//	                   existed have been indexed (upgrade, at New)
+//
 // Task hash fields: name queue state prio run_at exp att max tmo ttl owner
-// cancel uk ukh pay meta res err created started finished tok.
+// cancel uk ukh pay meta res err created started finished tok, and ix (its
+// index set), prog (the handler's progress, JSON) and atts (the attempts
+// that ended without success: a JSON array of {n, owner, started,
+// finished, state, err}, the first and the latest, MaxAttemptRecords in
+// all). owner stays after an attempt ends: every fence checks state = 3
+// (running) first.
 
-// lib is prepended to every script.
-const lib = `
+// The scripts' shared Lua: lib is prepended to every script, and each of
+// the others to the scripts that use it (Redis runs a script's whole text
+// on every call, so a helper a script does not need still costs).
+var lib = `
 local P = ARGV[1]
 local function k(a, b)
 	if b then return P .. ':' .. a .. ':' .. b end
@@ -43,29 +85,89 @@ local function wake(queue)
 	if redis.call('DEL', k('w', queue)) == 1 then publish('r ' .. queue) end
 end
 
--- terminal moves a task to a final state: out of every index, into done,
--- unique key released, waiters told.
-local function terminal(id, state, now, err, res)
+-- ixof names the index set of a task in state st after att claims: '0'
+-- (none) for a ready or running task, 'r' for a scheduled task that was
+-- attempted (it waits to retry), else the state's number.
+local function ixof(st, att)
+	st = tonumber(st)
+	if st == 2 or st == 3 then return '0' end
+	if st == 1 and tonumber(att) > 0 then return 'r' end
+	return tostring(st)
+end
+
+-- index moves task id of queue from index set old (its 'ix' field; false
+-- for a task stored before the indexes existed, which joins the queue's
+-- set of all tasks now) to ix, where '0' is no set. The caller records ix
+-- in the 'ix' field.
+local function index(id, queue, old, ix)
+	if old == ix then return end
+	if not old then
+		redis.call('ZADD', k('a', queue), 0, id)
+		redis.call('SADD', k('queues'), queue)
+	elseif old ~= '0' then
+		redis.call('ZREM', k('x', queue .. ':' .. old), id)
+	end
+	if ix ~= '0' then redis.call('ZADD', k('x', queue .. ':' .. ix), 0, id) end
+end
+
+-- append adds the field/value pairs of extra (a flat list, or nil) to
+-- fields.
+local function append(fields, extra)
+	if extra then
+		for _, v in ipairs(extra) do fields[#fields + 1] = v end
+	end
+	return fields
+end
+
+-- unqueue removes a task from the one set its state (st, a string) puts
+-- it in: sched, its queue's ready set or lease.
+local function unqueue(id, queue, st)
+	if st == '3' then
+		redis.call('ZREM', k('lease'), id)
+	elseif st == '2' then
+		redis.call('ZREM', k('r', queue), id)
+	elseif st == '1' then
+		redis.call('ZREM', k('sched'), id)
+	end
+end
+
+-- terminal moves a task to a final state: out of its queue, into done,
+-- unique key released, waiters told. Its owner stays. extra: more
+-- field/value pairs for its hash; pre: its fields queue ttl ukh ix state,
+-- when the caller has read them.
+local function terminal(id, state, now, err, res, extra, pre)
 	local tk = k('t', id)
-	local f = redis.call('HMGET', tk, 'queue', 'ttl', 'ukh')
-	redis.call('ZREM', k('lease'), id)
-	redis.call('ZREM', k('sched'), id)
-	redis.call('ZREM', k('r', f[1]), id)
+	local f = pre or redis.call('HMGET', tk, 'queue', 'ttl', 'ukh', 'ix', 'state')
+	unqueue(id, f[1], f[5])
 	redis.call('ZADD', k('done'), now + tonumber(f[2]), id)
 	if f[3] and f[3] ~= '' and redis.call('GET', k('u', f[3])) == id then
 		redis.call('DEL', k('u', f[3]))
 	end
-	redis.call('HSET', tk, 'state', state, 'owner', '', 'finished', now, 'run_at', now + tonumber(f[2]))
-	if err then redis.call('HSET', tk, 'err', err) end
-	if res then redis.call('HSET', tk, 'res', res) end
+	local ix = tostring(state)
+	index(id, f[1], f[4], ix)
+	local fields = {'state', state, 'ix', ix, 'finished', now, 'run_at', now + tonumber(f[2])}
+	if err then append(fields, {'err', err}) end
+	if res then append(fields, {'res', res}) end
+	redis.call('HSET', tk, unpack(append(fields, extra)))
 	publish('d ' .. id)
 end
 
-local function make_ready(id, queue, prio, due)
+-- make_ready puts a task in its queue's ready set, due at due; old is its
+-- index set before; extra: more field/value pairs for its hash.
+local function make_ready(id, queue, prio, due, old, extra)
 	redis.call('ZADD', k('r', queue), score(prio, due), id)
-	redis.call('HSET', k('t', id), 'state', 2, 'run_at', due)
+	local fields = {'state', 2, 'run_at', due}
+	if old ~= '0' then
+		index(id, queue, old, '0')
+		append(fields, {'ix', '0'})
+	end
+	redis.call('HSET', k('t', id), unpack(append(fields, extra)))
 end
+`
 
+// libMsg: messages as enqueue arguments (enqueue, schedule fire and
+// trigger).
+var libMsg = `
 -- Messages travel as 15 ARGV fields each, starting at base:
 -- id name queue prio eta exp max tmo ttl uk ukh pay meta created retexisting
 local MF = 15
@@ -88,6 +190,8 @@ local function check(base, token)
 	return nil
 end
 
+-- insert stores message i and returns its queue, which the caller adds to
+-- k('queues') (once per queue and call) and wakes.
 local function insert(base, now, token)
 	local id, name, queue, prio = ARGV[base], ARGV[base+1], ARGV[base+2], ARGV[base+3]
 	local eta, exp, ttl = tonumber(ARGV[base+4]), tonumber(ARGV[base+5]), tonumber(ARGV[base+8])
@@ -96,10 +200,13 @@ local function insert(base, now, token)
 	local expired = exp > 0 and exp <= now
 	local state, runat = 2, now
 	if not expired and eta > now then state, runat = 1, eta end
+	local ix = ixof(state, 0)
 	redis.call('HSET', tk, 'name', name, 'queue', queue, 'prio', prio, 'exp', exp, 'att', 0,
 		'max', ARGV[base+6], 'tmo', ARGV[base+7], 'ttl', ttl, 'owner', '', 'cancel', 0,
 		'uk', uk, 'ukh', ukh, 'pay', ARGV[base+11], 'meta', ARGV[base+12], 'created', ARGV[base+13],
-		'started', 0, 'finished', 0, 'tok', token, 'state', state, 'run_at', runat)
+		'started', 0, 'finished', 0, 'tok', token, 'state', state, 'run_at', runat, 'ix', ix)
+	redis.call('ZADD', k('a', queue), 0, id)
+	if ix ~= '0' then redis.call('ZADD', k('x', queue .. ':' .. ix), 0, id) end
 	if uk ~= '' then redis.call('SET', k('u', ukh), id) end
 	if expired then
 		terminal(id, 7, now, 'expired before enqueue', nil)
@@ -112,11 +219,65 @@ local function insert(base, now, token)
 end
 `
 
+// libAttempts: attempt records and outcome counts (the scripts that end
+// attempts: claim, finish, claim by id).
+var libAttempts = `
+local MAXREC = ` + strconv.Itoa(transport.MaxAttemptRecords) + `
+-- record returns the task's 'atts' field with one more attempt that
+-- ended without success, keeping the first record and the latest ones,
+-- for the caller to write with the rest of the change.
+local function record(id, n, owner, started, now, state, err)
+	local list = {}
+	local raw = redis.call('HGET', k('t', id), 'atts')
+	if raw then
+		local ok, v = pcall(cjson.decode, raw)
+		if ok and type(v) == 'table' then list = v end
+	end
+	list[#list + 1] = {n = tonumber(n) or 0, owner = owner or '', started = tonumber(started) or 0,
+		finished = now, state = state, err = err or ''}
+	while #list > MAXREC do table.remove(list, 2) end
+	return cjson.encode(list)
+end
+
+-- tally counts outcomes per queue and kind ('s' succeeded, 'f' failed or
+-- retried) during one script run; flush adds them to the minute's hash.
+local tally = {}
+local function count(queue, kind)
+	local f = queue .. ':' .. kind
+	tally[f] = (tally[f] or 0) + 1
+end
+local function flush(now)
+	local key = nil
+	for f, n in pairs(tally) do
+		key = key or k('m', string.format('%.0f', now - now % 60000))
+		redis.call('HINCRBY', key, f, n)
+	end
+	if key then redis.call('EXPIRE', key, 7200) end
+end
+`
+
+// libDelete: removing tasks from the indexes (prune, act, heal).
+var libDelete = `
+-- unindex removes a task about to be deleted from its queue's indexes.
+local function unindex(id, queue, old)
+	if old and old ~= '0' then redis.call('ZREM', k('x', queue .. ':' .. old), id) end
+	redis.call('ZREM', k('a', queue), id)
+end
+
+-- forget drops the queues (a set of names) that have no task left from
+-- the set of queues.
+local function forget(queues)
+	for q in pairs(queues) do
+		if redis.call('EXISTS', k('a', q)) == 0 then redis.call('SREM', k('queues'), q) end
+	end
+end
+`
+
 // enqueueScript: ARGV = P ncalls, then per call: token now n and n
 // messages. Each call is all or nothing on its own: its reply is either
 // one 'dup' row or a row per message. Calls are checked and inserted in
 // order, so a later call sees an earlier one's tasks.
-var enqueueScript = goredis.NewScript(lib + `
+var enqueueScript = goredis.NewScript(lib + libMsg + `
 local ncalls = tonumber(ARGV[2])
 local pos = 3
 local replies = {}
@@ -144,37 +305,49 @@ for c = 1, ncalls do
 	end
 	pos = base + n * MF
 end
-for q in pairs(queues) do wake(q) end
+for q in pairs(queues) do
+	redis.call('SADD', k('queues'), q)
+	wake(q)
+end
 return replies
 `)
 
 // claimScript: ARGV = P now owner lease_until limit nq q... nx x...
 // Promotes due scheduled tasks, rescues lapsed leases, then claims.
-var claimScript = goredis.NewScript(lib + `
+var claimScript = goredis.NewScript(lib + libAttempts + `
 local now, owner, deadline, limit = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local nq = tonumber(ARGV[6])
 local excl = {}
 for i = 1, tonumber(ARGV[7 + nq]) do excl[ARGV[7 + nq + i]] = true end
 local ended = {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', k('sched'), '-inf', now, 'LIMIT', 0, 1000)) do
-	local f = redis.call('HMGET', k('t', id), 'queue', 'prio', 'run_at')
+	local f = redis.call('HMGET', k('t', id), 'queue', 'prio', 'run_at', 'ix')
 	redis.call('ZREM', k('sched'), id)
-	make_ready(id, f[1], f[2], tonumber(f[3]))
+	make_ready(id, f[1], f[2], tonumber(f[3]), f[4])
 end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', k('lease'), '-inf', now, 'LIMIT', 0, 1000)) do
-	local f = redis.call('HMGET', k('t', id), 'att', 'max', 'cancel', 'queue', 'prio')
-	redis.call('ZREM', k('lease'), id)
+	local f = redis.call('HMGET', k('t', id), 'att', 'max', 'cancel', 'queue', 'prio', 'ix', 'owner', 'started')
 	if f[3] == '1' then
-		terminal(id, 6, now, 'cancelled; the worker was lost in attempt ' .. f[1], nil)
+		local e = 'cancelled; the worker was lost in attempt ' .. f[1]
+		terminal(id, 6, now, e, nil, {'atts', record(id, f[1], f[7], f[8], now, 6, e)})
 		table.insert(ended, {id, 6})
 	elseif tonumber(f[1]) >= tonumber(f[2]) then
-		terminal(id, 5, now, 'worker lost: lease expired in attempt ' .. f[1], nil)
+		local e = 'worker lost: lease expired in attempt ' .. f[1]
+		count(f[4], 'f')
+		terminal(id, 5, now, e, nil, {'atts', record(id, f[1], f[7], f[8], now, 5, e)})
 		table.insert(ended, {id, 5})
 	else
-		redis.call('HSET', k('t', id), 'owner', '', 'err', 'worker lost: lease expired in attempt ' .. f[1])
-		make_ready(id, f[4], f[5], now)
+		local e = 'worker lost: lease expired in attempt ' .. f[1]
+		redis.call('ZREM', k('lease'), id)
+		make_ready(id, f[4], f[5], now, f[6], {'err', e, 'atts', record(id, f[1], f[7], f[8], now, 2, e)})
 	end
 end
+flush(now)
+-- The delivery's fields (deliveryFrom), and ix: read in one HMGET when
+-- no task name is excluded (the common case); with exclusions, the name
+-- first, so that a skipped task costs little.
+local DF = {'name', 'queue', 'prio', 'exp', 'att', 'max', 'tmo', 'ttl', 'uk', 'pay', 'meta', 'created', 'err', 'ix'}
+local nx = tonumber(ARGV[7 + nq])
 local got = {}
 for qi = 1, nq do
 	local q = ARGV[6 + qi]
@@ -186,9 +359,12 @@ for qi = 1, nq do
 		for _, id in ipairs(ids) do
 			if #got >= limit then break end
 			local tk = k('t', id)
-			local f = redis.call('HMGET', tk, 'name', 'exp')
-			if not excl[f[1]] then
-				local exp = tonumber(f[2])
+			local f = nil
+			if nx == 0 or not excl[redis.call('HGET', tk, 'name')] then
+				f = redis.call('HMGET', tk, unpack(DF))
+			end
+			if f then
+				local exp = tonumber(f[4])
 				if exp > 0 and exp <= now then
 					terminal(id, 7, now, 'expired before start', nil)
 					table.insert(ended, {id, 7})
@@ -197,10 +373,15 @@ for qi = 1, nq do
 					redis.call('ZREM', k('r', q), id)
 					from = from - 1
 					redis.call('ZADD', k('lease'), deadline, id)
-					redis.call('HINCRBY', tk, 'att', 1)
-					redis.call('HSET', tk, 'state', 3, 'owner', owner, 'run_at', deadline, 'started', now)
-					table.insert(got, redis.call('HMGET', tk, 'name', 'queue', 'prio', 'exp', 'att', 'max', 'tmo', 'ttl', 'uk', 'pay', 'meta', 'created', 'err') )
-					got[#got][14] = id
+					f[5] = tonumber(f[5]) + 1
+					if f[14] == '0' then
+						redis.call('HSET', tk, 'state', 3, 'att', f[5], 'owner', owner, 'run_at', deadline, 'started', now, 'prog', '')
+					else
+						index(id, q, f[14], '0')
+						redis.call('HSET', tk, 'state', 3, 'ix', '0', 'att', f[5], 'owner', owner, 'run_at', deadline, 'started', now, 'prog', '')
+					end
+					f[14] = id
+					table.insert(got, f)
 				end
 			end
 		end
@@ -245,7 +426,7 @@ return out
 // -> per outcome 1 written, 2 written and the task ended cancelled instead
 // of being put back (a retry or release while a cancel was pending), 0
 // fenced out.
-var finishScript = goredis.NewScript(lib + `
+var finishScript = goredis.NewScript(lib + libAttempts + `
 local now, n = tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
 local requeued = {}
@@ -254,36 +435,46 @@ for i = 0, n - 1 do
 	local id, att, owner, state, runat = ARGV[b], ARGV[b+1], ARGV[b+2], tonumber(ARGV[b+3]), tonumber(ARGV[b+4])
 	local res, err = ARGV[b+5], ARGV[b+6]
 	local tk = k('t', id)
-	local f = redis.call('HMGET', tk, 'state', 'att', 'owner', 'queue', 'prio', 'cancel')
+	local f = redis.call('HMGET', tk, 'state', 'att', 'owner', 'queue', 'prio', 'cancel', 'ix', 'started', 'ttl', 'ukh')
+	local pre = {f[4], f[9], f[10], f[7], f[1]}
 	if f[1] == '3' and f[2] == att and f[3] == owner then
 		out[i + 1] = 1
 		if err == '' then err = nil end
+		if state == 4 then count(f[4], 's') elseif state == 5 or state == 1 then count(f[4], 'f') end
 		if state >= 4 then
 			if res == '' then res = nil end
-			if state == 4 then redis.call('HDEL', tk, 'err') end
-			terminal(id, state, now, err, res)
+			if state == 4 then
+				terminal(id, state, now, err or '', res, nil, pre)
+			else
+				terminal(id, state, now, err, res, {'atts', record(id, att, owner, f[8], now, state, err)}, pre)
+			end
 		elseif f[6] == '1' then
 			-- A cancel is pending: the task ends here, it is not put back.
 			out[i + 1] = 2
+			local e = '` + cancelledAtRelease + `'
+			local extra = {}
 			if state == 2 then
-				redis.call('HINCRBY', tk, 'att', -1)
-				terminal(id, 6, now, '` + cancelledAtRelease + `', nil)
+				extra = {'att', tonumber(att) - 1}
 			elseif err then
-				terminal(id, 6, now, 'cancelled; attempt ' .. att .. ' failed: ' .. err, nil)
+				e = 'cancelled; attempt ' .. att .. ' failed: ' .. err
 			else
-				terminal(id, 6, now, 'cancelled; attempt ' .. att .. ' failed', nil)
+				e = 'cancelled; attempt ' .. att .. ' failed'
 			end
+			terminal(id, 6, now, e, nil, append(extra, {'atts', record(id, att, owner, f[8], now, 6, e)}), pre)
 		else
 			redis.call('ZREM', k('lease'), id)
-			redis.call('HSET', tk, 'owner', '')
-			if err then redis.call('HSET', tk, 'err', err) end
+			local extra = {}
+			if err then extra = {'err', err} end
 			if state == 2 then
-				redis.call('HINCRBY', tk, 'att', -1)
-				make_ready(id, f[4], f[5], now)
+				append(extra, {'att', tonumber(att) - 1, 'atts', record(id, att, owner, f[8], now, 2, err)})
+				make_ready(id, f[4], f[5], now, f[7], extra)
 			elseif runat <= now then
-				make_ready(id, f[4], f[5], runat)
+				append(extra, {'atts', record(id, att, owner, f[8], now, 1, err)})
+				make_ready(id, f[4], f[5], runat, f[7], extra)
 			else
-				redis.call('HSET', tk, 'state', 1, 'run_at', runat)
+				append(extra, {'atts', record(id, att, owner, f[8], now, 1, err)})
+				index(id, f[4], f[7], 'r')
+				redis.call('HSET', tk, unpack(append({'state', 1, 'ix', 'r', 'run_at', runat}, extra)))
 				redis.call('ZADD', k('sched'), runat, id)
 			end
 			requeued[f[4]] = true
@@ -293,6 +484,7 @@ for i = 0, n - 1 do
 	end
 end
 for q in pairs(requeued) do wake(q) end
+flush(now)
 return out
 `)
 
@@ -314,34 +506,53 @@ return st
 `)
 
 // pruneScript: ARGV = P now limit -> number deleted.
-var pruneScript = goredis.NewScript(lib + `
+var pruneScript = goredis.NewScript(lib + libDelete + `
 local ids = redis.call('ZRANGEBYSCORE', k('done'), '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+local touched = {}
 for _, id in ipairs(ids) do
+	local f = redis.call('HMGET', k('t', id), 'queue', 'ix')
+	if f[1] then
+		unindex(id, f[1], f[2])
+		touched[f[1]] = true
+	end
 	redis.call('DEL', k('t', id))
 	redis.call('ZREM', k('done'), id)
+end
+forget(touched)
+for _, w in ipairs(redis.call('ZRANGEBYSCORE', k('wexp'), '-inf', ARGV[2], 'LIMIT', 0, 1000)) do
+	redis.call('HDEL', k('workers'), w)
+	redis.call('ZREM', k('wexp'), w)
 end
 return #ids
 `)
 
-// scheduleInitScript: ARGV = P now name spec next_at -> nothing.
+// scheduleInitScript: ARGV = P now name spec next_at template
+// has_template -> nothing. The template is replaced on every call; the
+// cursor only when the spec changed.
 var scheduleInitScript = goredis.NewScript(lib + `
 local sk = k('s', ARGV[3])
 if redis.call('HGET', sk, 'spec') ~= ARGV[4] then
 	redis.call('HSET', sk, 'spec', ARGV[4], 'next_at', ARGV[5], 'updated', ARGV[2])
 	redis.call('SADD', k('schedules'), ARGV[3])
 end
+if ARGV[7] == '1' then
+	redis.call('HSET', sk, 'tmpl', ARGV[6])
+else
+	redis.call('HDEL', sk, 'tmpl')
+end
 return 1
 `)
 
 // scheduleFireScript: ARGV = P now name cursor next_at slot skip_if_running token
 // [message fields from 9] -> {advanced, fired, task id, skipped reason}.
-var scheduleFireScript = goredis.NewScript(lib + `
+var scheduleFireScript = goredis.NewScript(lib + libMsg + `
 local now, name, cursor, nextat, slot = tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local skip, token = ARGV[7], ARGV[8]
 local sk = k('s', name)
 if redis.call('HGET', sk, 'next_at') ~= cursor then return {0, 0, '', ''} end
 redis.call('HSET', sk, 'next_at', nextat, 'updated', now)
 if slot == '' then return {1, 0, '', ''} end
+if redis.call('HEXISTS', sk, 'paused') == 1 then return {1, 0, '', 'paused'} end
 local last = redis.call('HGET', sk, 'last_task')
 if skip == '1' and last and last ~= '' then
 	local st = redis.call('HGET', k('t', last), 'state')
@@ -353,7 +564,9 @@ local row = check(9, token)
 if row and row[1] == 'dup' then return redis.error_reply('duplicate task ' .. row[2]) end
 local id = ARGV[9]
 if not row then
-	wake(insert(9, now, token))
+	local q = insert(9, now, token)
+	redis.call('SADD', k('queues'), q)
+	wake(q)
 else
 	id = row[2]
 end
@@ -365,42 +578,242 @@ return {1, 1, id, ''}
 // -> per id: {'lease', fields...} | {'end', state} | {'left', state, run_at} | {'none'}.
 // The rules are those of the SQLite store's leaseDecision: a task with a
 // cancel recorded is never leased.
-var claimIDsScript = goredis.NewScript(lib + `
+var claimIDsScript = goredis.NewScript(lib + libAttempts + `
 local now, owner, deadline, n = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local out = {}
 for i = 0, n - 1 do
 	local id = ARGV[6 + i]
 	local tk = k('t', id)
-	local f = redis.call('HMGET', tk, 'state', 'run_at', 'exp', 'att', 'max', 'cancel', 'queue')
+	local f = redis.call('HMGET', tk, 'state', 'run_at', 'exp', 'att', 'max', 'cancel', 'queue', 'ix', 'owner', 'started')
 	if not f[1] then
 		out[i + 1] = {'none'}
 	else
 		local st, runat, exp, att, max = tonumber(f[1]), tonumber(f[2]), tonumber(f[3]), tonumber(f[4]), tonumber(f[5])
+		-- lost: the task runs under a lapsed lease, its worker lost; the
+		-- attempt that ends here is recorded (lose returns the field).
+		local lost = st == 3
+		local function lose(state, e)
+			if lost then return {'atts', record(id, att, f[9], f[10], now, state, e)} end
+			return nil
+		end
 		if st >= 4 or (st == 3 and runat > now) or (st == 1 and runat > now) then
 			out[i + 1] = {'left', st, runat}
 		elseif st == 3 and f[6] == '1' then
-			terminal(id, 6, now, 'cancelled; the worker was lost in attempt ' .. att, nil)
+			local e = 'cancelled; the worker was lost in attempt ' .. att
+			terminal(id, 6, now, e, nil, lose(6, e))
 			out[i + 1] = {'end', 6}
 		elseif f[6] == '1' then
 			terminal(id, 6, now, 'cancelled before start', nil)
 			out[i + 1] = {'end', 6}
 		elseif exp > 0 and exp <= now then
-			terminal(id, 7, now, 'expired before start', nil)
+			terminal(id, 7, now, 'expired before start', nil, lose(7, 'worker lost: lease expired in attempt ' .. att .. '; the task expired'))
 			out[i + 1] = {'end', 7}
 		elseif att >= max then
-			terminal(id, 5, now, 'worker lost: delivered again after attempt ' .. att, nil)
+			local e = 'worker lost: delivered again after attempt ' .. att
+			if lost then count(f[7], 'f') end
+			terminal(id, 5, now, e, nil, lose(5, e))
 			out[i + 1] = {'end', 5}
 		else
-			redis.call('ZREM', k('r', f[7]), id)
-			redis.call('ZREM', k('sched'), id)
+			unqueue(id, f[7], f[1])
 			redis.call('ZADD', k('lease'), deadline, id)
-			redis.call('HINCRBY', tk, 'att', 1)
-			redis.call('HSET', tk, 'state', 3, 'owner', owner, 'run_at', deadline, 'started', now, 'cancel', 0)
+			index(id, f[7], f[8], '0')
+			redis.call('HSET', tk, unpack(append({'state', 3, 'ix', '0', 'att', att + 1, 'owner', owner, 'run_at', deadline, 'started', now, 'cancel', 0, 'prog', ''},
+				lose(2, 'worker lost: lease expired in attempt ' .. att))))
 			local row = redis.call('HMGET', tk, 'name', 'queue', 'prio', 'exp', 'att', 'max', 'tmo', 'ttl', 'uk', 'pay', 'meta', 'created', 'err')
 			table.insert(row, 1, 'lease')
 			out[i + 1] = row
 		end
 	end
 end
+flush(now)
 return out
+`)
+
+// actScript: ARGV = P now action attempts n id... (action: retry cancel
+// delete run) -> {changed ids, skipped, missing}. Each task's state is
+// checked as the action applies (transport.Action.Applies).
+var actScript = goredis.NewScript(lib + libDelete + `
+local now, action, attempts, n = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local changed, skipped, missing = {}, 0, 0
+local woken, touched = {}, {}
+for i = 1, n do
+	local id = ARGV[5 + i]
+	local tk = k('t', id)
+	local f = redis.call('HMGET', tk, 'state', 'att', 'queue', 'prio', 'ukh', 'ix')
+	local st = tonumber(f[1])
+	local ok = false
+	if not st then
+		missing = missing + 1
+	elseif action == 'retry' then
+		if st >= 5 then
+			ok = true
+			local ukh = f[5]
+			if ukh and ukh ~= '' then
+				local holder = redis.call('GET', k('u', ukh))
+				if holder and holder ~= id then
+					ok = false -- another unfinished task holds the key now
+				else
+					redis.call('SET', k('u', ukh), id)
+				end
+			end
+			if ok then
+				redis.call('ZREM', k('done'), id)
+				redis.call('HDEL', tk, 'res')
+				redis.call('HSET', tk, 'max', tonumber(f[2]) + attempts, 'exp', 0, 'finished', 0, 'cancel', 0)
+				make_ready(id, f[3], f[4], now, f[6])
+				woken[f[3]] = true
+			end
+		end
+	elseif action == 'cancel' then
+		if st <= 2 then
+			terminal(id, 6, now, 'cancelled before start', nil)
+			ok = true
+		elseif st == 3 then
+			redis.call('HSET', tk, 'cancel', 1)
+			publish('c ' .. id)
+			ok = true
+		end
+	elseif action == 'delete' then
+		if st ~= 3 then
+			redis.call('ZREM', k('r', f[3]), id)
+			redis.call('ZREM', k('sched'), id)
+			redis.call('ZREM', k('done'), id)
+			if f[5] and f[5] ~= '' and redis.call('GET', k('u', f[5])) == id then
+				redis.call('DEL', k('u', f[5]))
+			end
+			unindex(id, f[3], f[6])
+			touched[f[3]] = true
+			redis.call('DEL', tk)
+			if st < 4 then publish('d ' .. id) end -- waiters re-read it
+			ok = true
+		end
+	elseif action == 'run' then
+		if st == 1 then
+			redis.call('ZREM', k('sched'), id)
+			make_ready(id, f[3], f[4], now, f[6])
+			woken[f[3]] = true
+			ok = true
+		end
+	end
+	if ok then
+		changed[#changed + 1] = id
+	elseif st then
+		skipped = skipped + 1
+	end
+end
+for q in pairs(woken) do wake(q) end
+forget(touched)
+return {changed, skipped, missing}
+`)
+
+// setPausedScript: ARGV = P now queue paused(0/1) -> nothing. A pause
+// keeps its first time; a resume wakes the queue's workers.
+var setPausedScript = goredis.NewScript(lib + `
+if ARGV[4] == '1' then
+	redis.call('HSETNX', k('paused'), ARGV[3], ARGV[2])
+elseif redis.call('HDEL', k('paused'), ARGV[3]) == 1 then
+	publish('r ' .. ARGV[3])
+end
+return 1
+`)
+
+// heartbeatScript: ARGV = P now id record expires gone(0/1) -> nothing.
+// It also drops the records of workers whose heartbeat expired.
+var heartbeatScript = goredis.NewScript(lib + `
+local now, id = tonumber(ARGV[2]), ARGV[3]
+if ARGV[6] == '1' then
+	redis.call('HDEL', k('workers'), id)
+	redis.call('ZREM', k('wexp'), id)
+else
+	redis.call('HSET', k('workers'), id, ARGV[4])
+	redis.call('ZADD', k('wexp'), ARGV[5], id)
+end
+for _, w in ipairs(redis.call('ZRANGEBYSCORE', k('wexp'), '-inf', now, 'LIMIT', 0, 100)) do
+	redis.call('HDEL', k('workers'), w)
+	redis.call('ZREM', k('wexp'), w)
+end
+return 1
+`)
+
+// progressScript: ARGV = P id att owner value -> 1 written, 0 fenced out.
+var progressScript = goredis.NewScript(lib + `
+local tk = k('t', ARGV[2])
+local f = redis.call('HMGET', tk, 'state', 'att', 'owner')
+if f[1] == '3' and f[2] == ARGV[3] and f[3] == ARGV[4] then
+	redis.call('HSET', tk, 'prog', ARGV[5])
+	return 1
+end
+return 0
+`)
+
+// schedulePauseScript: ARGV = P now name paused(0/1) -> 0 no such
+// schedule, 1 done.
+var schedulePauseScript = goredis.NewScript(lib + `
+local sk = k('s', ARGV[3])
+if redis.call('EXISTS', sk) == 0 then return 0 end
+if ARGV[4] == '1' then
+	redis.call('HSETNX', sk, 'paused', ARGV[2])
+else
+	redis.call('HDEL', sk, 'paused')
+end
+return 1
+`)
+
+// scheduleTriggerScript: ARGV = P now name token, message fields from 5
+// -> {'ok', id} | {'none'} (no such schedule) | a 'dup' row of check.
+// The task is enqueued as Enqueue does; the schedule's last task and
+// fire time are set, its cursor and last slot left alone.
+var scheduleTriggerScript = goredis.NewScript(lib + libMsg + `
+local now, token = tonumber(ARGV[2]), ARGV[4]
+local sk = k('s', ARGV[3])
+if redis.call('EXISTS', sk) == 0 then return {'none'} end
+local row = check(5, token)
+if row then
+	if row[1] == 'dup' then return row end
+	return {'ok', row[2]} -- this call, retried
+end
+local q = insert(5, now, token)
+redis.call('SADD', k('queues'), q)
+wake(q)
+redis.call('HSET', sk, 'last_task', ARGV[5], 'last_fired', now)
+return {'ok', ARGV[5]}
+`)
+
+// reindexScript: ARGV = P n id... -> nothing. It puts tasks in the index
+// sets their state calls for: those stored before the indexes existed, or
+// changed since by a process of that version (upgrade).
+var reindexScript = goredis.NewScript(lib + `
+local n = tonumber(ARGV[2])
+for i = 1, n do
+	local id = ARGV[2 + i]
+	local f = redis.call('HMGET', k('t', id), 'state', 'att', 'queue', 'ix')
+	if f[1] and f[3] then
+		local ix = ixof(f[1], f[2])
+		if f[4] ~= ix then
+			index(id, f[3], f[4], ix)
+			redis.call('HSET', k('t', id), 'ix', ix)
+		end
+	end
+end
+return 1
+`)
+
+// healScript: ARGV = P n (queue id)... -> nothing. It removes from the
+// queue's indexes the ids whose task no longer exists (pruned by a
+// process of the version before the indexes), as Search finds them.
+var healScript = goredis.NewScript(lib + libDelete + `
+local n = tonumber(ARGV[2])
+local touched = {}
+for i = 0, n - 1 do
+	local q, id = ARGV[3 + i*2], ARGV[4 + i*2]
+	if redis.call('EXISTS', k('t', id)) == 0 then
+		redis.call('ZREM', k('a', q), id)
+		for _, ix in ipairs({'1', 'r', '4', '5', '6', '7'}) do
+			redis.call('ZREM', k('x', q .. ':' .. ix), id)
+		end
+		touched[q] = true
+	end
+end
+forget(touched)
+return 1
 `)

@@ -396,6 +396,12 @@ func testAdminRegistry(t *testing.T, s transport.Transport, f Features) {
 	if in := get(t, s, "p1"); string(in.Progress) != `{"done":3,"total":10}` {
 		t.Errorf("Progress = %s", in.Progress)
 	}
+	// A new attempt starts with none.
+	finish(t, s, now, transport.Outcome{Lease: d.Lease(), State: transport.StateScheduled, Error: "again", RunAt: now})
+	claim(t, s, now.Add(time.Second), "w", 1)
+	if in := get(t, s, "p1"); in.State != transport.StateRunning || len(in.Progress) != 0 {
+		t.Errorf("second attempt: state %v, progress %q; want running with no progress", in.State, in.Progress)
+	}
 }
 
 func testScheduleAdmin(t *testing.T, s transport.Transport, f Features) {
