@@ -226,6 +226,9 @@ func fixtureWork(ctx context.Context, args []string) error {
 	for {
 		select {
 		case err := <-done:
+			if ctx.Err() != nil { // Run ended because the time ran out
+				return fmt.Errorf("not idle after %s", limit)
+			}
 			return fmt.Errorf("worker stopped: %v", err)
 		case <-ctx.Done():
 			stopRun()
