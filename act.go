@@ -30,10 +30,10 @@ type ActionResult struct {
 // actBatch is how many tasks one write of a bulk action changes: a few
 // milliseconds of a SQLite writer's time, so workers are never held up
 // for long.
-const actBatch = 500
+const actBatch = 100
 
 // Act applies an action to tasks chosen by id or by filter. A filter is
-// walked in bounded batches (500 tasks per write), so acting on a hundred
+// walked in bounded batches (100 tasks per write), so acting on a hundred
 // thousand tasks neither holds memory in proportion nor blocks workers
 // for more than a batch; the walk is in enqueue order and each task is
 // visited once. Every action checks each task's state as it applies it,

@@ -26,7 +26,7 @@ type Admin interface {
 	// Act applies one action to the tasks p.IDs, each in its own state
 	// check; a task the action does not apply to is skipped. All ids of a
 	// call are handled in one write, so callers keep batches small
-	// (docket uses 500).
+	// (docket uses 100).
 	Act(ctx context.Context, p ActParams) (ActResult, error)
 	// Paused returns the queues that are paused.
 	Paused(ctx context.Context, p PausedParams) ([]QueuePause, error)
