@@ -699,12 +699,16 @@ func (s *Store) Prune(ctx context.Context, p transport.PruneParams) (int, error)
 	if err != nil {
 		return 0, err
 	}
-	if n > 0 {
-		s.w.doNoTx(ctx, func(r runner) error {
-			_, err := r.exec(ctx, "PRAGMA incremental_vacuum(1000)")
+	// Return up to 1000 free pages each time, also on calls that deleted
+	// nothing: one large prune can free more than that.
+	s.w.doNoTx(ctx, func(r runner) error {
+		var free int64
+		if err := queryOne(ctx, r, []any{&free}, "PRAGMA freelist_count"); err != nil || free == 0 {
 			return err
-		})
-	}
+		}
+		_, err := r.exec(ctx, "PRAGMA incremental_vacuum(1000)")
+		return err
+	})
 	return int(n), nil
 }
 
