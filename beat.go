@@ -202,9 +202,25 @@ func (q *Queue) fireOne(ctx context.Context, ss transport.ScheduleStore, e *sche
 			}
 			p.Slot, p.Message = plan.slot, m
 		}
-		res, err := q.fire(ctx, ss, p)
+		var res transport.ScheduleFireResult
+		fire := func(ctx context.Context) (err error) {
+			res, err = q.fire(ctx, ss, p)
+			return err
+		}
+		if p.Message != nil {
+			msgs := []transport.Message{*p.Message}
+			p.Message = &msgs[0] // the middleware's headers land in p
+			err = q.throughEnqueueMW(ctx, msgs, false, e.name, func(ctx context.Context) error {
+				return fire(ctx)
+			})
+		} else {
+			err = fire(ctx)
+		}
 		if err != nil {
 			return time.Time{}, err
+		}
+		if res.Fired && p.Message != nil {
+			q.emit(Event{Kind: EventEnqueued, ID: res.TaskID, Name: p.Message.Name, Queue: p.Message.Queue, Schedule: e.name})
 		}
 		if res.Advanced {
 			switch {

@@ -132,8 +132,17 @@ func (w *worker) completer() {
 			q.cfg.logger.Error("docket: recording outcomes failed; the tasks will run again after their lease", "err", err, "tasks", len(items))
 		}
 		for i, r := range batch {
-			if err == nil && res[i].Lost {
-				q.cfg.logger.Warn("docket: lease lost before the outcome was recorded; discarded", "task", r.ex.d.ID, "attempt", r.ex.d.Attempt, "outcome", r.out.State, "lease_until", r.ex.until())
+			r.ex.mu.Lock()
+			run := r.ex.run
+			r.ex.mu.Unlock()
+			switch {
+			case err != nil:
+				q.attemptEnded(&r.ex.d, &transport.Outcome{Error: "recording the outcome failed: " + err.Error()}, true, run)
+			case res[i].Lost:
+				q.cfg.logger.Warn("docket: lease lost before the outcome was recorded; discarded", deliveryAttr(&r.ex.d), "outcome", r.out.State, "lease_until", r.ex.until())
+				q.attemptEnded(&r.ex.d, &r.out, true, run)
+			default:
+				q.attemptEnded(&r.ex.d, &r.out, false, run)
 			}
 			w.done(r.ex)
 		}

@@ -44,15 +44,19 @@ func (q *Queue) Drain(ctx context.Context) (int, error) {
 		for i := range res.Deliveries {
 			d := &res.Deliveries[i]
 			dctx, cancel := context.WithCancelCause(ctx)
-			out, skip := q.execute(dctx, d)
+			out, skip, run := q.execute(dctx, d)
 			cancel(nil)
 			n++
 			if skip {
+				q.leaseLost(d, run)
 				continue
 			}
-			if _, err := q.finish(context.WithoutCancel(ctx), transport.FinishParams{Now: q.now(), Items: []transport.Outcome{out}}); err != nil {
+			res, err := q.finish(context.WithoutCancel(ctx), transport.FinishParams{Now: q.now(), Items: []transport.Outcome{out}})
+			if err != nil {
+				q.attemptEnded(d, &transport.Outcome{Error: "recording the outcome failed: " + err.Error()}, true, run)
 				return n, err
 			}
+			q.attemptEnded(d, &out, res[0].Lost, run)
 		}
 	}
 }

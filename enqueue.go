@@ -77,9 +77,15 @@ func (q *Queue) enqueue(ctx context.Context, tx *sql.Tx, name string, defaults *
 		if !isTx {
 			return nil, fmt.Errorf("docket: enqueue in a transaction: %w", ErrUnsupported)
 		}
-		res, err = te.EnqueueTx(ctx, tx, params)
+		err = q.throughEnqueueMW(ctx, msgs, true, "", func(ctx context.Context) (err error) {
+			res, err = te.EnqueueTx(ctx, tx, params)
+			return err
+		})
 	} else {
-		res, err = q.t.Enqueue(ctx, params)
+		err = q.throughEnqueueMW(ctx, msgs, false, "", func(ctx context.Context) (err error) {
+			res, err = q.t.Enqueue(ctx, params)
+			return err
+		})
 		if err == nil {
 			q.enqueued(msgs)
 		}
@@ -98,6 +104,9 @@ func (q *Queue) enqueue(ctx context.Context, tx *sql.Tx, name string, defaults *
 	ids := make([]string, len(res))
 	for i, r := range res {
 		ids[i] = r.ID
+		if !r.Existing {
+			q.emit(Event{Kind: EventEnqueued, ID: r.ID, Name: name, Queue: msgs[i].Queue, InTx: tx != nil})
+		}
 	}
 	return ids, nil
 }
@@ -126,6 +135,9 @@ func buildMessages(now time.Time, name string, defaults *taskOpts, payloads [][]
 	}
 	if err := o.validate(true); err != nil {
 		return nil, err
+	}
+	if len(o.middleware) != len(defaults.middleware) {
+		return nil, invalid("WithMiddleware", nil, "middleware is a task default; set it in NewTask, not at enqueue")
 	}
 	if o.hasID && len(payloads) > 1 {
 		return nil, invalid("TaskID", o.id, "cannot name several tasks")

@@ -17,6 +17,7 @@ func (w *worker) executor() {
 	defer w.execs.Done()
 	for ex := range w.work {
 		if context.Cause(ex.ctx) == errLeaseLost {
+			w.q.leaseLost(&ex.d, attemptRun{})
 			w.done(ex)
 			continue
 		}
@@ -28,7 +29,7 @@ func (w *worker) executor() {
 		ex.running = true
 		ex.mu.Unlock()
 		w.started.Add(1)
-		out, skip := w.q.execute(ex.ctx, &ex.d)
+		out, skip, run := w.q.execute(ex.ctx, &ex.d)
 		failpoint.Hit("handler.after")
 		if out.State == StateScheduled {
 			failpoint.Hit("retry.before-record")
@@ -36,8 +37,10 @@ func (w *worker) executor() {
 		w.limits.release(ex.d.Name)
 		ex.mu.Lock()
 		ex.running = false
+		ex.run = run
 		ex.mu.Unlock()
 		if skip {
+			w.q.leaseLost(&ex.d, run)
 			w.done(ex)
 			continue
 		}
@@ -45,19 +48,30 @@ func (w *worker) executor() {
 	}
 }
 
+// attemptRun is when an attempt's handler started and how long it ran.
+type attemptRun struct {
+	started time.Time
+	runtime time.Duration
+}
+
+// leaseLost reports an attempt whose outcome may not be written.
+func (q *Queue) leaseLost(d *transport.Delivery, run attemptRun) {
+	q.attemptEnded(d, &transport.Outcome{Error: "lease lost"}, true, run)
+}
+
 // execute runs one delivery's handler and decides the outcome. skip means
 // no outcome may be written (the lease was lost).
-func (q *Queue) execute(parent context.Context, d *transport.Delivery) (out transport.Outcome, skip bool) {
-	t := q.lookupTask(d.Name)
+func (q *Queue) execute(parent context.Context, d *transport.Delivery) (out transport.Outcome, skip bool, run attemptRun) {
+	t, h := q.lookupHandler(d.Name)
 	if t == nil {
 		out.Lease, out.Queue = d.Lease(), d.Queue
 		out.State = StateFailed
 		out.Error = fmt.Sprintf("docket: task name %q is not registered in the worker that claimed it", d.Name)
-		return out, false
+		return out, false, run
 	}
 	ts := &taskState{
 		TaskContext: TaskContext{ID: d.ID, Name: d.Name, Queue: d.Queue, Attempt: d.Attempt, MaxRetries: d.MaxAttempts - 1, Headers: d.Headers, LastError: d.LastError},
-		progress:    progress{q: q, lease: d.Lease()},
+		progress:    progress{q: q, lease: d.Lease(), d: d},
 	}
 	ctx := context.WithValue(parent, ctxKey{}, ts)
 	var timeoutCancel context.CancelFunc = func() {}
@@ -66,11 +80,18 @@ func (q *Queue) execute(parent context.Context, d *transport.Delivery) (out tran
 	}
 	var result []byte
 	var err error
-	if len(d.Payload) > q.cfg.maxPayload {
+	run.started = q.now()
+	mono := time.Now()
+	switch {
+	case len(d.Payload) > q.cfg.maxPayload:
 		err = Permanent(&TooLargeError{What: "arguments", Size: len(d.Payload), Limit: q.cfg.maxPayload})
-	} else {
+	case h != nil:
+		job := &Job{TaskContext: ts.TaskContext, Args: d.Payload, Created: d.Created, ETA: d.ETA, Started: run.started}
+		result, err = invokeChain(ctx, h, job)
+	default:
 		result, err = invoke(ctx, t, d.Payload, q.cfg.maxResult)
 	}
+	run.runtime = time.Since(mono)
 	if err != nil && ctx.Err() != nil && context.Cause(parent) == nil {
 		if cause := context.Cause(ctx); cause != nil && cause != err && !errors.Is(err, cause) {
 			err = fmt.Errorf("%w: %w", cause, err)
@@ -78,7 +99,8 @@ func (q *Queue) execute(parent context.Context, d *transport.Delivery) (out tran
 	}
 	timeoutCancel()
 	ts.progress.end(parent)
-	return decide(d, result, err, context.Cause(parent), q.now(), func() Backoff { return q.backoffFor(d, t) })
+	out, skip = decide(d, result, err, context.Cause(parent), q.now(), func() Backoff { return q.backoffFor(d, t) })
+	return out, skip, run
 }
 
 // decide is the outcome of an attempt that returned result and err, its
@@ -143,6 +165,17 @@ func invoke(ctx context.Context, t Registrable, payload []byte, maxResult int) (
 		}
 	}()
 	return t.invoke(ctx, payload, maxResult)
+}
+
+// invokeChain calls a task's middleware chain, turning a panic in a
+// middleware or the handler into an error with its stack.
+func invokeChain(ctx context.Context, h Handler, job *Job) (result []byte, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = &PanicError{Value: v, Stack: string(debug.Stack())}
+		}
+	}()
+	return h(ctx, job)
 }
 
 const maxErrText = 64 << 10

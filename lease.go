@@ -19,6 +19,7 @@ func (w *worker) heartbeatLoop() {
 			return
 		case <-tick.C:
 		}
+		w.beatTick.Store(time.Now().UnixNano())
 		w.mu.Lock()
 		exs := make([]*execution, 0, len(w.inflight))
 		leases := make([]transport.Lease, 0, len(w.inflight))
@@ -58,7 +59,7 @@ func (w *worker) heartbeatLoop() {
 				// Recorded, or about to be refused and reported by the
 				// completer: no handler is left to stop.
 			case res[i].Lost:
-				q.cfg.logger.Warn("docket: lease lost; stopping the handler", "task", ex.d.ID, "attempt", ex.d.Attempt, "lease_until", ex.until())
+				q.cfg.logger.Warn("docket: lease lost; stopping the handler", deliveryAttr(&ex.d), "lease_until", ex.until())
 				ex.cancel(errLeaseLost)
 			case res[i].CancelRequested:
 				ex.cancel(errCancelRequested)

@@ -43,6 +43,7 @@ func (q *Queue) claim(ctx context.Context, p transport.ClaimParams) (transport.C
 			ids[i] = st.ID
 		}
 		q.onEvent(transport.Event{Kind: transport.EventFinished, IDs: ids})
+		q.claimEnded(res.Ended)
 	}
 	return res, err
 }

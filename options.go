@@ -34,6 +34,9 @@ type config struct {
 	nameLimits    map[string]int
 	rateLimits    map[string]rateLimit
 	resultURL     string
+	middleware    []Middleware
+	enqueueMW     []EnqueueMiddleware
+	onEvent       []func(Event)
 	errs          []error
 }
 

@@ -57,7 +57,8 @@ func ReportProgress(ctx context.Context, v any) error {
 type progress struct {
 	q     *Queue
 	lease transport.Lease
-	used  atomic.Bool // report was called: end has work to do
+	d     *transport.Delivery // for log lines
+	used  atomic.Bool         // report was called: end has work to do
 
 	// write is held while a value is taken and written, so that end
 	// returns only after every write it did not make itself.
@@ -123,7 +124,7 @@ func (p *progress) flush(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	if _, err := p.q.t.(transport.Admin).SetProgress(ctx, transport.ProgressParams{Now: p.q.now(), Lease: p.lease, Value: raw}); err != nil {
-		p.q.cfg.logger.Warn("docket: could not record progress", "err", err, "task", p.lease.ID)
+		p.q.cfg.logger.Warn("docket: could not record progress", deliveryAttr(p.d), "err", err)
 	}
 }
 

@@ -28,10 +28,12 @@ type Queue struct {
 	cfg      config
 	unsub    func()
 
-	mu     sync.RWMutex
-	tasks  map[string]Registrable
-	queues map[string]bool // queues this process enqueued to or registered
-	worker *worker         // non-nil while Run is active
+	mu    sync.RWMutex
+	tasks map[string]Registrable
+	// handlers holds the middleware chain of each task that has one
+	handlers map[string]Handler
+	queues   map[string]bool // queues this process enqueued to or registered
+	worker   *worker         // non-nil while Run is active
 	// schedules registered in this process, by name
 	schedules map[string]*scheduleEntry
 
@@ -144,6 +146,7 @@ func newQueue(t transport.Transport, name string, cfg config) *Queue {
 		url:      name,
 		cfg:      cfg,
 		tasks:    map[string]Registrable{},
+		handlers: map[string]Handler{},
 		queues:   map[string]bool{},
 		wake:     make(chan struct{}, 1),
 		recheck:  make(chan struct{}, 1),
@@ -256,6 +259,9 @@ func (q *Queue) Register(tasks ...Registrable) error {
 	for _, t := range tasks {
 		q.tasks[t.taskName()] = t
 		q.queues[t.taskOptions().queue] = true
+		if h := q.handlerFor(t); h != nil {
+			q.handlers[t.taskName()] = h
+		}
 	}
 	return nil
 }
@@ -264,6 +270,14 @@ func (q *Queue) lookupTask(name string) Registrable {
 	q.mu.RLock()
 	defer q.mu.RUnlock()
 	return q.tasks[name]
+}
+
+// lookupHandler returns the task registered under name and its middleware
+// chain (nil without middleware).
+func (q *Queue) lookupHandler(name string) (Registrable, Handler) {
+	q.mu.RLock()
+	defer q.mu.RUnlock()
+	return q.tasks[name], q.handlers[name]
 }
 
 // DB returns a connection pool on the queue's SQLite database, configured

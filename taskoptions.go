@@ -34,6 +34,9 @@ type taskOpts struct {
 	hasID        bool
 	headers      map[string]string
 	extraHeaders int // Header calls past maxHeaders
+	// middleware wraps the handler (a task default only)
+	middleware    []Middleware
+	badMiddleware bool
 }
 
 func defaultTaskOpts() taskOpts {
@@ -183,11 +186,23 @@ func (o *taskOpts) validate(enqueue bool) error {
 			return err
 		}
 	}
-	if n := len(o.headers) + o.extraHeaders; n > maxHeaders {
+	if o.extraHeaders > 0 {
+		return invalid("headers", len(o.headers)+o.extraHeaders, "at most 64 headers")
+	}
+	if o.badMiddleware {
+		return invalid("WithMiddleware", nil, "middleware is nil")
+	}
+	return validHeaders(o.headers)
+}
+
+// validHeaders checks a task's headers against the limits every backend
+// keeps.
+func validHeaders(h map[string]string) error {
+	if n := len(h); n > maxHeaders {
 		return invalid("headers", n, "at most 64 headers")
 	}
 	size := 0
-	for k, v := range o.headers {
+	for k, v := range h {
 		if err := validName("header key", k); err != nil {
 			return err
 		}

@@ -86,6 +86,8 @@ type execution struct {
 	finished bool
 
 	held bool // counts against the worker's capacity; guarded by worker.mu
+
+	run attemptRun // the handler's run, once it returned; guarded by mu
 }
 
 type worker struct {
@@ -106,6 +108,9 @@ type worker struct {
 
 	started atomic.Int64             // tasks that began running (drives the prefetch)
 	paused  atomic.Pointer[[]string] // paused queues, sorted (pauseLoop)
+	// fetchTick and beatTick: when the claim loop and the heartbeat last
+	// came round (CheckLive), in Unix nanoseconds
+	fetchTick, beatTick atomic.Int64
 
 	mu sync.Mutex
 	// inflight holds every execution whose lease this worker still holds,
@@ -154,6 +159,8 @@ func newWorker(q *Queue) *worker {
 }
 
 func (w *worker) start() {
+	tick(&w.fetchTick)
+	tick(&w.beatTick)
 	for range w.conc {
 		w.execs.Add(1)
 		go w.executor()
@@ -255,7 +262,7 @@ drain:
 		case <-execsDone:
 		case <-time.After(min(w.q.cfg.lease/3, 2*time.Second)):
 			for _, ex := range w.runningExecutions() {
-				w.q.cfg.logger.Warn("docket: handler ignored cancellation at shutdown; releasing its task", "task", ex.d.ID, "name", ex.d.Name)
+				w.q.cfg.logger.Warn("docket: handler ignored cancellation at shutdown; releasing its task", deliveryAttr(&ex.d))
 				w.finish(ex, release(ex))
 			}
 		}

@@ -161,6 +161,11 @@ type Status struct {
 	ID              string
 	State           State
 	CancelRequested bool
+	// Name, Queue and Attempt (claims so far) are filled in
+	// ClaimResult.Ended, for the worker's events and metrics.
+	Name    string
+	Queue   string
+	Attempt int
 }
 
 // EnqueueParams are the arguments of Transport.Enqueue.
@@ -392,6 +397,12 @@ type Retainer interface {
 // received but did not hand out. A later Claim starts receiving again.
 type ClaimStopper interface {
 	StopClaims(ctx context.Context, owner string) error
+}
+
+// Pinger is implemented by transports that can check, with one round
+// trip, that their backend answers: the health checks' readiness.
+type Pinger interface {
+	Ping(ctx context.Context) error
 }
 
 // PruneParams are the arguments of Pruner.Prune.

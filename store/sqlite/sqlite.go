@@ -483,3 +483,13 @@ func (s *Store) Close() error {
 	})
 	return err
 }
+
+// Ping implements transport.Pinger: it reads the database file's header
+// through the reader pool.
+func (s *Store) Ping(ctx context.Context) error {
+	var v int64
+	if err := s.rdb.QueryRowContext(ctx, "PRAGMA schema_version").Scan(&v); err != nil {
+		return fmt.Errorf("docket: sqlite ping: %w", err)
+	}
+	return nil
+}

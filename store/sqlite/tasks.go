@@ -222,7 +222,7 @@ var promoteSQL = `UPDATE docket_tasks SET
 	run_at = CASE WHEN state = 1 THEN run_at WHEN cancel = 1 OR attempt >= max_attempts THEN ?1 + ttl_ms ELSE ?1 END,
 	attempts = CASE WHEN state = 1 THEN attempts ELSE ` + appendAttempt(rescueState, rescueError, "?1") + ` END
 	WHERE state IN (1, 3) AND run_at <= ?1
-	RETURNING id, state, queue`
+	RETURNING id, state, queue, name, attempt`
 
 // rescueState and rescueError are the state and error a running task whose
 // lease lapsed moves to.
@@ -346,8 +346,7 @@ func promote(ctx context.Context, r runner, now int64) ([]transport.Status, erro
 	var lost minuteCounts
 	for rows.Next() {
 		var st transport.Status
-		var queue string
-		if err := rows.Scan(&st.ID, &st.State, &queue); err != nil {
+		if err := rows.Scan(&st.ID, &st.State, &st.Queue, &st.Name, &st.Attempt); err != nil {
 			rows.Close()
 			return nil, err
 		}
@@ -355,7 +354,7 @@ func promote(ctx context.Context, r runner, now int64) ([]transport.Status, erro
 			ended = append(ended, st)
 		}
 		if st.State == transport.StateFailed {
-			lost.add(now, queue, 0, 1)
+			lost.add(now, st.Queue, 0, 1)
 		}
 	}
 	if err := closeRows(rows); err != nil {
@@ -387,7 +386,7 @@ func claimQueue(ctx context.Context, r runner, p transport.ClaimParams, q string
 			return err
 		}
 		if state != transport.StateRunning {
-			res.Ended = append(res.Ended, transport.Status{ID: d.ID, State: state})
+			res.Ended = append(res.Ended, transport.Status{ID: d.ID, State: state, Name: d.Name, Queue: d.Queue, Attempt: d.Attempt})
 			continue
 		}
 		d.Owner = p.Owner
@@ -422,7 +421,7 @@ func scanDelivery(rows *sql.Rows) (transport.Delivery, transport.State, error) {
 	d.Expires, d.Created, d.LeaseUntil = wire.FromMillis(expires), wire.FromMillis(created), wire.FromMillis(lease)
 	d.Timeout, d.ResultTTL = time.Duration(timeout)*time.Millisecond, time.Duration(ttl)*time.Millisecond
 	d.UniqueKey, d.LastError = uk.String, lastErr.String
-	if err := decodeMeta(mt, &d.Message); err != nil {
+	if err := wire.DecodeDeliveryMeta(mt.String, &d.Message); err != nil {
 		return d, 0, err
 	}
 	return d, state, nil

@@ -322,7 +322,7 @@ func (a *alone) decide(ctx context.Context, s *session, p transport.ClaimParams,
 		rs.add(h, u)
 		a.apply(id, u)
 		v.settle = append(v.settle, st)
-		v.ended = append(v.ended, transport.Status{ID: id, State: state})
+		v.ended = append(v.ended, transport.Status{ID: id, State: state, Name: h.msg.Name, Queue: h.msg.Queue, Attempt: u.attempt})
 	}
 	if rs != nil {
 		v.beforeAck = func(ctx context.Context) error { return a.sendReports(ctx, s, rs) }

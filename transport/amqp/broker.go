@@ -251,3 +251,18 @@ func (b *broker) wrap(op string, err error) error {
 	}
 	return fmt.Errorf("docket: amqp %s %s: %w", op, b.where, err)
 }
+
+// Ping implements transport.Pinger: a passive declaration of the
+// broker's amq.direct exchange on the live connection, or an error when
+// there is none before ctx ends.
+func (b *broker) Ping(ctx context.Context) error {
+	s, err := b.session(ctx)
+	if err != nil {
+		return err
+	}
+	if err := s.lockCtl(ctx); err != nil {
+		return b.wrap("ping", err)
+	}
+	defer s.unlockCtl()
+	return b.wrap("ping", s.ctl.ExchangeDeclarePassive("amq.direct", "direct", true, false, false, false, nil))
+}

@@ -233,7 +233,7 @@ func (st *stored) decide(ctx context.Context, s *session, p transport.ClaimParam
 			continue
 		}
 		if r.Ended {
-			v.ended = append(v.ended, transport.Status{ID: ids[i], State: r.State})
+			v.ended = append(v.ended, transport.Status{ID: ids[i], State: r.State, Name: h.msg.Name, Queue: h.msg.Queue, Attempt: h.attempt - 1})
 		}
 		set, err := st.notLeased(ctx, s, p.Now, h, r)
 		if err != nil {
@@ -454,4 +454,15 @@ var _ transport.ChangeCounter = (*storedCounted)(nil)
 // Changes implements transport.ChangeCounter with the store's counter.
 func (st *storedCounted) Changes(ctx context.Context) (uint64, error) {
 	return st.counter.Changes(ctx)
+}
+
+// Ping implements transport.Pinger: the broker, then the result store.
+func (st *stored) Ping(ctx context.Context) error {
+	if err := st.broker.Ping(ctx); err != nil {
+		return err
+	}
+	if p, ok := st.store.(transport.Pinger); ok {
+		return p.Ping(ctx)
+	}
+	return nil
 }

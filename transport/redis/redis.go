@@ -451,7 +451,7 @@ func (t *Transport) Claim(ctx context.Context, p transport.ClaimParams) (transpo
 	}
 	for _, e := range row(parts[1]) {
 		r := row(e)
-		res.Ended = append(res.Ended, transport.Status{ID: str(r, 0), State: transport.State(num(r, 1))})
+		res.Ended = append(res.Ended, transport.Status{ID: str(r, 0), State: transport.State(num(r, 1)), Name: str(r, 2), Queue: str(r, 3), Attempt: int(num(r, 4))})
 	}
 	if n := num(parts, 2); n > 0 {
 		res.NextAt = wire.FromMillis(n)
@@ -468,7 +468,7 @@ func deliveryFrom(f []any, id, owner string, leaseUntil time.Time) (transport.De
 	d.Timeout, d.ResultTTL = time.Duration(num(f, 6))*time.Millisecond, time.Duration(num(f, 7))*time.Millisecond
 	d.UniqueKey, d.Payload = str(f, 8), []byte(str(f, 9))
 	d.Created, d.LastError = wire.FromMillis(num(f, 11)), str(f, 12)
-	return d, wire.DecodeMeta(str(f, 10), &d.Message)
+	return d, wire.DecodeDeliveryMeta(str(f, 10), &d.Message)
 }
 
 var _ transport.IDClaimer = (*Transport)(nil)
@@ -727,4 +727,12 @@ func (t *Transport) List(ctx context.Context, p transport.ListParams) ([]transpo
 		}
 	}
 	return out, nil
+}
+
+// Ping implements transport.Pinger with Redis's PING.
+func (t *Transport) Ping(ctx context.Context) error {
+	if err := t.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("docket: redis %s: ping: %w", t.where, err)
+	}
+	return nil
 }

@@ -326,16 +326,16 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', k('sched'), '-inf', now, 'LIMIT'
 	make_ready(id, f[1], f[2], tonumber(f[3]), f[4])
 end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', k('lease'), '-inf', now, 'LIMIT', 0, 1000)) do
-	local f = redis.call('HMGET', k('t', id), 'att', 'max', 'cancel', 'queue', 'prio', 'ix', 'owner', 'started')
+	local f = redis.call('HMGET', k('t', id), 'att', 'max', 'cancel', 'queue', 'prio', 'ix', 'owner', 'started', 'name')
 	if f[3] == '1' then
 		local e = 'cancelled; the worker was lost in attempt ' .. f[1]
 		terminal(id, 6, now, e, nil, {'atts', record(id, f[1], f[7], f[8], now, 6, e)})
-		table.insert(ended, {id, 6})
+		table.insert(ended, {id, 6, f[9], f[4], f[1]})
 	elseif tonumber(f[1]) >= tonumber(f[2]) then
 		local e = 'worker lost: lease expired in attempt ' .. f[1]
 		count(f[4], 'f')
 		terminal(id, 5, now, e, nil, {'atts', record(id, f[1], f[7], f[8], now, 5, e)})
-		table.insert(ended, {id, 5})
+		table.insert(ended, {id, 5, f[9], f[4], f[1]})
 	else
 		local e = 'worker lost: lease expired in attempt ' .. f[1]
 		redis.call('ZREM', k('lease'), id)
@@ -367,7 +367,7 @@ for qi = 1, nq do
 				local exp = tonumber(f[4])
 				if exp > 0 and exp <= now then
 					terminal(id, 7, now, 'expired before start', nil)
-					table.insert(ended, {id, 7})
+					table.insert(ended, {id, 7, f[1], f[2], f[5]})
 					from = from - 1
 				else
 					redis.call('ZREM', k('r', q), id)

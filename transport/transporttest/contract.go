@@ -294,6 +294,8 @@ func testContractETA(t *testing.T, s transport.Transport, _ Features) {
 	}
 	if d := claim(t, s, eta, "w", 1).Deliveries; len(d) != 1 || d[0].ID != "e1" {
 		t.Fatalf("at ETA claimed %v", ids(d))
+	} else if !d[0].ETA.Equal(eta) {
+		t.Fatalf("delivery's ETA %v, want the enqueued %v (a worker's queue-wait figure starts there)", d[0].ETA, eta)
 	}
 	// A past ETA means now.
 	enqueue(t, s, base, msg("e2", func(m *transport.Message) { m.ETA = base.Add(-time.Hour) }))
@@ -357,6 +359,9 @@ func testWorkerLost(t *testing.T, s transport.Transport, _ Features) {
 	if len(res.Deliveries) != 0 || len(res.Ended) != 1 || res.Ended[0].ID != "w1" || res.Ended[0].State != transport.StateFailed {
 		t.Fatalf("third claim: %+v", res)
 	}
+	if e := res.Ended[0]; e.Name != "t.noop" || e.Queue != "default" || e.Attempt != 2 {
+		t.Fatalf("ended task's name, queue and attempt: %+v, want t.noop, default, 2", e)
+	}
 	if in := get(t, s, "w1"); in.State != transport.StateFailed || in.Attempt != 2 || in.Error == "" {
 		t.Fatalf("worker lost: %+v", in)
 	}
@@ -367,6 +372,9 @@ func testContractExpiry(t *testing.T, s transport.Transport, _ Features) {
 	res := claim(t, s, base.Add(2*time.Minute), "w", 1)
 	if len(res.Deliveries) != 0 || len(res.Ended) != 1 || res.Ended[0].State != transport.StateExpired {
 		t.Fatalf("claim after expiry: %+v", res)
+	}
+	if e := res.Ended[0]; e.Name != "t.noop" || e.Queue != "default" || e.Attempt != 0 {
+		t.Fatalf("expired task's name, queue and attempt: %+v, want t.noop, default, 0", e)
 	}
 	if in := get(t, s, "x1"); in.State != transport.StateExpired || in.Attempt != 0 {
 		t.Fatalf("expired: %+v", in)
