@@ -22,6 +22,7 @@ import (
 	"github.com/docketq/docket/internal/chaos"
 	"github.com/docketq/docket/internal/faulttraffic"
 	"github.com/docketq/docket/internal/longtest"
+	"github.com/docketq/docket/internal/probetest"
 )
 
 // node is a private RabbitMQ node started by a test, on its own ports and
@@ -361,4 +362,11 @@ type logWriter struct{ t *testing.T }
 func (w logWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
+}
+
+// Readiness follows a private node that is killed and restarted;
+// liveness stays true.
+func TestReadinessFollowsTheServer(t *testing.T) {
+	n := startNode(t, 30*time.Minute)
+	probetest.FollowServer(t, n.url(), nil, n.kill, n.start)
 }

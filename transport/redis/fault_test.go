@@ -16,6 +16,7 @@ import (
 	"github.com/docketq/docket/dockettest"
 	"github.com/docketq/docket/internal/chaos"
 	"github.com/docketq/docket/internal/faulttraffic"
+	"github.com/docketq/docket/internal/probetest"
 )
 
 // server is a private redis-server started by a test, on its own port and
@@ -214,4 +215,12 @@ func urlHasQuery(u string) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// Readiness follows a private server that is killed and restarted;
+// liveness stays true.
+func TestReadinessFollowsTheServer(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	probetest.FollowServer(t, "redis://"+s.addr()+"/0", nil, s.kill, s.start)
 }
