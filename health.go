@@ -63,8 +63,12 @@ func (q *Queue) CheckLive() error {
 	if w == nil || w.stopping() {
 		return nil
 	}
+	return w.wedged(time.Now())
+}
+
+// wedged reports a loop that has not come round for 2×loopCall at now.
+func (w *worker) wedged(now time.Time) error {
 	limit := 2 * w.loopCall()
-	now := time.Now()
 	for _, l := range []struct {
 		name string
 		tick *atomic.Int64
