@@ -150,3 +150,12 @@ func BenchmarkEnqueueWait(b *testing.B) {
 
 // Drain 50,000 pre-enqueued no-op tasks with Concurrency(64).
 func BenchmarkDrain50kConcurrency64(b *testing.B) { benchDrain(b, 50_000, 64) }
+
+// Drain50kConcurrency8 with a no-op middleware and an event hook, for the
+// cost of the observability seam itself (compare with the plain drain:
+// without middleware the handler is called directly).
+func BenchmarkDrain50kConcurrency8Middleware(b *testing.B) {
+	var events atomic.Int64
+	pass := func(next docket.Handler) docket.Handler { return next }
+	benchDrainOpts(b, 50_000, 8, docket.Use(pass), docket.OnEvent(func(docket.Event) { events.Add(1) }))
+}
