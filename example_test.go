@@ -2,6 +2,7 @@ package docket_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -186,4 +187,45 @@ func ExampleProgress() {
 	info, _ := res.Info(ctx)
 	fmt.Println(info.State, string(info.Progress))
 	// Output: succeeded {"done":3,"total":3}
+}
+
+// Middleware wraps every handler like net/http middleware; enqueue
+// middleware adds a header on the producer side, and the worker's
+// middleware reads it. OnEvent reports how each attempt ended.
+func ExampleUse() {
+	ctx := context.Background()
+	type tenantKey struct{}
+	stampTenant := func(next docket.EnqueueFunc) docket.EnqueueFunc {
+		return func(ctx context.Context, e *docket.Enqueueing) error {
+			e.Headers["tenant"] = "acme"
+			return next(ctx, e)
+		}
+	}
+	withTenant := func(next docket.Handler) docket.Handler {
+		return func(ctx context.Context, j *docket.Job) (json.RawMessage, error) {
+			return next(context.WithValue(ctx, tenantKey{}, j.Headers["tenant"]), j)
+		}
+	}
+	report := func(e docket.Event) {
+		if e.Kind != docket.EventEnqueued {
+			fmt.Println(e.Name, "attempt", e.Attempt, e.Kind)
+		}
+	}
+	q, _ := docket.Open(ctx, "memory:", docket.UseEnqueue(stampTenant), docket.Use(withTenant), docket.OnEvent(report))
+	defer q.Close()
+
+	invoice := docket.NewTask("invoice.send", func(ctx context.Context, n int) (string, error) {
+		if tc, _ := docket.FromContext(ctx); tc.Attempt == 1 {
+			return "", docket.RetryAfter(0) // a flaky first try
+		}
+		return fmt.Sprintf("invoice %d for %s", n, ctx.Value(tenantKey{})), nil
+	})
+	q.Register(invoice)
+	res, _ := invoice.Enqueue(ctx, q, 42)
+	q.Drain(ctx)
+	fmt.Println(res.Wait(ctx))
+	// Output:
+	// invoice.send attempt 1 retried
+	// invoice.send attempt 2 succeeded
+	// invoice 42 for acme <nil>
 }
