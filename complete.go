@@ -18,10 +18,19 @@ type finishReq struct {
 // renewed until the outcome is recorded. After the completer stopped (a
 // handler that outlived a hard stop), the outcome is dropped: its task was
 // already released.
+//
+// Only the first outcome of an execution counts: at a hard stop the
+// worker releases a task whose handler ignored ctx, and the handler's
+// own outcome, if it comes later, is dropped here (the store would
+// refuse it).
 func (w *worker) finish(ex *execution, out transport.Outcome) {
 	ex.mu.Lock()
+	was := ex.finished
 	ex.finished = true
 	ex.mu.Unlock()
+	if was {
+		return
+	}
 	w.unhold(ex)
 	select {
 	case w.finishCh <- finishReq{ex, out}:
@@ -112,6 +121,7 @@ func (w *worker) completer() {
 		}
 		var res []transport.FinishResult
 		var err error
+		params := transport.FinishParams{Items: items}
 		giveUp := time.Now().Add(q.cfg.lease)
 		for attempt := 0; ; attempt++ {
 			// An outcome write is not cut short: one stopped halfway
@@ -119,7 +129,8 @@ func (w *worker) completer() {
 			// given back. It takes as long as the backend makes it (a
 			// broker's flow control), and the worker's ctx outlives the
 			// completer.
-			res, err = q.finish(w.ctx, transport.FinishParams{Now: q.now(), Items: items})
+			params.Now = q.now()
+			res, err = q.t.Finish(w.ctx, params)
 			if err == nil || time.Now().After(giveUp) {
 				break
 			}
@@ -145,6 +156,9 @@ func (w *worker) completer() {
 				q.attemptEnded(&r.ex.d, &r.out, false, run)
 			}
 			w.done(r.ex)
+		}
+		if err == nil {
+			q.announceFinish(params, res)
 		}
 	}
 }

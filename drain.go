@@ -51,12 +51,14 @@ func (q *Queue) Drain(ctx context.Context) (int, error) {
 				q.leaseLost(d, run)
 				continue
 			}
-			res, err := q.finish(context.WithoutCancel(ctx), transport.FinishParams{Now: q.now(), Items: []transport.Outcome{out}})
+			params := transport.FinishParams{Now: q.now(), Items: []transport.Outcome{out}}
+			res, err := q.t.Finish(context.WithoutCancel(ctx), params)
 			if err != nil {
 				q.attemptEnded(d, &transport.Outcome{Error: "recording the outcome failed: " + err.Error()}, true, run)
 				return n, err
 			}
 			q.attemptEnded(d, &out, res[0].Lost, run)
+			q.announceFinish(params, res)
 		}
 	}
 }

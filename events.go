@@ -27,14 +27,16 @@ const (
 	// error was permanent, or (found by a claim) its worker was lost in
 	// its last attempt.
 	EventFailed
-	// EventCancelled: the task was cancelled while it ran, or (found by a
-	// claim) its worker was lost after a cancel was asked.
+	// EventCancelled: the task was cancelled while it ran, or a claim
+	// found it cancelled (its worker was lost after a cancel was asked;
+	// on RabbitMQ, a cancel of a task not yet started).
 	EventCancelled
 	// EventExpired: a claim found the task past its expiry before it
 	// started.
 	EventExpired
-	// EventReleased: the worker gave the task back without using up the
-	// attempt (a shutdown, a paused queue, a concurrency limit).
+	// EventReleased: the worker gave the task back at shutdown without
+	// using up the attempt (it had not started, or its handler stopped
+	// when the grace period ended).
 	EventReleased
 	// EventLeaseLost: the worker lost the task's lease (it could not renew
 	// it in time); another worker may run the task, and this attempt's
@@ -80,9 +82,14 @@ type Event struct {
 }
 
 // OnEvent calls fn for every Event of this Queue, synchronously, on the
-// goroutine that records outcomes or enqueues: fn must be quick and must
-// not block (count, log, or hand the event to a channel of its own).
-// Several OnEvent options all receive every event, in order.
+// goroutine that records outcomes, claims, enqueues or fires a schedule:
+// fn is called from several goroutines at once, must be quick and must not
+// block (count, log, or hand the event to a channel of its own). An
+// attempt's event comes before the Queue announces the outcome to its own
+// waiters (a Wait that hears of it from the backend first, by a change
+// poll or a broker's push, may return a moment earlier). Several OnEvent
+// options all receive every event, in order; a panic in fn is logged at
+// Error and goes no further.
 func OnEvent(fn func(Event)) Option {
 	return func(c *config) {
 		if c.check(fn != nil, invalid("OnEvent", nil, "function is nil")) {
@@ -97,7 +104,7 @@ func OnEvent(fn func(Event)) Option {
 // to Error.
 func (q *Queue) emit(e Event) {
 	for _, fn := range q.cfg.onEvent {
-		fn(e)
+		q.callHook(fn, e)
 	}
 	level := slog.LevelDebug
 	switch e.Kind {
@@ -128,6 +135,17 @@ func (q *Queue) emit(e Event) {
 		attrs = append(attrs, slog.String("schedule", e.Schedule))
 	}
 	l.LogAttrs(ctx, level, "docket: task "+e.Kind.String(), attrs...)
+}
+
+// callHook calls an OnEvent hook, keeping a panic in it from stopping
+// the goroutine that reports.
+func (q *Queue) callHook(fn func(Event), e Event) {
+	defer func() {
+		if v := recover(); v != nil {
+			q.cfg.logger.Error("docket: an OnEvent hook panicked", taskAttr(e.ID, e.Name, e.Queue, e.Attempt), "panic", v)
+		}
+	}()
+	fn(e)
 }
 
 // taskAttr is the group every log line about a task carries:
@@ -169,7 +187,7 @@ func (q *Queue) claimEnded(ended []transport.Status) {
 		case StateExpired:
 			e.Kind, e.Error = EventExpired, "expired before start"
 		case StateCancelled:
-			e.Kind, e.Error = EventCancelled, "worker lost after a cancel was asked"
+			e.Kind, e.Error = EventCancelled, "cancelled before it ran again"
 		default:
 			e.Kind, e.Error = EventFailed, "worker lost in its last attempt"
 		}

@@ -29,7 +29,7 @@ func (w *worker) fetchLoop() {
 	pf := prefetcher{max: w.prefetch, started: &w.started, last: time.Now()}
 	var paused []string // the paused queues this loop last acted on
 	for !w.stopping() {
-		tick(&w.fetchTick)
+		w.tick(&w.fetchTick)
 		sleep := time.Second
 		capacity := w.conc + pf.size()
 		free := capacity - w.heldCount()

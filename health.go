@@ -38,7 +38,9 @@ func (q *Queue) Ping(ctx context.Context) error {
 // registered (the process is a worker), Run is active. A readiness probe
 // calls it; see the health package for the HTTP handler.
 func (q *Queue) CheckReady(ctx context.Context) error {
-	if err := q.Ping(ctx); err != nil {
+	// A backend that cannot be pinged is taken as reachable: readiness
+	// then rests on the worker alone.
+	if err := q.Ping(ctx); err != nil && !(errors.Is(err, ErrUnsupported) && !q.isClosed()) {
 		return fmt.Errorf("%w: backend: %w", ErrNotReady, err)
 	}
 	q.mu.RLock()
@@ -73,7 +75,7 @@ func (w *worker) wedged(now time.Time) error {
 		name string
 		tick *atomic.Int64
 	}{{"claim loop", &w.fetchTick}, {"lease heartbeat", &w.beatTick}} {
-		if d := now.Sub(time.Unix(0, l.tick.Load())); d > limit {
+		if d := now.Sub(w.born.Add(time.Duration(l.tick.Load()))); d > limit {
 			return fmt.Errorf("%w: the %s has not come round for %s", ErrWedged, l.name, d.Round(time.Second))
 		}
 	}
@@ -90,5 +92,6 @@ func (q *Queue) Slots() (busy, total int) {
 	return w.busy(), w.conc
 }
 
-// tick records that a loop came round.
-func tick(t *atomic.Int64) { t.Store(time.Now().UnixNano()) }
+// tick records that a loop came round, as the monotonic time since the
+// worker was made (a step of the wall clock does not make a loop stale).
+func (w *worker) tick(t *atomic.Int64) { t.Store(int64(time.Since(w.born))) }

@@ -24,9 +24,10 @@ func TestCheckLiveFindsAStaleLoop(t *testing.T) {
 	go func() { ran <- q.Run(ctx) }()
 	defer func() { cancel(); <-ran }()
 	var w *worker
-	for w == nil {
-		w = q.running()
-		time.Sleep(time.Millisecond)
+	for deadline := time.Now().Add(time.Minute); w == nil; time.Sleep(time.Millisecond) {
+		if w = q.running(); w == nil && time.Now().After(deadline) {
+			t.Fatal("Run did not start")
+		}
 	}
 	if err := q.CheckLive(); err != nil {
 		t.Fatalf("a worker that just started: %v", err)

@@ -19,7 +19,7 @@ func (w *worker) heartbeatLoop() {
 			return
 		case <-tick.C:
 		}
-		w.beatTick.Store(time.Now().UnixNano())
+		w.tick(&w.beatTick)
 		w.mu.Lock()
 		exs := make([]*execution, 0, len(w.inflight))
 		leases := make([]transport.Lease, 0, len(w.inflight))

@@ -10,7 +10,9 @@ import (
 )
 
 // Job is one attempt of a task as middleware sees it: the task's context
-// (FromContext returns the same) and its encoded arguments.
+// (FromContext returns the same) and its encoded arguments. The maps and
+// slices it holds are the delivery's own: replace them, never modify them
+// in place (a broker may publish a retry from them).
 type Job struct {
 	TaskContext
 	// Args are the encoded arguments (JSON). A middleware may replace
@@ -130,8 +132,11 @@ type EnqueueFunc func(ctx context.Context, e *Enqueueing) error
 // EnqueueMiddleware wraps the enqueue step, on the producer side: it runs
 // in the process that enqueues, before the tasks are stored, for every
 // enqueue of this Queue, including EnqueueByName, transactional enqueues
-// and the tasks its schedules fire. It may add headers, which travel with
-// the tasks to whichever process runs them.
+// and the tasks its schedules fire (not TriggerSchedule, which the store
+// does for an operator). It may add headers, which travel with the tasks
+// to whichever process runs them. It must call next once, or return an
+// error: one that returns nil without storing the tasks fails the
+// enqueue with ErrInvalid.
 type EnqueueMiddleware func(next EnqueueFunc) EnqueueFunc
 
 // UseEnqueue adds enqueue middleware to this Queue, in order: the first is
@@ -174,17 +179,27 @@ func (q *Queue) throughEnqueueMW(ctx context.Context, msgs []transport.Message, 
 	for i := range msgs {
 		e.IDs[i] = msgs[i].ID
 	}
+	stored := false
 	h := EnqueueFunc(func(ctx context.Context, e *Enqueueing) error {
+		if stored {
+			return invalid("UseEnqueue", nil, "an enqueue middleware called next twice")
+		}
 		if err := validHeaders(e.Headers); err != nil {
 			return err
 		}
 		for i := range msgs {
 			msgs[i].Headers = e.Headers
 		}
+		stored = true
 		return store(ctx)
 	})
 	for i := len(q.cfg.enqueueMW) - 1; i >= 0; i-- {
 		h = q.cfg.enqueueMW[i](h)
 	}
-	return h(ctx, e)
+	err := h(ctx, e)
+	if err == nil && !stored {
+		// Nothing was stored, yet the caller would be told it was.
+		return invalid("UseEnqueue", nil, "an enqueue middleware returned nil without calling next: nothing was stored")
+	}
+	return err
 }

@@ -42,19 +42,16 @@ func (q *Queue) claim(ctx context.Context, p transport.ClaimParams) (transport.C
 		for i, st := range res.Ended {
 			ids[i] = st.ID
 		}
-		q.onEvent(transport.Event{Kind: transport.EventFinished, IDs: ids})
 		q.claimEnded(res.Ended)
+		q.onEvent(transport.Event{Kind: transport.EventFinished, IDs: ids})
 	}
 	return res, err
 }
 
-// finish records outcomes and announces the tasks that ended, and new work
-// for retries and releases.
-func (q *Queue) finish(ctx context.Context, p transport.FinishParams) ([]transport.FinishResult, error) {
-	res, err := q.t.Finish(ctx, p)
-	if err != nil {
-		return res, err
-	}
+// announceFinish announces, after outcomes were recorded, the tasks that
+// ended, and new work for retries and releases. The caller reports the
+// attempts' events first, so that a Wait that returns has seen them.
+func (q *Queue) announceFinish(p transport.FinishParams, res []transport.FinishResult) {
 	var ended []string
 	requeued := false
 	for i, o := range p.Items {
@@ -72,7 +69,6 @@ func (q *Queue) finish(ctx context.Context, p transport.FinishParams) ([]transpo
 	if requeued {
 		q.onEvent(transport.Event{Kind: transport.EventReady})
 	}
-	return res, nil
 }
 
 // cancel cancels a task and announces the outcome: the end of a waiting

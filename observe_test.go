@@ -398,3 +398,25 @@ func TestHealthHandlers(t *testing.T) {
 		t.Fatalf("readiness after Close: %d %q", code, body)
 	}
 }
+
+func TestEnqueueMiddlewareMustStore(t *testing.T) {
+	t.Parallel()
+	drop := func(next docket.EnqueueFunc) docket.EnqueueFunc {
+		return func(ctx context.Context, e *docket.Enqueueing) error { return nil }
+	}
+	var ev events
+	q, _ := dockettest.Open(t, docket.UseEnqueue(drop), docket.OnEvent(ev.add))
+	task := docket.NewTask("t", func(ctx context.Context, n int) (int, error) { return n, nil })
+	if err := q.Register(task); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := task.Enqueue(bg, q, 1); !errors.Is(err, docket.ErrInvalid) || !strings.Contains(err.Error(), "without calling next") {
+		t.Fatalf("a middleware that stored nothing: %v, want ErrInvalid", err)
+	}
+	if _, err := q.EnqueueJSON(bg, "t", json.RawMessage(`1`)); !errors.Is(err, docket.ErrInvalid) {
+		t.Fatalf("EnqueueJSON through it: %v", err)
+	}
+	if n := dockettest.Drain(t, q); n != 0 || len(ev.all) != 0 {
+		t.Fatalf("ran %d tasks, events %v: nothing should exist", n, ev.all)
+	}
+}

@@ -109,8 +109,9 @@ type worker struct {
 	started atomic.Int64             // tasks that began running (drives the prefetch)
 	paused  atomic.Pointer[[]string] // paused queues, sorted (pauseLoop)
 	// fetchTick and beatTick: when the claim loop and the heartbeat last
-	// came round (CheckLive), in Unix nanoseconds
+	// came round (CheckLive), as nanoseconds since born
 	fetchTick, beatTick atomic.Int64
+	born                time.Time
 
 	mu sync.Mutex
 	// inflight holds every execution whose lease this worker still holds,
@@ -140,6 +141,7 @@ func newWorker(q *Queue) *worker {
 	w := &worker{
 		q:            q,
 		owner:        fmt.Sprintf("%s:%d:%s", host, os.Getpid(), ulid.Make()),
+		born:         time.Now(),
 		conc:         q.cfg.concurrency,
 		prefetch:     q.cfg.prefetch,
 		finishCh:     make(chan finishReq, q.cfg.concurrency+q.cfg.prefetch),
@@ -159,8 +161,8 @@ func newWorker(q *Queue) *worker {
 }
 
 func (w *worker) start() {
-	tick(&w.fetchTick)
-	tick(&w.beatTick)
+	w.tick(&w.fetchTick)
+	w.tick(&w.beatTick)
 	for range w.conc {
 		w.execs.Add(1)
 		go w.executor()

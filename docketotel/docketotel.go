@@ -107,6 +107,9 @@ type Telemetry struct {
 	sent, consumed, outcomes metric.Int64Counter
 	duration, wait           metric.Float64Histogram
 	meter                    metric.Meter
+
+	mu      sync.Mutex
+	watched []*statsCache // nil until the first Watch registers the gauges
 }
 
 // New creates the tracer and the instruments.
@@ -229,6 +232,12 @@ func (t *Telemetry) process(next docket.Handler) docket.Handler {
 		}
 		ctx, span := t.tracer.Start(producer, "process "+j.Queue, opts...)
 		defer span.End()
+		defer func() {
+			if v := recover(); v != nil {
+				span.SetStatus(codes.Error, fmt.Sprint("panic: ", v))
+				panic(v) // docket turns it into the attempt's error
+			}
+		}()
 		r, err := next(ctx, j)
 		if err != nil {
 			span.SetAttributes(attribute.String("error.type", fmt.Sprintf("%T", err)))
@@ -252,11 +261,24 @@ func (t *Telemetry) event(e docket.Event) {
 	}
 }
 
-// Watch registers gauges of q's backend counts and worker slots. The
-// counts are read with Queue.Stats at most once per StatsTTL, whatever
-// the collection interval; a failed read reports nothing for that
-// collection.
+// Watch adds q's backend counts and worker slots to the gauges, which
+// are registered with the first Watch. The counts are read with
+// Queue.Stats at most once per StatsTTL, whatever the collection
+// interval; a failed read reports nothing for that collection. Slots are
+// summed over the watched Queues.
 func (t *Telemetry) Watch(q *docket.Queue) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.watched == nil {
+		if err := t.registerGauges(); err != nil {
+			return err
+		}
+	}
+	t.watched = append(t.watched, &statsCache{q: q, ttl: t.opts.StatsTTL})
+	return nil
+}
+
+func (t *Telemetry) registerGauges() error {
 	tasks, err := t.meter.Int64ObservableGauge("docket.queue.tasks", metric.WithUnit("{task}"), metric.WithDescription("Tasks in the backend by queue and state."))
 	if err != nil {
 		return fmt.Errorf("docket: otel gauge: %w", err)
@@ -273,26 +295,34 @@ func (t *Telemetry) Watch(q *docket.Queue) error {
 	if err != nil {
 		return fmt.Errorf("docket: otel gauge: %w", err)
 	}
-	c := &statsCache{q: q, ttl: t.opts.StatsTTL}
 	_, err = t.meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
-		b, n := q.Slots()
-		o.ObserveInt64(busy, int64(b))
-		o.ObserveInt64(slots, int64(n))
-		st := c.get(ctx)
-		if st == nil {
-			return nil
-		}
-		for _, qs := range st.Queues {
-			for state, n := range qs.Counts {
-				o.ObserveInt64(tasks, n, metric.WithAttributes(attribute.String("messaging.destination.name", qs.Name), attribute.String("docket.task.state", state)))
+		t.mu.Lock()
+		watched := t.watched
+		t.mu.Unlock()
+		var nb, nt int64
+		for _, c := range watched {
+			b, n := c.q.Slots()
+			nb, nt = nb+int64(b), nt+int64(n)
+			st := c.get(ctx)
+			if st == nil {
+				continue
 			}
-			o.ObserveFloat64(lag, qs.Lag.Seconds(), metric.WithAttributes(attribute.String("messaging.destination.name", qs.Name)))
+			for _, qs := range st.Queues {
+				dest := attribute.String("messaging.destination.name", qs.Name)
+				for state, n := range qs.Counts {
+					o.ObserveInt64(tasks, n, metric.WithAttributes(dest, attribute.String("docket.task.state", state)))
+				}
+				o.ObserveFloat64(lag, qs.Lag.Seconds(), metric.WithAttributes(dest))
+			}
 		}
+		o.ObserveInt64(busy, nb)
+		o.ObserveInt64(slots, nt)
 		return nil
 	}, tasks, lag, busy, slots)
 	if err != nil {
 		return fmt.Errorf("docket: otel callback: %w", err)
 	}
+	t.watched = []*statsCache{}
 	return nil
 }
 

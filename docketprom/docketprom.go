@@ -26,7 +26,7 @@
 //	docket_tasks_failed_total        tasks that failed for good
 //	docket_tasks_cancelled_total     tasks cancelled while they ran
 //	docket_tasks_expired_total       tasks a claim here found expired
-//	docket_tasks_released_total      attempts given back (shutdown, pause)
+//	docket_tasks_released_total      tasks given back at shutdown
 //	docket_tasks_lease_lost_total    attempts whose lease this worker lost
 //
 // Histograms, by task and queue:
@@ -129,7 +129,7 @@ func New(opts Options) *Metrics {
 			docket.EventFailed:    counter("tasks_failed_total", "Tasks that failed for good (retries exhausted, a permanent error, or their worker lost)."),
 			docket.EventCancelled: counter("tasks_cancelled_total", "Tasks cancelled while they ran."),
 			docket.EventExpired:   counter("tasks_expired_total", "Tasks a claim of this process found past their expiry."),
-			docket.EventReleased:  counter("tasks_released_total", "Attempts given back without using up the attempt (a shutdown, a paused queue)."),
+			docket.EventReleased:  counter("tasks_released_total", "Tasks given back at shutdown without using up the attempt."),
 			docket.EventLeaseLost: counter("tasks_lease_lost_total", "Attempts whose lease this worker lost; their outcome was discarded."),
 		},
 		runtime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -233,13 +233,14 @@ func (m *Metrics) collectGauges(ch chan<- prometheus.Metric) {
 	if !m.cacheOK {
 		return
 	}
-	seen := map[string]bool{}
-	for _, st := range m.cached {
+	seen := map[[2]string]bool{}
+	for i, st := range m.cached {
+		backend := m.queues[i].String() // the redacted URL
 		for _, qs := range st.Queues {
-			if seen[qs.Name] {
+			if seen[[2]string{backend, qs.Name}] {
 				continue // two Queues on one backend report it twice
 			}
-			seen[qs.Name] = true
+			seen[[2]string{backend, qs.Name}] = true
 			for state, n := range qs.Counts {
 				if state == "retrying" {
 					ch <- prometheus.MustNewConstMetric(m.retryingDesc, prometheus.GaugeValue, float64(n), qs.Name)

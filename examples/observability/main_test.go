@@ -77,9 +77,19 @@ func TestServiceMetricsTracesProbes(t *testing.T) {
 			t.Fatalf("task %s: %v", id, err)
 		}
 	}
-	code, metrics := get("/metrics")
-	if code != 200 {
-		t.Fatalf("/metrics: %d", code)
+	// A Wait can return as soon as the outcome is committed (another
+	// goroutine sees the commit), a moment before the worker counts it:
+	// scrape until the last count shows, for up to a minute.
+	var metrics string
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(10 * time.Millisecond) {
+		code, body := get("/metrics")
+		if code != 200 {
+			t.Fatalf("/metrics: %d", code)
+		}
+		metrics = body
+		if strings.Contains(metrics, `docket_tasks_succeeded_total{queue="default",task="reports.build"} 2`+"\n") || time.Now().After(deadline) {
+			break
+		}
 	}
 	for _, want := range []string{
 		`docket_tasks_enqueued_total{queue="default",task="reports.build"} 3`,
