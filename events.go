@@ -106,15 +106,7 @@ func (q *Queue) emit(e Event) {
 	for _, fn := range q.cfg.onEvent {
 		q.callHook(fn, e)
 	}
-	level := slog.LevelDebug
-	switch e.Kind {
-	case EventRetried, EventCancelled, EventExpired:
-		level = slog.LevelInfo
-	case EventLeaseLost:
-		level = slog.LevelWarn
-	case EventFailed:
-		level = slog.LevelError
-	}
+	level := e.Kind.level()
 	l := q.cfg.logger
 	ctx := context.Background()
 	if !l.Enabled(ctx, level) {
@@ -135,6 +127,25 @@ func (q *Queue) emit(e Event) {
 		attrs = append(attrs, slog.String("schedule", e.Schedule))
 	}
 	l.LogAttrs(ctx, level, "docket: task "+e.Kind.String(), attrs...)
+}
+
+// level is the level docket logs an event of kind k at.
+func (k EventKind) level() slog.Level {
+	switch k {
+	case EventRetried, EventCancelled, EventExpired:
+		return slog.LevelInfo
+	case EventLeaseLost:
+		return slog.LevelWarn
+	case EventFailed:
+		return slog.LevelError
+	}
+	return slog.LevelDebug
+}
+
+// quiet reports whether an event of kind k would reach no hook and no
+// log line, so that the worker's hot path need not build it.
+func (q *Queue) quiet(k EventKind) bool {
+	return len(q.cfg.onEvent) == 0 && !q.cfg.logger.Enabled(context.Background(), k.level())
 }
 
 // callHook calls an OnEvent hook, keeping a panic in it from stopping
@@ -161,20 +172,27 @@ func deliveryAttr(d *transport.Delivery) slog.Attr {
 
 // attemptEnded reports the recorded outcome of one attempt of d.
 func (q *Queue) attemptEnded(d *transport.Delivery, out *transport.Outcome, lost bool, run attemptRun) {
-	e := Event{ID: d.ID, Name: d.Name, Queue: d.Queue, Attempt: d.Attempt, Started: run.started, Runtime: run.runtime, Error: out.Error}
+	var kind EventKind
 	switch {
 	case lost:
-		e.Kind = EventLeaseLost
+		kind = EventLeaseLost
 	case out.State == StateSucceeded:
-		e.Kind = EventSucceeded
+		kind = EventSucceeded
 	case out.State == StateScheduled:
-		e.Kind, e.RetryAt = EventRetried, out.RunAt
+		kind = EventRetried
 	case out.State == StateReady:
-		e.Kind = EventReleased
+		kind = EventReleased
 	case out.State == StateCancelled:
-		e.Kind = EventCancelled
+		kind = EventCancelled
 	default:
-		e.Kind = EventFailed
+		kind = EventFailed
+	}
+	if q.quiet(kind) {
+		return
+	}
+	e := Event{Kind: kind, ID: d.ID, Name: d.Name, Queue: d.Queue, Attempt: d.Attempt, Started: run.started, Runtime: run.runtime, Error: out.Error}
+	if kind == EventRetried {
+		e.RetryAt = out.RunAt
 	}
 	q.emit(e)
 }

@@ -80,8 +80,14 @@ func (q *Queue) execute(parent context.Context, d *transport.Delivery) (out tran
 	}
 	var result []byte
 	var err error
-	run.started = q.now()
+	// Two readings of the system clock time the attempt; with the system
+	// clock they are also its start and decision times.
+	_, sysClock := q.cfg.clock.(systemClock)
 	mono := time.Now()
+	run.started = mono
+	if !sysClock {
+		run.started = q.now()
+	}
 	switch {
 	case len(d.Payload) > q.cfg.maxPayload:
 		err = Permanent(&TooLargeError{What: "arguments", Size: len(d.Payload), Limit: q.cfg.maxPayload})
@@ -91,7 +97,11 @@ func (q *Queue) execute(parent context.Context, d *transport.Delivery) (out tran
 	default:
 		result, err = invoke(ctx, t, d.Payload, q.cfg.maxResult)
 	}
-	run.runtime = time.Since(mono)
+	end := time.Now()
+	run.runtime = end.Sub(mono)
+	if !sysClock {
+		end = q.now()
+	}
 	if err != nil && ctx.Err() != nil && context.Cause(parent) == nil {
 		if cause := context.Cause(ctx); cause != nil && cause != err && !errors.Is(err, cause) {
 			err = fmt.Errorf("%w: %w", cause, err)
@@ -99,7 +109,7 @@ func (q *Queue) execute(parent context.Context, d *transport.Delivery) (out tran
 	}
 	timeoutCancel()
 	ts.progress.end(parent)
-	out, skip = decide(d, result, err, context.Cause(parent), q.now(), func() Backoff { return q.backoffFor(d, t) })
+	out, skip = decide(d, result, err, context.Cause(parent), end, func() Backoff { return q.backoffFor(d, t) })
 	return out, skip, run
 }
 

@@ -277,6 +277,9 @@ func (q *Queue) lookupTask(name string) Registrable {
 func (q *Queue) lookupHandler(name string) (Registrable, Handler) {
 	q.mu.RLock()
 	defer q.mu.RUnlock()
+	if len(q.handlers) == 0 {
+		return q.tasks[name], nil
+	}
 	return q.tasks[name], q.handlers[name]
 }
 
