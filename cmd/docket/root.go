@@ -54,6 +54,7 @@ func (a *app) rootCmd() *cobra.Command {
 		a.enqueueCmd(),
 		a.schedulesCmd(),
 		a.workersCmd(),
+		a.serveCmd(),
 	)
 	return root
 }

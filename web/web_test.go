@@ -1,0 +1,270 @@
+package web_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docketq/docket"
+	"github.com/docketq/docket/dockettest"
+	"github.com/docketq/docket/web"
+)
+
+var bg = context.Background()
+
+type fixture struct {
+	t    *testing.T
+	q    *docket.Queue
+	srv  *httptest.Server
+	c    *http.Client
+	task *docket.Task[map[string]string, string]
+}
+
+// newFixture mounts the dashboard under /admin/docket/ of a mux, as an
+// application would.
+func newFixture(t *testing.T, opts web.Options) *fixture {
+	t.Helper()
+	q, _ := dockettest.Open(t)
+	task := docket.NewTask("mail.send", func(ctx context.Context, m map[string]string) (string, error) {
+		if m["fail"] != "" {
+			return "", docket.Permanent(errors.New(m["fail"]))
+		}
+		return "sent to " + m["to"], nil
+	})
+	if err := q.Register(task); err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/admin/docket/", http.StripPrefix("/admin/docket", web.Handler(q, opts)))
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	return &fixture{t: t, q: q, srv: srv, c: c, task: task}
+}
+
+func (f *fixture) get(path string) (int, string, http.Header) {
+	f.t.Helper()
+	resp, err := f.c.Get(f.srv.URL + "/admin/docket" + path)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body), resp.Header
+}
+
+var tokenRE = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
+
+// post submits a form the way the page's own form would: same origin,
+// with the token the page carries.
+func (f *fixture) post(path string, form url.Values, token string) (int, string, string) {
+	f.t.Helper()
+	if token != "" {
+		form.Set("csrf", token)
+	}
+	req, _ := http.NewRequest("POST", f.srv.URL+"/admin/docket"+path, strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Sec-Fetch-Site", "same-origin")
+	resp, err := f.c.Do(req)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body), resp.Header.Get("Location")
+}
+
+func (f *fixture) token(path string) string {
+	f.t.Helper()
+	_, body, _ := f.get(path)
+	m := tokenRE.FindStringSubmatch(body)
+	if m == nil {
+		f.t.Fatalf("no CSRF token on %s", path)
+	}
+	return m[1]
+}
+
+func TestPagesRenderAndEscape(t *testing.T) {
+	f := newFixture(t, web.Options{ShowArgs: true, Title: "Acme jobs"})
+	evil := `<script>alert(1)</script>`
+	res, err := f.task.Enqueue(bg, f.q, map[string]string{"to": evil, "fail": "boom " + evil}, docket.Header("x-evil", evil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dockettest.Drain(t, f.q)
+	for _, path := range []string{"/", "/tasks", "/tasks?state=failed", "/tasks/" + res.ID(), "/schedules", "/workers", "/enqueue"} {
+		code, body, h := f.get(path)
+		if code != 200 {
+			t.Fatalf("GET %s: %d\n%s", path, code, body)
+		}
+		if strings.Contains(body, evil) {
+			t.Errorf("GET %s renders the task's script unescaped", path)
+		}
+		csp := h.Get("Content-Security-Policy")
+		if !strings.Contains(csp, "script-src 'self'") || strings.Contains(csp, "unsafe-inline") || !strings.Contains(csp, "frame-ancestors 'none'") {
+			t.Errorf("GET %s: CSP %q", path, csp)
+		}
+		if !strings.Contains(body, `href="/admin/docket/static/style.css"`) || !strings.Contains(body, "Acme jobs") {
+			t.Errorf("GET %s: links do not carry the mount prefix, or the title is missing", path)
+		}
+	}
+	_, body, _ := f.get("/tasks/" + res.ID())
+	if !strings.Contains(body, "&lt;script&gt;alert(1)&lt;/script&gt;") || !strings.Contains(body, "x-evil") {
+		t.Errorf("task page lacks the escaped arguments, error or header")
+	}
+	_, body, _ = f.get("/tasks?state=failed")
+	if !strings.Contains(body, res.ID()) {
+		t.Errorf("failed filter does not list the failed task")
+	}
+	_, body, _ = f.get("/tasks?state=succeeded")
+	if strings.Contains(body, res.ID()) {
+		t.Errorf("succeeded filter lists the failed task")
+	}
+	if code, _, _ := f.get("/tasks/nope"); code != 404 {
+		t.Errorf("unknown task: %d", code)
+	}
+	if code, _, _ := f.get("/static/style.css"); code != 200 {
+		t.Errorf("style sheet: %d", code)
+	}
+}
+
+func TestArgumentsHiddenByDefault(t *testing.T) {
+	f := newFixture(t, web.Options{})
+	res, _ := f.task.Enqueue(bg, f.q, map[string]string{"to": "secret@example.com"})
+	dockettest.Drain(t, f.q)
+	_, body, _ := f.get("/tasks/" + res.ID())
+	if strings.Contains(body, "secret@example.com") || !strings.Contains(body, "Hidden") {
+		t.Error("arguments or result shown without ShowArgs")
+	}
+}
+
+func TestRetryFromTheTaskPage(t *testing.T) {
+	f := newFixture(t, web.Options{})
+	res, _ := f.task.Enqueue(bg, f.q, map[string]string{"to": "ann", "fail": "smtp down"})
+	dockettest.Drain(t, f.q)
+	page := "/tasks/" + res.ID()
+	code, _, loc := f.post("/tasks/act", url.Values{"id": {res.ID()}, "action": {"retry"}, "back": {page}}, f.token(page))
+	if code != http.StatusSeeOther || !strings.HasPrefix(loc, "/admin/docket"+page+"?notice=") {
+		t.Fatalf("retry: %d, Location %q", code, loc)
+	}
+	in, _ := res.Info(bg)
+	if in.State != docket.StateReady {
+		t.Fatalf("after retry: %v", in.State)
+	}
+}
+
+func TestStateChangesAreGuarded(t *testing.T) {
+	f := newFixture(t, web.Options{})
+	res, _ := f.task.Enqueue(bg, f.q, map[string]string{"to": "ann"}, docket.Countdown(time.Hour))
+	form := func() url.Values { return url.Values{"id": {res.ID()}, "action": {"cancel"}} }
+	// No token, a forged token, a cross-site request with the right token.
+	if code, body, _ := f.post("/tasks/act", form(), ""); code != 403 || !strings.Contains(body, "token") {
+		t.Errorf("POST without a token: %d", code)
+	}
+	if code, _, _ := f.post("/tasks/act", form(), "forged"); code != 403 {
+		t.Errorf("POST with a forged token: %d", code)
+	}
+	tok := f.token("/tasks")
+	v := form()
+	v.Set("csrf", tok)
+	req, _ := http.NewRequest("POST", f.srv.URL+"/admin/docket/tasks/act", strings.NewReader(v.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Sec-Fetch-Site", "cross-site")
+	resp, err := f.c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 403 {
+		t.Errorf("cross-site POST: %d", resp.StatusCode)
+	}
+	// GET never changes state.
+	if code, _, _ := f.get("/tasks/act?id=" + res.ID() + "&action=cancel"); code == 200 || code == 303 {
+		t.Errorf("GET of an action: %d", code)
+	}
+	if in, _ := res.Info(bg); in.State != docket.StateScheduled {
+		t.Fatalf("a refused request changed the task: %v", in.State)
+	}
+	// An open redirect through back is refused: it stays on the dashboard.
+	if code, _, loc := f.post("/tasks/act", url.Values{"id": {res.ID()}, "action": {"cancel"}, "back": {"//evil.example/x"}}, tok); code != 303 || !strings.HasPrefix(loc, "/admin/docket/tasks?") {
+		t.Errorf("back to another site: %d %q", code, loc)
+	}
+	if in, _ := res.Info(bg); in.State != docket.StateCancelled {
+		t.Fatalf("the same-origin request with its token did not cancel: %v", in.State)
+	}
+}
+
+func TestReadOnlyAndAuthorize(t *testing.T) {
+	ro := newFixture(t, web.Options{ReadOnly: true})
+	res, _ := ro.task.Enqueue(bg, ro.q, map[string]string{"to": "ann"})
+	_, body, _ := ro.get("/tasks")
+	if strings.Contains(body, `name="csrf"`) || strings.Contains(body, `value="retry"`) {
+		t.Error("a read-only dashboard shows forms")
+	}
+	// A forged POST, token and all: refused on the server.
+	if code, body, _ := ro.post("/queues/default/pause", url.Values{}, "anything"); code != 403 || !strings.Contains(body, "read-only") {
+		t.Errorf("read-only POST: %d", code)
+	}
+	if paused, _ := ro.q.Stats(bg); paused.Queues[0].Paused {
+		t.Error("a read-only dashboard paused a queue")
+	}
+	_ = res
+
+	var asked []web.Action
+	authz := newFixture(t, web.Options{Authorize: func(r *http.Request, a web.Action) error {
+		asked = append(asked, a)
+		if a == web.ActPauseQueue {
+			return errors.New("operators only")
+		}
+		return nil
+	}})
+	tok := authz.token("/enqueue")
+	if code, body, _ := authz.post("/queues/default/pause", url.Values{}, tok); code != 403 || !strings.Contains(body, "operators only") {
+		t.Errorf("refused pause: %d", code)
+	}
+	if code, _, _ := authz.post("/enqueue", url.Values{"name": {"mail.send"}, "args": {`{"to":"bo"}`}}, tok); code != 303 {
+		t.Errorf("allowed enqueue: %d", code)
+	}
+	if len(asked) != 2 || asked[0] != web.ActPauseQueue || asked[1] != web.ActEnqueue {
+		t.Errorf("Authorize asked %v", asked)
+	}
+}
+
+func TestQueuePauseAndSchedules(t *testing.T) {
+	f := newFixture(t, web.Options{})
+	if err := f.task.Schedule(f.q, "nightly", docket.Cron("0 3 * * *"), map[string]string{"to": "ops"}); err != nil {
+		t.Fatal(err)
+	}
+	dockettest.Drain(t, f.q) // stores the schedule's state
+	tok := f.token("/enqueue")
+	if code, _, _ := f.post("/queues/default/pause", url.Values{}, tok); code != 303 {
+		t.Fatalf("pause: %d", code)
+	}
+	_, body, _ := f.get("/")
+	if !strings.Contains(body, "paused") || !strings.Contains(body, ">Resume<") {
+		t.Error("the overview does not show the pause")
+	}
+	if code, _, _ := f.post("/queues/default/resume", url.Values{}, tok); code != 303 {
+		t.Fatalf("resume: %d", code)
+	}
+	_, body, _ = f.get("/schedules")
+	if !strings.Contains(body, "nightly") || !strings.Contains(body, "/schedules/nightly/trigger") {
+		t.Fatalf("schedules page:\n%s", body)
+	}
+	code, _, loc := f.post("/schedules/nightly/trigger", url.Values{}, tok)
+	if code != 303 || !strings.Contains(loc, "triggered") {
+		t.Fatalf("trigger: %d %q", code, loc)
+	}
+	if n := dockettest.Drain(t, f.q); n != 1 {
+		t.Fatalf("the triggered task did not run: %d", n)
+	}
+}
