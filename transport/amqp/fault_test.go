@@ -368,5 +368,5 @@ func (w logWriter) Write(p []byte) (int, error) {
 // liveness stays true.
 func TestReadinessFollowsTheServer(t *testing.T) {
 	n := startNode(t, 30*time.Minute)
-	probetest.FollowServer(t, n.url(), nil, n.kill, n.start)
+	probetest.FollowServer(t, n.url(), []docket.Option{docket.Logger(testLogger(t))}, n.kill, n.start)
 }
