@@ -467,6 +467,14 @@ func (s *server) funcs() template.FuncMap {
 		},
 		"pathEscape": url.PathEscape,
 		"inc":        func(n int) int { return n + 1 },
+		// spec is a schedule's timing, without the task and arguments its
+		// description carries (the arguments may be sensitive).
+		"spec": func(s string) string {
+			if i := strings.Index(s, " task:"); i >= 0 {
+				return s[:i]
+			}
+			return s
+		},
 		"canAct": func(st docket.State, action string) bool {
 			a, err := docket.ParseAction(action)
 			return err == nil && a.Applies(st)
