@@ -7,6 +7,9 @@
 //	curl -X POST 'localhost:8080/signup?email=ann@example.com'
 //	curl localhost:8080/tasks/<id>
 //	curl 'localhost:8080/tasks/<id>?wait=5s'
+//
+// With WEBAPP_ADMIN_PASSWORD set, docket's dashboard is at
+// http://localhost:8080/admin/docket/, behind the app's login page.
 package main
 
 import (
@@ -53,7 +56,8 @@ func run(addr string) error {
 	workersDone := make(chan error, 1)
 	go func() { workersDone <- q.Run(ctx) }() // stops gracefully when ctx ends
 
-	srv := &http.Server{Addr: addr, Handler: NewMux(q), ReadHeaderTimeout: 5 * time.Second}
+	// WEBAPP_ADMIN_PASSWORD turns on the dashboard at /admin/docket/.
+	srv := &http.Server{Addr: addr, Handler: NewMux(q, os.Getenv("WEBAPP_ADMIN_PASSWORD")), ReadHeaderTimeout: 5 * time.Second}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.ListenAndServe() }()
 	logger.Info("listening", "addr", addr, "queue", q.String())

@@ -2,9 +2,12 @@ package main
 
 import (
 	"encoding/json"
+	"io"
 	"net/http"
+	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
+	"strings"
 	"testing"
 
 	"github.com/docketq/docket/dockettest"
@@ -15,7 +18,7 @@ func TestSignupEnqueuesOneWelcome(t *testing.T) {
 	if err := q.Register(SendWelcome); err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(NewMux(q))
+	srv := httptest.NewServer(NewMux(q, ""))
 	defer srv.Close()
 
 	var ids []string
@@ -53,5 +56,38 @@ func TestSignupEnqueuesOneWelcome(t *testing.T) {
 	}
 	if resp, _ := http.PostForm(srv.URL+"/signup", url.Values{"email": {"nope"}}); resp.StatusCode != http.StatusBadRequest {
 		t.Fatalf("invalid email: %d", resp.StatusCode)
+	}
+}
+
+func TestDashboardBehindLogin(t *testing.T) {
+	q, _ := dockettest.Open(t)
+	if err := q.Register(SendWelcome); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(NewMux(q, "s3cret"))
+	defer srv.Close()
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar}
+	resp, err := c.Get(srv.URL + "/admin/docket/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.Request.URL.Path != "/login" {
+		t.Fatalf("without a login, the dashboard answered at %s", resp.Request.URL)
+	}
+	resp, _ = c.PostForm(srv.URL+"/login", url.Values{"password": {"wrong"}})
+	resp.Body.Close()
+	if resp.Request.URL.RawQuery != "failed" {
+		t.Fatalf("a wrong password led to %s", resp.Request.URL)
+	}
+	resp, err = c.PostForm(srv.URL+"/login", url.Values{"password": {"s3cret"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.Request.URL.Path != "/admin/docket/" || !strings.Contains(string(body), "webapp jobs") || !strings.Contains(string(body), `href="/admin/docket/tasks"`) {
+		t.Fatalf("after the login, %s:\n%s", resp.Request.URL, body)
 	}
 }

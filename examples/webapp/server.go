@@ -27,9 +27,13 @@ var SendWelcome = docket.NewTask("email.welcome", func(ctx context.Context, w We
 	return "sent to " + w.Email, nil
 }, docket.MaxRetries(5), docket.Timeout(30*time.Second))
 
-// NewMux returns the service's routes.
-func NewMux(q *docket.Queue) *http.ServeMux {
+// NewMux returns the service's routes. With an operator password, docket's
+// dashboard is served under /admin/docket/ behind a login page.
+func NewMux(q *docket.Queue, adminPassword string) *http.ServeMux {
 	mux := http.NewServeMux()
+	if adminPassword != "" {
+		mountAdmin(mux, q, adminPassword)
+	}
 	mux.HandleFunc("POST /signup", func(w http.ResponseWriter, r *http.Request) {
 		addr, err := mail.ParseAddress(r.FormValue("email"))
 		if err != nil {
