@@ -26,6 +26,9 @@ type page struct {
 	CSRF     string
 	ReadOnly bool
 	ShowArgs bool
+	// Operable: the backend keeps task state (every backend but RabbitMQ
+	// without a result store): tasks, schedules, workers and pauses.
+	Operable bool
 	Backend  string // the redacted URL
 	Notice   string
 	Here     string // this page's path and query under the prefix, for forms' back
@@ -45,6 +48,7 @@ func (s *server) render(w http.ResponseWriter, r *http.Request, status int, name
 	if len(here) > 0 {
 		p.Here += "?" + here.Encode()
 	}
+	p.Operable = s.operable(r.Context())
 	if !s.opts.ReadOnly {
 		p.CSRF = s.csrfToken(w, r)
 	}
@@ -69,6 +73,29 @@ func (s *server) fail(w http.ResponseWriter, r *http.Request, status int, err er
 		status = statusOf(err)
 	}
 	s.render(w, r, status, "error.html", http.StatusText(status), "", err.Error())
+}
+
+// operable reports whether the backend keeps task state, asking it once:
+// a backend that cannot list workers (RabbitMQ alone) can do none of the
+// operations either. A failed question is asked again next time.
+func (s *server) operable(ctx context.Context) bool {
+	switch s.caps.Load() {
+	case 1:
+		return true
+	case 2:
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err := s.q.Workers(ctx)
+	switch {
+	case errors.Is(err, docket.ErrUnsupported):
+		s.caps.Store(2)
+		return false
+	case err == nil:
+		s.caps.Store(1)
+	}
+	return true
 }
 
 func statusOf(err error) int {
@@ -401,6 +428,24 @@ func (s *server) enqueue(w http.ResponseWriter, r *http.Request, allow func(Acti
 
 func urlQueryEscape(s string) string { return url.QueryEscape(s) }
 
+// thousands writes n with thousands separators: 1,250,000.
+func thousands(n int64) string {
+	s := strconv.FormatInt(n, 10)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	if neg {
+		return "-" + b.String()
+	}
+	return b.String()
+}
+
 // funcs are the templates' helpers.
 func (s *server) funcs() template.FuncMap {
 	return template.FuncMap{
@@ -439,7 +484,7 @@ func (s *server) funcs() template.FuncMap {
 			if !ok {
 				return "—"
 			}
-			return strconv.FormatInt(n, 10)
+			return thousands(n)
 		},
 		"firstLine": func(s string) string {
 			if i := strings.IndexByte(s, '\n'); i >= 0 {

@@ -42,6 +42,7 @@ import (
 	"io/fs"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/docketq/docket"
@@ -133,6 +134,7 @@ type server struct {
 	opts   Options
 	secret []byte // signs CSRF tokens
 	tmpl   *template.Template
+	caps   atomic.Int32 // 0 unknown, 1 operable, 2 not (see operable)
 }
 
 // secure sets the headers every response carries.

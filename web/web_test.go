@@ -3,11 +3,13 @@ package web_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"regexp"
 	"strings"
 	"testing"
@@ -15,6 +17,8 @@ import (
 
 	"github.com/docketq/docket"
 	"github.com/docketq/docket/dockettest"
+	"github.com/docketq/docket/internal/amqptest"
+	_ "github.com/docketq/docket/transport/amqp"
 	"github.com/docketq/docket/web"
 )
 
@@ -266,5 +270,59 @@ func TestQueuePauseAndSchedules(t *testing.T) {
 	}
 	if n := dockettest.Drain(t, f.q); n != 1 {
 		t.Fatalf("the triggered task did not run: %d", n)
+	}
+}
+
+// RabbitMQ without a result store knows only its queues' depths: the
+// dashboard shows those and hides what the backend cannot do.
+func TestRabbitMQAloneShowsWhatItCan(t *testing.T) {
+	raw := os.Getenv("DOCKET_TEST_AMQP_URL")
+	if raw == "" {
+		t.Skip("DOCKET_TEST_AMQP_URL is not set; skipping the RabbitMQ dashboard test")
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := fmt.Sprintf("webtest%d", time.Now().UnixNano())
+	v := u.Query()
+	v.Set("prefix", prefix)
+	u.RawQuery = v.Encode()
+	t.Cleanup(func() { amqptest.DeleteTopology(t, raw, prefix, "default") })
+	q, err := docket.Open(bg, u.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	task := docket.NewTask("mail.send", func(ctx context.Context, to string) (string, error) { return to, nil })
+	if err := q.Register(task); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := task.Enqueue(bg, q, "ann"); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(web.Handler(q, web.Options{}))
+	defer srv.Close()
+	get := func(path string) (int, string) {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	code, body := get("/")
+	if code != 200 || !strings.Contains(body, `state=ready">1<`) {
+		t.Fatalf("overview: %d\n%s", code, body)
+	}
+	if strings.Contains(body, ">Pause<") || strings.Contains(body, `href="/tasks"`) || !strings.Contains(body, "needs a result store") {
+		t.Errorf("the overview offers what RabbitMQ alone cannot do:\n%s", body)
+	}
+	if code, body := get("/tasks"); code != 200 || !strings.Contains(body, "cannot list tasks") {
+		t.Errorf("tasks page: %d", code)
+	}
+	if strings.Contains(u.String(), "guest:guest") && strings.Contains(body, "guest:guest") {
+		t.Error("the page shows the URL's password")
 	}
 }
