@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -52,7 +53,8 @@ basic auth sends the password with every request.`,
 				h = basicAuth(h, user, pass)
 			}
 			srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-			fmt.Fprintf(a.stderr, "docket: dashboard for %s on http://%s/\n", q, ln.Addr())
+			backend := strings.TrimSuffix(strings.TrimPrefix(q.String(), "docket.Queue("), ")") // redacted
+			fmt.Fprintf(a.stderr, "docket: dashboard for %s on http://%s/\n", backend, ln.Addr())
 			done := make(chan error, 1)
 			go func() { done <- srv.Serve(ln) }()
 			select {
