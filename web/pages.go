@@ -33,6 +33,7 @@ type page struct {
 	Notice   string
 	Here     string // this page's path and query under the prefix, for forms' back
 	Refresh  int    // ms; 0: never
+	Asset    string // the static files' version
 	Now      time.Time
 	Data     any
 }
@@ -40,19 +41,20 @@ type page struct {
 func (s *server) render(w http.ResponseWriter, r *http.Request, status int, name, heading, nav string, data any) {
 	p := page{
 		Title: s.opts.Title, Heading: heading, Nav: nav, Base: prefix(r), ReadOnly: s.opts.ReadOnly,
-		ShowArgs: s.opts.ShowArgs, Backend: strings.TrimSuffix(strings.TrimPrefix(s.q.String(), "docket.Queue("), ")"), Notice: r.URL.Query().Get("notice"), Now: time.Now(), Data: data,
+		ShowArgs: s.opts.ShowArgs, Backend: strings.TrimSuffix(strings.TrimPrefix(s.q.String(), "docket.Queue("), ")"),
+		Notice: takeNotice(w, r), Now: time.Now(), Data: data, Asset: s.asset,
 	}
-	here := r.URL.Query()
-	here.Del("notice")
-	p.Here = r.URL.Path
-	if len(here) > 0 {
-		p.Here += "?" + here.Encode()
+	p.Here = r.URL.EscapedPath()
+	if r.URL.RawQuery != "" {
+		p.Here += "?" + r.URL.RawQuery
 	}
 	p.Operable = s.operable(r.Context())
 	if !s.opts.ReadOnly {
 		p.CSRF = s.csrfToken(w, r)
 	}
-	if s.opts.Refresh > 0 {
+	// A page that answers a POST (a form shown again with its error)
+	// keeps what the user typed: it does not refresh.
+	if s.opts.Refresh > 0 && r.Method == http.MethodGet && status == http.StatusOK {
 		p.Refresh = int(s.opts.Refresh.Milliseconds())
 	}
 	var buf bytes.Buffer
@@ -192,12 +194,7 @@ func (s *server) tasks(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := callCtx(r)
 	defer cancel()
-	d := tasksData{Filter: f, State: v.Get("state"), Newest: v.Get("order") != "oldest", States: docket.StateNames}
-	if st, err := s.q.Stats(ctx); err == nil {
-		for _, qs := range st.Queues {
-			d.Queues = append(d.Queues, qs.Name)
-		}
-	}
+	d := tasksData{Filter: f, State: v.Get("state"), Newest: v.Get("order") != "oldest", States: docket.StateNames, Queues: s.queueNames(ctx)}
 	limit := 50
 	page, err := s.q.Search(ctx, docket.SearchOptions{Filter: f, Newest: d.Newest, Cursor: v.Get("cursor"), Limit: limit})
 	switch {
@@ -217,6 +214,26 @@ func (s *server) tasks(w http.ResponseWriter, r *http.Request) {
 	}
 	d.Query = q
 	s.render(w, r, http.StatusOK, "tasks.html", "Tasks", "tasks", d)
+}
+
+// queueNames lists the queues for the filter's suggestions, read with
+// Stats at most every 30 seconds (a refreshing page asks every few).
+func (s *server) queueNames(ctx context.Context) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if time.Since(s.queuesAt) < 30*time.Second {
+		return s.queues
+	}
+	st, err := s.q.Stats(ctx)
+	if err != nil {
+		return s.queues
+	}
+	s.queues = s.queues[:0:0]
+	for _, qs := range st.Queues {
+		s.queues = append(s.queues, qs.Name)
+	}
+	s.queuesAt = time.Now()
+	return s.queues
 }
 
 // taskData is the task page.
@@ -423,10 +440,8 @@ func (s *server) enqueue(w http.ResponseWriter, r *http.Request, allow func(Acti
 		s.render(w, r, statusOf(err), "enqueue.html", "Enqueue a task", "enqueue", d)
 		return
 	}
-	http.Redirect(w, r, prefix(r)+"/tasks/"+url.PathEscape(id)+"?notice="+urlQueryEscape("enqueued "+id), http.StatusSeeOther)
+	redirect(w, r, "/tasks/"+url.PathEscape(id), "enqueued "+id)
 }
-
-func urlQueryEscape(s string) string { return url.QueryEscape(s) }
 
 // thousands writes n with thousands separators: 1,250,000.
 func thousands(n int64) string {
@@ -490,8 +505,8 @@ func (s *server) funcs() template.FuncMap {
 			if i := strings.IndexByte(s, '\n'); i >= 0 {
 				s = s[:i] + " …"
 			}
-			if len(s) > 160 {
-				s = s[:160] + "…"
+			if r := []rune(s); len(r) > 160 {
+				s = string(r[:160]) + "…"
 			}
 			return s
 		},

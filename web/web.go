@@ -31,17 +31,20 @@
 package web
 
 import (
-	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/subtle"
 	"embed"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"html/template"
 	"io/fs"
 	"net/http"
+	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -105,10 +108,10 @@ func Handler(q *docket.Queue, opts Options) http.Handler {
 	if opts.Refresh == 0 {
 		opts.Refresh = 3 * time.Second
 	}
-	s := &server{q: q, opts: opts, secret: make([]byte, 32)}
-	_, _ = rand.Read(s.secret) // never fails (crypto/rand)
+	s := &server{q: q, opts: opts}
 	s.tmpl = template.Must(template.New("").Funcs(s.funcs()).ParseFS(templateFS, "templates/*.html"))
 	static, _ := fs.Sub(staticFS, "static")
+	s.asset = assetVersion(static)
 	mux := http.NewServeMux()
 	mux.Handle("GET /static/", http.StripPrefix("/static/", cacheStatic(http.FileServerFS(static))))
 	mux.HandleFunc("GET /{$}", s.overview)
@@ -130,11 +133,31 @@ func Handler(q *docket.Queue, opts Options) http.Handler {
 
 // server is one dashboard.
 type server struct {
-	q      *docket.Queue
-	opts   Options
-	secret []byte // signs CSRF tokens
-	tmpl   *template.Template
-	caps   atomic.Int32 // 0 unknown, 1 operable, 2 not (see operable)
+	q     *docket.Queue
+	opts  Options
+	tmpl  *template.Template
+	asset string       // the static files' version, for their URLs
+	caps  atomic.Int32 // 0 unknown, 1 operable, 2 not (see operable)
+
+	mu       sync.Mutex // guards the queue names below
+	queues   []string   // the filter's suggestions, from Stats
+	queuesAt time.Time
+}
+
+// assetVersion is a digest of the static files: their URLs carry it, so
+// that a browser never keeps an older style sheet or script past an
+// upgrade.
+func assetVersion(static fs.FS) string {
+	h := sha256.New()
+	_ = fs.WalkDir(static, ".", func(path string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			b, _ := fs.ReadFile(static, path)
+			h.Write([]byte(path))
+			h.Write(b)
+		}
+		return nil
+	})
+	return hex.EncodeToString(h.Sum(nil))[:12]
 }
 
 // secure sets the headers every response carries.
@@ -151,7 +174,7 @@ func secure(next http.Handler) http.Handler {
 
 func cacheStatic(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Cache-Control", "public, max-age=3600")
+		w.Header().Set("Cache-Control", "public, max-age=86400") // URLs carry the version
 		next.ServeHTTP(w, r)
 	})
 }
@@ -160,7 +183,9 @@ func cacheStatic(next http.Handler) http.Handler {
 // request's original path that StripPrefix removed.
 func prefix(r *http.Request) string {
 	orig := r.RequestURI
-	if i := strings.IndexAny(orig, "?#"); i >= 0 {
+	if u, err := url.ParseRequestURI(orig); err == nil {
+		orig = u.EscapedPath() // an absolute-form target keeps only its path
+	} else if i := strings.IndexAny(orig, "?#"); i >= 0 {
 		orig = orig[:i]
 	}
 	if p, ok := strings.CutSuffix(orig, r.URL.EscapedPath()); ok {
@@ -169,40 +194,48 @@ func prefix(r *http.Request) string {
 	return ""
 }
 
-const csrfCookie = "docket_csrf"
-
-// csrfToken returns the token forms on this response carry, setting the
-// cookie it is bound to when the browser has none.
-func (s *server) csrfToken(w http.ResponseWriter, r *http.Request) string {
-	id := ""
-	if c, err := r.Cookie(csrfCookie); err == nil && len(c.Value) == 43 {
-		id = c.Value
-	} else {
-		b := make([]byte, 32)
-		_, _ = rand.Read(b)
-		id = base64.RawURLEncoding.EncodeToString(b)
-		path := prefix(r)
-		if path == "" {
-			path = "/"
-		}
-		http.SetCookie(w, &http.Cookie{Name: csrfCookie, Value: id, Path: path, HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil})
+// cookiePath is where the dashboard's cookies apply: its mount.
+func cookiePath(r *http.Request) string {
+	if p := prefix(r); p != "" {
+		return p
 	}
-	return s.sign(id)
+	return "/"
 }
 
-func (s *server) sign(id string) string {
-	m := hmac.New(sha256.New, s.secret)
-	m.Write([]byte(id))
-	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+// secureCookie: the request reached the application over TLS, here or at
+// a proxy in front of it.
+func secureCookie(r *http.Request) bool {
+	return r.TLS != nil || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https")
 }
 
-// checkCSRF reports whether r carries the token of its cookie.
+const (
+	csrfCookie   = "docket_csrf"
+	noticeCookie = "docket_notice"
+)
+
+// csrfToken returns the token forms on this response carry: the value of
+// a random cookie, set when the browser has none (double submit). A
+// request from another site can neither read the cookie nor, in a current
+// browser, get past the cross-origin check; and every replica of the
+// application accepts the token, with no key to share.
+func (s *server) csrfToken(w http.ResponseWriter, r *http.Request) string {
+	if c, err := r.Cookie(csrfCookie); err == nil && len(c.Value) == 43 {
+		return c.Value
+	}
+	b := make([]byte, 32)
+	_, _ = rand.Read(b) // never fails (crypto/rand)
+	v := base64.RawURLEncoding.EncodeToString(b)
+	http.SetCookie(w, &http.Cookie{Name: csrfCookie, Value: v, Path: cookiePath(r), HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: secureCookie(r)})
+	return v
+}
+
+// checkCSRF reports whether r's form carries the token of its cookie.
 func (s *server) checkCSRF(r *http.Request) bool {
 	c, err := r.Cookie(csrfCookie)
-	if err != nil {
+	if err != nil || len(c.Value) != 43 {
 		return false
 	}
-	return hmac.Equal([]byte(r.PostFormValue("csrf")), []byte(s.sign(c.Value)))
+	return subtle.ConstantTimeCompare([]byte(r.PostFormValue("csrf")), []byte(c.Value)) == 1
 }
 
 // change wraps a state-changing handler: read-only mode, the CSRF token
@@ -235,16 +268,49 @@ func (s *server) change(h func(w http.ResponseWriter, r *http.Request, allow fun
 	}
 }
 
+// safeBack returns the form's back path if it is a path on this
+// dashboard, and fallback otherwise: never another site, a scheme, a
+// parent directory, or bytes a browser would drop or reinterpret.
+func safeBack(back, fallback string) string {
+	if back == "" || strings.ContainsAny(back, "\\") || strings.IndexFunc(back, func(c rune) bool { return c < 0x20 || c == 0x7f }) >= 0 {
+		return fallback
+	}
+	u, err := url.Parse(back)
+	if err != nil || u.Scheme != "" || u.Host != "" || u.User != nil || u.Opaque != "" ||
+		!strings.HasPrefix(back, "/") || strings.HasPrefix(back, "//") {
+		return fallback
+	}
+	for _, seg := range strings.Split(u.Path, "/") {
+		if seg == ".." || seg == "." {
+			return fallback
+		}
+	}
+	return back
+}
+
+// redirect answers a change with a redirect to the page a form came from
+// (or to fallback), and leaves the notice in a cookie that the next page
+// shows once: a link cannot put words on the dashboard.
+func redirect(w http.ResponseWriter, r *http.Request, to, notice string) {
+	http.SetCookie(w, &http.Cookie{Name: noticeCookie, Value: url.QueryEscape(notice), Path: cookiePath(r), MaxAge: 60, HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: secureCookie(r)})
+	http.Redirect(w, r, prefix(r)+to, http.StatusSeeOther)
+}
+
 // back redirects to the page a form came from, with a notice.
 func back(w http.ResponseWriter, r *http.Request, fallback, notice string) {
-	to := r.PostFormValue("back")
-	// Only a path on this dashboard: never an absolute or scheme-relative URL.
-	if to == "" || !strings.HasPrefix(to, "/") || strings.HasPrefix(to, "//") || strings.ContainsAny(to, "\\\r\n") {
-		to = fallback
+	redirect(w, r, safeBack(r.PostFormValue("back"), fallback), notice)
+}
+
+// takeNotice returns the notice a redirect left, and clears it.
+func takeNotice(w http.ResponseWriter, r *http.Request) string {
+	c, err := r.Cookie(noticeCookie)
+	if err != nil {
+		return ""
 	}
-	sep := "?"
-	if strings.Contains(to, "?") {
-		sep = "&"
+	http.SetCookie(w, &http.Cookie{Name: noticeCookie, Path: cookiePath(r), MaxAge: -1, HttpOnly: true, SameSite: http.SameSiteLaxMode, Secure: secureCookie(r)})
+	n, err := url.QueryUnescape(c.Value)
+	if err != nil || len(n) > 500 {
+		return ""
 	}
-	http.Redirect(w, r, prefix(r)+to+sep+"notice="+urlQueryEscape(notice), http.StatusSeeOther)
+	return n
 }

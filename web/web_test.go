@@ -117,7 +117,7 @@ func TestPagesRenderAndEscape(t *testing.T) {
 		if !strings.Contains(csp, "script-src 'self'") || strings.Contains(csp, "unsafe-inline") || !strings.Contains(csp, "frame-ancestors 'none'") {
 			t.Errorf("GET %s: CSP %q", path, csp)
 		}
-		if !strings.Contains(body, `href="/admin/docket/static/style.css"`) || !strings.Contains(body, "Acme jobs") {
+		if !strings.Contains(body, `href="/admin/docket/static/style.css?v=`) || !strings.Contains(body, "Acme jobs") {
 			t.Errorf("GET %s: links do not carry the mount prefix, or the title is missing", path)
 		}
 	}
@@ -157,12 +157,23 @@ func TestRetryFromTheTaskPage(t *testing.T) {
 	dockettest.Drain(t, f.q)
 	page := "/tasks/" + res.ID()
 	code, _, loc := f.post("/tasks/act", url.Values{"id": {res.ID()}, "action": {"retry"}, "back": {page}}, f.token(page))
-	if code != http.StatusSeeOther || !strings.HasPrefix(loc, "/admin/docket"+page+"?notice=") {
+	if code != http.StatusSeeOther || loc != "/admin/docket"+page {
 		t.Fatalf("retry: %d, Location %q", code, loc)
 	}
 	in, _ := res.Info(bg)
 	if in.State != docket.StateReady {
 		t.Fatalf("after retry: %v", in.State)
+	}
+	// The page the redirect leads to says what happened, once.
+	if _, body, _ := f.get(page); !strings.Contains(body, "retry: 1 changed") {
+		t.Error("the page after the retry has no notice")
+	}
+	if _, body, _ := f.get(page); strings.Contains(body, "retry: 1 changed") {
+		t.Error("the notice shows again")
+	}
+	// A link cannot put words on the dashboard.
+	if _, body, _ := f.get(page + "?notice=Session+expired"); strings.Contains(body, "Session expired") {
+		t.Error("a notice from the query string is shown")
 	}
 }
 
@@ -192,15 +203,22 @@ func TestStateChangesAreGuarded(t *testing.T) {
 		t.Errorf("cross-site POST: %d", resp.StatusCode)
 	}
 	// GET never changes state.
-	if code, _, _ := f.get("/tasks/act?id=" + res.ID() + "&action=cancel"); code == 200 || code == 303 {
-		t.Errorf("GET of an action: %d", code)
+	for _, path := range []string{"/queues/default/pause", "/schedules/x/trigger", "/enqueue?name=mail.send&args=1"} {
+		if code, _, _ := f.get(path); code == 303 {
+			t.Errorf("GET %s acted: %d", path, code)
+		}
+	}
+	if st, _ := f.q.Stats(bg); st.Queues[0].Paused {
+		t.Error("a GET paused the queue")
 	}
 	if in, _ := res.Info(bg); in.State != docket.StateScheduled {
 		t.Fatalf("a refused request changed the task: %v", in.State)
 	}
 	// An open redirect through back is refused: it stays on the dashboard.
-	if code, _, loc := f.post("/tasks/act", url.Values{"id": {res.ID()}, "action": {"cancel"}, "back": {"//evil.example/x"}}, tok); code != 303 || !strings.HasPrefix(loc, "/admin/docket/tasks?") {
-		t.Errorf("back to another site: %d %q", code, loc)
+	for _, b := range []string{"//evil.example/x", "/\t/evil.example", "/\\evil.example", "https://evil.example/", "/../../logout", "/tasks/../../x", "javascript:alert(1)"} {
+		if code, _, loc := f.post("/tasks/act", url.Values{"id": {res.ID()}, "action": {"cancel"}, "back": {b}}, tok); code != 303 || loc != "/admin/docket/tasks" {
+			t.Errorf("back %q: %d, Location %q; want the task list", b, code, loc)
+		}
 	}
 	if in, _ := res.Info(bg); in.State != docket.StateCancelled {
 		t.Fatalf("the same-origin request with its token did not cancel: %v", in.State)
@@ -215,7 +233,7 @@ func TestReadOnlyAndAuthorize(t *testing.T) {
 		t.Error("a read-only dashboard shows forms")
 	}
 	// A forged POST, token and all: refused on the server.
-	if code, body, _ := ro.post("/queues/default/pause", url.Values{}, "anything"); code != 403 || !strings.Contains(body, "read-only") {
+	if code, body, _ := ro.post("/queues/default/pause", url.Values{}, "anything"); code != 403 || !strings.Contains(body, "this dashboard is read-only") {
 		t.Errorf("read-only POST: %d", code)
 	}
 	if paused, _ := ro.q.Stats(bg); paused.Queues[0].Paused {
@@ -265,8 +283,11 @@ func TestQueuePauseAndSchedules(t *testing.T) {
 		t.Fatalf("schedules page:\n%s", body)
 	}
 	code, _, loc := f.post("/schedules/nightly/trigger", url.Values{}, tok)
-	if code != 303 || !strings.Contains(loc, "triggered") {
+	if code != 303 || loc != "/admin/docket/schedules" {
 		t.Fatalf("trigger: %d %q", code, loc)
+	}
+	if _, body, _ := f.get("/schedules"); !strings.Contains(body, "triggered task") {
+		t.Fatal("no notice of the triggered task")
 	}
 	if n := dockettest.Drain(t, f.q); n != 1 {
 		t.Fatalf("the triggered task did not run: %d", n)
@@ -324,5 +345,60 @@ func TestRabbitMQAloneShowsWhatItCan(t *testing.T) {
 	}
 	if strings.Contains(u.String(), "guest:guest") && strings.Contains(body, "guest:guest") {
 		t.Error("the page shows the URL's password")
+	}
+}
+
+// "Every task this filter matches" acts on exactly the filter's tasks,
+// whatever page the list was on.
+func TestActOnEveryMatchingTask(t *testing.T) {
+	f := newFixture(t, web.Options{})
+	var failed, ok []string
+	for i := range 6 {
+		m := map[string]string{"to": fmt.Sprint(i)}
+		if i%2 == 0 {
+			m["fail"] = "bounced"
+		}
+		r, err := f.task.Enqueue(bg, f.q, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 0 {
+			failed = append(failed, r.ID())
+		} else {
+			ok = append(ok, r.ID())
+		}
+	}
+	dockettest.Drain(t, f.q)
+	tok := f.token("/tasks?state=failed")
+	form := url.Values{"all": {"1"}, "state": {"failed"}, "action": {"delete"}, "cursor": {failed[1]}}
+	if code, _, _ := f.post("/tasks/act", form, tok); code != 303 {
+		t.Fatalf("delete all failed: %d", code)
+	}
+	for _, id := range failed {
+		if _, err := f.q.Info(bg, id); !errors.Is(err, docket.ErrNotFound) {
+			t.Errorf("failed task %s not deleted: %v", id, err)
+		}
+	}
+	for _, id := range ok {
+		if _, err := f.q.Info(bg, id); err != nil {
+			t.Errorf("succeeded task %s: %v", id, err)
+		}
+	}
+}
+
+func TestEnqueueForm(t *testing.T) {
+	f := newFixture(t, web.Options{})
+	tok := f.token("/enqueue")
+	code, body, _ := f.post("/enqueue", url.Values{"name": {"mail.send"}, "args": {`{"to": "ann"`}}, tok)
+	if code != 400 || !strings.Contains(body, "valid JSON") || !strings.Contains(body, `{&#34;to&#34;: &#34;ann&#34;`) || strings.Contains(body, "data-refresh") {
+		t.Fatalf("bad JSON: %d; want the error, the arguments kept, and no refresh\n%s", code, body)
+	}
+	code, _, loc := f.post("/enqueue", url.Values{"name": {"mail.send"}, "args": {`{"to": "ann"}`}, "countdown": {"5m"}}, tok)
+	if code != 303 || !strings.HasPrefix(loc, "/admin/docket/tasks/") {
+		t.Fatalf("enqueue: %d %q", code, loc)
+	}
+	in, err := f.q.Info(bg, strings.TrimPrefix(loc, "/admin/docket/tasks/"))
+	if err != nil || in.State != docket.StateScheduled || string(in.Args) != `{"to": "ann"}` {
+		t.Fatalf("enqueued task: %+v, %v", in, err)
 	}
 }

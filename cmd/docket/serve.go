@@ -51,8 +51,10 @@ basic auth sends the password with every request.`,
 			var h http.Handler = web.Handler(q, web.Options{ReadOnly: readOnly, ShowArgs: showArgs})
 			if user != "" {
 				h = basicAuth(h, user, pass)
+			} else {
+				h = loopbackHosts(h)
 			}
-			srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+			srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute}
 			backend := strings.TrimSuffix(strings.TrimPrefix(q.String(), "docket.Queue("), ")") // redacted
 			fmt.Fprintf(a.stderr, "docket: dashboard for %s on http://%s/\n", backend, ln.Addr())
 			done := make(chan error, 1)
@@ -83,6 +85,25 @@ basic auth sends the password with every request.`,
 func loopback(a net.Addr) bool {
 	t, ok := a.(*net.TCPAddr)
 	return ok && t.IP.IsLoopback()
+}
+
+// loopbackHosts refuses requests whose Host is not a loopback name: on a
+// loopback address without a password, a web page whose domain an
+// attacker re-points at 127.0.0.1 (DNS rebinding) would otherwise be
+// same-origin with the dashboard.
+func loopbackHosts(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host := r.Host
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		host = strings.Trim(host, "[]")
+		if ip := net.ParseIP(host); !(host == "localhost" || (ip != nil && ip.IsLoopback())) {
+			http.Error(w, "docket: this dashboard answers only to localhost, 127.0.0.1 or [::1]", http.StatusMisdirectedRequest)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // basicAuth asks every request for user and pass, compared in constant

@@ -55,3 +55,21 @@ func TestBasicAuth(t *testing.T) {
 		}
 	}
 }
+
+// Without a password, the dashboard answers only requests addressed to a
+// loopback name (no DNS rebinding).
+func TestLoopbackHosts(t *testing.T) {
+	h := loopbackHosts(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "in") }))
+	for host, want := range map[string]int{
+		"127.0.0.1:8080": 200, "localhost:8080": 200, "[::1]:8080": 200, "localhost": 200,
+		"evil.example:8080": 421, "evil.example": 421, "192.168.1.5:8080": 421, "": 421,
+	} {
+		req := httptest.NewRequest("GET", "/", nil)
+		req.Host = host
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != want {
+			t.Errorf("Host %q: %d, want %d", host, rec.Code, want)
+		}
+	}
+}

@@ -48,7 +48,7 @@ func mountAdmin(mux *http.ServeMux, q *docket.Queue, password string) {
 		dashboard.ServeHTTP(w, r)
 	})))
 	mux.HandleFunc("GET /login", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Security-Policy", "default-src 'none'; form-action 'self'")
+		w.Header().Set("Content-Security-Policy", "default-src 'none'; form-action 'self'; frame-ancestors 'none'")
 		_ = loginPage.Execute(w, r.URL.Query().Has("failed"))
 	})
 	mux.HandleFunc("POST /login", func(w http.ResponseWriter, r *http.Request) {

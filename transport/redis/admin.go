@@ -162,6 +162,9 @@ func (t *Transport) Stats(ctx context.Context, p transport.StatsParams) (transpo
 		slices.SortFunc(row, func(a, b transport.MinuteStats) int { return cmp.Compare(a.Queue, b.Queue) })
 		out.History = append(out.History, row...)
 	}
+	if out.History == nil {
+		out.History = []transport.MinuteStats{} // kept, and empty: not "no history"
+	}
 	return out, nil
 }
 
