@@ -32,19 +32,31 @@ func (h *warnings) Handle(_ context.Context, r slog.Record) error {
 		return nil
 	}
 	l := lostLease{msg: r.Message}
-	r.Attrs(func(a slog.Attr) bool {
-		switch a.Key {
-		case "task":
-			l.id = a.Value.String()
-		case "attempt":
-			l.attempt = int(a.Value.Int64())
-		}
-		return true
-	})
+	l.id, l.attempt = taskOf(r)
 	h.mu.Lock()
 	h.seen = append(h.seen, l)
 	h.mu.Unlock()
 	return nil
+}
+
+// taskOf reads the task a log line is about: docket's lines carry the
+// group task (id, name, queue, attempt).
+func taskOf(r slog.Record) (id string, attempt int) {
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key != "task" || a.Value.Kind() != slog.KindGroup {
+			return true
+		}
+		for _, g := range a.Value.Group() {
+			switch g.Key {
+			case "id":
+				id = g.Value.String()
+			case "attempt":
+				attempt = int(g.Value.Int64())
+			}
+		}
+		return false
+	})
+	return id, attempt
 }
 
 // A "lease lost" warning means a lease was lost: never one for an attempt
@@ -77,6 +89,9 @@ func TestNoLeaseLostWarningForCompletedTasks(t *testing.T) {
 	log.mu.Lock()
 	defer log.mu.Unlock()
 	for _, l := range log.seen {
+		if l.id == "" || l.attempt == 0 {
+			t.Fatalf("%q without its task's id and attempt", l.msg)
+		}
 		info, err := q.Info(bg, l.id)
 		if err != nil {
 			t.Fatal(err)

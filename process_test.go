@@ -130,13 +130,9 @@ type leaseLog struct{ slog.Handler }
 func (h leaseLog) Handle(ctx context.Context, r slog.Record) error {
 	if strings.Contains(r.Message, "lease lost") {
 		e := history.Event{Kind: history.LeaseLost}
+		e.ID, e.Attempt = taskOf(r)
 		r.Attrs(func(a slog.Attr) bool {
-			switch a.Key {
-			case "task":
-				e.ID = a.Value.String()
-			case "attempt":
-				e.Attempt = int(a.Value.Int64())
-			case "lease_until":
+			if a.Key == "lease_until" {
 				e.Until = a.Value.Time()
 			}
 			return true

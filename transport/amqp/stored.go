@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"time"
 
@@ -309,7 +310,8 @@ func (st *stored) giveUp(ctx context.Context, now time.Time, h *held) (recorded 
 	case err != nil:
 		return false, fmt.Errorf("docket: amqp: give up unrecorded task %s: %w", h.msg.ID, err)
 	}
-	st.log.Warn("docket: amqp: a delivered task was never recorded by its producer; given up", "task", h.msg.ID, "name", h.msg.Name, "after", st.giveUpAfter)
+	st.log.Warn("docket: amqp: a delivered task was never recorded by its producer; given up",
+		slog.Group("task", "id", h.msg.ID, "name", h.msg.Name, "queue", h.msg.Queue, "attempt", h.attempt), "after", st.giveUpAfter)
 	return false, nil
 }
 
