@@ -2,6 +2,7 @@ package docket
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"runtime/debug"
@@ -94,6 +95,9 @@ func (q *Queue) execute(parent context.Context, d *transport.Delivery) (out tran
 	case h != nil:
 		job := &Job{TaskContext: ts.TaskContext, Args: d.Payload, Created: d.Created, ETA: d.ETA, Started: run.started}
 		result, err = invokeChain(ctx, h, job)
+		if err == nil {
+			err = checkResult(result, q.cfg.maxResult)
+		}
 	default:
 		result, err = invoke(ctx, t, d.Payload, q.cfg.maxResult)
 	}
@@ -175,6 +179,19 @@ func invoke(ctx context.Context, t Registrable, payload []byte, maxResult int) (
 		}
 	}()
 	return t.invoke(ctx, payload, maxResult)
+}
+
+// checkResult holds a result a middleware returned (perhaps without
+// calling the handler) to the rules the handler's own result meets: JSON,
+// within MaxResultSize.
+func checkResult(result []byte, limit int) error {
+	if len(result) > limit {
+		return Permanent(&TooLargeError{What: "result", Size: len(result), Limit: limit})
+	}
+	if len(result) > 0 && !json.Valid(result) {
+		return Permanent(fmt.Errorf("docket: a middleware returned a result that is not JSON: %q", truncate(result, 64)))
+	}
+	return nil
 }
 
 // invokeChain calls a task's middleware chain, turning a panic in a

@@ -420,3 +420,40 @@ func TestEnqueueMiddlewareMustStore(t *testing.T) {
 		t.Fatalf("ran %d tasks, events %v: nothing should exist", n, ev.all)
 	}
 }
+
+// A middleware that answers for the handler is held to the handler's
+// rules: its result must be JSON within MaxResultSize.
+func TestMiddlewareResultIsChecked(t *testing.T) {
+	t.Parallel()
+	answer := func(next docket.Handler) docket.Handler {
+		return func(ctx context.Context, j *docket.Job) (json.RawMessage, error) {
+			switch j.Headers["answer"] {
+			case "big":
+				return json.RawMessage(`"` + strings.Repeat("x", 100) + `"`), nil
+			case "garbage":
+				return json.RawMessage(`not json`), nil
+			case "cached":
+				return json.RawMessage(`42`), nil
+			}
+			return next(ctx, j)
+		}
+	}
+	q, _ := dockettest.Open(t, docket.Use(answer), docket.MaxResultSize(50))
+	task := docket.NewTask("t", func(ctx context.Context, n int) (int, error) { return n, nil })
+	if err := q.Register(task); err != nil {
+		t.Fatal(err)
+	}
+	big, _ := task.Enqueue(bg, q, 1, docket.Header("answer", "big"))
+	garbage, _ := task.Enqueue(bg, q, 1, docket.Header("answer", "garbage"))
+	cached, _ := task.Enqueue(bg, q, 1, docket.Header("answer", "cached"))
+	dockettest.Drain(t, q)
+	if in, _ := big.Info(bg); in.State != docket.StateFailed || !strings.Contains(in.Error, "exceed the limit of 50 bytes") || in.Attempt != 1 {
+		t.Errorf("an oversized result: %v %q after %d attempts", in.State, in.Error, in.Attempt)
+	}
+	if in, _ := garbage.Info(bg); in.State != docket.StateFailed || !strings.Contains(in.Error, "not JSON") {
+		t.Errorf("a result that is not JSON: %v %q", in.State, in.Error)
+	}
+	if n, err := cached.Wait(waitCtx(t)); err != nil || n != 42 {
+		t.Errorf("a middleware's valid answer: %v, %v", n, err)
+	}
+}
