@@ -104,7 +104,7 @@ func (q *Queue) enqueue(ctx context.Context, tx *sql.Tx, name string, defaults *
 	ids := make([]string, len(res))
 	for i, r := range res {
 		ids[i] = r.ID
-		if !r.Existing {
+		if !r.Existing && !q.quiet(EventEnqueued) {
 			q.emit(Event{Kind: EventEnqueued, ID: r.ID, Name: name, Queue: msgs[i].Queue, InTx: tx != nil})
 		}
 	}

@@ -205,6 +205,11 @@ func parseURL(raw string) (*url.URL, error) {
 // String returns the backend URL with any password redacted.
 func (q *Queue) String() string { return "docket.Queue(" + q.url + ")" }
 
+// URL names the backend: the URL given to Open with any password
+// replaced by "xxxxx", or the backend's own description for a Queue made
+// with New. It is safe to log or show.
+func (q *Queue) URL() string { return q.url }
+
 // Close stops any running workers (without grace), and releases the backend.
 // It is safe to call more than once.
 func (q *Queue) Close() error {

@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/docketq/docket/internal/textfmt"
 )
 
 // cellKey names one cell's values: a metric of a measurement, one system.
@@ -152,22 +154,7 @@ func formatNum(v float64) string {
 	}
 }
 
-func commas(n int) string {
-	s := strconv.Itoa(n)
-	neg := strings.HasPrefix(s, "-")
-	s = strings.TrimPrefix(s, "-")
-	var b strings.Builder
-	for i, r := range s {
-		if i > 0 && (len(s)-i)%3 == 0 {
-			b.WriteByte(',')
-		}
-		b.WriteRune(r)
-	}
-	if neg {
-		return "-" + b.String()
-	}
-	return b.String()
-}
+func commas(n int) string { return textfmt.Thousands(int64(n)) }
 
 func printReport(w io.Writer, h *Harness, t *table, ms []Measurement, syss []System) {
 	fmt.Fprintf(w, "## docket vs. peers (%s)\n\n", t.end.UTC().Format("2006-01-02 15:04 UTC"))

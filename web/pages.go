@@ -10,11 +10,11 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/docketq/docket"
+	"github.com/docketq/docket/internal/textfmt"
 )
 
 // page is what every template gets.
@@ -41,7 +41,7 @@ type page struct {
 func (s *server) render(w http.ResponseWriter, r *http.Request, status int, name, heading, nav string, data any) {
 	p := page{
 		Title: s.opts.Title, Heading: heading, Nav: nav, Base: prefix(r), ReadOnly: s.opts.ReadOnly,
-		ShowArgs: s.opts.ShowArgs, Backend: strings.TrimSuffix(strings.TrimPrefix(s.q.String(), "docket.Queue("), ")"),
+		ShowArgs: s.opts.ShowArgs, Backend: s.q.URL(),
 		Notice: takeNotice(w, r), Now: time.Now(), Data: data, Asset: s.asset,
 	}
 	p.Here = r.URL.EscapedPath()
@@ -346,21 +346,6 @@ func (s *server) queueOp(w http.ResponseWriter, r *http.Request, allow func(Acti
 	back(w, r, "/", fmt.Sprintf("queue %s: %sd", name, op))
 }
 
-func (s *server) schedules(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := callCtx(r)
-	defer cancel()
-	list, err := s.q.Schedules(ctx)
-	unsupported := errors.Is(err, docket.ErrUnsupported)
-	if err != nil && !unsupported {
-		s.fail(w, r, 0, err)
-		return
-	}
-	s.render(w, r, http.StatusOK, "schedules.html", "Schedules", "schedules", struct {
-		List        []docket.ScheduleInfo
-		Unsupported bool
-	}{list, unsupported})
-}
-
 func (s *server) scheduleOp(w http.ResponseWriter, r *http.Request, allow func(Action) error) {
 	name, op := r.PathValue("name"), r.PathValue("op")
 	var err error
@@ -391,19 +376,27 @@ func (s *server) scheduleOp(w http.ResponseWriter, r *http.Request, allow func(A
 	back(w, r, "/schedules", notice)
 }
 
-func (s *server) workers(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := callCtx(r)
-	defer cancel()
-	list, err := s.q.Workers(ctx)
-	unsupported := errors.Is(err, docket.ErrUnsupported)
-	if err != nil && !unsupported {
-		s.fail(w, r, 0, err)
-		return
+// listData is a page that lists what the backend keeps, or says it keeps
+// none.
+type listData[T any] struct {
+	List        []T
+	Unsupported bool
+}
+
+// listPage serves the page name (its template name.html), listing what
+// fetch returns; a backend that cannot answer gets the page's note.
+func listPage[T any](s *server, name, heading string, fetch func(context.Context) ([]T, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := callCtx(r)
+		defer cancel()
+		list, err := fetch(ctx)
+		unsupported := errors.Is(err, docket.ErrUnsupported)
+		if err != nil && !unsupported {
+			s.fail(w, r, 0, err)
+			return
+		}
+		s.render(w, r, http.StatusOK, name+".html", heading, name, listData[T]{list, unsupported})
 	}
-	s.render(w, r, http.StatusOK, "workers.html", "Workers", "workers", struct {
-		List        []docket.WorkerInfo
-		Unsupported bool
-	}{list, unsupported})
 }
 
 type enqueueData struct {
@@ -441,24 +434,6 @@ func (s *server) enqueue(w http.ResponseWriter, r *http.Request, allow func(Acti
 		return
 	}
 	redirect(w, r, "/tasks/"+url.PathEscape(id), "enqueued "+id)
-}
-
-// thousands writes n with thousands separators: 1,250,000.
-func thousands(n int64) string {
-	s := strconv.FormatInt(n, 10)
-	neg := strings.HasPrefix(s, "-")
-	s = strings.TrimPrefix(s, "-")
-	var b strings.Builder
-	for i, c := range s {
-		if i > 0 && (len(s)-i)%3 == 0 {
-			b.WriteByte(',')
-		}
-		b.WriteRune(c)
-	}
-	if neg {
-		return "-" + b.String()
-	}
-	return b.String()
 }
 
 // funcs are the templates' helpers.
@@ -499,7 +474,7 @@ func (s *server) funcs() template.FuncMap {
 			if !ok {
 				return "—"
 			}
-			return thousands(n)
+			return textfmt.Thousands(n)
 		},
 		"firstLine": func(s string) string {
 			if i := strings.IndexByte(s, '\n'); i >= 0 {

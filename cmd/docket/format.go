@@ -11,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/docketq/docket"
+	"github.com/docketq/docket/internal/textfmt"
 )
 
 // table writes aligned columns for people.
@@ -161,22 +162,7 @@ func stateName(t *docket.TaskInfo) string {
 }
 
 // count renders an int64 with thousands separators: 12,345.
-func count(n int64) string {
-	s := strconv.FormatInt(n, 10)
-	neg := strings.HasPrefix(s, "-")
-	s = strings.TrimPrefix(s, "-")
-	var b strings.Builder
-	for i, c := range s {
-		if i > 0 && (len(s)-i)%3 == 0 {
-			b.WriteByte(',')
-		}
-		b.WriteRune(c)
-	}
-	if neg {
-		return "-" + b.String()
-	}
-	return b.String()
-}
+func count(n int64) string { return textfmt.Thousands(n) }
 
 // plural returns "1 task" or "3 tasks".
 func plural(n int, noun string) string {

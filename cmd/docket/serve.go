@@ -55,8 +55,7 @@ basic auth sends the password with every request.`,
 				h = loopbackHosts(h)
 			}
 			srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute}
-			backend := strings.TrimSuffix(strings.TrimPrefix(q.String(), "docket.Queue("), ")") // redacted
-			fmt.Fprintf(a.stderr, "docket: dashboard for %s on http://%s/\n", backend, ln.Addr())
+			fmt.Fprintf(a.stderr, "docket: dashboard for %s on http://%s/\n", q.URL(), ln.Addr())
 			done := make(chan error, 1)
 			go func() { done <- srv.Serve(ln) }()
 			select {
