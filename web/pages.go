@@ -450,7 +450,7 @@ func (s *server) funcs() template.FuncMap {
 			case d < time.Minute:
 				return d.Round(time.Second).String() + " ago"
 			case d < 48*time.Hour:
-				return d.Round(time.Minute).String() + " ago"
+				return strings.TrimSuffix(d.Round(time.Minute).String(), "0s") + " ago" // 1h38m ago
 			}
 			return t.UTC().Format("2006-01-02 15:04")
 		},
