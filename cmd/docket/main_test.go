@@ -38,7 +38,8 @@ func params(setup func(env *testscript.Env) error) testscript.Params {
 			return setup(env)
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
-			"grab": grab,
+			"grab":   grab,
+			"common": common,
 		},
 	}
 }
@@ -56,6 +57,19 @@ func grab(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Fatalf("grab: no match for %q in stdout", args[1])
 	}
 	ts.Setenv(args[0], m[1])
+}
+
+// common VAR A B sets $VAR to the longest common prefix of A and B.
+func common(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 3 {
+		ts.Fatalf("usage: common VAR A B")
+	}
+	a, b := args[1], args[2]
+	n := 0
+	for n < len(a) && n < len(b) && a[n] == b[n] {
+		n++
+	}
+	ts.Setenv(args[0], a[:n])
 }
 
 // story sets the size of the 3 a.m. story in the script's environment.
