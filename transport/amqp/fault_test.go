@@ -79,8 +79,30 @@ func startNode(t *testing.T, consumerTimeout time.Duration, extra ...string) *no
 		}
 	}
 	n.start()
-	t.Cleanup(n.kill)
+	t.Cleanup(func() {
+		n.kill()
+		if t.Failed() {
+			n.logTail(60)
+		}
+	})
 	return n
+}
+
+// logTail logs the last lines of the node's own log, so that a failed test
+// shows what the broker was doing.
+func (n *node) logTail(lines int) {
+	logs, _ := filepath.Glob(filepath.Join(n.dir, "log", "*.log"))
+	for _, f := range logs {
+		b, err := os.ReadFile(f)
+		if err != nil || len(b) == 0 {
+			continue
+		}
+		all := strings.Split(strings.TrimSpace(string(b)), "\n")
+		if len(all) > lines {
+			all = all[len(all)-lines:]
+		}
+		n.t.Logf("the node's %s, last %d lines:\n%s", filepath.Base(f), len(all), strings.Join(all, "\n"))
+	}
 }
 
 func (n *node) start() {

@@ -100,7 +100,16 @@ func (b *broker) connect(ctx context.Context) (*session, error) {
 		barrier: make(chan chan struct{}), consumers: map[string]bool{},
 		ctlSem: make(chan struct{}, 1),
 	}
-	if err := b.setup(ctx, s); err != nil {
+	// amqp091's channel calls take no context, and a broker that accepted
+	// the connection may not answer one (a node still recovering its
+	// queues). Closing the connection when ctx ends is what returns them,
+	// so an attempt never outlives its ctx.
+	expired := context.AfterFunc(ctx, func() { conn.Close() })
+	err = b.setup(ctx, s)
+	if !expired() {
+		return nil, b.wrap("connect", fmt.Errorf("setting up the connection: %w", context.Cause(ctx)))
+	}
+	if err != nil {
 		conn.Close()
 		return nil, err
 	}
