@@ -51,9 +51,10 @@ func (q *Queue) admin(op string) (transport.Admin, error) {
 }
 
 // StateNames lists the states Stats counts and Filter.States accepts by
-// name, in lifecycle order. "retrying" is a scheduled task waiting for its
-// next attempt; "scheduled" one not attempted yet.
-var StateNames = []string{"scheduled", "retrying", "ready", "running", "succeeded", "failed", "cancelled", "expired"}
+// name, in lifecycle order. "waiting" is a workflow step waiting for the
+// steps before it; "retrying" is a scheduled task waiting for its next
+// attempt; "scheduled" one not attempted yet.
+var StateNames = []string{"waiting", "scheduled", "retrying", "ready", "running", "succeeded", "failed", "cancelled", "expired"}
 
 // QueueStats counts one queue's tasks.
 type QueueStats struct {

@@ -70,8 +70,15 @@ func (q *Queue) enqueue(ctx context.Context, tx *sql.Tx, name string, defaults *
 	if err != nil {
 		return nil, err
 	}
+	return q.store(ctx, tx, name, now, msgs)
+}
+
+// store writes built messages in one call, through the enqueue
+// middleware, and announces them; name names them in errors.
+func (q *Queue) store(ctx context.Context, tx *sql.Tx, name string, now time.Time, msgs []transport.Message) ([]string, error) {
 	params := transport.EnqueueParams{Now: now, Messages: msgs}
 	var res []transport.EnqueueResult
+	var err error
 	if tx != nil {
 		te, isTx := q.t.(transport.TxEnqueuer)
 		if !isTx {
@@ -105,7 +112,7 @@ func (q *Queue) enqueue(ctx context.Context, tx *sql.Tx, name string, defaults *
 	for i, r := range res {
 		ids[i] = r.ID
 		if !r.Existing && !q.quiet(EventEnqueued) {
-			q.emit(Event{Kind: EventEnqueued, ID: r.ID, Name: name, Queue: msgs[i].Queue, InTx: tx != nil})
+			q.emit(Event{Kind: EventEnqueued, ID: r.ID, Name: msgs[i].Name, Queue: msgs[i].Queue, InTx: tx != nil})
 		}
 	}
 	return ids, nil

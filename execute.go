@@ -65,7 +65,7 @@ func (q *Queue) leaseLost(d *transport.Delivery, run attemptRun) {
 func (q *Queue) execute(parent context.Context, d *transport.Delivery) (out transport.Outcome, skip bool, run attemptRun) {
 	t, h := q.lookupHandler(d.Name)
 	if t == nil {
-		out.Lease, out.Queue = d.Lease(), d.Queue
+		out.Lease, out.Queue, out.Flow = d.Lease(), d.Queue, d.FlowID()
 		out.State = StateFailed
 		out.Error = fmt.Sprintf("docket: task name %q is not registered in the worker that claimed it", d.Name)
 		return out, false, run
@@ -122,7 +122,7 @@ func (q *Queue) execute(parent context.Context, d *transport.Delivery) (out tran
 // inputs, apart from the backoff's jitter. skip means no outcome may be
 // written (the lease was lost).
 func decide(d *transport.Delivery, result []byte, err, cause error, now time.Time, backoff func() Backoff) (out transport.Outcome, skip bool) {
-	out.Lease, out.Queue = d.Lease(), d.Queue
+	out.Lease, out.Queue, out.Flow = d.Lease(), d.Queue, d.FlowID()
 	switch {
 	case cause == errLeaseLost:
 		return out, true

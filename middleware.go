@@ -175,6 +175,7 @@ func (q *Queue) throughEnqueueMW(ctx context.Context, msgs []transport.Message, 
 	if e.Headers == nil {
 		e.Headers = map[string]string{}
 	}
+	before := maps.Clone(e.Headers)
 	e.IDs = make([]string, len(msgs))
 	for i := range msgs {
 		e.IDs[i] = msgs[i].ID
@@ -187,8 +188,11 @@ func (q *Queue) throughEnqueueMW(ctx context.Context, msgs []transport.Message, 
 		if err := validHeaders(e.Headers); err != nil {
 			return err
 		}
+		// What the middleware set or removed applies to every message;
+		// the headers a message had of its own stay (a workflow's steps
+		// differ).
 		for i := range msgs {
-			msgs[i].Headers = e.Headers
+			msgs[i].Headers = mergeHeaders(msgs[i].Headers, before, e.Headers)
 		}
 		stored = true
 		return store(ctx)
@@ -202,4 +206,27 @@ func (q *Queue) throughEnqueueMW(ctx context.Context, msgs []transport.Message, 
 		return invalid("UseEnqueue", nil, "an enqueue middleware returned nil without calling next: nothing was stored")
 	}
 	return err
+}
+
+// mergeHeaders applies to own the changes an enqueue middleware made from
+// before to after: keys it set or changed, and keys it removed.
+func mergeHeaders(own, before, after map[string]string) map[string]string {
+	if maps.Equal(own, before) {
+		return after
+	}
+	out := maps.Clone(own)
+	if out == nil {
+		out = map[string]string{}
+	}
+	for k, v := range after {
+		if bv, ok := before[k]; !ok || bv != v {
+			out[k] = v
+		}
+	}
+	for k := range before {
+		if _, ok := after[k]; !ok {
+			delete(out, k)
+		}
+	}
+	return out
 }

@@ -44,6 +44,7 @@ func (q *Queue) claim(ctx context.Context, p transport.ClaimParams) (transport.C
 		}
 		q.claimEnded(res.Ended)
 		q.onEvent(transport.Event{Kind: transport.EventFinished, IDs: ids})
+		q.stepsEnded()
 	}
 	return res, err
 }
@@ -55,6 +56,9 @@ func (q *Queue) announceFinish(p transport.FinishParams, res []transport.FinishR
 	var ended []string
 	requeued := false
 	for i, o := range p.Items {
+		if o.Flow != "" && !res[i].Lost {
+			requeued = true // the next step may be ready
+		}
 		switch {
 		case res[i].Lost:
 		case o.State.Terminal() || res[i].Cancelled:
@@ -83,8 +87,17 @@ func (q *Queue) cancel(ctx context.Context, id string) (transport.CancelResult, 
 		q.onEvent(transport.Event{Kind: transport.EventCancel, IDs: []string{id}})
 	case transport.StateCancelled:
 		q.onEvent(transport.Event{Kind: transport.EventFinished, IDs: []string{id}})
+		q.stepsEnded()
 	}
 	return res, nil
+}
+
+// stepsEnded wakes the workers after tasks ended that may be workflow
+// steps: the backend may have made the next step ready.
+func (q *Queue) stepsEnded() {
+	if q.flows {
+		q.onEvent(transport.Event{Kind: transport.EventReady})
+	}
 }
 
 // fire fires a schedule's slot and announces the task it enqueued.

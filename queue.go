@@ -21,6 +21,9 @@ import (
 type Queue struct {
 	t  transport.Transport
 	ss transport.ScheduleStore // t's schedules; nil when it keeps none
+	// flows is set when t keeps workflows: a step's end may make the
+	// next step ready, so ends wake the workers.
+	flows bool
 	// retainer is t when it keeps task state in memory for as long as
 	// handles on it live (see newResult); nil otherwise.
 	retainer transport.Retainer
@@ -155,6 +158,7 @@ func newQueue(t transport.Transport, name string, cfg config) *Queue {
 	}
 	q.ss, _ = t.(transport.ScheduleStore)
 	q.retainer, _ = t.(transport.Retainer)
+	_, q.flows = t.(transport.Workflows)
 	q.life, q.endLife = context.WithCancel(context.Background())
 	q.waiters.m = map[string][]chan struct{}{}
 	if s, ok := t.(transport.Subscriber); ok {

@@ -23,6 +23,7 @@ const (
 	StateFailed    = transport.StateFailed    // retries exhausted, permanent error, or worker lost
 	StateCancelled = transport.StateCancelled // cancelled before or while running
 	StateExpired   = transport.StateExpired   // not started before its expiry
+	StateWaiting   = transport.StateWaiting   // a workflow step waiting for the steps before it
 )
 
 // Task binds a stable name to a typed handler and its defaults, like

@@ -278,7 +278,7 @@ drain:
 }
 
 func release(ex *execution) transport.Outcome {
-	return transport.Outcome{Lease: ex.d.Lease(), Queue: ex.d.Queue, State: transport.StateReady}
+	return transport.Outcome{Lease: ex.d.Lease(), Queue: ex.d.Queue, Flow: ex.d.FlowID(), State: transport.StateReady}
 }
 
 func (w *worker) heldCount() int {

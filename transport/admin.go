@@ -134,7 +134,8 @@ const (
 	// ActionCancel cancels a task that has not started and flags a running
 	// one, as Transport.Cancel.
 	ActionCancel
-	// ActionDelete removes a task that is not running.
+	// ActionDelete removes a task that is not running, nor a waiting
+	// workflow step (cancel those).
 	ActionDelete
 	// ActionRunNow makes a scheduled or retrying task ready now.
 	ActionRunNow
@@ -158,7 +159,9 @@ func (a Action) Applies(s State) bool {
 	case ActionCancel:
 		return !s.Terminal()
 	case ActionDelete:
-		return s != StateRunning
+		// A waiting workflow step is cancelled, not deleted: its
+		// workflow must end.
+		return s != StateRunning && s != StateWaiting
 	case ActionRunNow:
 		return s == StateScheduled
 	}

@@ -50,9 +50,13 @@ const (
 	StateFailed    State = 5 // retries exhausted, permanent error, or worker lost
 	StateCancelled State = 6 // cancelled before or while running
 	StateExpired   State = 7 // not started before its expiry time
+	// StateWaiting: a workflow step whose predecessors have not all
+	// ended; it becomes Ready (with their results as its arguments) when
+	// they have, or ends with them.
+	StateWaiting State = 8
 )
 
-var stateNames = [...]string{"", "scheduled", "ready", "running", "succeeded", "failed", "cancelled", "expired"}
+var stateNames = [...]string{"", "scheduled", "ready", "running", "succeeded", "failed", "cancelled", "expired", "waiting"}
 
 // String returns the lower-case name of the state ("ready", "failed", ...).
 func (s State) String() string {
@@ -66,7 +70,7 @@ func (s State) String() string {
 func (s State) Terminal() bool { return s >= StateSucceeded && s <= StateExpired }
 
 // Valid reports whether s is one of the defined states.
-func (s State) Valid() bool { return s >= StateScheduled && s <= StateExpired }
+func (s State) Valid() bool { return s >= StateScheduled && s <= StateWaiting }
 
 // ParseState returns the state named name, as printed by State.String.
 func ParseState(name string) (State, bool) {
@@ -113,6 +117,73 @@ type Message struct {
 	// ReturnExisting, at enqueue only (never stored), asks for the existing
 	// task's id instead of a DuplicateError when the id or unique key is taken.
 	ReturnExisting bool
+	// Flow links a workflow step to the rest of its workflow; nil for a
+	// plain task. Only a transport that implements Workflows accepts it.
+	Flow *FlowStep
+}
+
+// FlowStep is a task's place in a workflow (chain, group, chord). The
+// steps of one workflow are enqueued in one Enqueue call; the backend
+// advances the workflow in the same write that records each step's
+// terminal state, whatever recorded it (Finish, a claim that found it
+// expired or its worker lost, Cancel, an operator's action):
+//
+//   - A step that succeeds, or whose Next collects, counts down Next's
+//     Waits. At zero Next gets its arguments from its predecessors:
+//     the one predecessor's result (Slot -1), or an array of their
+//     results in Slot order (FlowArray), or of their outcomes
+//     ({"result": r} or {"error": "..."}, FlowCollect). Then Next becomes
+//     ready, or, for a FlowPass step, succeeds at once with that array
+//     as its result.
+//   - A step that ends otherwise, with a Catch, fails the steps of its
+//     branch (Catch and Branch equal to its own) that have not ended, so
+//     that the branch's last step reports the error to Catch.
+//   - A step that ends otherwise without a Catch fails the workflow: its
+//     last step (whose id is the workflow's ID) fails with the cause, and
+//     every other step that has not ended is cancelled (running ones are
+//     asked to stop).
+type FlowStep struct {
+	ID     string // the workflow: the id of its last step
+	Next   string // the step that takes this step's result; empty for the last
+	Slot   int    // -1: Next's whole argument; else the index in Next's array
+	Waits  int    // predecessors this step waits for; 0 means it is ready now
+	Mode   FlowMode
+	Catch  string // the nearest collecting step this step's result leads to
+	Branch int    // the slot of Catch this step's result leads to
+}
+
+// FlowMode says how a workflow step takes its predecessors' results.
+type FlowMode uint8
+
+// Flow modes (bits).
+const (
+	FlowArray   FlowMode = 1 << iota // the argument is the array of results in slot order
+	FlowCollect                      // the array holds outcomes, and a failed predecessor counts
+	FlowPass                         // the step does not run: its result is its argument
+)
+
+// Workflows is implemented by transports that store workflow steps
+// (Message.Flow) and advance them. Steps lists the steps of a workflow,
+// in id order, with their Flow filled in.
+type Workflows interface {
+	Steps(ctx context.Context, p StepsParams) ([]Info, error)
+	// CancelFlow cancels every step of the workflow p.ID that has not
+	// started and flags the running ones, in one write; the workflow's
+	// last step ends cancelled. It returns an error wrapping ErrNotFound
+	// when no such workflow exists.
+	CancelFlow(ctx context.Context, p CancelParams) (CancelFlowResult, error)
+}
+
+// CancelFlowResult is the outcome of Workflows.CancelFlow.
+type CancelFlowResult struct {
+	Ended   []string // steps the call cancelled
+	Running []string // running steps asked to stop
+}
+
+// StepsParams are the arguments of Workflows.Steps.
+type StepsParams struct {
+	Now time.Time
+	ID  string // the workflow's id
 }
 
 // Lease identifies one attempt of a task held by one worker. Every state
@@ -134,6 +205,14 @@ type Delivery struct {
 
 // Lease returns the fencing token of d.
 func (d *Delivery) Lease() Lease { return Lease{ID: d.ID, Attempt: d.Attempt, Owner: d.Owner} }
+
+// FlowID returns the workflow d is a step of, or "" for a plain task.
+func (d *Delivery) FlowID() string {
+	if d.Flow == nil {
+		return ""
+	}
+	return d.Flow.ID
+}
 
 // Info is what a transport knows about one task.
 type Info struct {
@@ -236,7 +315,11 @@ type Outcome struct {
 	// Queue is the task's queue, as delivered: backends that count
 	// outcomes per queue (Admin's history) use it; empty means unknown
 	// (the backend looks it up).
-	Queue  string
+	Queue string
+	// Flow is the workflow of a step, as delivered (Message.Flow.ID);
+	// empty for a plain task. The Queue wakes its workers when a step
+	// ends, since the backend may have made the next one ready.
+	Flow   string
 	State  State
 	Result []byte
 	Error  string

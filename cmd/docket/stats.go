@@ -224,8 +224,12 @@ func (a *app) stats(ctx context.Context, _ *cobra.Command, _ []string) error {
 		fmt.Fprintln(a.stdout, "no tasks stored yet")
 		return nil
 	}
+	// Workflow steps that wait get a column only while some do.
+	states := slices.DeleteFunc(slices.Clone(docket.StateNames), func(s string) bool {
+		return s == "waiting" && !slices.ContainsFunc(st.Queues, func(q docket.QueueStats) bool { return q.Counts[s] > 0 })
+	})
 	header := []string{"QUEUE"}
-	for _, s := range docket.StateNames {
+	for _, s := range states {
 		header = append(header, upper(s))
 	}
 	t := newTable(a.stdout, append(header, "LAG", "PAUSED")...)
@@ -233,7 +237,7 @@ func (a *app) stats(ctx context.Context, _ *cobra.Command, _ []string) error {
 	known := map[string]bool{}
 	for _, q := range st.Queues {
 		row := []string{q.Name}
-		for _, s := range docket.StateNames {
+		for _, s := range states {
 			n, ok := q.Counts[s]
 			row = append(row, countOrDash(n, ok))
 			total[s] += n
@@ -244,7 +248,7 @@ func (a *app) stats(ctx context.Context, _ *cobra.Command, _ []string) error {
 	}
 	if len(st.Queues) > 1 {
 		row := []string{"(all)"}
-		for _, s := range docket.StateNames {
+		for _, s := range states {
 			row = append(row, countOrDash(total[s], known[s]))
 		}
 		t.row(append(row, "", "")...)

@@ -270,7 +270,7 @@ func readStats(ctx context.Context, tx *sql.Tx, now int64) (transport.Stats, err
 		counts, ok := byQueue[queue]
 		if !ok {
 			counts = make(map[transport.State]int64, 7)
-			for s := transport.StateScheduled; s <= transport.StateExpired; s++ {
+			for s := transport.StateScheduled; s <= transport.StateWaiting; s++ {
 				counts[s] = 0
 			}
 			byQueue[queue] = counts
@@ -411,13 +411,13 @@ const (
 		WHERE id = ?3 AND state IN (5, 6, 7) AND (unique_key IS NULL OR NOT EXISTS
 			(SELECT 1 FROM docket_tasks u WHERE u.unique_key = docket_tasks.unique_key AND u.state <= 3))`
 	actCancelSQL = `UPDATE docket_tasks SET
-		state = CASE WHEN state IN (1, 2) THEN 6 ELSE state END,
+		state = CASE WHEN state IN (1, 2, 8) THEN 6 ELSE state END,
 		cancel = CASE WHEN state = 3 THEN 1 ELSE cancel END,
-		finished_at = CASE WHEN state IN (1, 2) THEN ?1 ELSE finished_at END,
-		run_at = CASE WHEN state IN (1, 2) THEN ?1 + ttl_ms ELSE run_at END,
-		error = CASE WHEN state IN (1, 2) THEN 'cancelled before start' ELSE error END
-		WHERE id = ?2 AND state <= 3`
-	actDeleteSQL = `DELETE FROM docket_tasks WHERE id = ? AND state != 3`
+		finished_at = CASE WHEN state IN (1, 2, 8) THEN ?1 ELSE finished_at END,
+		run_at = CASE WHEN state IN (1, 2, 8) THEN ?1 + ttl_ms ELSE run_at END,
+		error = CASE WHEN state IN (1, 2, 8) THEN 'cancelled before start' ELSE error END
+		WHERE id = ?2 AND (state <= 3 OR state = 8)`
+	actDeleteSQL = `DELETE FROM docket_tasks WHERE id = ? AND state NOT IN (3, 8) AND ` + flowOverSQL
 	actRunNowSQL = `UPDATE docket_tasks SET state = 2, run_at = ?1 WHERE id = ?2 AND state = 1`
 )
 

@@ -372,7 +372,7 @@ func TestStatsAgreesWithTable(t *testing.T) {
 			t.Fatal(err)
 		}
 		if want[queue] == nil {
-			want[queue] = map[transport.State]int64{1: 0, 2: 0, 3: 0, 4: 0, 5: 0, 6: 0, 7: 0}
+			want[queue] = map[transport.State]int64{1: 0, 2: 0, 3: 0, 4: 0, 5: 0, 6: 0, 7: 0, 8: 0}
 		}
 		if state == transport.StateScheduled && tried {
 			retrying[queue] += n
@@ -992,7 +992,7 @@ func TestStatsCounts(t *testing.T) {
 			t.Fatalf("queues %+v", st.Queues)
 		}
 		q := st.Queues[0]
-		want := map[transport.State]int64{1: 0, 2: 8, 3: 1, 4: 0, 5: 0, 6: 0, 7: 0}
+		want := map[transport.State]int64{1: 0, 2: 8, 3: 1, 4: 0, 5: 0, 6: 0, 7: 0, 8: 0}
 		if fmt.Sprint(q.Counts) != fmt.Sprint(want) || q.Retrying != 1 {
 			t.Errorf("counts %v retrying %d, want %v and 1", q.Counts, q.Retrying, want)
 		}

@@ -12,7 +12,7 @@ import (
 // schemaVersion is the PRAGMA user_version this package writes. Migrations
 // run in order inside one transaction; a file with a higher version was
 // written by a newer docket and is refused.
-const schemaVersion = 2
+const schemaVersion = 3
 
 // migrations[i] moves the schema from version i to i+1.
 var migrations = []string{
@@ -108,6 +108,97 @@ var migrations = []string{
 	) STRICT, WITHOUT ROWID;
 	ALTER TABLE docket_schedules ADD COLUMN paused INTEGER NOT NULL DEFAULT 0;
 	ALTER TABLE docket_schedules ADD COLUMN template BLOB;`,
+	// 3: workflows (transport.FlowStep). A step row names its workflow
+	// (the id of its last step), the step that takes its result and where,
+	// how many predecessors it still waits for (state 8, waiting), how it
+	// takes their results, and the collecting step its result leads to.
+	// Two triggers advance a workflow in the statement that ends a step,
+	// whichever statement it is (a finish, a claim that finds a task
+	// expired or its worker lost, a cancel, an operator's action), so no
+	// code path can forget to:
+	//   - docket_flow_end, when a step reaches a terminal state, counts
+	//     down its successor, or fails its branch, or fails the workflow;
+	//   - docket_flow_join, when a step's count reaches zero, writes its
+	//     arguments from its predecessors' rows and makes it ready (or, for
+	//     a pass-through step, succeeded).
+	// Steps cancelled because their workflow failed carry flow_waits = -1,
+	// which keeps docket_flow_end from firing once per cancelled step.
+	// Workflow connections set PRAGMA recursive_triggers, so that a
+	// pass-through step that succeeds advances its own successor.
+	`ALTER TABLE docket_tasks ADD COLUMN flow TEXT;
+	ALTER TABLE docket_tasks ADD COLUMN flow_next TEXT;
+	ALTER TABLE docket_tasks ADD COLUMN flow_slot INTEGER NOT NULL DEFAULT -1;
+	ALTER TABLE docket_tasks ADD COLUMN flow_waits INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE docket_tasks ADD COLUMN flow_mode INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE docket_tasks ADD COLUMN flow_catch TEXT;
+	ALTER TABLE docket_tasks ADD COLUMN flow_branch INTEGER NOT NULL DEFAULT 0;
+	CREATE INDEX docket_tasks_flow ON docket_tasks (flow, id) WHERE flow IS NOT NULL;
+	CREATE INDEX docket_tasks_flow_next ON docket_tasks (flow_next, flow_slot) WHERE flow_next IS NOT NULL;
+	CREATE TRIGGER docket_flow_end AFTER UPDATE OF state ON docket_tasks
+	WHEN new.flow IS NOT NULL AND new.flow_waits >= 0
+		AND new.state BETWEEN 4 AND 7 AND old.state NOT BETWEEN 4 AND 7
+	BEGIN
+		-- A success, or any end when the successor collects, counts down.
+		UPDATE docket_tasks SET flow_waits = flow_waits - 1, run_at = new.finished_at
+		WHERE id = new.flow_next AND state = 8 AND (new.state = 4 OR flow_mode & 2);
+		-- Any other end inside a collecting step's branch ends the branch:
+		-- its last step reports the error to the collecting step.
+		UPDATE docket_tasks SET state = 5, finished_at = new.finished_at,
+			run_at = new.finished_at + ttl_ms,
+			error = 'docket: step ' || new.id || ' (' || new.name || ') of its branch ended ' ||
+				` + stateNameSQL("new.state") + ` || coalesce(': ' || new.error, '')
+		WHERE new.state <> 4 AND new.flow_catch IS NOT NULL AND new.flow_next <> new.flow_catch
+			AND flow = new.flow AND flow_catch = new.flow_catch AND flow_branch = new.flow_branch
+			AND state IN (1, 2, 8);
+		UPDATE docket_tasks SET cancel = 1
+		WHERE new.state <> 4 AND new.flow_catch IS NOT NULL AND new.flow_next <> new.flow_catch
+			AND flow = new.flow AND flow_catch = new.flow_catch AND flow_branch = new.flow_branch
+			AND state = 3;
+		-- Any other end outside one fails the workflow: its last step
+		-- fails with the cause, the rest is cancelled.
+		UPDATE docket_tasks SET state = 5, finished_at = new.finished_at,
+			run_at = new.finished_at + ttl_ms,
+			error = 'docket: workflow step ' || new.id || ' (' || new.name || ') ended ' ||
+				` + stateNameSQL("new.state") + ` || coalesce(': ' || new.error, '')
+		WHERE new.state <> 4 AND new.flow_catch IS NULL AND id = new.flow AND id <> new.id
+			AND state IN (1, 2, 8);
+		UPDATE docket_tasks SET state = 6, flow_waits = -1, finished_at = new.finished_at,
+			run_at = new.finished_at + ttl_ms,
+			error = 'docket: cancelled: workflow step ' || new.id || ' (' || new.name || ') ended ' ||
+				` + stateNameSQL("new.state") + `
+		WHERE new.state <> 4 AND new.flow_catch IS NULL AND flow = new.flow AND state IN (1, 2, 8);
+		UPDATE docket_tasks SET cancel = 1
+		WHERE new.state <> 4 AND new.flow_catch IS NULL AND flow = new.flow AND state = 3;
+		-- The workflow's end keeps all its steps as long as its last one.
+		UPDATE docket_tasks SET run_at = new.run_at
+		WHERE new.id = new.flow AND flow = new.flow AND state BETWEEN 4 AND 7 AND id <> new.id;
+	END;
+	CREATE TRIGGER docket_flow_join AFTER UPDATE OF flow_waits ON docket_tasks
+	WHEN new.state = 8 AND new.flow_waits = 0
+	BEGIN
+		UPDATE docket_tasks SET payload = CAST(CASE WHEN new.flow_mode & 1 = 0 THEN
+			(SELECT coalesce(CAST(p.result AS TEXT), 'null') FROM docket_tasks p WHERE p.flow_next = new.id)
+		ELSE
+			(SELECT json_group_array(CASE
+				WHEN new.flow_mode & 2 = 0 THEN json(coalesce(CAST(p.result AS TEXT), 'null'))
+				WHEN p.state = 4 THEN json_object('result', json(coalesce(CAST(p.result AS TEXT), 'null')))
+				ELSE json_object('error', coalesce(p.error, 'ended ' || ` + stateNameSQL("p.state") + `)) END
+				ORDER BY p.flow_slot)
+			FROM docket_tasks p WHERE p.flow_next = new.id)
+		END AS BLOB)
+		WHERE id = new.id;
+		UPDATE docket_tasks SET
+			state = CASE WHEN flow_mode & 4 THEN 4 ELSE 2 END,
+			result = CASE WHEN flow_mode & 4 THEN payload END,
+			finished_at = CASE WHEN flow_mode & 4 THEN run_at ELSE 0 END,
+			run_at = CASE WHEN flow_mode & 4 THEN run_at + ttl_ms ELSE run_at END
+		WHERE id = new.id;
+	END;`,
+}
+
+// stateNameSQL is the SQL expression naming the terminal state in expr.
+func stateNameSQL(expr string) string {
+	return "CASE " + expr + " WHEN 4 THEN 'succeeded' WHEN 5 THEN 'failed' WHEN 6 THEN 'cancelled' ELSE 'expired' END"
 }
 
 // SchemaError reports a database file this version of docket cannot use:

@@ -151,7 +151,7 @@ func newWalk(p transport.SearchParams, examine int) (*walk, bool) {
 	var states []rangeState
 	hot := false
 	if len(p.States) > 0 || p.Retrying {
-		var seen [transport.StateExpired + 1]bool
+		var seen [transport.StateWaiting + 1]bool
 		scheduled := p.Retrying
 		notTried := false
 		for _, st := range p.States {

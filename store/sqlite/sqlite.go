@@ -328,6 +328,9 @@ func fileDSN(o Options, writer bool) string {
 	q.Add("_pragma", "synchronous("+o.Synchronous+")")
 	q.Add("_pragma", "journal_size_limit("+strconv.Itoa(walSizeLimit)+")")
 	q.Add("_pragma", "foreign_keys(0)")
+	// Workflow triggers advance a pass-through step's successor from
+	// inside the trigger that completed it (schema version 3).
+	q.Add("_pragma", "recursive_triggers(1)")
 	return fileURI(o.Path, q)
 }
 

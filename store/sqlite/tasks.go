@@ -31,8 +31,9 @@ func decodeMeta(raw sql.NullString, m *transport.Message) error {
 
 const insertSQL = `INSERT INTO docket_tasks
 	(id, name, queue, state, priority, run_at, expires_at, max_attempts, timeout_ms, ttl_ms,
-	 unique_key, payload, meta, created_at, finished_at, error)
-	VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+	 unique_key, payload, meta, created_at, finished_at, error,
+	 flow, flow_next, flow_slot, flow_waits, flow_mode, flow_catch, flow_branch)
+	VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
 	ON CONFLICT DO NOTHING`
 
 // Enqueue implements transport.Transport: one group-commit op for the whole batch.
@@ -132,8 +133,23 @@ func insert(ctx context.Context, r runner, p transport.EnqueueParams) ([]transpo
 		if created == 0 {
 			created = now
 		}
+		var flow, next, catch any
+		slot, waits, mode, branch := -1, 0, 0, 0
+		if f := m.Flow; f != nil {
+			flow, slot, waits, mode, branch = f.ID, f.Slot, f.Waits, int(f.Mode), f.Branch
+			if f.Next != "" {
+				next = f.Next
+			}
+			if f.Catch != "" {
+				catch = f.Catch
+			}
+			if waits > 0 {
+				state, runAt, finished, reason = transport.StateWaiting, now, 0, nil
+			}
+		}
 		res, err := r.exec(ctx, insertSQL, m.ID, m.Name, m.Queue, int(state), m.Priority, runAt, wire.Millis(m.Expires),
-			m.MaxAttempts, m.Timeout.Milliseconds(), m.ResultTTL.Milliseconds(), uk, m.Payload, mt, created, finished, reason)
+			m.MaxAttempts, m.Timeout.Milliseconds(), m.ResultTTL.Milliseconds(), uk, m.Payload, mt, created, finished, reason,
+			flow, next, slot, waits, mode, catch, branch)
 		if err != nil {
 			return nil, fmt.Errorf("docket: insert task %s: %w", m.ID, err)
 		}
@@ -248,7 +264,7 @@ const claimSQL = `UPDATE docket_tasks SET
 	RETURNING ` + deliveryCols
 
 const deliveryCols = `id, name, queue, state, priority, expires_at, attempt, max_attempts, timeout_ms, ttl_ms,
-	unique_key, payload, meta, created_at, error, run_at`
+	unique_key, payload, meta, created_at, error, run_at, flow`
 
 // claimQuery returns the claim statement for a limit. The limit is part of
 // the SQL text, not a parameter: SQLite's planner uses a bound LIMIT's
@@ -411,12 +427,16 @@ func scanDelivery(rows *sql.Rows) (transport.Delivery, transport.State, error) {
 		d                                     transport.Delivery
 		state                                 transport.State
 		expires, timeout, ttl, created, lease int64
-		uk, mt, lastErr                       sql.NullString
+		uk, mt, lastErr, flow                 sql.NullString
 	)
 	err := rows.Scan(&d.ID, &d.Name, &d.Queue, &state, &d.Priority, &expires, &d.Attempt, &d.MaxAttempts,
-		&timeout, &ttl, &uk, &d.Payload, &mt, &created, &lastErr, &lease)
+		&timeout, &ttl, &uk, &d.Payload, &mt, &created, &lastErr, &lease, &flow)
 	if err != nil {
 		return d, 0, fmt.Errorf("docket: read claimed task: %w", err)
+	}
+	if flow.Valid {
+		// A delivery names its workflow; Steps tells the rest.
+		d.Flow = &transport.FlowStep{ID: flow.String}
 	}
 	d.Expires, d.Created, d.LeaseUntil = wire.FromMillis(expires), wire.FromMillis(created), wire.FromMillis(lease)
 	d.Timeout, d.ResultTTL = time.Duration(timeout)*time.Millisecond, time.Duration(ttl)*time.Millisecond
@@ -537,11 +557,11 @@ func (s *Store) Finish(ctx context.Context, p transport.FinishParams) ([]transpo
 }
 
 const cancelSQL = `UPDATE docket_tasks SET
-	state = CASE WHEN state IN (1, 2) THEN 6 ELSE state END,
+	state = CASE WHEN state IN (1, 2, 8) THEN 6 ELSE state END,
 	cancel = CASE WHEN state = 3 THEN 1 ELSE cancel END,
-	finished_at = CASE WHEN state IN (1, 2) THEN ?1 ELSE finished_at END,
-	run_at = CASE WHEN state IN (1, 2) THEN ?1 + ttl_ms ELSE run_at END,
-	error = CASE WHEN state IN (1, 2) THEN 'cancelled before start' ELSE error END
+	finished_at = CASE WHEN state IN (1, 2, 8) THEN ?1 ELSE finished_at END,
+	run_at = CASE WHEN state IN (1, 2, 8) THEN ?1 + ttl_ms ELSE run_at END,
+	error = CASE WHEN state IN (1, 2, 8) THEN 'cancelled before start' ELSE error END
 	WHERE id = ?2 RETURNING state`
 
 // Cancel implements transport.Transport.
@@ -675,7 +695,14 @@ func (s *Store) List(ctx context.Context, p transport.ListParams) ([]transport.I
 }
 
 const pruneSQL = `DELETE FROM docket_tasks WHERE rowid IN
-	(SELECT rowid FROM docket_tasks WHERE state >= 4 AND run_at <= ? ORDER BY run_at LIMIT ?)`
+	(SELECT rowid FROM docket_tasks WHERE state >= 4 AND state <= 7 AND run_at <= ? AND ` + flowOverSQL + `
+	 ORDER BY run_at LIMIT ?)`
+
+// flowOverSQL holds for a task that is no workflow step, or whose
+// workflow has ended: the rows of a workflow that still runs are the
+// arguments of its later steps, and are neither pruned nor deleted.
+const flowOverSQL = `(flow IS NULL OR NOT EXISTS (SELECT 1 FROM docket_tasks f
+	WHERE f.id = docket_tasks.flow AND f.state NOT BETWEEN 4 AND 7))`
 
 // Prune implements transport.Pruner: it deletes up to p.Limit finished tasks
 // whose result TTL has passed, then returns freed pages to the file system.
@@ -811,4 +838,86 @@ func leaseDecision(state transport.State, runAt, expires int64, attempt, maxAtte
 		return transport.StateFailed, fmt.Sprintf("worker lost: delivered again after attempt %d", attempt)
 	}
 	return 0, ""
+}
+
+var _ transport.Workflows = (*Store)(nil)
+
+const stepCols = `, flow, flow_next, flow_slot, flow_waits, flow_mode, flow_catch, flow_branch`
+
+// Steps implements transport.Workflows. It reads from the pool.
+func (s *Store) Steps(ctx context.Context, p transport.StepsParams) ([]transport.Info, error) {
+	rows, err := s.rdb.QueryContext(ctx, "SELECT "+infoCols+stepCols+" FROM docket_tasks WHERE flow = ? ORDER BY id", p.ID)
+	if err != nil {
+		return nil, fmt.Errorf("docket: read workflow %s: %w", p.ID, classify(err))
+	}
+	defer rows.Close()
+	var out []transport.Info
+	for rows.Next() {
+		var f transport.FlowStep
+		var next, catch sql.NullString
+		in, err := scanInfo(rows, &f.ID, &next, &f.Slot, &f.Waits, &f.Mode, &catch, &f.Branch)
+		if err != nil {
+			return nil, fmt.Errorf("docket: read workflow %s: %w", p.ID, classify(err))
+		}
+		f.Next, f.Catch = next.String, catch.String
+		in.Flow = &f
+		out = append(out, in)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("docket: read workflow %s: %w", p.ID, classify(err))
+	}
+	return out, nil
+}
+
+const (
+	flowStepsSQL  = `SELECT id, state FROM docket_tasks WHERE flow = ? AND state IN (1, 2, 3, 8)`
+	cancelFlowSQL = `UPDATE docket_tasks SET state = 6, flow_waits = -1, finished_at = ?1, run_at = ?1 + ttl_ms,
+		error = 'docket: workflow cancelled'
+		WHERE flow = ?2 AND state IN (1, 2, 8)`
+	stopFlowSQL = `UPDATE docket_tasks SET cancel = 1 WHERE flow = ? AND state = 3`
+)
+
+// CancelFlow implements transport.Workflows: one write. The cancelled
+// steps carry flow_waits = -1, so the workflow trigger leaves them be;
+// running steps that end later find nothing left to advance.
+func (s *Store) CancelFlow(ctx context.Context, p transport.CancelParams) (transport.CancelFlowResult, error) {
+	var res transport.CancelFlowResult
+	err := s.w.do(ctx, "cancel", func(r runner) error {
+		res = transport.CancelFlowResult{}
+		var n int
+		if err := queryOne(ctx, r, []any{&n}, "SELECT count(*) FROM docket_tasks WHERE flow = ?", p.ID); err != nil {
+			return fmt.Errorf("docket: cancel workflow %s: %w", p.ID, err)
+		}
+		if n == 0 {
+			return refuse(fmt.Errorf("docket: cancel workflow %s: %w", p.ID, transport.ErrNotFound))
+		}
+		rows, err := r.query(ctx, flowStepsSQL, p.ID)
+		if err != nil {
+			return fmt.Errorf("docket: cancel workflow %s: %w", p.ID, err)
+		}
+		for rows.Next() {
+			var id string
+			var state transport.State
+			if err := rows.Scan(&id, &state); err != nil {
+				rows.Close()
+				return err
+			}
+			if state == transport.StateRunning {
+				res.Running = append(res.Running, id)
+			} else {
+				res.Ended = append(res.Ended, id)
+			}
+		}
+		if err := closeRows(rows); err != nil {
+			return fmt.Errorf("docket: cancel workflow %s: %w", p.ID, err)
+		}
+		if _, err := r.exec(ctx, cancelFlowSQL, wire.Millis(p.Now), p.ID); err != nil {
+			return fmt.Errorf("docket: cancel workflow %s: %w", p.ID, err)
+		}
+		if _, err := r.exec(ctx, stopFlowSQL, p.ID); err != nil {
+			return fmt.Errorf("docket: cancel workflow %s: %w", p.ID, err)
+		}
+		return nil
+	})
+	return res, err
 }

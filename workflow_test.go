@@ -1,0 +1,256 @@
+package docket_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/docketq/docket"
+	"github.com/docketq/docket/dockettest"
+)
+
+// flowTasks are the tasks of the workflow tests: arithmetic whose results
+// show which steps ran, in which order, with what.
+type flowTasks struct {
+	add, double, fail *docket.Task[int, int]
+	sum               *docket.Task[[]int, int]
+	sums              *docket.Task[[][]int, int]
+	tally             *docket.Task[[]docket.Outcome[int], string]
+	runs              atomic.Int64
+}
+
+func newFlowTasks(t *testing.T, q *docket.Queue) *flowTasks {
+	t.Helper()
+	f := &flowTasks{}
+	f.add = docket.NewTask("flow.add1", func(ctx context.Context, n int) (int, error) { f.runs.Add(1); return n + 1, nil })
+	f.double = docket.NewTask("flow.double", func(ctx context.Context, n int) (int, error) { f.runs.Add(1); return 2 * n, nil })
+	f.fail = docket.NewTask("flow.fail", func(ctx context.Context, n int) (int, error) {
+		f.runs.Add(1)
+		return 0, docket.Permanent(fmt.Errorf("no %d", n))
+	})
+	f.sum = docket.NewTask("flow.sum", func(ctx context.Context, ns []int) (int, error) {
+		f.runs.Add(1)
+		s := 0
+		for _, n := range ns {
+			s += n
+		}
+		return s, nil
+	})
+	f.sums = docket.NewTask("flow.sums", func(ctx context.Context, nss [][]int) (int, error) {
+		f.runs.Add(1)
+		s := 0
+		for _, ns := range nss {
+			for _, n := range ns {
+				s += n
+			}
+		}
+		return s, nil
+	})
+	f.tally = docket.NewTask("flow.tally", func(ctx context.Context, os []docket.Outcome[int]) (string, error) {
+		f.runs.Add(1)
+		var parts []string
+		for _, o := range os {
+			if o.OK() {
+				parts = append(parts, fmt.Sprint(o.Result))
+			} else {
+				parts = append(parts, "error("+o.Error+")")
+			}
+		}
+		return strings.Join(parts, ","), nil
+	})
+	if err := q.Register(f.add, f.double, f.fail, f.sum, f.sums, f.tally); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func drain(t *testing.T, q *docket.Queue) {
+	t.Helper()
+	if _, err := q.Drain(bg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestFlowChain(t *testing.T) {
+	t.Parallel()
+	q, _ := dockettest.Open(t)
+	f := newFlowTasks(t, q)
+	// ((1+1)*2)+1 = 5: each step takes the previous result.
+	wf, err := docket.EnqueueFlow(bg, q, docket.Then(docket.Then(docket.Step(f.add, 1), f.double), f.add))
+	if err != nil {
+		t.Fatal(err)
+	}
+	steps, err := wf.Info(bg)
+	if err != nil || len(steps) != 3 {
+		t.Fatalf("Info = %v, %v", steps, err)
+	}
+	waiting := 0
+	for _, s := range steps {
+		if s.State == docket.StateWaiting {
+			waiting++
+		}
+	}
+	if waiting != 2 {
+		t.Fatalf("before any ran: %d steps waiting, want 2", waiting)
+	}
+	drain(t, q)
+	if n, err := wf.Wait(bg); err != nil || n != 5 {
+		t.Fatalf("Wait = %d, %v; want 5", n, err)
+	}
+	if f.runs.Load() != 3 {
+		t.Fatalf("%d attempts ran, want 3", f.runs.Load())
+	}
+}
+
+func TestFlowGroupAndChord(t *testing.T) {
+	t.Parallel()
+	q, _ := dockettest.Open(t)
+	f := newFlowTasks(t, q)
+	var members []docket.Flow[int]
+	want := 0
+	for i := range 100 {
+		members = append(members, docket.Step(f.double, i))
+		want += 2 * i
+	}
+	// A group alone: its result is the members' results, in order.
+	g, err := docket.EnqueueFlow(bg, q, docket.Group(members...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A chord: the body takes the group's results.
+	c, err := docket.EnqueueFlow(bg, q, docket.Then(docket.Group(members...), f.sum))
+	if err != nil {
+		t.Fatal(err)
+	}
+	drain(t, q)
+	got, err := g.Wait(bg)
+	if err != nil || len(got) != 100 {
+		t.Fatalf("group Wait = %v, %v", got, err)
+	}
+	for i, n := range got {
+		if n != 2*i {
+			t.Fatalf("group result %d = %d, want %d (members out of order?)", i, n, 2*i)
+		}
+	}
+	if s, err := c.Wait(bg); err != nil || s != want {
+		t.Fatalf("chord Wait = %d, %v; want %d", s, err, want)
+	}
+	if f.runs.Load() != 201 {
+		t.Fatalf("%d attempts ran, want 201 (the group's gathering step never runs)", f.runs.Load())
+	}
+}
+
+func TestFlowNested(t *testing.T) {
+	t.Parallel()
+	q, _ := dockettest.Open(t)
+	f := newFlowTasks(t, q)
+	// A group whose members are chains and groups, inside a chain:
+	// [ (1+1)*2, [3*2, 4*2] ] then sum, then +1.
+	inner := docket.Group(docket.Step(f.double, 3), docket.Step(f.double, 4))
+	chainMember := docket.Group(docket.Then(docket.Step(f.add, 1), f.double))
+	outer := docket.Group(chainMember, inner)
+	flow := docket.Then(docket.Then(outer, f.sums), f.add)
+	wf, err := docket.EnqueueFlow(bg, q, flow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	drain(t, q)
+	if n, err := wf.Wait(bg); err != nil || n != 4+6+8+1 {
+		t.Fatalf("Wait = %d, %v; want %d", n, err, 4+6+8+1)
+	}
+}
+
+func TestFlowFailFast(t *testing.T) {
+	t.Parallel()
+	q, _ := dockettest.Open(t)
+	f := newFlowTasks(t, q)
+	// A chord whose second member fails: the body never runs, and the
+	// workflow fails naming the step.
+	flow := docket.Then(docket.Group(docket.Step(f.double, 1), docket.Step(f.fail, 2), docket.Step(f.double, 3)), f.sum)
+	wf, err := docket.EnqueueFlow(bg, q, flow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	drain(t, q)
+	_, err = wf.Wait(bg)
+	if !errors.Is(err, docket.ErrTaskFailed) || !strings.Contains(err.Error(), "flow.fail") || !strings.Contains(err.Error(), "no 2") {
+		t.Fatalf("Wait error = %v; want the failed step named", err)
+	}
+	steps, err := wf.Info(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range steps {
+		if s.Name == "flow.sum" && s.Attempt != 0 {
+			t.Fatalf("the body ran after a member failed: %+v", s)
+		}
+		if !s.State.Terminal() {
+			t.Fatalf("step %s (%s) is %v after its workflow failed", s.ID, s.Name, s.State)
+		}
+	}
+}
+
+func TestFlowCollectErrors(t *testing.T) {
+	t.Parallel()
+	q, _ := dockettest.Open(t)
+	f := newFlowTasks(t, q)
+	// A member that fails, and a chain member whose first step fails:
+	// the body runs with every outcome in order.
+	g := docket.Group(docket.Step(f.double, 1), docket.Step(f.fail, 2), docket.Then(docket.Step(f.fail, 3), f.double), docket.Step(f.double, 4))
+	wf, err := docket.EnqueueFlow(bg, q, docket.ThenOutcomes(g, f.tally))
+	if err != nil {
+		t.Fatal(err)
+	}
+	drain(t, q)
+	got, err := wf.Wait(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts := strings.Split(got, ",")
+	if len(parts) != 4 || parts[0] != "2" || !strings.Contains(parts[1], "no 2") || !strings.Contains(parts[2], "no 3") || parts[3] != "8" {
+		t.Fatalf("tally = %q", got)
+	}
+}
+
+func TestFlowCancel(t *testing.T) {
+	t.Parallel()
+	q, _ := dockettest.Open(t)
+	f := newFlowTasks(t, q)
+	wf, err := docket.EnqueueFlow(bg, q, docket.Then(docket.Group(docket.Step(f.double, 1), docket.Step(f.double, 2)), f.sum))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wf.Cancel(bg); err != nil {
+		t.Fatal(err)
+	}
+	drain(t, q)
+	if _, err := wf.Wait(bg); !errors.Is(err, docket.ErrTaskCancelled) {
+		t.Fatalf("Wait error = %v, want ErrTaskCancelled", err)
+	}
+	if f.runs.Load() != 0 {
+		t.Fatalf("%d steps ran after the workflow was cancelled", f.runs.Load())
+	}
+}
+
+func TestFlowRefusedAtBuild(t *testing.T) {
+	t.Parallel()
+	q, _ := dockettest.Open(t)
+	f := newFlowTasks(t, q)
+	for name, flow := range map[string]docket.Flow[int]{
+		"empty group":       docket.Then(docket.Group[int](), f.sum),
+		"unregistered name": docket.Then(docket.Untyped(docket.StepByName("no.such", 1)), docket.NewTask("x.y", func(context.Context, json.RawMessage) (int, error) { return 0, nil })),
+		"countdown later":   docket.Then(docket.Step(f.add, 1), f.add, docket.Countdown(1)),
+		"ignored result":    docket.Then(docket.Step(f.add, 1, docket.IgnoreResult()), f.add),
+	} {
+		if _, err := docket.EnqueueFlow(bg, q, flow); !errors.Is(err, docket.ErrInvalid) && !errors.Is(err, docket.ErrUnknownTask) {
+			t.Errorf("%s: EnqueueFlow error = %v, want ErrInvalid", name, err)
+		}
+	}
+	if all, err := q.List(bg, docket.ListOptions{}); err != nil || len(all) != 0 {
+		t.Fatalf("refused flows stored %d tasks (%v)", len(all), err)
+	}
+}
