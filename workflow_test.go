@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/docketq/docket"
 	"github.com/docketq/docket/dockettest"
@@ -252,5 +254,112 @@ func TestFlowRefusedAtBuild(t *testing.T) {
 	}
 	if all, err := q.List(bg, docket.ListOptions{}); err != nil || len(all) != 0 {
 		t.Fatalf("refused flows stored %d tasks (%v)", len(all), err)
+	}
+}
+
+// A workflow enqueued in a transaction exists only if it commits, and
+// its steps advance on workers like any other.
+func TestFlowInTransaction(t *testing.T) {
+	t.Parallel()
+	q, err := docket.Open(bg, "sqlite:"+filepath.Join(t.TempDir(), "app.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	f := newFlowTasks(t, q)
+	db, err := q.DB()
+	if err != nil {
+		t.Fatal(err)
+	}
+	enqueue := func(commit bool) *docket.Workflow[int] {
+		tx, err := db.BeginTx(bg, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback()
+		wf, err := docket.EnqueueFlow(bg, q.Tx(tx), docket.Then(docket.Group(docket.Step(f.add, 1), docket.Step(f.add, 2)), f.sum))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if commit {
+			if err := tx.Commit(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return wf
+	}
+	rolledBack := enqueue(false)
+	if _, err := rolledBack.Info(bg); !errors.Is(err, docket.ErrNotFound) {
+		t.Fatalf("a rolled-back workflow: Info error = %v, want ErrNotFound", err)
+	}
+	committed := enqueue(true)
+	runWorkers(t, q)
+	if n, err := committed.Wait(waitCtx(t)); err != nil || n != 5 {
+		t.Fatalf("Wait = %d, %v; want 5", n, err)
+	}
+}
+
+// Cancelling a workflow while its members run stops them in their
+// handlers, and the body never runs.
+func TestFlowCancelWhileRunning(t *testing.T) {
+	t.Parallel()
+	q, err := docket.Open(bg, "sqlite:"+filepath.Join(t.TempDir(), "cancel.db"), docket.Concurrency(4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	started := make(chan string, 3)
+	block := docket.NewTask("flow.block", func(ctx context.Context, n int) (int, error) {
+		tc, _ := docket.FromContext(ctx)
+		started <- tc.ID
+		<-ctx.Done()
+		return 0, ctx.Err()
+	})
+	var bodyRan atomic.Bool
+	body := docket.NewTask("flow.body", func(ctx context.Context, ns []int) (int, error) { bodyRan.Store(true); return 0, nil })
+	if err := q.Register(block, body); err != nil {
+		t.Fatal(err)
+	}
+	wf, err := docket.EnqueueFlow(bg, q, docket.Then(docket.Group(docket.Step(block, 1), docket.Step(block, 2), docket.Step(block, 3)), body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runWorkers(t, q)
+	for range 3 {
+		<-started
+	}
+	if err := wf.Cancel(bg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wf.Wait(waitCtx(t)); !errors.Is(err, docket.ErrTaskCancelled) {
+		t.Fatalf("Wait error = %v, want ErrTaskCancelled", err)
+	}
+	// The members end cancelled once their handlers return.
+	ctx := waitCtx(t)
+	for {
+		steps, err := wf.Info(bg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ended := 0
+		for _, s := range steps {
+			if s.State.Terminal() {
+				ended++
+				if s.State != docket.StateCancelled {
+					t.Fatalf("step %s (%s) ended %v, want cancelled", s.ID, s.Name, s.State)
+				}
+			}
+		}
+		if ended == len(steps) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("steps still running after the cancel: %+v", steps)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	if bodyRan.Load() {
+		t.Fatal("the body ran after its workflow was cancelled")
 	}
 }
