@@ -1,0 +1,105 @@
+package docket_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/docketq/docket"
+)
+
+var benchAdd = docket.NewTask("bench.add1", func(ctx context.Context, n int) (int, error) { return n + 1, nil })
+
+var benchSum = docket.NewTask("bench.sum", func(ctx context.Context, ns []int) (int, error) {
+	s := 0
+	for _, n := range ns {
+		s += n
+	}
+	return s, nil
+})
+
+// flowBenchQueue is a running Queue on a SQLite file with the workflow
+// benchmarks' tasks.
+func flowBenchQueue(b *testing.B, opts ...docket.Option) *docket.Queue {
+	b.Helper()
+	q := benchQueue(b, opts...)
+	if err := q.Register(benchAdd, benchSum); err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- q.Run(ctx) }()
+	b.Cleanup(func() { cancel(); <-done })
+	return q
+}
+
+// A chain of 1,000 steps, each taking the previous result: one step runs
+// at a time, so it is compared with 1,000 independent tasks run one at a
+// time (BenchmarkSequential1000, Concurrency(1)). The ratio of the two is
+// the cost of passing results along a chain.
+func BenchmarkChain1000(b *testing.B) {
+	q := flowBenchQueue(b)
+	ctx := context.Background()
+	flow := docket.Step(benchAdd, 0)
+	for range 999 {
+		flow = docket.Then(flow, benchAdd)
+	}
+	for b.Loop() {
+		wf, err := docket.EnqueueFlow(ctx, q, flow)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if n, err := wf.Wait(ctx); err != nil || n != 1000 {
+			b.Fatalf("chain = %d, %v", n, err)
+		}
+	}
+	b.ReportMetric(float64(b.N*1000)/b.Elapsed().Seconds(), "steps/s")
+}
+
+// 1,000 independent tasks enqueued at once and run one at a time: the
+// baseline of BenchmarkChain1000.
+func BenchmarkSequential1000(b *testing.B) {
+	q := flowBenchQueue(b, docket.Concurrency(1))
+	ctx := context.Background()
+	args := make([]int, 1000)
+	for b.Loop() {
+		rs, err := benchAdd.EnqueueMany(ctx, q, args)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, r := range rs {
+			if _, err := r.Wait(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.ReportMetric(float64(b.N*1000)/b.Elapsed().Seconds(), "steps/s")
+}
+
+// A chord of n members and a body that sums them: ns/member should not
+// grow with n (each member's end does a constant amount of work; the
+// body's arguments are gathered once).
+func BenchmarkChord(b *testing.B) {
+	for _, n := range []int{100, 1000, 10000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			q := flowBenchQueue(b, docket.Concurrency(8))
+			ctx := context.Background()
+			members := make([]docket.Flow[int], n)
+			for i := range members {
+				members[i] = docket.Step(benchAdd, i)
+			}
+			flow := docket.Then(docket.Group(members...), benchSum)
+			want := n * (n + 1) / 2
+			for b.Loop() {
+				wf, err := docket.EnqueueFlow(ctx, q, flow)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if s, err := wf.Wait(ctx); err != nil || s != want {
+					b.Fatalf("chord = %d, %v; want %d", s, err, want)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/member")
+		})
+	}
+}
