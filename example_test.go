@@ -229,3 +229,36 @@ func ExampleUse() {
 	// invoice.send attempt 2 succeeded
 	// invoice 42 for acme <nil>
 }
+
+// A chord inside a chain: the group's members run side by side, the next
+// step takes their results in order, and the last takes that one's. The
+// compiler checks each link's types.
+func ExampleEnqueueFlow() {
+	ctx := context.Background()
+	q, _ := docket.Open(ctx, "memory:")
+	defer q.Close()
+
+	square := docket.NewTask("math.square", func(ctx context.Context, n int) (int, error) { return n * n, nil })
+	sum := docket.NewTask("math.sum", func(ctx context.Context, ns []int) (int, error) {
+		s := 0
+		for _, n := range ns {
+			s += n
+		}
+		return s, nil
+	})
+	describe := docket.NewTask("math.describe", func(ctx context.Context, n int) (string, error) {
+		return fmt.Sprintf("the squares add up to %d", n), nil
+	})
+	q.Register(square, sum, describe)
+
+	flow := docket.Then(docket.Then(docket.Group(
+		docket.Step(square, 1), docket.Step(square, 2), docket.Step(square, 3),
+	), sum), describe)
+	wf, err := docket.EnqueueFlow(ctx, q, flow)
+	if err != nil {
+		panic(err)
+	}
+	q.Drain(ctx) // or q.Run: the steps run on any worker
+	fmt.Println(wf.Wait(ctx))
+	// Output: the squares add up to 14 <nil>
+}

@@ -99,6 +99,14 @@ func TestFlowChain(t *testing.T) {
 	if waiting != 2 {
 		t.Fatalf("before any ran: %d steps waiting, want 2", waiting)
 	}
+	// An operator finds them by state, and sees them counted.
+	page, err := q.Search(bg, docket.SearchOptions{Filter: docket.Filter{States: []string{"waiting"}}})
+	if err != nil || len(page.Tasks) != 2 {
+		t.Fatalf("Search waiting = %v, %v; want 2 tasks", page, err)
+	}
+	if st, err := q.Stats(bg); err != nil || st.Queues[0].Counts["waiting"] != 2 {
+		t.Fatalf("Stats = %+v, %v; want 2 waiting", st, err)
+	}
 	drain(t, q)
 	if n, err := wf.Wait(bg); err != nil || n != 5 {
 		t.Fatalf("Wait = %d, %v; want 5", n, err)
