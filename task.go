@@ -223,6 +223,11 @@ type TaskInfo struct {
 	// outcome and error (Info fills it; Search leaves it nil). The backend
 	// keeps the first and the latest 19 of those that ended in error.
 	Attempts []Attempt
+	// Workflow is the id of the workflow the task is a step of (the id of
+	// its last step), and Next the step that takes its result; both empty
+	// for a plain task. Queue.FlowInfo lists the workflow's steps.
+	Workflow string
+	Next     string
 }
 
 // Attempt is one attempt of a task: who ran it, when, and how it ended.
@@ -261,6 +266,9 @@ func infoFrom(in *transport.Info) *TaskInfo {
 	}
 	if len(in.Progress) > 0 {
 		ti.Progress = json.RawMessage(in.Progress)
+	}
+	if in.Flow != nil {
+		ti.Workflow, ti.Next = in.Flow.ID, in.Flow.Next
 	}
 	if len(in.Result) > 0 {
 		ti.Result = json.RawMessage(in.Result)

@@ -149,13 +149,12 @@ func WorkflowOf[R any](q *Queue, id string) *Workflow[R] {
 	return &Workflow[R]{q: q, id: id, res: newResult[R](q, id, false)}
 }
 
-// StepInfo is one step of a workflow.
+// StepInfo is one step of a workflow: the task (whose Workflow and Next
+// are set), its place in Next's arguments, and how many steps it waits for.
 type StepInfo struct {
 	TaskInfo
-	Workflow string // the workflow's id
-	Next     string // the step that takes this one's result; empty for the last
-	Slot     int    // its place in Next's arguments; -1 when it is all of them
-	Waits    int    // predecessors it still waits for (StateWaiting)
+	Slot  int // its place in Next's arguments; -1 when it is all of them
+	Waits int // predecessors it still waits for (StateWaiting)
 }
 
 // FlowInfo returns the steps of the workflow id, in the order they were
@@ -175,7 +174,7 @@ func (q *Queue) FlowInfo(ctx context.Context, id string) ([]StepInfo, error) {
 	out := make([]StepInfo, len(steps))
 	for i := range steps {
 		s := &steps[i]
-		out[i] = StepInfo{TaskInfo: *infoFrom(s), Workflow: s.Flow.ID, Next: s.Flow.Next, Slot: s.Flow.Slot, Waits: max(s.Flow.Waits, 0)}
+		out[i] = StepInfo{TaskInfo: *infoFrom(s), Slot: s.Flow.Slot, Waits: s.Flow.Waits}
 	}
 	return out, nil
 }

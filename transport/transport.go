@@ -164,7 +164,8 @@ const (
 
 // Workflows is implemented by transports that store workflow steps
 // (Message.Flow) and advance them. Steps lists the steps of a workflow,
-// in id order, with their Flow filled in.
+// in id order, with their Flow's ID, Next, Slot and Waits (never below
+// zero) filled in. Get, List and a backend's searches fill those too.
 type Workflows interface {
 	Steps(ctx context.Context, p StepsParams) ([]Info, error)
 	// CancelFlow cancels every step of the workflow p.ID that has not

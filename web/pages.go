@@ -244,7 +244,20 @@ type taskData struct {
 	Progress string
 	Headers  []kv
 	Timeline []kv
+	Flow     *flowData // the task is a workflow step
 }
+
+// flowData is a workflow step's place in its workflow, on the task page.
+type flowData struct {
+	Steps    int               // in the workflow
+	Counts   []kv              // steps by state
+	Prev     []docket.StepInfo // the steps whose results it takes, in slot order
+	PrevMore int               // more of them than are listed
+}
+
+// maxPrevListed bounds the previous steps a task page lists (a chord's
+// body may take thousands).
+const maxPrevListed = 50
 
 type kv struct{ K, V string }
 
@@ -285,7 +298,37 @@ func (s *server) task(w http.ResponseWriter, r *http.Request) {
 	add("latest attempt started", t.Started)
 	add("finished", t.Finished)
 	add("expires", t.Expires)
+	if t.Workflow != "" {
+		d.Flow = flowOf(ctx, s.q, t)
+	}
 	s.render(w, r, http.StatusOK, "task.html", "Task "+t.ID, "tasks", d)
+}
+
+// flowOf reads the workflow of the step t; nil when it cannot.
+func flowOf(ctx context.Context, q *docket.Queue, t *docket.TaskInfo) *flowData {
+	steps, err := q.FlowInfo(ctx, t.Workflow)
+	if err != nil {
+		return nil
+	}
+	f := &flowData{Steps: len(steps)}
+	counts := map[string]int{}
+	for _, st := range steps {
+		counts[st.State.String()]++
+		if st.Next == t.ID {
+			f.Prev = append(f.Prev, st)
+		}
+	}
+	for _, name := range docket.StateNames {
+		if n := counts[name]; n > 0 {
+			f.Counts = append(f.Counts, kv{name, textfmt.Thousands(int64(n))})
+		}
+	}
+	slices.SortFunc(f.Prev, func(a, b docket.StepInfo) int { return a.Slot - b.Slot })
+	if len(f.Prev) > maxPrevListed {
+		f.PrevMore = len(f.Prev) - maxPrevListed
+		f.Prev = f.Prev[:maxPrevListed]
+	}
+	return f
 }
 
 func (s *server) actTasks(w http.ResponseWriter, r *http.Request, allow func(Action) error) {

@@ -402,3 +402,55 @@ func TestEnqueueForm(t *testing.T) {
 		t.Fatalf("enqueued task: %+v, %v", in, err)
 	}
 }
+
+// A workflow step's page links its workflow, the step that takes its
+// result and the steps whose results it takes, in order.
+func TestWorkflowLinks(t *testing.T) {
+	f := newFixture(t, web.Options{})
+	count := docket.NewTask("mail.count", func(ctx context.Context, rs []string) (int, error) { return len(rs), nil })
+	if err := f.q.Register(count); err != nil {
+		t.Fatal(err)
+	}
+	send := func(to string) docket.Flow[string] { return docket.Step(f.task, map[string]string{"to": to}) }
+	wf, err := docket.EnqueueFlow(bg, f.q, docket.Then(docket.Group(send("ann"), send("bob"), send("cy")), count))
+	if err != nil {
+		t.Fatal(err)
+	}
+	steps, err := wf.Info(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, body, _ := f.get("/tasks/" + wf.ID())
+	for _, want := range []string{"Workflow", "(this is its last step)", "3 ready", "1 waiting", "Takes the results of"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("the body's page lacks %q", want)
+		}
+	}
+	// Members in slot order, each linked.
+	at := map[int]int{}
+	for _, s := range steps {
+		if s.ID == wf.ID() {
+			continue
+		}
+		i := strings.Index(body, `href="/admin/docket/tasks/`+s.ID+`"`)
+		if i < 0 {
+			t.Fatalf("member %s (slot %d) is not linked from the body's page", s.ID, s.Slot)
+		}
+		at[s.Slot] = i
+	}
+	if len(at) != 3 || at[0] > at[1] || at[1] > at[2] {
+		t.Errorf("members are not listed in slot order: %v", at)
+	}
+	member := steps[len(steps)-1].ID
+	if member == wf.ID() {
+		member = steps[0].ID
+	}
+	_, body, _ = f.get("/tasks/" + member)
+	if !strings.Contains(body, "Next step") || !strings.Contains(body, `href="/admin/docket/tasks/`+wf.ID()+`"`) {
+		t.Error("a member's page does not link the step that takes its result")
+	}
+	dockettest.Drain(t, f.q)
+	if _, body, _ = f.get("/tasks/" + wf.ID()); !strings.Contains(body, "4 succeeded") {
+		t.Error("the body's page does not count the finished steps")
+	}
+}

@@ -26,6 +26,9 @@ import (
 //	fixture work [--fixed] [--until-idle] [--concurrency C] [--queues Q,...] [--max D]
 //	    run a worker; --fixed: the cause is fixed and failing tasks succeed;
 //	    --until-idle: stop once nothing is scheduled, ready or running
+//	fixture flow [--n N] [--fail F]
+//	    enqueue a chord: N "report" tasks (the first F failing) whose
+//	    results "report.total" adds up
 //	fixture schedule --name NAME [--every D]
 //	    define a schedule of "report" and record it in the backend
 //	fixture with-worker -- ARGS...
@@ -64,6 +67,41 @@ func reportTask(fixed bool) *docket.Task[reportArgs, reportResult] {
 	}, docket.MaxRetries(0))
 }
 
+// totalTask adds up the rows of the reports of a fixture flow.
+var totalTask = docket.NewTask("report.total", func(ctx context.Context, rs []reportResult) (int, error) {
+	n := 0
+	for _, r := range rs {
+		n += r.Rows
+	}
+	return n, nil
+})
+
+func fixtureFlow(ctx context.Context, args []string) error {
+	var n, fail int
+	_, u, r, err := fixtureFlags("flow", args, func(fs *flag.FlagSet) {
+		fs.IntVar(&n, "n", 3, "members")
+		fs.IntVar(&fail, "fail", 0, "of which fail")
+	})
+	if err != nil {
+		return err
+	}
+	q, err := openFixture(ctx, u, r)
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	members := make([]docket.Flow[reportResult], n)
+	for i := range members {
+		members[i] = docket.Step(reportTask(false), reportArgs{N: i + 1, Fail: i < fail})
+	}
+	wf, err := docket.EnqueueFlow(ctx, q, docket.Then(docket.Group(members...), totalTask))
+	if err != nil {
+		return err
+	}
+	fmt.Println("workflow", wf.ID())
+	return nil
+}
+
 func fixtureMain() int {
 	if len(os.Args) < 2 {
 		fmt.Fprintln(os.Stderr, "usage: fixture seed|work|schedule|with-worker|json ...")
@@ -78,6 +116,8 @@ func fixtureMain() int {
 		err = fixtureSeed(ctx, args)
 	case "work":
 		err = fixtureWork(ctx, args)
+	case "flow":
+		err = fixtureFlow(ctx, args)
 	case "schedule":
 		err = fixtureSchedule(ctx, args)
 	case "with-worker":
@@ -204,7 +244,7 @@ func fixtureWork(ctx context.Context, args []string) error {
 		return err
 	}
 	defer q.Close()
-	if err := q.Register(reportTask(fixed)); err != nil {
+	if err := q.Register(reportTask(fixed), totalTask); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, limit)

@@ -36,6 +36,8 @@ type taskJSON struct {
 	UniqueKey       string            `json:"unique_key"`
 	Headers         map[string]string `json:"headers"`
 	Worker          string            `json:"worker"`
+	Workflow        string            `json:"workflow,omitempty"`  // the workflow's id, for a step
+	NextStep        string            `json:"next_step,omitempty"` // the step that takes its result
 	Args            json.RawMessage   `json:"args"`
 	Result          json.RawMessage   `json:"result"`
 	Progress        json.RawMessage   `json:"progress"`
@@ -79,7 +81,7 @@ func taskOut(t *docket.TaskInfo, withAttempts bool) taskJSON {
 		Enqueued: timePtr(t.Created), ScheduledFor: timePtr(t.ETA), Started: timePtr(t.Started),
 		Finished: timePtr(t.Finished), Expires: timePtr(t.Expires), Error: t.Error,
 		CancelRequested: t.CancelRequested, UniqueKey: t.UniqueKey, Headers: map[string]string{},
-		Worker: t.Worker, Args: rawJSON(t.Args), Result: rawJSON(t.Result), Progress: rawJSON(t.Progress),
+		Worker: t.Worker, Workflow: t.Workflow, NextStep: t.Next, Args: rawJSON(t.Args), Result: rawJSON(t.Result), Progress: rawJSON(t.Progress),
 	}
 	for k, v := range t.Headers {
 		out.Headers[k] = v
@@ -297,6 +299,12 @@ func (a *app) printTask(t *docket.TaskInfo) error {
 	kv.row("Finished", fin)
 	if !t.Expires.IsZero() {
 		kv.row("Expires", when(t.Expires, now))
+	}
+	if t.Workflow != "" {
+		kv.row("Workflow", t.Workflow)
+	}
+	if t.Next != "" {
+		kv.row("Next step", t.Next)
 	}
 	if t.Worker != "" {
 		kv.row("Worker", t.Worker)

@@ -578,18 +578,24 @@ func (s *Store) Cancel(ctx context.Context, p transport.CancelParams) (transport
 }
 
 const infoCols = `id, name, queue, state, priority, run_at, expires_at, attempt, max_attempts, timeout_ms, ttl_ms,
-	unique_key, payload, meta, result, error, created_at, started_at, finished_at, cancel, owner, progress`
+	unique_key, payload, meta, result, error, created_at, started_at, finished_at, cancel, owner, progress,
+	flow, flow_next, flow_slot, flow_waits`
 
 func scanInfo(sc interface{ Scan(...any) error }, extra ...any) (transport.Info, error) {
 	var (
 		in                                                             transport.Info
 		runAt, expires, timeout, ttl, created, started, finished, canc int64
-		uk, mt, errText, owner                                         sql.NullString
+		uk, mt, errText, owner, flow, next                             sql.NullString
+		slot, waits                                                    int
 	)
 	err := sc.Scan(append([]any{&in.ID, &in.Name, &in.Queue, &in.State, &in.Priority, &runAt, &expires, &in.Attempt, &in.MaxAttempts,
-		&timeout, &ttl, &uk, &in.Payload, &mt, &in.Result, &errText, &created, &started, &finished, &canc, &owner, &in.Progress}, extra...)...)
+		&timeout, &ttl, &uk, &in.Payload, &mt, &in.Result, &errText, &created, &started, &finished, &canc, &owner, &in.Progress,
+		&flow, &next, &slot, &waits}, extra...)...)
 	if err != nil {
 		return in, err
+	}
+	if flow.Valid {
+		in.Flow = &transport.FlowStep{ID: flow.String, Next: next.String, Slot: slot, Waits: max(waits, 0)}
 	}
 	in.Owner = owner.String
 	in.RunAt, in.Expires, in.Created, in.Started, in.Finished = wire.FromMillis(runAt), wire.FromMillis(expires), wire.FromMillis(created), wire.FromMillis(started), wire.FromMillis(finished)
@@ -842,25 +848,19 @@ func leaseDecision(state transport.State, runAt, expires int64, attempt, maxAtte
 
 var _ transport.Workflows = (*Store)(nil)
 
-const stepCols = `, flow, flow_next, flow_slot, flow_waits, flow_mode, flow_catch, flow_branch`
-
 // Steps implements transport.Workflows. It reads from the pool.
 func (s *Store) Steps(ctx context.Context, p transport.StepsParams) ([]transport.Info, error) {
-	rows, err := s.rdb.QueryContext(ctx, "SELECT "+infoCols+stepCols+" FROM docket_tasks WHERE flow = ? ORDER BY id", p.ID)
+	rows, err := s.rdb.QueryContext(ctx, "SELECT "+infoCols+" FROM docket_tasks WHERE flow = ? ORDER BY id", p.ID)
 	if err != nil {
 		return nil, fmt.Errorf("docket: read workflow %s: %w", p.ID, classify(err))
 	}
 	defer rows.Close()
 	var out []transport.Info
 	for rows.Next() {
-		var f transport.FlowStep
-		var next, catch sql.NullString
-		in, err := scanInfo(rows, &f.ID, &next, &f.Slot, &f.Waits, &f.Mode, &catch, &f.Branch)
+		in, err := scanInfo(rows)
 		if err != nil {
 			return nil, fmt.Errorf("docket: read workflow %s: %w", p.ID, classify(err))
 		}
-		f.Next, f.Catch = next.String, catch.String
-		in.Flow = &f
 		out = append(out, in)
 	}
 	if err := rows.Err(); err != nil {

@@ -34,9 +34,10 @@ type app struct {
 	srv    *httptest.Server
 	broken atomic.Bool // reports.build fails while set
 	// gate, when set, holds reports.build until it is closed
-	gate  atomic.Pointer[chan struct{}]
-	build *docket.Task[Report, string]
-	mail  *docket.Task[string, string]
+	gate   atomic.Pointer[chan struct{}]
+	build  *docket.Task[Report, string]
+	mail   *docket.Task[string, string]
+	digest *docket.Task[[]string, int]
 }
 
 // Report is the arguments of the reports.build task.
@@ -68,7 +69,8 @@ func newApp(t *testing.T) *app {
 		return fmt.Sprintf("s3://reports/%s-%s.pdf", r.Customer, r.Month), nil
 	}, docket.MaxRetries(1), docket.RetryBackoff(docket.Exponential{Base: 10 * time.Millisecond, Max: 10 * time.Millisecond}))
 	a.mail = docket.NewTask("email.send", func(ctx context.Context, to string) (string, error) { return "queued for " + to, nil }, docket.OnQueue("emails"))
-	if err := q.Register(a.build, a.mail); err != nil {
+	a.digest = docket.NewTask("email.digest", func(ctx context.Context, sent []string) (int, error) { return len(sent), nil })
+	if err := q.Register(a.build, a.mail, a.digest); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.build.Schedule(q, "monthly-reports", docket.Cron("0 6 1 * *"), Report{Customer: "all", Month: "current"}); err != nil {
@@ -371,10 +373,26 @@ func TestScreenshots(t *testing.T) {
 	failed := a.seed(t)
 	ctx := browser(t)
 	base := a.srv.URL + "/admin/docket"
+	// A chord of three e-mails and a digest: the digest's page shows its
+	// workflow.
+	var sends []docket.Flow[string]
+	for _, to := range []string{"ann@example.com", "bob@example.com", "cy@example.com"} {
+		sends = append(sends, docket.Step(a.mail, to))
+	}
+	wf, err := docket.EnqueueFlow(context.Background(), a.q, docket.Then(docket.Group(sends...), a.digest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if n, err := wf.Wait(wctx); err != nil || n != 3 {
+		t.Fatalf("the digest workflow: %d, %v", n, err)
+	}
 	pages := []struct{ name, path string }{
 		{"overview", "/"},
 		{"tasks-failed", "/tasks?state=failed"},
 		{"task", "/tasks/" + failed[0].ID()},
+		{"workflow-step", "/tasks/" + wf.ID()},
 		{"schedules", "/schedules"},
 	}
 	out := filepath.Join("..", "..", "docs", "screenshots")
