@@ -193,6 +193,9 @@ func (q *Queue) throughEnqueueMW(ctx context.Context, msgs []transport.Message, 
 		// differ).
 		for i := range msgs {
 			msgs[i].Headers = mergeHeaders(msgs[i].Headers, before, e.Headers)
+			if err := validHeaders(msgs[i].Headers); err != nil {
+				return err
+			}
 		}
 		stored = true
 		return store(ctx)

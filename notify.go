@@ -54,10 +54,10 @@ func (q *Queue) claim(ctx context.Context, p transport.ClaimParams) (transport.C
 // attempts' events first, so that a Wait that returns has seen them.
 func (q *Queue) announceFinish(p transport.FinishParams, res []transport.FinishResult) {
 	var ended []string
-	requeued := false
+	requeued, steps := false, false
 	for i, o := range p.Items {
 		if o.Flow != "" && !res[i].Lost {
-			requeued = true // the next step may be ready
+			steps = true
 		}
 		switch {
 		case res[i].Lost:
@@ -72,6 +72,9 @@ func (q *Queue) announceFinish(p transport.FinishParams, res []transport.FinishR
 	}
 	if requeued {
 		q.onEvent(transport.Event{Kind: transport.EventReady})
+	}
+	if steps {
+		q.stepsEnded()
 	}
 }
 
@@ -92,11 +95,13 @@ func (q *Queue) cancel(ctx context.Context, id string) (transport.CancelResult, 
 	return res, nil
 }
 
-// stepsEnded wakes the workers after tasks ended that may be workflow
-// steps: the backend may have made the next step ready.
+// stepsEnded re-checks what this process waits for and runs, and wakes
+// its workers, after tasks ended that may be workflow steps: the backend
+// may have made the next step ready, ended the workflow (its last step,
+// whose Wait is here), or asked running steps to stop.
 func (q *Queue) stepsEnded() {
 	if q.flows {
-		q.onEvent(transport.Event{Kind: transport.EventReady})
+		q.onEvent(transport.Event{Kind: transport.EventChanged})
 	}
 }
 

@@ -13,6 +13,8 @@ import (
 
 	"github.com/docketq/docket"
 	"github.com/docketq/docket/dockettest"
+	"github.com/docketq/docket/store/sqlite"
+	"github.com/docketq/docket/transport"
 )
 
 // flowTasks are the tasks of the workflow tests: arithmetic whose results
@@ -369,5 +371,88 @@ func TestFlowCancelWhileRunning(t *testing.T) {
 	}
 	if bodyRan.Load() {
 		t.Fatal("the body ran after its workflow was cancelled")
+	}
+}
+
+// A claim whose statement ends one member (expired) fails the workflow
+// and cancels the sibling it was about to lease in the same statement:
+// the sibling is reported ended, never delivered.
+func TestFlowClaimLeavesCancelledSibling(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "claim.db")
+	clock := dockettest.NewClock(time.Date(2030, 1, 1, 9, 0, 0, 0, time.UTC))
+	q, err := docket.Open(bg, "sqlite:"+path, docket.WithClock(clock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	f := newFlowTasks(t, q)
+	wf, err := docket.EnqueueFlow(bg, q, docket.Then(docket.Group(docket.Step(f.double, 1, docket.Expires(time.Second)), docket.Step(f.double, 2)), f.sum))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := sqlite.Open(bg, sqlite.Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	now := clock.Now().Add(2 * time.Second)
+	res, err := st.Claim(bg, transport.ClaimParams{Now: now, Owner: "w", Queues: []string{docket.DefaultQueue}, Limit: 10, LeaseUntil: now.Add(time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Deliveries) != 0 || len(res.Ended) != 2 {
+		t.Fatalf("claim delivered %d and ended %+v; want nothing delivered and both members ended", len(res.Deliveries), res.Ended)
+	}
+	if _, err := wf.Wait(bg); !errors.Is(err, docket.ErrTaskFailed) || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("Wait error = %v, want the workflow failed by the expired member", err)
+	}
+}
+
+// An operator cannot retry a workflow step: its workflow has moved on.
+func TestFlowStepsAreNotRetried(t *testing.T) {
+	t.Parallel()
+	q, _ := dockettest.Open(t)
+	f := newFlowTasks(t, q)
+	wf, err := docket.EnqueueFlow(bg, q, docket.Then(docket.Group(docket.Step(f.fail, 1), docket.Step(f.double, 2)), f.sum))
+	if err != nil {
+		t.Fatal(err)
+	}
+	drain(t, q)
+	steps, err := wf.Info(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, s := range steps {
+		ids = append(ids, s.ID)
+	}
+	res, err := q.Act(bg, docket.ActionRetry, docket.Target{IDs: ids})
+	if err != nil || res.Changed != 0 {
+		t.Fatalf("retry of a failed workflow's steps: %+v, %v; want none changed", res, err)
+	}
+}
+
+// A failure inside a collecting step's branch ends the rest of the
+// branch in one statement, however wide the branch: here a chord of
+// 1,200 members whose first fails, beside a member that succeeds.
+func TestFlowWideBranchFails(t *testing.T) {
+	t.Parallel()
+	q, _ := dockettest.Open(t)
+	f := newFlowTasks(t, q)
+	members := []docket.Flow[int]{docket.Step(f.fail, 0)}
+	for i := 1; i < 1200; i++ {
+		members = append(members, docket.Step(f.double, i))
+	}
+	flow := docket.ThenOutcomes(docket.Group(docket.Then(docket.Group(members...), f.sum), docket.Step(f.double, 5)), f.tally)
+	wf, err := docket.EnqueueFlow(bg, q, flow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	drain(t, q)
+	got, err := wf.Wait(bg)
+	parts := strings.Split(got, ",")
+	if err != nil || len(parts) != 2 || !strings.Contains(parts[0], "no 0") || parts[1] != "10" {
+		t.Fatalf("tally = %q, %v; want the branch's error and 10", got, err)
 	}
 }

@@ -404,11 +404,13 @@ func readStats(ctx context.Context, tx *sql.Tx, now int64) (transport.Stats, err
 // Act statements, each for one task and guarded by the states the action
 // applies to (transport.Action.Applies), so that a task in another state
 // is left alone. A retry also leaves a task whose unique key another
-// unfinished task holds now: the unique index would refuse it.
+// unfinished task holds now: the unique index would refuse it, and a
+// workflow step: its workflow has moved on (a retried member would count
+// towards a join twice, a retried body would run without its arguments).
 const (
 	actRetrySQL = `UPDATE docket_tasks SET state = 2, run_at = ?1, max_attempts = attempt + ?2, expires_at = 0,
 		finished_at = 0, result = NULL, cancel = 0
-		WHERE id = ?3 AND state IN (5, 6, 7) AND (unique_key IS NULL OR NOT EXISTS
+		WHERE id = ?3 AND state IN (5, 6, 7) AND flow IS NULL AND (unique_key IS NULL OR NOT EXISTS
 			(SELECT 1 FROM docket_tasks u WHERE u.unique_key = docket_tasks.unique_key AND u.state <= 3))`
 	actCancelSQL = `UPDATE docket_tasks SET
 		state = CASE WHEN state IN (1, 2, 8) THEN 6 ELSE state END,

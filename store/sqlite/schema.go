@@ -121,8 +121,15 @@ var migrations = []string{
 	//   - docket_flow_join, when a step's count reaches zero, writes its
 	//     arguments from its predecessors' rows and makes it ready (or, for
 	//     a pass-through step, succeeded).
-	// Steps cancelled because their workflow failed carry flow_waits = -1,
-	// which keeps docket_flow_end from firing once per cancelled step.
+	// Steps ended because their workflow failed (cancelled), or because
+	// another step of their branch failed (all but the branch's last),
+	// carry flow_waits = -1, which keeps docket_flow_end from firing once
+	// per such step: its work is done by the statement that ended them.
+	// The arguments of a join are gathered from a subquery in slot order,
+	// not with an ORDER BY inside the aggregate, which SQLite before 3.44
+	// (the sqlite3 command of many systems) cannot read. The finished
+	// tasks' index leaves out the waiting steps (state 8), which the
+	// pruner never wants.
 	// Workflow connections set PRAGMA recursive_triggers, so that a
 	// pass-through step that succeeds advances its own successor.
 	`ALTER TABLE docket_tasks ADD COLUMN flow TEXT;
@@ -132,6 +139,8 @@ var migrations = []string{
 	ALTER TABLE docket_tasks ADD COLUMN flow_mode INTEGER NOT NULL DEFAULT 0;
 	ALTER TABLE docket_tasks ADD COLUMN flow_catch TEXT;
 	ALTER TABLE docket_tasks ADD COLUMN flow_branch INTEGER NOT NULL DEFAULT 0;
+	DROP INDEX docket_tasks_done;
+	CREATE INDEX docket_tasks_done ON docket_tasks (run_at) WHERE state >= 4 AND state <= 7;
 	CREATE INDEX docket_tasks_flow ON docket_tasks (flow, id) WHERE flow IS NOT NULL;
 	CREATE INDEX docket_tasks_flow_next ON docket_tasks (flow_next, flow_slot) WHERE flow_next IS NOT NULL;
 	CREATE TRIGGER docket_flow_end AFTER UPDATE OF state ON docket_tasks
@@ -141,14 +150,23 @@ var migrations = []string{
 		-- A success, or any end when the successor collects, counts down.
 		UPDATE docket_tasks SET flow_waits = flow_waits - 1, run_at = new.finished_at
 		WHERE id = new.flow_next AND state = 8 AND (new.state = 4 OR flow_mode & 2);
-		-- Any other end inside a collecting step's branch ends the branch:
-		-- its last step reports the error to the collecting step.
-		UPDATE docket_tasks SET state = 5, finished_at = new.finished_at,
+		-- Any other end inside a collecting step's branch ends the branch.
+		-- Its other steps end quietly (flow_waits = -1: their own ends
+		-- advance nothing), then its last step ends failed, and that end
+		-- reports the error to the collecting step.
+		UPDATE docket_tasks SET state = 5, flow_waits = -1, finished_at = new.finished_at,
 			run_at = new.finished_at + ttl_ms,
 			error = 'docket: step ' || new.id || ' (' || new.name || ') of its branch ended ' ||
 				` + stateNameSQL("new.state") + ` || coalesce(': ' || new.error, '')
 		WHERE new.state <> 4 AND new.flow_catch IS NOT NULL AND new.flow_next <> new.flow_catch
 			AND flow = new.flow AND flow_catch = new.flow_catch AND flow_branch = new.flow_branch
+			AND flow_next <> new.flow_catch AND state IN (1, 2, 8);
+		UPDATE docket_tasks SET state = 5, finished_at = new.finished_at,
+			run_at = new.finished_at + ttl_ms,
+			error = 'docket: step ' || new.id || ' (' || new.name || ') of its branch ended ' ||
+				` + stateNameSQL("new.state") + ` || coalesce(': ' || new.error, '')
+		WHERE new.state <> 4 AND new.flow_catch IS NOT NULL AND new.flow_next <> new.flow_catch
+			AND flow_next = new.flow_catch AND flow_branch = new.flow_branch AND flow = new.flow
 			AND state IN (1, 2, 8);
 		UPDATE docket_tasks SET cancel = 1
 		WHERE new.state <> 4 AND new.flow_catch IS NOT NULL AND new.flow_next <> new.flow_catch
@@ -182,9 +200,8 @@ var migrations = []string{
 			(SELECT json_group_array(CASE
 				WHEN new.flow_mode & 2 = 0 THEN json(coalesce(CAST(p.result AS TEXT), 'null'))
 				WHEN p.state = 4 THEN json_object('result', json(coalesce(CAST(p.result AS TEXT), 'null')))
-				ELSE json_object('error', coalesce(p.error, 'ended ' || ` + stateNameSQL("p.state") + `)) END
-				ORDER BY p.flow_slot)
-			FROM docket_tasks p WHERE p.flow_next = new.id)
+				ELSE json_object('error', coalesce(p.error, 'ended ' || ` + stateNameSQL("p.state") + `)) END)
+			FROM (SELECT state, result, error FROM docket_tasks WHERE flow_next = new.id ORDER BY flow_slot) p)
 		END AS BLOB)
 		WHERE id = new.id;
 		UPDATE docket_tasks SET
@@ -196,9 +213,10 @@ var migrations = []string{
 	END;`,
 }
 
-// stateNameSQL is the SQL expression naming the terminal state in expr.
+// stateNameSQL is the SQL expression naming the state in expr, a
+// terminal one.
 func stateNameSQL(expr string) string {
-	return "CASE " + expr + " WHEN 4 THEN 'succeeded' WHEN 5 THEN 'failed' WHEN 6 THEN 'cancelled' ELSE 'expired' END"
+	return "CASE " + expr + " WHEN 4 THEN 'succeeded' WHEN 5 THEN 'failed' WHEN 6 THEN 'cancelled' WHEN 7 THEN 'expired' ELSE 'not ended' END"
 }
 
 // SchemaError reports a database file this version of docket cannot use:

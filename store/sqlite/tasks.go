@@ -231,12 +231,18 @@ func queryOne(ctx context.Context, r runner, dest []any, query string, args ...a
 // was their last, or cancelled when a cancel was pending. Attempts were
 // counted at claim, so a task that kills its worker every time still ends.
 // A rescue records the lost attempt; the owner stays (Info.Owner).
+//
+// Every assignment leaves alone a row that is no longer scheduled or
+// running when its turn comes: the workflow trigger, fired by an earlier
+// row of the same statement, may have ended it (SQLite does not check the
+// WHERE again for rows a trigger changed). Such a row is returned in its
+// terminal state, and reported as ended. claimSQL does the same.
 var promoteSQL = `UPDATE docket_tasks SET
-	state = CASE WHEN state = 1 THEN 2 ELSE ` + rescueState + ` END,
-	error = CASE WHEN state = 1 THEN error ELSE ` + rescueError + ` END,
+	state = CASE WHEN state = 1 THEN 2 WHEN state = 3 THEN ` + rescueState + ` ELSE state END,
+	error = CASE WHEN state = 3 THEN ` + rescueError + ` ELSE error END,
 	finished_at = CASE WHEN state = 3 AND (cancel = 1 OR attempt >= max_attempts) THEN ?1 ELSE finished_at END,
-	run_at = CASE WHEN state = 1 THEN run_at WHEN cancel = 1 OR attempt >= max_attempts THEN ?1 + ttl_ms ELSE ?1 END,
-	attempts = CASE WHEN state = 1 THEN attempts ELSE ` + appendAttempt(rescueState, rescueError, "?1") + ` END
+	run_at = CASE WHEN state <> 3 THEN run_at WHEN cancel = 1 OR attempt >= max_attempts THEN ?1 + ttl_ms ELSE ?1 END,
+	attempts = CASE WHEN state = 3 THEN ` + appendAttempt(rescueState, rescueError, "?1") + ` ELSE attempts END
 	WHERE state IN (1, 3) AND run_at <= ?1
 	RETURNING id, state, queue, name, attempt`
 
@@ -251,14 +257,14 @@ const (
 // claimSQL leases the first ready tasks of one queue in priority, then due
 // time, order. A task past its expiry is moved to expired instead.
 const claimSQL = `UPDATE docket_tasks SET
-	state = CASE WHEN expires_at > 0 AND expires_at <= ?1 THEN 7 ELSE 3 END,
-	attempt = attempt + CASE WHEN expires_at > 0 AND expires_at <= ?1 THEN 0 ELSE 1 END,
-	owner = CASE WHEN expires_at > 0 AND expires_at <= ?1 THEN owner ELSE ?2 END,
-	run_at = CASE WHEN expires_at > 0 AND expires_at <= ?1 THEN ?1 + ttl_ms ELSE ?3 END,
-	started_at = CASE WHEN expires_at > 0 AND expires_at <= ?1 THEN started_at ELSE ?1 END,
-	progress = NULL,
-	finished_at = CASE WHEN expires_at > 0 AND expires_at <= ?1 THEN ?1 ELSE 0 END,
-	error = CASE WHEN expires_at > 0 AND expires_at <= ?1 THEN 'expired before start' ELSE error END
+	state = CASE WHEN state <> 2 THEN state WHEN expires_at > 0 AND expires_at <= ?1 THEN 7 ELSE 3 END,
+	attempt = attempt + CASE WHEN state <> 2 OR (expires_at > 0 AND expires_at <= ?1) THEN 0 ELSE 1 END,
+	owner = CASE WHEN state <> 2 OR (expires_at > 0 AND expires_at <= ?1) THEN owner ELSE ?2 END,
+	run_at = CASE WHEN state <> 2 THEN run_at WHEN expires_at > 0 AND expires_at <= ?1 THEN ?1 + ttl_ms ELSE ?3 END,
+	started_at = CASE WHEN state <> 2 OR (expires_at > 0 AND expires_at <= ?1) THEN started_at ELSE ?1 END,
+	progress = CASE WHEN state <> 2 THEN progress END,
+	finished_at = CASE WHEN state <> 2 THEN finished_at WHEN expires_at > 0 AND expires_at <= ?1 THEN ?1 ELSE 0 END,
+	error = CASE WHEN state = 2 AND expires_at > 0 AND expires_at <= ?1 THEN 'expired before start' ELSE error END
 	WHERE rowid IN (SELECT rowid FROM docket_tasks WHERE state = 2 AND queue = ?4 %s
 		ORDER BY priority DESC, run_at, id LIMIT %d)
 	RETURNING ` + deliveryCols
@@ -834,6 +840,8 @@ func leaseDecision(state transport.State, runAt, expires int64, attempt, maxAtte
 		return 0, "held"
 	case state == transport.StateScheduled && runAt > now:
 		return 0, "not due"
+	case state == transport.StateWaiting:
+		return 0, "waiting" // a workflow step whose predecessors run
 	case state == transport.StateRunning && cancel:
 		return transport.StateCancelled, fmt.Sprintf("cancelled; the worker was lost in attempt %d", attempt)
 	case cancel:

@@ -59,6 +59,10 @@ type Features struct {
 	// transport.ScheduleAdmin when it claims Schedules too (contract tests
 	// Admin*, ScheduleAdmin; tests Operate and PauseQueue).
 	Admin bool
+	// Workflows: the transport implements transport.Workflows, storing
+	// workflow steps and advancing them as they end (EnqueueFlow; tests
+	// Workflow*).
+	Workflows bool
 }
 
 // implemented returns the interface features tr implements.
@@ -69,7 +73,8 @@ func implemented(tr transport.Transport) Features {
 	_, byID := tr.(transport.IDClaimer)
 	_, tx := tr.(transport.TxEnqueuer)
 	_, admin := tr.(transport.Admin)
-	return Features{Schedules: sched, Listing: list, Pruning: prune, ClaimByID: byID, TxEnqueue: tx, Admin: admin}
+	_, flows := tr.(transport.Workflows)
+	return Features{Schedules: sched, Listing: list, Pruning: prune, ClaimByID: byID, TxEnqueue: tx, Admin: admin, Workflows: flows}
 }
 
 // mismatches lists where tr's optional interfaces differ from the claims
@@ -87,6 +92,7 @@ func mismatches(tr transport.Transport, f Features) []string {
 		{"ClaimByID", "transport.IDClaimer", f.ClaimByID, has.ClaimByID},
 		{"TxEnqueue", "transport.TxEnqueuer", f.TxEnqueue, has.TxEnqueue},
 		{"Admin", "transport.Admin", f.Admin, has.Admin},
+		{"Workflows", "transport.Workflows", f.Workflows, has.Workflows},
 	} {
 		switch {
 		case c.claimed && !c.has:
@@ -138,6 +144,15 @@ func testFeatures(t *testing.T, b Backend) {
 	checkAPI("Queue.List (Listing)", f.Listing, err)
 	_, err = q.DB()
 	checkAPI("Queue.DB (TxEnqueue)", f.TxEnqueue, err)
+	// A step of an unregistered name: refused either way, and only for
+	// that reason where workflows are claimed.
+	_, err = docket.EnqueueFlow(bg, q, docket.StepByName("transporttest.unregistered", 1))
+	if f.Workflows && !errors.Is(err, docket.ErrUnknownTask) {
+		t.Errorf("EnqueueFlow (Workflows) = %v, want ErrUnknownTask for an unregistered step", err)
+	}
+	if !f.Workflows && !errors.Is(err, docket.ErrUnsupported) {
+		t.Errorf("EnqueueFlow = %v, want ErrUnsupported from a backend that does not claim Workflows", err)
+	}
 	_, err = q.Search(bg, docket.SearchOptions{Limit: 1})
 	checkAPI("Queue.Search (Admin)", f.Admin, err)
 	task := docket.NewTask("tt.features", func(ctx context.Context, _ int) (int, error) { return 0, nil })

@@ -37,7 +37,8 @@
 //   - The other subtests run docket's public API end to end on URLs from
 //     NewURL, with real time: enqueue, run and wait, from one Queue or
 //     two; ETAs, retries, expiry, priorities, unique keys, cancel,
-//     graceful shutdown, schedules, listing and transactional enqueue.
+//     graceful shutdown, schedules, listing, transactional enqueue,
+//     the operations API and workflows.
 //
 // A subtest of a feature the backend does not claim is skipped; one of a
 // claimed feature always runs.
@@ -116,6 +117,9 @@ func Run(t *testing.T, b Backend) {
 		{"TxEnqueue", testTxEnqueue},
 		{"Operate", testOperate},
 		{"PauseQueue", testPauseQueue},
+		{"WorkflowShapes", testWorkflowShapes},
+		{"WorkflowFailures", testWorkflowFailures},
+		{"WorkflowCancel", testWorkflowCancel},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
