@@ -53,11 +53,18 @@ func (q *Queue) claim(ctx context.Context, p transport.ClaimParams) (transport.C
 // ended, and new work for retries and releases. The caller reports the
 // attempts' events first, so that a Wait that returns has seen them.
 func (q *Queue) announceFinish(p transport.FinishParams, res []transport.FinishResult) {
-	var ended []string
-	requeued, steps := false, false
+	var ended, flows []string
+	requeued, failed := false, false
 	for i, o := range p.Items {
 		if o.Flow != "" && !res[i].Lost {
-			steps = true
+			// The backend may have made the next step ready, or ended the
+			// workflow with a step that no worker runs (a group's
+			// gathering step): wake the workers and the workflow's Wait.
+			// A step that did not succeed may also have failed the
+			// workflow and flagged its running steps.
+			requeued = true
+			flows = append(flows, o.Flow)
+			failed = failed || o.State != transport.StateSucceeded
 		}
 		switch {
 		case res[i].Lost:
@@ -73,7 +80,10 @@ func (q *Queue) announceFinish(p transport.FinishParams, res []transport.FinishR
 	if requeued {
 		q.onEvent(transport.Event{Kind: transport.EventReady})
 	}
-	if steps {
+	if len(flows) > 0 {
+		q.waiters.notify(flows)
+	}
+	if failed {
 		q.stepsEnded()
 	}
 }
