@@ -104,7 +104,7 @@ func workerMain() int {
 		return 1
 	}
 	defer q.Close()
-	if err := q.Register(echoTask, blockTask, stuckTask, crashTask, tickTask, faultTask, tallyTask); err != nil {
+	if err := q.Register(echoTask, blockTask, stuckTask, crashTask, tickTask, faultTask, tallyTask, chordMemberTask, chordBodyTask); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
@@ -186,7 +186,7 @@ func openFile(t *testing.T, path string, opts ...docket.Option) *docket.Queue {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { q.Close() })
-	if err := q.Register(echoTask, blockTask, stuckTask, crashTask, tickTask, faultTask, tallyTask); err != nil {
+	if err := q.Register(echoTask, blockTask, stuckTask, crashTask, tickTask, faultTask, tallyTask, chordMemberTask, chordBodyTask); err != nil {
 		t.Fatal(err)
 	}
 	return q
