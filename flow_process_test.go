@@ -123,18 +123,35 @@ var chordBodyTask = docket.NewTask("fault.body", func(ctx context.Context, ms []
 }, docket.MaxRetries(50))
 
 // A chord of 1,000 members (10,000 with DOCKET_TEST_LONG=1) runs on
-// three worker processes that are SIGKILLed at random until it ends: the
-// body runs with every member's result, in order; the history checker
-// finds no step lost, none run after it ended, no result written by a
-// stale attempt.
+// worker processes that are SIGKILLed at random until it ends, on SQLite
+// and on Redis: the body runs with every member's result, in order; the
+// history checker finds no step lost, none run after it ended, no result
+// written by a stale attempt.
 func TestFaultChordKills(t *testing.T) {
 	t.Parallel()
+	t.Run("sqlite", func(t *testing.T) {
+		t.Parallel()
+		chordKills(t, "sqlite:"+filepath.Join(t.TempDir(), "chord.db"))
+	})
+	t.Run("redis", func(t *testing.T) {
+		t.Parallel()
+		chordKills(t, redisURL(t))
+	})
+}
+
+func chordKills(t *testing.T, db string) {
 	n := longtest.Pick(1000, 10_000)
 	dir := t.TempDir()
 	hdir := filepath.Join(dir, "history")
 	os.Mkdir(hdir, 0o700)
-	db := filepath.Join(dir, "chord.db")
-	q := openFile(t, db)
+	q, err := docket.Open(bg, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	if err := q.Register(chordMemberTask, chordBodyTask); err != nil {
+		t.Fatal(err)
+	}
 	h, _ := history.Open(filepath.Join(hdir, "test.jsonl"))
 	defer h.Close()
 	members := make([]docket.Flow[chordMember], n)

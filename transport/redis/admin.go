@@ -39,7 +39,8 @@ var (
 )
 
 // Index set names (see scripts.go): "1" scheduled and never attempted, "r"
-// retrying, "4".."7" finished. "2" and "3" (ready, running) name no set:
+// retrying, "4".."7" finished, "8" waiting workflow steps. "2" and "3"
+// (ready, running) name no set:
 // filters only.
 const (
 	ixRetrying = "r"
@@ -48,7 +49,7 @@ const (
 )
 
 // ixSets are the index sets a queue has.
-var ixSets = []string{"1", ixRetrying, "4", "5", "6", "7"}
+var ixSets = []string{"1", ixRetrying, "4", "5", "6", "7", "8"}
 
 // ixOf names the index set (or, ready and running, the filter) of a task
 // in state st after att claims.

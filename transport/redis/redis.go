@@ -378,9 +378,13 @@ func messageArgs(args []any, m *transport.Message) ([]any, error) {
 	if m.ReturnExisting {
 		ret = "1"
 	}
-	return append(args, m.ID, m.Name, m.Queue, m.Priority, wire.Millis(m.ETA), wire.Millis(m.Expires), m.MaxAttempts,
+	args = append(args, m.ID, m.Name, m.Queue, m.Priority, wire.Millis(m.ETA), wire.Millis(m.Expires), m.MaxAttempts,
 		m.Timeout.Milliseconds(), m.ResultTTL.Milliseconds(), m.UniqueKey, ukHash(m.UniqueKey),
-		string(m.Payload), meta, created, ret), nil
+		string(m.Payload), meta, created, ret)
+	if f := m.Flow; f != nil {
+		return append(args, f.ID, f.Next, f.Slot, f.Waits, int(f.Mode), f.Catch, f.Branch), nil
+	}
+	return append(args, "", "", -1, 0, 0, "", 0), nil
 }
 
 // outcomeUnknown reports whether a failed script call may still have run:
@@ -460,7 +464,8 @@ func (t *Transport) Claim(ctx context.Context, p transport.ClaimParams) (transpo
 }
 
 // deliveryFrom reads a leased task from the script's fields: name queue
-// prio exp att max tmo ttl uk pay meta created err.
+// prio exp att max tmo ttl uk pay meta created err, the id (not read
+// here), and fl (its workflow).
 func deliveryFrom(f []any, id, owner string, leaseUntil time.Time) (transport.Delivery, error) {
 	d := transport.Delivery{Owner: owner, LeaseUntil: leaseUntil}
 	d.ID, d.Name, d.Queue, d.Priority = id, str(f, 0), str(f, 1), int(num(f, 2))
@@ -468,6 +473,9 @@ func deliveryFrom(f []any, id, owner string, leaseUntil time.Time) (transport.De
 	d.Timeout, d.ResultTTL = time.Duration(num(f, 6))*time.Millisecond, time.Duration(num(f, 7))*time.Millisecond
 	d.UniqueKey, d.Payload = str(f, 8), []byte(str(f, 9))
 	d.Created, d.LastError = wire.FromMillis(num(f, 11)), str(f, 12)
+	if fl := str(f, 14); fl != "" {
+		d.Flow = &transport.FlowStep{ID: fl}
+	}
 	return d, wire.DecodeDeliveryMeta(str(f, 10), &d.Message)
 }
 
@@ -612,7 +620,62 @@ func infoFrom(id string, h map[string]string) (transport.Info, error) {
 	if in.State == transport.StateScheduled {
 		in.ETA = in.RunAt
 	}
+	if fl := h["fl"]; fl != "" {
+		in.Flow = &transport.FlowStep{ID: fl, Next: h["fn"], Slot: int(n("fs")), Waits: max(int(n("fw")), 0)}
+	}
 	return in, wire.DecodeMeta(h["meta"], &in.Message)
+}
+
+var _ transport.Workflows = (*Transport)(nil)
+
+// Steps implements transport.Workflows.
+func (t *Transport) Steps(ctx context.Context, p transport.StepsParams) ([]transport.Info, error) {
+	ids, err := t.rdb.SMembers(ctx, t.key("f", p.ID)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("docket: redis read workflow %s: %w", p.ID, t.wrap(err))
+	}
+	slices.Sort(ids)
+	pipe := t.rdb.Pipeline()
+	cmds := make([]*goredis.MapStringStringCmd, len(ids))
+	for i, id := range ids {
+		cmds[i] = pipe.HGetAll(ctx, t.key("t", id))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
+		return nil, fmt.Errorf("docket: redis read workflow %s: %w", p.ID, t.wrap(err))
+	}
+	out := make([]transport.Info, 0, len(ids))
+	for i, c := range cmds {
+		h := c.Val()
+		if len(h) == 0 || h["state"] == "" {
+			continue // pruned since
+		}
+		in, err := infoFrom(ids[i], h)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, in)
+	}
+	return out, nil
+}
+
+// CancelFlow implements transport.Workflows: one script.
+func (t *Transport) CancelFlow(ctx context.Context, p transport.CancelParams) (transport.CancelFlowResult, error) {
+	var res transport.CancelFlowResult
+	v, err := t.run(ctx, cancelFlowScript, wire.Millis(p.Now), p.ID)
+	if err != nil {
+		return res, fmt.Errorf("docket: redis cancel workflow %s: %w", p.ID, err)
+	}
+	if n, ok := v.(int64); ok && n < 0 {
+		return res, fmt.Errorf("docket: cancel workflow %s: %w", p.ID, transport.ErrNotFound)
+	}
+	parts := row(v)
+	for _, x := range row(parts[0]) {
+		res.Ended = append(res.Ended, str([]any{x}, 0))
+	}
+	for _, x := range row(parts[1]) {
+		res.Running = append(res.Running, str([]any{x}, 0))
+	}
+	return res, nil
 }
 
 // Lookup implements transport.Transport.

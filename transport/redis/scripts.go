@@ -37,7 +37,8 @@ const cancelledAtRelease = "cancelled; its worker released it before it finished
 //	{P}:a:<queue>      zset, every score 0: the ids of all the queue's tasks
 //	{P}:x:<queue>:<ix> zset, every score 0: the ids of the queue's tasks in
 //	                   index set ix: "1" scheduled and never attempted, "r"
-//	                   scheduled to retry (attempted), "4".."7" finished, by
+//	                   scheduled to retry (attempted), "8" waiting (a
+//	                   workflow step), "4".."7" finished, by
 //	                   state. Ready and running tasks are in none (their
 //	                   'ix' is "0"): the claim and the finish of a task,
 //	                   the hot path, then cost no index move but the final
@@ -131,10 +132,15 @@ local function unqueue(id, queue, st)
 	end
 end
 
+-- flow_end advances the workflow of a step that just ended (below);
+-- flows_ended is set once it ended other steps during this script run.
+local flow_end
+local flows_ended = false
+
 -- terminal moves a task to a final state: out of its queue, into done,
--- unique key released, waiters told. Its owner stays. extra: more
--- field/value pairs for its hash; pre: its fields queue ttl ukh ix state,
--- when the caller has read them.
+-- unique key released, waiters told, its workflow advanced. Its owner
+-- stays. extra: more field/value pairs for its hash; pre: its fields
+-- queue ttl ukh ix state, when the caller has read them.
 local function terminal(id, state, now, err, res, extra, pre)
 	local tk = k('t', id)
 	local f = pre or redis.call('HMGET', tk, 'queue', 'ttl', 'ukh', 'ix', 'state')
@@ -150,6 +156,7 @@ local function terminal(id, state, now, err, res, extra, pre)
 	if res then append(fields, {'res', res}) end
 	redis.call('HSET', tk, unpack(append(fields, extra)))
 	publish('d ' .. id)
+	flow_end(id, state, now)
 end
 
 -- make_ready puts a task in its queue's ready set, due at due; old is its
@@ -163,14 +170,133 @@ local function make_ready(id, queue, prio, due, old, extra)
 	end
 	redis.call('HSET', k('t', id), unpack(append(fields, extra)))
 end
+
+-- Workflows (transport.FlowStep). A step's hash holds fl (its workflow:
+-- the id of the last step), fn (the step that takes its result), fs (its
+-- slot there), fw (the predecessors it waits for; -1 once it ended with
+-- its workflow or branch, so that its end advances nothing), fm (how it
+-- takes its predecessors' results: 1 array, 2 outcomes, 4 pass-through),
+-- fc and fb (the collecting step its result leads to, and the slot).
+-- {P}:f:<workflow> is the set of its steps, {P}:fp:<step> the zset of a
+-- step's predecessors by slot, {P}:fb:<catch>:<slot> the set of a
+-- collecting step's branch. terminal calls flow_end for every task that
+-- ends, whatever ended it, so that no script can forget to advance a
+-- workflow: the same design as SQLite's triggers.
+local function has(mode, bit) return math.floor(tonumber(mode) or 0) / bit % 2 >= 1 end
+local function state_name(st)
+	return ({['4'] = 'succeeded', ['5'] = 'failed', ['6'] = 'cancelled', ['7'] = 'expired'})[tostring(st)] or 'not ended'
+end
+local function unfinished(st) return st == '1' or st == '2' or st == '8' end
+
+-- flow_join gives step id, whose predecessors have all ended, its
+-- arguments, and makes it ready, or completes a pass-through step.
+local function flow_join(id, now)
+	local tk = k('t', id)
+	local f = redis.call('HMGET', tk, 'fm', 'queue', 'prio', 'ix')
+	local preds = redis.call('ZRANGE', k('fp', id), 0, -1)
+	local args
+	if not has(f[1], 1) then
+		args = redis.call('HGET', k('t', preds[1]), 'res') or 'null'
+	else
+		local parts = {}
+		for i, p in ipairs(preds) do
+			local g = redis.call('HMGET', k('t', p), 'state', 'res', 'err')
+			local r = g[2]
+			if not r or r == '' then r = 'null' end
+			if not has(f[1], 2) then
+				parts[i] = r
+			elseif g[1] == '4' then
+				parts[i] = '{"result":' .. r .. '}'
+			else
+				local e = g[3]
+				if not e or e == '' then e = 'ended ' .. state_name(g[1]) end
+				parts[i] = '{"error":' .. cjson.encode(e) .. '}'
+			end
+		end
+		args = '[' .. table.concat(parts, ',') .. ']'
+	end
+	redis.call('HSET', tk, 'pay', args)
+	if has(f[1], 4) then
+		terminal(id, 4, now, '', args)
+	else
+		make_ready(id, f[2], f[3], now, f[4])
+		wake(f[2])
+	end
+end
+
+-- stop asks a running step to stop (its worker hears the cancel).
+local function stop(id)
+	redis.call('HSET', k('t', id), 'cancel', 1)
+	publish('c ' .. id)
+end
+
+flow_end = function(id, state, now)
+	local f = redis.call('HMGET', k('t', id), 'fl', 'fn', 'fw', 'fc', 'fb', 'name', 'err')
+	if not f[1] or f[1] == '' or tonumber(f[3]) < 0 then return end
+	local fl, fn, fc, fb = f[1], f[2] or '', f[4] or '', f[5] or ''
+	-- A success, or any end when the next step collects, counts down.
+	if fn ~= '' then
+		local g = redis.call('HMGET', k('t', fn), 'state', 'fm')
+		if g[1] == '8' and (state == 4 or has(g[2], 2)) then
+			if redis.call('HINCRBY', k('t', fn), 'fw', -1) == 0 then flow_join(fn, now) end
+			return
+		end
+	end
+	if state == 4 then return end
+	local why = ' (' .. (f[6] or '') .. ') ended ' .. state_name(state)
+	local cause = why
+	if f[7] and f[7] ~= '' then cause = why .. ': ' .. f[7] end
+	if fc ~= '' then
+		-- Inside a collecting step's branch: its other steps end quietly,
+		-- then its last step ends failed and reports to the collecting one.
+		if fn == fc then return end
+		local head = nil
+		for _, m in ipairs(redis.call('SMEMBERS', k('fb', fc .. ':' .. fb))) do
+			local g = redis.call('HMGET', k('t', m), 'state', 'fn')
+			if g[1] == '3' then
+				stop(m)
+			elseif unfinished(g[1]) then
+				if g[2] == fc then
+					head = m
+				else
+					redis.call('HSET', k('t', m), 'fw', -1)
+					flows_ended = true
+					terminal(m, 5, now, 'docket: step ' .. id .. cause)
+				end
+			end
+		end
+		if head then
+			flows_ended = true
+			terminal(head, 5, now, 'docket: step ' .. id .. cause)
+		end
+		return
+	end
+	-- Elsewhere the workflow fails: its last step with the cause, then
+	-- the rest is cancelled.
+	flows_ended = true
+	if fl ~= id and unfinished(redis.call('HGET', k('t', fl), 'state')) then
+		terminal(fl, 5, now, 'docket: workflow step ' .. id .. cause)
+	end
+	for _, m in ipairs(redis.call('SMEMBERS', k('f', fl))) do
+		local st = redis.call('HGET', k('t', m), 'state')
+		if st == '3' then
+			redis.call('HSET', k('t', m), 'fw', -1)
+			stop(m)
+		elseif unfinished(st) then
+			redis.call('HSET', k('t', m), 'fw', -1)
+			terminal(m, 6, now, 'docket: cancelled: workflow step ' .. id .. why)
+		end
+	end
+end
 `
 
 // libMsg: messages as enqueue arguments (enqueue, schedule fire and
 // trigger).
 var libMsg = `
--- Messages travel as 15 ARGV fields each, starting at base:
+-- Messages travel as 22 ARGV fields each, starting at base:
 -- id name queue prio eta exp max tmo ttl uk ukh pay meta created retexisting
-local MF = 15
+-- fl fn fs fw fm fc fb (a workflow step's links; fl empty for a plain task)
+local MF = 22
 -- check returns nil if message i can be inserted, else a reply row.
 local function check(base, token)
 	local id, uk, ukh, retex = ARGV[base], ARGV[base+9], ARGV[base+10], ARGV[base+14]
@@ -197,19 +323,33 @@ local function insert(base, now, token)
 	local eta, exp, ttl = tonumber(ARGV[base+4]), tonumber(ARGV[base+5]), tonumber(ARGV[base+8])
 	local uk, ukh = ARGV[base+9], ARGV[base+10]
 	local tk = k('t', id)
+	local fl, fw = ARGV[base+15], tonumber(ARGV[base+18])
 	local expired = exp > 0 and exp <= now
 	local state, runat = 2, now
-	if not expired and eta > now then state, runat = 1, eta end
+	if fl ~= '' and fw > 0 then
+		state, expired = 8, false
+	elseif not expired and eta > now then
+		state, runat = 1, eta
+	end
 	local ix = ixof(state, 0)
 	redis.call('HSET', tk, 'name', name, 'queue', queue, 'prio', prio, 'exp', exp, 'att', 0,
 		'max', ARGV[base+6], 'tmo', ARGV[base+7], 'ttl', ttl, 'owner', '', 'cancel', 0,
 		'uk', uk, 'ukh', ukh, 'pay', ARGV[base+11], 'meta', ARGV[base+12], 'created', ARGV[base+13],
 		'started', 0, 'finished', 0, 'tok', token, 'state', state, 'run_at', runat, 'ix', ix)
+	if fl ~= '' then
+		local fn, fs, fc, fb = ARGV[base+16], ARGV[base+17], ARGV[base+20], ARGV[base+21]
+		redis.call('HSET', tk, 'fl', fl, 'fn', fn, 'fs', fs, 'fw', fw, 'fm', ARGV[base+19], 'fc', fc, 'fb', fb)
+		redis.call('SADD', k('f', fl), id)
+		if fn ~= '' then redis.call('ZADD', k('fp', fn), tonumber(fs), id) end
+		if fc ~= '' then redis.call('SADD', k('fb', fc .. ':' .. fb), id) end
+	end
 	redis.call('ZADD', k('a', queue), 0, id)
 	if ix ~= '0' then redis.call('ZADD', k('x', queue .. ':' .. ix), 0, id) end
 	if uk ~= '' then redis.call('SET', k('u', ukh), id) end
 	if expired then
 		terminal(id, 7, now, 'expired before enqueue', nil)
+	elseif state == 8 then
+		-- a workflow step: it waits for its predecessors
 	elseif state == 1 then
 		redis.call('ZADD', k('sched'), eta, id)
 	else
@@ -258,6 +398,23 @@ end
 
 // libDelete: removing tasks from the indexes (prune, act, heal).
 var libDelete = `
+-- flow_running reports whether id is a step of a workflow that has not
+-- ended: its row holds arguments of later steps, so it stays.
+local function flow_running(id)
+	local fl = redis.call('HGET', k('t', id), 'fl')
+	if not fl or fl == '' then return false end
+	local st = redis.call('HGET', k('t', fl), 'state')
+	return st ~= false and tonumber(st) ~= nil and (tonumber(st) < 4 or tonumber(st) > 7)
+end
+-- unflow removes a step about to be deleted from its workflow's sets.
+local function unflow(id)
+	local f = redis.call('HMGET', k('t', id), 'fl', 'fn', 'fc', 'fb')
+	if not f[1] or f[1] == '' then return end
+	redis.call('SREM', k('f', f[1]), id)
+	if f[2] and f[2] ~= '' then redis.call('ZREM', k('fp', f[2]), id) end
+	if f[3] and f[3] ~= '' then redis.call('SREM', k('fb', f[3] .. ':' .. f[4]), id) end
+	redis.call('DEL', k('fp', id))
+end
 -- unindex removes a task about to be deleted from its queue's indexes.
 local function unindex(id, queue, old)
 	if old and old ~= '0' then redis.call('ZREM', k('x', queue .. ':' .. old), id) end
@@ -346,7 +503,7 @@ flush(now)
 -- The delivery's fields (deliveryFrom), and ix: read in one HMGET when
 -- no task name is excluded (the common case); with exclusions, the name
 -- first, so that a skipped task costs little.
-local DF = {'name', 'queue', 'prio', 'exp', 'att', 'max', 'tmo', 'ttl', 'uk', 'pay', 'meta', 'created', 'err', 'ix'}
+local DF = {'name', 'queue', 'prio', 'exp', 'att', 'max', 'tmo', 'ttl', 'uk', 'pay', 'meta', 'created', 'err', 'ix', 'fl'}
 local nx = tonumber(ARGV[7 + nq])
 local got = {}
 for qi = 1, nq do
@@ -360,7 +517,11 @@ for qi = 1, nq do
 			if #got >= limit then break end
 			local tk = k('t', id)
 			local f = nil
-			if nx == 0 or not excl[redis.call('HGET', tk, 'name')] then
+			if flows_ended and not redis.call('ZSCORE', k('r', q), id) then
+				-- A workflow step that an earlier end in this claim ended
+				-- (its workflow failed): it is no longer ready.
+				from = from - 1
+			elseif nx == 0 or not excl[redis.call('HGET', tk, 'name')] then
 				f = redis.call('HMGET', tk, unpack(DF))
 			end
 			if f then
@@ -495,7 +656,7 @@ local tk = k('t', id)
 local st = redis.call('HGET', tk, 'state')
 if not st then return -1 end
 st = tonumber(st)
-if st == 1 or st == 2 then
+if st == 1 or st == 2 or st == 8 then
 	terminal(id, 6, now, 'cancelled before start', nil)
 	return 6
 elseif st == 3 then
@@ -509,21 +670,53 @@ return st
 var pruneScript = goredis.NewScript(lib + libDelete + `
 local ids = redis.call('ZRANGEBYSCORE', k('done'), '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
 local touched = {}
+local n = 0
 for _, id in ipairs(ids) do
-	local f = redis.call('HMGET', k('t', id), 'queue', 'ix')
-	if f[1] then
-		unindex(id, f[1], f[2])
-		touched[f[1]] = true
+	if flow_running(id) then
+		-- Kept while its workflow runs; looked at again a TTL later.
+		redis.call('ZADD', k('done'), tonumber(ARGV[2]) + tonumber(redis.call('HGET', k('t', id), 'ttl') or 60000), id)
+	else
+		local f = redis.call('HMGET', k('t', id), 'queue', 'ix')
+		if f[1] then
+			unindex(id, f[1], f[2])
+			touched[f[1]] = true
+		end
+		unflow(id)
+		redis.call('DEL', k('t', id))
+		redis.call('ZREM', k('done'), id)
+		n = n + 1
 	end
-	redis.call('DEL', k('t', id))
-	redis.call('ZREM', k('done'), id)
 end
 forget(touched)
 for _, w in ipairs(redis.call('ZRANGEBYSCORE', k('wexp'), '-inf', ARGV[2], 'LIMIT', 0, 1000)) do
 	redis.call('HDEL', k('workers'), w)
 	redis.call('ZREM', k('wexp'), w)
 end
-return #ids
+return n
+`)
+
+// cancelFlowScript: ARGV = P now flow -> {ended ids, running ids}, or
+// -1 when there is no such workflow. Steps that have not started end
+// cancelled (fw -1: their ends advance nothing), running ones are asked
+// to stop.
+var cancelFlowScript = goredis.NewScript(lib + `
+local now, fl = tonumber(ARGV[2]), ARGV[3]
+local ids = redis.call('SMEMBERS', k('f', fl))
+if #ids == 0 then return -1 end
+local ended, running = {}, {}
+for _, id in ipairs(ids) do
+	local st = redis.call('HGET', k('t', id), 'state')
+	if st == '3' then
+		redis.call('HSET', k('t', id), 'fw', -1)
+		stop(id)
+		running[#running + 1] = id
+	elseif unfinished(st) then
+		redis.call('HSET', k('t', id), 'fw', -1)
+		terminal(id, 6, now, 'docket: workflow cancelled', nil)
+		ended[#ended + 1] = id
+	end
+end
+return {ended, running}
 `)
 
 // scheduleInitScript: ARGV = P now name spec next_at template
@@ -619,7 +812,7 @@ for i = 0, n - 1 do
 			index(id, f[7], f[8], '0')
 			redis.call('HSET', tk, unpack(append({'state', 3, 'ix', '0', 'att', att + 1, 'owner', owner, 'run_at', deadline, 'started', now, 'cancel', 0, 'prog', ''},
 				lose(2, 'worker lost: lease expired in attempt ' .. att))))
-			local row = redis.call('HMGET', tk, 'name', 'queue', 'prio', 'exp', 'att', 'max', 'tmo', 'ttl', 'uk', 'pay', 'meta', 'created', 'err')
+			local row = redis.call('HMGET', tk, 'name', 'queue', 'prio', 'exp', 'att', 'max', 'tmo', 'ttl', 'uk', 'pay', 'meta', 'created', 'err', 'id', 'fl')
 			table.insert(row, 1, 'lease')
 			out[i + 1] = row
 		end
@@ -645,7 +838,8 @@ for i = 1, n do
 	if not st then
 		missing = missing + 1
 	elseif action == 'retry' then
-		if st >= 5 then
+		-- Not a workflow step: its workflow has moved on.
+		if st >= 5 and st <= 7 and not redis.call('HGET', tk, 'fl') then
 			ok = true
 			local ukh = f[5]
 			if ukh and ukh ~= '' then
@@ -665,7 +859,7 @@ for i = 1, n do
 			end
 		end
 	elseif action == 'cancel' then
-		if st <= 2 then
+		if st <= 2 or st == 8 then
 			terminal(id, 6, now, 'cancelled before start', nil)
 			ok = true
 		elseif st == 3 then
@@ -674,7 +868,7 @@ for i = 1, n do
 			ok = true
 		end
 	elseif action == 'delete' then
-		if st ~= 3 then
+		if st ~= 3 and st ~= 8 and not flow_running(id) then
 			redis.call('ZREM', k('r', f[3]), id)
 			redis.call('ZREM', k('sched'), id)
 			redis.call('ZREM', k('done'), id)
@@ -682,6 +876,7 @@ for i = 1, n do
 				redis.call('DEL', k('u', f[5]))
 			end
 			unindex(id, f[3], f[6])
+			unflow(id)
 			touched[f[3]] = true
 			redis.call('DEL', tk)
 			if st < 4 then publish('d ' .. id) end -- waiters re-read it

@@ -120,6 +120,7 @@ func Run(t *testing.T, b Backend) {
 		{"WorkflowShapes", testWorkflowShapes},
 		{"WorkflowFailures", testWorkflowFailures},
 		{"WorkflowCancel", testWorkflowCancel},
+		{"WorkflowExpiredMember", testWorkflowExpiredMember},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -210,5 +211,37 @@ func testWorkflowCancel(t *testing.T, b Backend) {
 			t.Fatalf("steps still running after the cancel: %+v", steps)
 		case <-time.After(20 * time.Millisecond):
 		}
+	}
+}
+
+// A member that expires before any worker runs fails its workflow in the
+// claim that finds it, and that claim does not lease the sibling the
+// failure cancelled.
+func testWorkflowExpiredMember(t *testing.T, b Backend) {
+	need(t, b.Features.Workflows, "Workflows")
+	q := open(t, b, b.NewURL(t), docket.Concurrency(8))
+	f := newFlowSet()
+	var ran atomic.Int32
+	double := docket.NewTask("flow.double", func(ctx context.Context, n int) (int, error) { ran.Add(1); return 2 * n, nil })
+	if err := q.Register(double, f.sum); err != nil {
+		t.Fatal(err)
+	}
+	wf := enqueueFlow(t, q, docket.Then(docket.Group(docket.Step(double, 1, docket.Expires(300*time.Millisecond)), docket.Step(double, 2)), f.sum))
+	time.Sleep(400 * time.Millisecond) // the first member's expiry passes before any worker claims
+	run(t, q)
+	if _, err := wf.Wait(wctx(t)); !errors.Is(err, docket.ErrTaskFailed) || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("Wait error = %v, want the workflow failed by the expired member", err)
+	}
+	steps, err := wf.Info(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range steps {
+		if !s.State.Terminal() || s.Attempt != 0 {
+			t.Errorf("step %s (%s): %v after %d attempts; want ended without running", s.ID, s.Name, s.State, s.Attempt)
+		}
+	}
+	if ran.Load() != 0 {
+		t.Errorf("a member ran %d times after its workflow failed", ran.Load())
 	}
 }
