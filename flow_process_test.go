@@ -206,5 +206,5 @@ func chordKills(t *testing.T, db string) {
 	if in, _ := q.Info(bg, wf.ID()); got.Attempt != in.Attempt {
 		t.Errorf("the body's result came from attempt %d, its last is %d", got.Attempt, in.Attempt)
 	}
-	t.Logf("%d members, %d kills, the body started %d time(s), %d events", n, kills, starts, len(events))
+	t.Logf("%s: %d members, %d kills, the body started %d time(s), %d events", strings.SplitN(db, ":", 2)[0], n, kills, starts, len(events))
 }
