@@ -47,8 +47,7 @@ type flowNode struct {
 	// name, looked up in the Queue when the flow is enqueued.
 	name     string
 	reg      Registrable
-	args     any  // flowStep: the arguments
-	raw      bool // args is json.RawMessage given by name
+	args     any // flowStep: the arguments
 	opts     []TaskOption
 	prev     *flowNode   // flowThen: what it takes the result of
 	collect  bool        // flowThen: takes prev's outcomes (ThenOutcomes)
