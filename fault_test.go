@@ -24,6 +24,7 @@ import (
 	"github.com/docketq/docket/internal/amqptest"
 	"github.com/docketq/docket/internal/history"
 	"github.com/docketq/docket/internal/longtest"
+	"github.com/docketq/docket/internal/redistest"
 )
 
 // The fault suite: processes killed at exact steps and at random, frozen,
@@ -457,9 +458,13 @@ func amqpURL(t *testing.T) string {
 	return u
 }
 
-// redisURL returns DOCKET_TEST_REDIS_URL with a fresh key prefix, or skips.
+// redisURL returns DOCKET_TEST_REDIS_URL with a fresh key prefix, or
+// skips; the keys under the prefix are deleted after the test.
 func redisURL(t *testing.T) string {
-	return brokerURL(t, "DOCKET_TEST_REDIS_URL", "Redis", "faulttest-")
+	u := brokerURL(t, "DOCKET_TEST_REDIS_URL", "Redis", "faulttest-")
+	prefix := u[strings.LastIndex(u, "prefix=")+len("prefix="):]
+	t.Cleanup(func() { redistest.DeletePrefix(os.Getenv("DOCKET_TEST_REDIS_URL"), prefix) })
+	return u
 }
 
 // brokerURL returns the URL in the environment variable env with a prefix

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"net/url"
 	"os"
@@ -11,10 +10,10 @@ import (
 	"testing"
 	"time"
 
-	goredis "github.com/redis/go-redis/v9"
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/docketq/docket/internal/amqptest"
+	"github.com/docketq/docket/internal/redistest"
 )
 
 // TestMain makes the test binary also the docket command and the fixture
@@ -112,7 +111,7 @@ func TestStoryRedis(t *testing.T) {
 			return err
 		}
 		env.Setenv("DOCKET_URL", u)
-		env.Defer(func() { deleteRedisPrefix(base, prefix) })
+		env.Defer(func() { redistest.DeletePrefix(base, prefix) })
 		story(env, 10_000, 2_000)
 		return nil
 	})
@@ -162,20 +161,4 @@ func withParam(raw, key, value string) (string, error) {
 	q.Set(key, value)
 	u.RawQuery = q.Encode()
 	return u.String(), nil
-}
-
-// deleteRedisPrefix deletes every key under prefix.
-func deleteRedisPrefix(base, prefix string) {
-	opts, err := goredis.ParseURL(base)
-	if err != nil {
-		return
-	}
-	c := goredis.NewClient(opts)
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	iter := c.Scan(ctx, 0, "{"+prefix+"}:*", 1000).Iterator()
-	for iter.Next(ctx) {
-		c.Del(ctx, iter.Val())
-	}
 }
