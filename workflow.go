@@ -237,6 +237,7 @@ type flowBuilder struct {
 	now  time.Time
 	id   string // the workflow's: its last step's
 	msgs []transport.Message
+	ids  map[string]bool // the steps' ids so far
 }
 
 // flowLink is where a step's result goes.
@@ -348,6 +349,10 @@ func (b *flowBuilder) task(n *flowNode, link flowLink, mode transport.FlowMode, 
 	case !m.Expires.IsZero() && (waits > 0 || !m.Expires.After(b.now)):
 		return 0, invalid("Expires", n.name, "only the first steps of a workflow can expire, and not before they are enqueued")
 	}
+	if b.ids[m.ID] {
+		// A TaskID given to a flow part used twice.
+		return 0, invalid("TaskID", m.ID, "names two steps of one workflow")
+	}
 	return b.message(m, link, mode, waits), nil
 }
 
@@ -359,6 +364,10 @@ func (b *flowBuilder) message(m transport.Message, link flowLink, mode transport
 	if b.id == "" {
 		b.id = m.ID
 	}
+	if b.ids == nil {
+		b.ids = map[string]bool{}
+	}
+	b.ids[m.ID] = true
 	m.Flow = &transport.FlowStep{
 		ID: b.id, Next: link.next, Slot: link.slot, Waits: waits, Mode: mode,
 		Catch: link.catch, Branch: link.branch,

@@ -456,3 +456,14 @@ func TestFlowWideBranchFails(t *testing.T) {
 		t.Fatalf("tally = %q, %v; want the branch's error and 10", got, err)
 	}
 }
+
+// A TaskID on a flow part used twice would name two steps: refused.
+func TestFlowRefusesOneIDForTwoSteps(t *testing.T) {
+	t.Parallel()
+	q, _ := dockettest.Open(t)
+	f := newFlowTasks(t, q)
+	same := docket.Step(f.double, 1, docket.TaskID("same"))
+	if _, err := docket.EnqueueFlow(bg, q, docket.Then(docket.Group(same, same), f.sum)); !errors.Is(err, docket.ErrInvalid) {
+		t.Fatalf("EnqueueFlow error = %v, want ErrInvalid", err)
+	}
+}

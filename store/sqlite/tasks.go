@@ -328,6 +328,11 @@ func (s *Store) Claim(ctx context.Context, p transport.ClaimParams) (transport.C
 				return err
 			}
 		}
+		if len(res.Ended) > 0 {
+			if err := unleaseStopped(ctx, r, now, &res); err != nil {
+				return err
+			}
+		}
 		if len(res.Deliveries) < p.Limit {
 			var next sql.NullInt64
 			if err := queryOne(ctx, r, []any{&next}, "SELECT min(run_at) FROM docket_tasks WHERE state IN (1, 3)"); err != nil {
@@ -417,6 +422,35 @@ func claimQueue(ctx context.Context, r runner, p transport.ClaimParams, q string
 	if err := closeRows(rows); err != nil {
 		return fmt.Errorf("docket: claim: %w", err)
 	}
+	return nil
+}
+
+// unleaseStoppedSQL ends a workflow step this claim leased and a later
+// end in the same claim asked to stop (its workflow failed): it never
+// reaches a worker, and its attempt is given back.
+const unleaseStoppedSQL = `UPDATE docket_tasks SET state = 6, attempt = attempt - 1, finished_at = ?1,
+	run_at = ?1 + ttl_ms, error = 'cancelled before start'
+	WHERE id = ?2 AND state = 3 AND cancel = 1`
+
+// unleaseStopped moves such steps from res's deliveries to its ended.
+func unleaseStopped(ctx context.Context, r runner, now int64, res *transport.ClaimResult) error {
+	kept := res.Deliveries[:0]
+	for _, d := range res.Deliveries {
+		if d.Flow == nil {
+			kept = append(kept, d)
+			continue
+		}
+		out, err := r.exec(ctx, unleaseStoppedSQL, now, d.ID)
+		if err != nil {
+			return fmt.Errorf("docket: claim: %w", err)
+		}
+		if n, _ := out.RowsAffected(); n == 0 {
+			kept = append(kept, d)
+			continue
+		}
+		res.Ended = append(res.Ended, transport.Status{ID: d.ID, State: transport.StateCancelled, Name: d.Name, Queue: d.Queue, Attempt: d.Attempt - 1})
+	}
+	res.Deliveries = kept
 	return nil
 }
 

@@ -133,9 +133,9 @@ local function unqueue(id, queue, st)
 end
 
 -- flow_end advances the workflow of a step that just ended (below);
--- flows_ended is set once it ended other steps during this script run.
+-- flow_ends counts the times it ended other steps during this script run.
 local flow_end
-local flows_ended = false
+local flow_ends = 0
 
 -- terminal moves a task to a final state: out of its queue, into done,
 -- unique key released, waiters told, its workflow advanced. Its owner
@@ -231,9 +231,19 @@ local function stop(id)
 end
 
 flow_end = function(id, state, now)
-	local f = redis.call('HMGET', k('t', id), 'fl', 'fn', 'fw', 'fc', 'fb', 'name', 'err')
-	if not f[1] or f[1] == '' or tonumber(f[3]) < 0 then return end
-	local fl, fn, fc, fb = f[1], f[2] or '', f[4] or '', f[5] or ''
+	local tk = k('t', id)
+	local fl = redis.call('HGET', tk, 'fl') -- one field: most tasks are no step
+	if not fl or fl == '' then return end
+	if fl == id then
+		-- The workflow's end keeps all its steps as long as its last one.
+		local until_ = now + (tonumber(redis.call('HGET', tk, 'ttl')) or 0)
+		for _, m in ipairs(redis.call('SMEMBERS', k('f', fl))) do
+			if m ~= id and redis.call('ZSCORE', k('done'), m) then redis.call('ZADD', k('done'), until_, m) end
+		end
+	end
+	local f = redis.call('HMGET', tk, 'fl', 'fn', 'fw', 'fc', 'fb', 'name', 'err')
+	if tonumber(f[3]) < 0 then return end
+	local fn, fc, fb = f[2] or '', f[4] or '', f[5] or ''
 	-- A success, or any end when the next step collects, counts down.
 	if fn ~= '' then
 		local g = redis.call('HMGET', k('t', fn), 'state', 'fm')
@@ -243,39 +253,43 @@ flow_end = function(id, state, now)
 		end
 	end
 	if state == 4 then return end
-	local why = ' (' .. (f[6] or '') .. ') ended ' .. state_name(state)
-	local cause = why
-	if f[7] and f[7] ~= '' then cause = why .. ': ' .. f[7] end
+	local step = 'step ' .. id .. ' (' .. (f[6] or '') .. ') '
+	local ended = 'ended ' .. state_name(state)
+	local cause = ended
+	if f[7] and f[7] ~= '' then cause = ended .. ': ' .. f[7] end
 	if fc ~= '' then
 		-- Inside a collecting step's branch: its other steps end quietly,
 		-- then its last step ends failed and reports to the collecting one.
 		if fn == fc then return end
+		local e = 'docket: ' .. step .. 'of its branch ' .. cause
 		local head = nil
 		for _, m in ipairs(redis.call('SMEMBERS', k('fb', fc .. ':' .. fb))) do
 			local g = redis.call('HMGET', k('t', m), 'state', 'fn')
 			if g[1] == '3' then
+				-- Asked to stop; only the branch's last step still reports.
+				if g[2] ~= fc then redis.call('HSET', k('t', m), 'fw', -1) end
 				stop(m)
 			elseif unfinished(g[1]) then
 				if g[2] == fc then
 					head = m
 				else
 					redis.call('HSET', k('t', m), 'fw', -1)
-					flows_ended = true
-					terminal(m, 5, now, 'docket: step ' .. id .. cause)
+					flow_ends = flow_ends + 1
+					terminal(m, 5, now, e)
 				end
 			end
 		end
 		if head then
-			flows_ended = true
-			terminal(head, 5, now, 'docket: step ' .. id .. cause)
+			flow_ends = flow_ends + 1
+			terminal(head, 5, now, e)
 		end
 		return
 	end
 	-- Elsewhere the workflow fails: its last step with the cause, then
 	-- the rest is cancelled.
-	flows_ended = true
+	flow_ends = flow_ends + 1
 	if fl ~= id and unfinished(redis.call('HGET', k('t', fl), 'state')) then
-		terminal(fl, 5, now, 'docket: workflow step ' .. id .. cause)
+		terminal(fl, 5, now, 'docket: workflow ' .. step .. cause)
 	end
 	for _, m in ipairs(redis.call('SMEMBERS', k('f', fl))) do
 		local st = redis.call('HGET', k('t', m), 'state')
@@ -284,7 +298,7 @@ flow_end = function(id, state, now)
 			stop(m)
 		elseif unfinished(st) then
 			redis.call('HSET', k('t', m), 'fw', -1)
-			terminal(m, 6, now, 'docket: cancelled: workflow step ' .. id .. why)
+			terminal(m, 6, now, 'docket: cancelled: workflow ' .. step .. ended)
 		end
 	end
 end
@@ -513,11 +527,12 @@ for qi = 1, nq do
 		local ids = redis.call('ZRANGE', k('r', q), from, from + limit - #got - 1)
 		if #ids == 0 then break end
 		from = from + #ids
+		local ends0 = flow_ends
 		for _, id in ipairs(ids) do
 			if #got >= limit then break end
 			local tk = k('t', id)
 			local f = nil
-			if flows_ended and not redis.call('ZSCORE', k('r', q), id) then
+			if flow_ends > 0 and not redis.call('ZSCORE', k('r', q), id) then
 				-- A workflow step that an earlier end in this claim ended
 				-- (its workflow failed): it is no longer ready.
 				from = from - 1
@@ -546,7 +561,27 @@ for qi = 1, nq do
 				end
 			end
 		end
+		-- Ends this batch caused may have removed ready tasks anywhere in
+		-- the set: count positions again from its start.
+		if flow_ends ~= ends0 then from = 0 end
 	end
+end
+-- A task leased above may have been asked to stop since, by a workflow
+-- that an end further on in this claim failed: it ends cancelled here
+-- instead of reaching a worker.
+if flow_ends > 0 then
+	local kept = {}
+	for _, f in ipairs(got) do
+		if redis.call('HGET', k('t', f[14]), 'cancel') == '1' then
+			local id = f[14]
+			redis.call('HSET', k('t', id), 'att', tonumber(f[5]) - 1)
+			terminal(id, 6, now, 'cancelled before start', nil)
+			table.insert(ended, {id, 6, f[1], f[2], tonumber(f[5]) - 1})
+		else
+			table.insert(kept, f)
+		end
+	end
+	got = kept
 end
 local nextat = ''
 if #got < limit then
@@ -674,7 +709,7 @@ local n = 0
 for _, id in ipairs(ids) do
 	if flow_running(id) then
 		-- Kept while its workflow runs; looked at again a TTL later.
-		redis.call('ZADD', k('done'), tonumber(ARGV[2]) + tonumber(redis.call('HGET', k('t', id), 'ttl') or 60000), id)
+		redis.call('ZADD', k('done'), tonumber(ARGV[2]) + math.max(tonumber(redis.call('HGET', k('t', id), 'ttl')) or 0, 60000), id)
 	else
 		local f = redis.call('HMGET', k('t', id), 'queue', 'ix')
 		if f[1] then
@@ -1003,7 +1038,7 @@ for i = 0, n - 1 do
 	local q, id = ARGV[3 + i*2], ARGV[4 + i*2]
 	if redis.call('EXISTS', k('t', id)) == 0 then
 		redis.call('ZREM', k('a', q), id)
-		for _, ix in ipairs({'1', 'r', '4', '5', '6', '7'}) do
+		for _, ix in ipairs({'1', 'r', '4', '5', '6', '7', '8'}) do
 			redis.call('ZREM', k('x', q .. ':' .. ix), id)
 		end
 		touched[q] = true

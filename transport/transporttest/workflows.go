@@ -226,19 +226,27 @@ func testWorkflowExpiredMember(t *testing.T, b Backend) {
 	if err := q.Register(double, f.sum); err != nil {
 		t.Fatal(err)
 	}
-	wf := enqueueFlow(t, q, docket.Then(docket.Group(docket.Step(double, 1, docket.Expires(300*time.Millisecond)), docket.Step(double, 2)), f.sum))
-	time.Sleep(400 * time.Millisecond) // the first member's expiry passes before any worker claims
+	expiring := docket.Step(double, 1, docket.Expires(300*time.Millisecond))
+	// The expiring member first, then second: the claim meets it before
+	// or after it has leased the sibling.
+	flows := []*docket.Workflow[int]{
+		enqueueFlow(t, q, docket.Then(docket.Group(expiring, docket.Step(double, 2)), f.sum)),
+		enqueueFlow(t, q, docket.Then(docket.Group(docket.Step(double, 2), expiring), f.sum)),
+	}
+	time.Sleep(400 * time.Millisecond) // the expiry passes before any worker claims
 	run(t, q)
-	if _, err := wf.Wait(wctx(t)); !errors.Is(err, docket.ErrTaskFailed) || !strings.Contains(err.Error(), "expired") {
-		t.Fatalf("Wait error = %v, want the workflow failed by the expired member", err)
-	}
-	steps, err := wf.Info(bg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range steps {
-		if !s.State.Terminal() || s.Attempt != 0 {
-			t.Errorf("step %s (%s): %v after %d attempts; want ended without running", s.ID, s.Name, s.State, s.Attempt)
+	for _, wf := range flows {
+		if _, err := wf.Wait(wctx(t)); !errors.Is(err, docket.ErrTaskFailed) || !strings.Contains(err.Error(), "expired") {
+			t.Fatalf("Wait error = %v, want the workflow failed by the expired member", err)
+		}
+		steps, err := wf.Info(bg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range steps {
+			if !s.State.Terminal() || s.Attempt != 0 {
+				t.Errorf("step %s (%s): %v after %d attempts; want ended without running", s.ID, s.Name, s.State, s.Attempt)
+			}
 		}
 	}
 	if ran.Load() != 0 {
