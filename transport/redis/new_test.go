@@ -13,6 +13,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/docketq/docket"
+	"github.com/docketq/docket/internal/redistest"
 	"github.com/docketq/docket/transport/redis"
 )
 
@@ -29,7 +30,7 @@ func callersClient(t *testing.T) (*goredis.Client, string) {
 	rdb := goredis.NewClient(opts)
 	t.Cleanup(func() { rdb.Close() })
 	prefix := fmt.Sprintf("dockettest-new-%d-%d", os.Getpid(), time.Now().UnixNano())
-	t.Cleanup(func() { deletePrefix(base, prefix) })
+	t.Cleanup(func() { redistest.DeletePrefix(base, prefix) })
 	return rdb, prefix
 }
 

@@ -9,8 +9,7 @@ import (
 	"testing"
 	"time"
 
-	goredis "github.com/redis/go-redis/v9"
-
+	"github.com/docketq/docket/internal/redistest"
 	"github.com/docketq/docket/transport"
 	_ "github.com/docketq/docket/transport/redis"
 	"github.com/docketq/docket/transport/transporttest"
@@ -44,22 +43,8 @@ func freshURL(t testing.TB) string {
 	q := u.Query()
 	q.Set("prefix", prefix)
 	u.RawQuery = q.Encode()
-	t.Cleanup(func() { deletePrefix(base, prefix) })
+	t.Cleanup(func() { redistest.DeletePrefix(base, prefix) })
 	return u.String()
-}
-
-func deletePrefix(base, prefix string) {
-	opts, err := goredis.ParseURL(base)
-	if err != nil {
-		return
-	}
-	c := goredis.NewClient(opts)
-	defer c.Close()
-	ctx := context.Background()
-	iter := c.Scan(ctx, 0, "{"+prefix+"}:*", 1000).Iterator()
-	for iter.Next(ctx) {
-		c.Del(ctx, iter.Val())
-	}
 }
 
 // TestConformance runs the whole suite: the contract on transports opened
