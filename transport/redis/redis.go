@@ -635,19 +635,29 @@ func (t *Transport) Steps(ctx context.Context, p transport.StepsParams) ([]trans
 		return nil, fmt.Errorf("docket: redis read workflow %s: %w", p.ID, t.wrap(err))
 	}
 	slices.Sort(ids)
+	out, err := t.readTasks(ctx, ids)
+	if err != nil {
+		return nil, fmt.Errorf("docket: redis read workflow %s: %w", p.ID, err)
+	}
+	return out, nil
+}
+
+// readTasks reads the tasks ids in one pipeline, in their order, leaving
+// out those that no longer exist (pruned or deleted since).
+func (t *Transport) readTasks(ctx context.Context, ids []string) ([]transport.Info, error) {
 	pipe := t.rdb.Pipeline()
 	cmds := make([]*goredis.MapStringStringCmd, len(ids))
 	for i, id := range ids {
 		cmds[i] = pipe.HGetAll(ctx, t.key("t", id))
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
-		return nil, fmt.Errorf("docket: redis read workflow %s: %w", p.ID, t.wrap(err))
+		return nil, t.wrap(err)
 	}
 	out := make([]transport.Info, 0, len(ids))
 	for i, c := range cmds {
 		h := c.Val()
 		if len(h) == 0 || h["state"] == "" {
-			continue // pruned since
+			continue
 		}
 		in, err := infoFrom(ids[i], h)
 		if err != nil {
@@ -763,23 +773,11 @@ func (t *Transport) List(ctx context.Context, p transport.ListParams) ([]transpo
 	for len(ids) > 0 && len(out) < limit {
 		chunk := ids[:min(len(ids), 500)]
 		ids = ids[len(chunk):]
-		pipe := t.rdb.Pipeline()
-		cmds := make([]*goredis.MapStringStringCmd, len(chunk))
-		for i, id := range chunk {
-			cmds[i] = pipe.HGetAll(ctx, t.key("t", id))
+		infos, err := t.readTasks(ctx, chunk)
+		if err != nil {
+			return nil, fmt.Errorf("docket: redis list tasks: %w", err)
 		}
-		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
-			return nil, fmt.Errorf("docket: redis list tasks: %w", t.wrap(err))
-		}
-		for i, c := range cmds {
-			h := c.Val()
-			if len(h) == 0 || h["state"] == "" {
-				continue // pruned meanwhile
-			}
-			in, err := infoFrom(chunk[i], h)
-			if err != nil {
-				return nil, err
-			}
+		for _, in := range infos {
 			if p.Name != "" && in.Name != p.Name || p.Queue != "" && in.Queue != p.Queue || len(states) > 0 && !states[in.State] {
 				continue
 			}
