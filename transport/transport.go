@@ -160,6 +160,10 @@ const (
 	FlowArray   FlowMode = 1 << iota // the argument is the array of results in slot order
 	FlowCollect                      // the array holds outcomes, and a failed predecessor counts
 	FlowPass                         // the step does not run: its result is its argument
+	// FlowPublish marks a step that a broker carries once it is ready (a
+	// broker's result store): when its join makes it ready, the store
+	// lists it in FlowOutbox.Outbox until it is marked Published.
+	FlowPublish
 )
 
 // Workflows is implemented by transports that store workflow steps
@@ -173,6 +177,34 @@ type Workflows interface {
 	// last step ends cancelled. It returns an error wrapping ErrNotFound
 	// when no such workflow exists.
 	CancelFlow(ctx context.Context, p CancelParams) (CancelFlowResult, error)
+}
+
+// FlowOutbox is implemented by workflow stores that can serve as a
+// broker's result store. The broker publishes the steps that are ready at
+// enqueue; the others are made ready later, by a join in the store, and
+// must then reach the broker. The store lists them, from the write that
+// made them ready, until the broker confirmed their publication: a
+// process that dies in between leaves them listed for another (or its
+// restart) to publish. A step may so be published twice; the store's
+// lease by id runs it once.
+type FlowOutbox interface {
+	// Outbox returns up to p.Limit steps marked FlowPublish that a join
+	// made ready and that were not marked Published since, oldest first.
+	Outbox(ctx context.Context, p OutboxParams) ([]Message, error)
+	// Published takes the steps p.IDs off the outbox.
+	Published(ctx context.Context, p PublishedParams) error
+}
+
+// OutboxParams are the arguments of FlowOutbox.Outbox.
+type OutboxParams struct {
+	Now   time.Time
+	Limit int
+}
+
+// PublishedParams are the arguments of FlowOutbox.Published.
+type PublishedParams struct {
+	Now time.Time
+	IDs []string
 }
 
 // CancelFlowResult is the outcome of Workflows.CancelFlow.

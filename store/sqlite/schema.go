@@ -12,7 +12,7 @@ import (
 // schemaVersion is the PRAGMA user_version this package writes. Migrations
 // run in order inside one transaction; a file with a higher version was
 // written by a newer docket and is refused.
-const schemaVersion = 3
+const schemaVersion = 4
 
 // migrations[i] moves the schema from version i to i+1.
 var migrations = []string{
@@ -211,6 +211,12 @@ var migrations = []string{
 			run_at = CASE WHEN flow_mode & 4 THEN run_at + ttl_ms ELSE run_at END
 		WHERE id = new.id;
 	END;`,
+	// 4: workflows carried by a broker (transport.FlowOutbox). A step
+	// enqueued with FlowPublish (flow_mode & 8) that its join made ready is
+	// in the broker's outbox until Published clears the bit; the index
+	// holds only those steps, so the relay's read costs nothing when it is
+	// empty.
+	`CREATE INDEX docket_tasks_outbox ON docket_tasks (id) WHERE state = 2 AND flow_mode & 8;`,
 }
 
 // stateNameSQL is the SQL expression naming the state in expr, a

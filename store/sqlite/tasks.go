@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -454,6 +455,27 @@ func unleaseStopped(ctx context.Context, r runner, now int64, res *transport.Cla
 	return nil
 }
 
+// unleaseStoppedIDs is unleaseStopped for ClaimIDs: a step leased by the
+// call that a later end in the same call asked to stop ends cancelled.
+func unleaseStoppedIDs(ctx context.Context, r runner, now int64, out []transport.ClaimIDResult) error {
+	if !slices.ContainsFunc(out, func(c transport.ClaimIDResult) bool { return c.Ended }) {
+		return nil
+	}
+	for i, c := range out {
+		if c.Delivery == nil || c.Delivery.Flow == nil {
+			continue
+		}
+		res, err := r.exec(ctx, unleaseStoppedSQL, now, c.Delivery.ID)
+		if err != nil {
+			return fmt.Errorf("docket: claim: %w", err)
+		}
+		if n, _ := res.RowsAffected(); n > 0 {
+			out[i] = transport.ClaimIDResult{State: transport.StateCancelled, Ended: true}
+		}
+	}
+	return nil
+}
+
 func closeRows(rows *sql.Rows) error {
 	err := rows.Err()
 	if cerr := rows.Close(); err == nil {
@@ -854,6 +876,9 @@ func (s *Store) ClaimIDs(ctx context.Context, p transport.ClaimIDsParams) ([]tra
 				out[i] = transport.ClaimIDResult{Delivery: &d, State: transport.StateRunning}
 			}
 		}
+		if err := unleaseStoppedIDs(ctx, r, now, out); err != nil {
+			return err
+		}
 		return lost.write(ctx, r)
 	})
 	if err != nil {
@@ -909,6 +934,49 @@ func (s *Store) Steps(ctx context.Context, p transport.StepsParams) ([]transport
 		return nil, fmt.Errorf("docket: read workflow %s: %w", p.ID, classify(err))
 	}
 	return out, nil
+}
+
+var _ transport.FlowOutbox = (*Store)(nil)
+
+// Outbox implements transport.FlowOutbox. It reads from the pool, through
+// the index of the outbox's steps.
+func (s *Store) Outbox(ctx context.Context, p transport.OutboxParams) ([]transport.Message, error) {
+	rows, err := s.rdb.QueryContext(ctx, "SELECT "+infoCols+" FROM docket_tasks WHERE state = 2 AND flow_mode & 8 ORDER BY id LIMIT ?", max(p.Limit, 1))
+	if err != nil {
+		return nil, fmt.Errorf("docket: read workflow outbox: %w", classify(err))
+	}
+	defer rows.Close()
+	var out []transport.Message
+	for rows.Next() {
+		in, err := scanInfo(rows)
+		if err != nil {
+			return nil, fmt.Errorf("docket: read workflow outbox: %w", classify(err))
+		}
+		out = append(out, in.Message)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("docket: read workflow outbox: %w", classify(err))
+	}
+	return out, nil
+}
+
+// Published implements transport.FlowOutbox: one write.
+func (s *Store) Published(ctx context.Context, p transport.PublishedParams) error {
+	if len(p.IDs) == 0 {
+		return nil
+	}
+	raw, err := json.Marshal(p.IDs)
+	if err != nil {
+		return err
+	}
+	return s.w.do(ctx, "published", func(r runner) error {
+		_, err := r.exec(ctx, `UPDATE docket_tasks SET flow_mode = flow_mode & ~8
+			WHERE id IN (SELECT value FROM json_each(?)) AND flow_mode & 8`, string(raw))
+		if err != nil {
+			return fmt.Errorf("docket: workflow outbox: %w", err)
+		}
+		return nil
+	})
 }
 
 const (

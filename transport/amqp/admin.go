@@ -100,6 +100,9 @@ func (st *stored) Act(ctx context.Context, p transport.ActParams) (transport.Act
 	}
 	res, err := st.admin.Act(ctx, p)
 	res.Skipped += skipped
+	if err == nil && len(res.Changed) > 0 {
+		st.kickRelay() // a step's end may make the next step ready
+	}
 	if err != nil || p.Action != transport.ActionCancel || len(res.Changed) == 0 {
 		return res, err
 	}

@@ -362,6 +362,8 @@ var requiredOfStore = []struct {
 	{"transport.ScheduleStore (periodic schedules)", func(t transport.Transport) bool { _, ok := t.(transport.ScheduleStore); return ok }},
 	{"transport.Admin (the operations API)", func(t transport.Transport) bool { _, ok := t.(transport.Admin); return ok }},
 	{"transport.ScheduleAdmin (pause and trigger schedules)", func(t transport.Transport) bool { _, ok := t.(transport.ScheduleAdmin); return ok }},
+	{"transport.Workflows (workflows)", func(t transport.Transport) bool { _, ok := t.(transport.Workflows); return ok }},
+	{"transport.FlowOutbox (workflow steps carried by RabbitMQ)", func(t transport.Transport) bool { _, ok := t.(transport.FlowOutbox); return ok }},
 }
 
 // checkStore returns an error wrapping transport.ErrUnsupported that names

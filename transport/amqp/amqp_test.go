@@ -84,7 +84,7 @@ func TestConformanceSQLiteStore(t *testing.T) {
 			v, _ := stores.Load(url)
 			return []docket.Option{docket.ResultStore(v.(string))}
 		},
-		Features: transporttest.Features{Schedules: true, SharedState: true, Listing: true, Pruning: true, Admin: true},
+		Features: transporttest.Features{Schedules: true, SharedState: true, Listing: true, Pruning: true, Admin: true, Workflows: true},
 	})
 }
 
@@ -105,7 +105,7 @@ func TestConformanceRedisStore(t *testing.T) {
 			v, _ := stores.Load(url)
 			return []docket.Option{docket.ResultStore(v.(string))}
 		},
-		Features: transporttest.Features{Schedules: true, SharedState: true, Priority: true, Listing: true, Pruning: true, Admin: true},
+		Features: transporttest.Features{Schedules: true, SharedState: true, Priority: true, Listing: true, Pruning: true, Admin: true, Workflows: true},
 	})
 }
 

@@ -52,8 +52,11 @@ type stored struct {
 	admin   transport.Admin
 	// schedAdmin is the store's transport.ScheduleAdmin.
 	schedAdmin transport.ScheduleAdmin
-	owned      bool   // Close closes the store (opened from the URL's result store)
-	unsub      func() // ends the forwarding of the store's notifications
+	flows      transport.Workflows
+	outbox     transport.FlowOutbox
+	relayKick  chan struct{} // wakes relayLoop (see flows.go)
+	owned      bool          // Close closes the store (opened from the URL's result store)
+	unsub      func()        // ends the forwarding of the store's notifications
 	// giveUpAfter is how long a delivered task may stay unrecorded
 	// (unrecordedWait; shorter in tests).
 	giveUpAfter time.Duration
@@ -80,6 +83,7 @@ func newStored(b *broker, st transport.Transport, owned bool) (*stored, error) {
 		claimer: st.(transport.IDClaimer), lister: st.(transport.Lister),
 		pruner: st.(transport.Pruner), sched: st.(transport.ScheduleStore),
 		admin: st.(transport.Admin), schedAdmin: st.(transport.ScheduleAdmin),
+		flows: st.(transport.Workflows), outbox: st.(transport.FlowOutbox), relayKick: make(chan struct{}, 1),
 		giveUpAfter: unrecordedWait,
 	}
 	b.mode = s
@@ -101,6 +105,9 @@ func (st *stored) start(ctx context.Context) error {
 		st.unsub()
 		return err
 	}
+	st.bg.Add(1)
+	go st.relayLoop()
+	st.kickRelay() // steps left in the outbox by a process that died
 	return nil
 }
 
@@ -141,9 +148,11 @@ func (st *stored) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]tra
 	if len(p.Messages) == 0 {
 		return nil, nil
 	}
-	if err := st.publishNew(ctx, p.Now, p.Messages); err != nil {
+	all, now := flowMessages(p.Messages)
+	if err := st.publishNew(ctx, p.Now, now); err != nil {
 		return nil, unrecorded(err)
 	}
+	p.Messages = all
 	res, err := st.store.Enqueue(ctx, p)
 	// The id may be taken by a worker's record of the message given up
 	// (see stored): then nothing was enqueued.
@@ -241,6 +250,9 @@ func (st *stored) decide(ctx context.Context, s *session, p transport.ClaimParam
 			return verdict{}, err
 		}
 		v.settle = append(v.settle, set)
+	}
+	if len(v.ended) > 0 {
+		st.kickRelay() // a step's end may make the next step ready
 	}
 	return v, nil
 }
@@ -347,6 +359,12 @@ func (st *stored) Finish(ctx context.Context, p transport.FinishParams) ([]trans
 	if err != nil {
 		return nil, err
 	}
+	for i, o := range p.Items {
+		if o.Flow != "" && !res[i].Lost {
+			st.kickRelay() // the store may have made the next step ready
+			break
+		}
+	}
 	hs := make([]*held, len(p.Items))
 	st.mu.Lock()
 	for i, o := range p.Items {
@@ -385,6 +403,9 @@ func (st *stored) Finish(ctx context.Context, p transport.FinishParams) ([]trans
 // cancelled at once wherever it runs.
 func (st *stored) Cancel(ctx context.Context, p transport.CancelParams) (transport.CancelResult, error) {
 	res, err := st.store.Cancel(ctx, p)
+	if err == nil && res.State == transport.StateCancelled {
+		st.kickRelay() // a step's end may make a collecting step ready
+	}
 	if err != nil || res.State != transport.StateRunning {
 		return res, err
 	}

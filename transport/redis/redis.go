@@ -68,6 +68,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/url"
 	"slices"
 	"strconv"
@@ -666,6 +667,49 @@ func (t *Transport) readTasks(ctx context.Context, ids []string) ([]transport.In
 		out = append(out, in)
 	}
 	return out, nil
+}
+
+var _ transport.FlowOutbox = (*Transport)(nil)
+
+// Outbox implements transport.FlowOutbox. Steps of the outbox that are no
+// longer ready (claimed, ended or deleted since) are taken off it.
+func (t *Transport) Outbox(ctx context.Context, p transport.OutboxParams) ([]transport.Message, error) {
+	ids, err := t.rdb.ZRange(ctx, t.key("ob"), 0, int64(max(p.Limit, 1))-1).Result()
+	if err != nil {
+		return nil, fmt.Errorf("docket: redis read workflow outbox: %w", t.wrap(err))
+	}
+	in, err := t.readTasks(ctx, ids)
+	if err != nil {
+		return nil, fmt.Errorf("docket: redis read workflow outbox: %w", err)
+	}
+	out := make([]transport.Message, 0, len(in))
+	gone := map[string]bool{}
+	for _, id := range ids {
+		gone[id] = true
+	}
+	for _, x := range in {
+		if x.State == transport.StateReady {
+			out = append(out, x.Message)
+			delete(gone, x.ID)
+		}
+	}
+	if len(gone) > 0 {
+		if err := t.Published(ctx, transport.PublishedParams{Now: p.Now, IDs: slices.Collect(maps.Keys(gone))}); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// Published implements transport.FlowOutbox.
+func (t *Transport) Published(ctx context.Context, p transport.PublishedParams) error {
+	if len(p.IDs) == 0 {
+		return nil
+	}
+	if err := t.rdb.ZRem(ctx, t.key("ob"), p.IDs).Err(); err != nil {
+		return fmt.Errorf("docket: redis workflow outbox: %w", t.wrap(err))
+	}
+	return nil
 }
 
 // CancelFlow implements transport.Workflows: one script.

@@ -220,6 +220,10 @@ local function flow_join(id, now)
 		terminal(id, 4, now, '', args)
 	else
 		make_ready(id, f[2], f[3], now, f[4])
+		if has(f[1], 8) then
+			-- Carried by a broker: in the outbox until published.
+			redis.call('ZADD', k('ob'), now, id)
+		end
 		wake(f[2])
 	end
 end
@@ -850,6 +854,19 @@ for i = 0, n - 1 do
 			local row = redis.call('HMGET', tk, 'name', 'queue', 'prio', 'exp', 'att', 'max', 'tmo', 'ttl', 'uk', 'pay', 'meta', 'created', 'err', 'id', 'fl')
 			table.insert(row, 1, 'lease')
 			out[i + 1] = row
+		end
+	end
+end
+-- A step leased above may have been asked to stop since, by a workflow
+-- that an end further on in this call failed: it ends cancelled instead
+-- of reaching a worker (as in the claim script).
+if flow_ends > 0 then
+	for i = 0, n - 1 do
+		local id = ARGV[6 + i]
+		if out[i + 1][1] == 'lease' and redis.call('HGET', k('t', id), 'cancel') == '1' then
+			redis.call('HINCRBY', k('t', id), 'att', -1)
+			terminal(id, 6, now, 'cancelled before start', nil)
+			out[i + 1] = {'end', 6}
 		end
 	end
 end
