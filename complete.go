@@ -121,7 +121,7 @@ func (w *worker) completer() {
 		}
 		var res []transport.FinishResult
 		var err error
-		params := transport.FinishParams{Items: items}
+		params := transport.FinishParams{Items: items, Handoff: w.reserveHandoff(items)}
 		giveUp := time.Now().Add(q.cfg.lease)
 		for attempt := 0; ; attempt++ {
 			// An outcome write is not cut short: one stopped halfway
@@ -130,6 +130,9 @@ func (w *worker) completer() {
 			// broker's flow control), and the worker's ctx outlives the
 			// completer.
 			params.Now = q.now()
+			if params.Handoff != nil {
+				params.Handoff.LeaseUntil = params.Now.Add(q.cfg.lease)
+			}
 			res, err = q.t.Finish(w.ctx, params)
 			if err == nil || time.Now().After(giveUp) {
 				break
@@ -160,5 +163,86 @@ func (w *worker) completer() {
 		if err == nil {
 			q.announceFinish(params, res)
 		}
+		w.takeHandoffs(params.Handoff, res)
 	}
+}
+
+// reserveHandoff returns the Handoff for a batch of outcomes: room in the
+// worker's capacity, reserved now, for the workflow steps that the
+// batch's successes may make ready, which the backend then leases to
+// this worker in the same write (transport.FinishParams.Handoff). A
+// chain's steps so run one after the other on one worker, each without
+// a claim of its own. Nil when nothing is to be handed over, or there is
+// no room, or the worker is stopping.
+func (w *worker) reserveHandoff(items []transport.Outcome) *transport.Handoff {
+	if !w.q.flows || w.stopping() {
+		return nil
+	}
+	n := 0
+	for _, o := range items {
+		if o.Flow != "" && o.Flow != o.ID && o.State == transport.StateSucceeded {
+			n++
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	queues := w.claimable(w.pausedNow())
+	if len(queues) == 0 {
+		return nil
+	}
+	exclude, _ := w.limits.excluded(time.Now())
+	w.mu.Lock()
+	n = min(n, w.conc+w.prefetch-w.held)
+	if n > 0 {
+		w.held += n
+	}
+	w.mu.Unlock()
+	if n <= 0 {
+		return nil
+	}
+	return &transport.Handoff{Owner: w.owner, Queues: queues, Exclude: exclude, Limit: n}
+}
+
+// takeHandoffs gives the executors the steps the backend leased to this
+// worker by h (nil res: the write failed), and frees the room reserved
+// for those it did not lease. Steps leased while the worker began to stop
+// go back at once, their attempt not consumed.
+func (w *worker) takeHandoffs(h *transport.Handoff, res []transport.FinishResult) {
+	if h == nil {
+		return
+	}
+	var back []transport.Outcome
+	w.mu.Lock()
+	for _, r := range res {
+		if r.Next == nil {
+			continue
+		}
+		h.Limit--
+		if w.workClosed {
+			back = append(back, transport.Outcome{Lease: r.Next.Lease(), Queue: r.Next.Queue, Flow: r.Next.FlowID(), State: transport.StateReady})
+			continue
+		}
+		w.work <- w.track(*r.Next) // never blocks: its room was reserved
+	}
+	w.held -= h.Limit + len(back)
+	w.mu.Unlock()
+	if h.Limit+len(back) > 0 {
+		signal(w.freed)
+	}
+	if len(back) > 0 {
+		w.giveBack(back)
+	}
+}
+
+// giveBack releases tasks leased to this worker that it will not run.
+func (w *worker) giveBack(items []transport.Outcome) {
+	q := w.q
+	params := transport.FinishParams{Now: q.now(), Items: items}
+	res, err := q.t.Finish(w.ctx, params)
+	if err != nil {
+		q.cfg.logger.Warn("docket: giving back tasks at stop failed; they run again after their lease", "err", err, "tasks", len(items))
+		return
+	}
+	q.announceFinish(params, res)
 }

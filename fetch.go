@@ -117,15 +117,21 @@ func (ex *execution) until() time.Time {
 }
 
 func (w *worker) accept(d transport.Delivery) {
-	ctx, cancel := context.WithCancelCause(w.ctx)
-	ex := &execution{d: d, ctx: ctx, cancel: cancel, leaseUntil: d.LeaseUntil}
-	ex.held = true
 	w.mu.Lock()
-	w.inflight[d.ID] = ex
 	w.held++
+	ex := w.track(d)
 	w.mu.Unlock()
+	w.work <- ex // never blocks: capacity is conc+prefetch, and so is held
+}
+
+// track makes an execution of d, whose place in the capacity (held) is
+// counted, and adds it to the inflight tasks; w.mu is held.
+func (w *worker) track(d transport.Delivery) *execution {
+	ctx, cancel := context.WithCancelCause(w.ctx)
+	ex := &execution{d: d, ctx: ctx, cancel: cancel, leaseUntil: d.LeaseUntil, held: true}
+	w.inflight[d.ID] = ex
 	w.limits.hold(d.Name)
-	w.work <- ex // never blocks: capacity is conc+prefetch, and so is inflight
+	return ex
 }
 
 // prefetcher sizes the prefetch to the observed pace: enough waiting tasks

@@ -57,13 +57,16 @@ func (q *Queue) announceFinish(p transport.FinishParams, res []transport.FinishR
 	requeued, failed := false, false
 	for i, o := range p.Items {
 		if o.Flow != "" && !res[i].Lost {
-			// The backend may have made the next step ready, or ended the
-			// workflow with a step that no worker runs (a group's
-			// gathering step): wake the workers and the workflow's Wait.
-			// A step that did not succeed may also have failed the
-			// workflow and flagged its running steps.
-			requeued = true
-			flows = append(flows, o.Flow)
+			// The backend may have made the next step ready: wake the
+			// workers, unless it leased that step to this one already
+			// (res[i].Next). It may have ended the workflow with a step
+			// that no worker runs (a group's gathering step): wake the
+			// workflow's Wait. A step that did not succeed may also have
+			// failed the workflow and flagged its running steps.
+			requeued = requeued || res[i].Next == nil
+			if res[i].FlowEnded && o.Flow != o.ID {
+				flows = append(flows, o.Flow)
+			}
 			failed = failed || o.State != transport.StateSucceeded
 		}
 		switch {

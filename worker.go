@@ -119,6 +119,9 @@ type worker struct {
 	// end (waiting or running), which is what Concurrency+Prefetch bounds.
 	inflight map[string]*execution
 	held     int
+	// workClosed: the stop sequence took what waited in work, and no
+	// more may be added (see takeHandoffs).
+	workClosed bool
 
 	stopFetch chan struct{} // closed: stop claiming
 	hardStop  chan struct{} // closed: cancel running handlers
@@ -237,6 +240,9 @@ func (w *worker) stopSequence() {
 		cancel()
 	}
 	// Tasks claimed but not started go back at once, attempt not consumed.
+	w.mu.Lock()
+	w.workClosed = true
+	w.mu.Unlock()
 	var pending []*execution
 drain:
 	for {

@@ -76,6 +76,54 @@ func BenchmarkSequential1000(b *testing.B) {
 	b.ReportMetric(float64(b.N*1000)/b.Elapsed().Seconds(), "steps/s")
 }
 
+// Eight chains of 125 steps at once on eight slots, against 1,000
+// independent tasks on eight slots (BenchmarkIndependent1000): what chains
+// cost a busy worker, whose writes each carry several chains' steps.
+func BenchmarkChains8x125(b *testing.B) {
+	q := flowBenchQueue(b, docket.Concurrency(8))
+	ctx := context.Background()
+	flow := docket.Step(benchAdd, 0)
+	for range 124 {
+		flow = docket.Then(flow, benchAdd)
+	}
+	for b.Loop() {
+		wfs := make([]*docket.Workflow[int], 8)
+		for i := range wfs {
+			wf, err := docket.EnqueueFlow(ctx, q, flow)
+			if err != nil {
+				b.Fatal(err)
+			}
+			wfs[i] = wf
+		}
+		for _, wf := range wfs {
+			if n, err := wf.Wait(ctx); err != nil || n != 125 {
+				b.Fatalf("chain = %d, %v", n, err)
+			}
+		}
+	}
+	b.ReportMetric(float64(b.N*1000)/b.Elapsed().Seconds(), "steps/s")
+}
+
+// 1,000 independent tasks enqueued at once and run on eight slots: the
+// baseline of BenchmarkChains8x125.
+func BenchmarkIndependent1000(b *testing.B) {
+	q := flowBenchQueue(b, docket.Concurrency(8))
+	ctx := context.Background()
+	args := make([]int, 1000)
+	for b.Loop() {
+		rs, err := benchAdd.EnqueueMany(ctx, q, args)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, r := range rs {
+			if _, err := r.Wait(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.ReportMetric(float64(b.N*1000)/b.Elapsed().Seconds(), "steps/s")
+}
+
 // A chord of n members and a body that sums them: ns/member should not
 // grow with n (each member's end does a constant amount of work; the
 // body's arguments are gathered once).

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -465,5 +466,92 @@ func TestFlowRefusesOneIDForTwoSteps(t *testing.T) {
 	same := docket.Step(f.double, 1, docket.TaskID("same"))
 	if _, err := docket.EnqueueFlow(bg, q, docket.Then(docket.Group(same, same), f.sum)); !errors.Is(err, docket.ErrInvalid) {
 		t.Fatalf("EnqueueFlow error = %v, want ErrInvalid", err)
+	}
+}
+
+// A chain goes on in the worker that ran its last step (the step is
+// leased in the write that records the success). A worker that stops
+// while that happens gives the step back unrun: over many stops and
+// restarts every step runs exactly once, in its first attempt.
+func TestFlowChainAcrossStops(t *testing.T) {
+	t.Parallel()
+	q, err := docket.Open(bg, "sqlite:"+filepath.Join(t.TempDir(), "stops.db"), docket.Concurrency(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	var mu sync.Mutex
+	runs := map[string]int{}
+	ran := make(chan struct{}, 1000)
+	add := docket.NewTask("flow.add", func(ctx context.Context, n int) (int, error) {
+		tc, _ := docket.FromContext(ctx)
+		mu.Lock()
+		runs[tc.ID]++
+		mu.Unlock()
+		ran <- struct{}{}
+		return n + 1, nil
+	})
+	if err := q.Register(add); err != nil {
+		t.Fatal(err)
+	}
+	const steps = 300
+	flow := docket.Step(add, 0)
+	for range steps - 1 {
+		flow = docket.Then(flow, add)
+	}
+	wf, err := docket.EnqueueFlow(bg, q, flow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	result := make(chan error, 1)
+	go func() {
+		n, err := wf.Wait(waitCtx(t))
+		if err == nil && n != steps {
+			err = fmt.Errorf("chain = %d, want %d", n, steps)
+		}
+		result <- err
+	}()
+	stops := 0
+	for {
+		ctx, cancel := context.WithCancel(bg)
+		done := make(chan error, 1)
+		go func() { done <- q.Run(ctx) }()
+		var err error
+		finished := false
+	count:
+		for n := 0; n < 25; {
+			select {
+			case <-ran:
+				n++
+			case err = <-result:
+				finished = true
+				break count
+			}
+		}
+		cancel()
+		if rerr := <-done; rerr != nil {
+			t.Fatalf("Run: %v", rerr)
+		}
+		if finished {
+			if err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+		stops++
+	}
+	if stops < 5 {
+		t.Errorf("only %d stops while the chain ran", stops)
+	}
+	infos, err := wf.Info(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, s := range infos {
+		if runs[s.ID] != 1 || s.Attempt != 1 || s.State != docket.StateSucceeded {
+			t.Errorf("step %s ran %d times, %v after %d attempts; want once, succeeded in its first", s.ID, runs[s.ID], s.State, s.Attempt)
+		}
 	}
 }

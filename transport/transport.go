@@ -336,6 +336,21 @@ type ExtendResult struct {
 type FinishParams struct {
 	Now   time.Time
 	Items []Outcome
+	// Handoff, when set, asks a backend that implements Workflows to
+	// lease, in the same write, the workflow steps that successes among
+	// Items made ready, as a claim would (FinishResult.Next), so that a
+	// chain goes on in the worker that ran its last step without another
+	// claim. Others ignore it, and so may a backend that cannot.
+	Handoff *Handoff
+}
+
+// Handoff bounds what Finish may lease (see FinishParams.Handoff).
+type Handoff struct {
+	Owner      string
+	Queues     []string // only steps of these queues
+	Exclude    []string // and of none of these task names
+	Limit      int      // at most this many, over the whole call
+	LeaseUntil time.Time
 }
 
 // Outcome is the result of one attempt.
@@ -365,6 +380,14 @@ type FinishResult struct {
 	// Cancelled: a release or retry ended the task cancelled instead,
 	// because a cancel was pending.
 	Cancelled bool
+	// FlowEnded: the outcome was a workflow step's success, and its
+	// workflow has ended (its last step is terminal: perhaps one no
+	// worker runs, which this write completed). The Queue wakes the
+	// workflow's Wait only then, not at every step.
+	FlowEnded bool
+	// Next is the step this outcome made ready, leased to
+	// FinishParams.Handoff's owner; nil otherwise.
+	Next *Delivery
 }
 
 // GetParams are the arguments of Transport.Get.

@@ -147,10 +147,62 @@ var migrations = []string{
 	WHEN new.flow IS NOT NULL AND new.flow_waits >= 0
 		AND new.state BETWEEN 4 AND 7 AND old.state NOT BETWEEN 4 AND 7
 	BEGIN
-		-- A success, or any end when the successor collects, counts down.
+` + flowCountdownSQL + flowFailSQL + flowKeepSQL + `	END;
+	CREATE TRIGGER docket_flow_join AFTER UPDATE OF flow_waits ON docket_tasks
+	WHEN new.state = 8 AND new.flow_waits = 0
+	BEGIN
+		UPDATE docket_tasks SET payload = CAST(CASE WHEN new.flow_mode & 1 = 0 THEN
+			(SELECT coalesce(CAST(p.result AS TEXT), 'null') FROM docket_tasks p WHERE p.flow_next = new.id)
+		ELSE
+			(SELECT json_group_array(CASE
+				WHEN new.flow_mode & 2 = 0 THEN json(coalesce(CAST(p.result AS TEXT), 'null'))
+				WHEN p.state = 4 THEN json_object('result', json(coalesce(CAST(p.result AS TEXT), 'null')))
+				ELSE json_object('error', coalesce(p.error, 'ended ' || ` + stateNameSQL("p.state") + `)) END)
+			FROM (SELECT state, result, error FROM docket_tasks WHERE flow_next = new.id ORDER BY flow_slot) p)
+		END AS BLOB)
+		WHERE id = new.id;
+		UPDATE docket_tasks SET
+			state = CASE WHEN flow_mode & 4 THEN 4 ELSE 2 END,
+			result = CASE WHEN flow_mode & 4 THEN payload END,
+			finished_at = CASE WHEN flow_mode & 4 THEN run_at ELSE 0 END,
+			run_at = CASE WHEN flow_mode & 4 THEN run_at + ttl_ms ELSE run_at END
+		WHERE id = new.id;
+	END;`,
+	// 4: workflows carried by a broker (transport.FlowOutbox). A step
+	// enqueued with FlowPublish (flow_mode & 8) that its join made ready is
+	// in the broker's outbox until Published clears the bit; the index
+	// holds only those steps, so the relay's read costs nothing when it is
+	// empty.
+	//
+	// The end of a step is split in two triggers, docket_flow_done for a
+	// success and docket_flow_end for any other end, so that a success
+	// does not step through the statements of a failure; and a success
+	// makes a step with one predecessor whose result it takes as it is (a
+	// chain's) ready in one statement, without docket_flow_join.
+	`CREATE INDEX docket_tasks_outbox ON docket_tasks (id) WHERE state = 2 AND flow_mode & 8;
+	DROP TRIGGER docket_flow_end;
+	CREATE TRIGGER docket_flow_done AFTER UPDATE OF state ON docket_tasks
+	WHEN new.flow IS NOT NULL AND new.flow_waits >= 0 AND new.state = 4 AND old.state NOT BETWEEN 4 AND 7
+	BEGIN
+		UPDATE docket_tasks SET flow_waits = 0, state = 2, run_at = new.finished_at,
+			payload = CAST(coalesce(CAST(new.result AS TEXT), 'null') AS BLOB)
+		WHERE id = new.flow_next AND state = 8 AND flow_waits = 1 AND flow_mode & 7 = 0;
+` + flowCountdownSQL + flowKeepSQL + `	END;
+	CREATE TRIGGER docket_flow_end AFTER UPDATE OF state ON docket_tasks
+	WHEN new.flow IS NOT NULL AND new.flow_waits >= 0
+		AND new.state BETWEEN 5 AND 7 AND old.state NOT BETWEEN 4 AND 7
+	BEGIN
+` + flowCountdownSQL + flowFailSQL + flowKeepSQL + `	END;`,
+}
+
+// The statements of the triggers that advance a workflow when a step
+// ends (see migrations 3 and 4).
+var (
+	flowCountdownSQL = `		-- A success, or any end when the successor collects, counts down.
 		UPDATE docket_tasks SET flow_waits = flow_waits - 1, run_at = new.finished_at
 		WHERE id = new.flow_next AND state = 8 AND (new.state = 4 OR flow_mode & 2);
-		-- Any other end inside a collecting step's branch ends the branch.
+`
+	flowFailSQL = `		-- Any other end inside a collecting step's branch ends the branch.
 		-- Its other steps end quietly (flow_waits = -1: their own ends
 		-- advance nothing), then its last step ends failed, and that end
 		-- reports the error to the collecting step.
@@ -187,37 +239,12 @@ var migrations = []string{
 		WHERE new.state <> 4 AND new.flow_catch IS NULL AND flow = new.flow AND state IN (1, 2, 8);
 		UPDATE docket_tasks SET cancel = 1
 		WHERE new.state <> 4 AND new.flow_catch IS NULL AND flow = new.flow AND state = 3;
-		-- The workflow's end keeps all its steps as long as its last one.
+`
+	flowKeepSQL = `		-- The workflow's end keeps all its steps as long as its last one.
 		UPDATE docket_tasks SET run_at = new.run_at
 		WHERE new.id = new.flow AND flow = new.flow AND state BETWEEN 4 AND 7 AND id <> new.id;
-	END;
-	CREATE TRIGGER docket_flow_join AFTER UPDATE OF flow_waits ON docket_tasks
-	WHEN new.state = 8 AND new.flow_waits = 0
-	BEGIN
-		UPDATE docket_tasks SET payload = CAST(CASE WHEN new.flow_mode & 1 = 0 THEN
-			(SELECT coalesce(CAST(p.result AS TEXT), 'null') FROM docket_tasks p WHERE p.flow_next = new.id)
-		ELSE
-			(SELECT json_group_array(CASE
-				WHEN new.flow_mode & 2 = 0 THEN json(coalesce(CAST(p.result AS TEXT), 'null'))
-				WHEN p.state = 4 THEN json_object('result', json(coalesce(CAST(p.result AS TEXT), 'null')))
-				ELSE json_object('error', coalesce(p.error, 'ended ' || ` + stateNameSQL("p.state") + `)) END)
-			FROM (SELECT state, result, error FROM docket_tasks WHERE flow_next = new.id ORDER BY flow_slot) p)
-		END AS BLOB)
-		WHERE id = new.id;
-		UPDATE docket_tasks SET
-			state = CASE WHEN flow_mode & 4 THEN 4 ELSE 2 END,
-			result = CASE WHEN flow_mode & 4 THEN payload END,
-			finished_at = CASE WHEN flow_mode & 4 THEN run_at ELSE 0 END,
-			run_at = CASE WHEN flow_mode & 4 THEN run_at + ttl_ms ELSE run_at END
-		WHERE id = new.id;
-	END;`,
-	// 4: workflows carried by a broker (transport.FlowOutbox). A step
-	// enqueued with FlowPublish (flow_mode & 8) that its join made ready is
-	// in the broker's outbox until Published clears the bit; the index
-	// holds only those steps, so the relay's read costs nothing when it is
-	// empty.
-	`CREATE INDEX docket_tasks_outbox ON docket_tasks (id) WHERE state = 2 AND flow_mode & 8;`,
-}
+`
+)
 
 // stateNameSQL is the SQL expression naming the state in expr, a
 // terminal one.

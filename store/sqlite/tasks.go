@@ -587,6 +587,7 @@ func (s *Store) Finish(ctx context.Context, p transport.FinishParams) ([]transpo
 	now := wire.Millis(p.Now)
 	err := s.w.do(ctx, "finish", func(r runner) error {
 		var counts finishCounts
+		handed := 0
 		for i, o := range p.Items {
 			var errText any
 			if o.Error != "" {
@@ -608,6 +609,20 @@ func (s *Store) Finish(ctx context.Context, p transport.FinishParams) ([]transpo
 			default:
 				out[i] = transport.FinishResult{Cancelled: !o.State.Terminal() && state == transport.StateCancelled}
 				counts.add(o)
+				if o.Flow != "" && o.State == transport.StateSucceeded {
+					if h := p.Handoff; h != nil && o.Flow != o.ID && handed < h.Limit {
+						if out[i].Next, err = handoff(ctx, r, now, o.ID, h); err != nil {
+							return err
+						}
+						if out[i].Next != nil {
+							handed++
+							continue // the workflow goes on
+						}
+					}
+					if out[i].FlowEnded, err = flowEnded(ctx, r, o); err != nil {
+						return err
+					}
+				}
 			}
 		}
 		return counts.write(ctx, r, now)
@@ -616,6 +631,60 @@ func (s *Store) Finish(ctx context.Context, p transport.FinishParams) ([]transpo
 		return nil, err
 	}
 	return out, nil
+}
+
+// flowEnded reports whether the workflow of o's step has ended.
+func flowEnded(ctx context.Context, r runner, o transport.Outcome) (bool, error) {
+	if o.Flow == o.ID {
+		return true, nil
+	}
+	var state transport.State
+	err := queryOne(ctx, r, []any{&state}, "SELECT state FROM docket_tasks WHERE id = ?", o.Flow)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return false, fmt.Errorf("docket: finish task %s: %w", o.ID, err)
+	}
+	return state.Terminal(), nil
+}
+
+// handoffSQL leases to ?2 the step that the success of step ?4 made
+// ready (see handoff), as a claim would: its successor, or, past a
+// group's gathering step that the success completed, the gathering
+// step's successor (a chord's body); only of the queues in the JSON array
+// ?5 and of none of the names in ?6.
+var handoffSQL = `UPDATE docket_tasks SET state = 3, attempt = attempt + 1, owner = ?2, run_at = ?3,
+	started_at = ?1, finished_at = 0, progress = NULL
+	WHERE id = (SELECT CASE WHEN n.flow_mode & 4 AND n.state = 4 THEN n.flow_next ELSE n.id END
+		FROM docket_tasks t JOIN docket_tasks n ON n.id = t.flow_next WHERE t.id = ?4)
+	AND state = 2 AND cancel = 0 AND (expires_at = 0 OR expires_at > ?1)
+	AND queue IN (SELECT value FROM json_each(?5)) AND name NOT IN (SELECT value FROM json_each(?6))
+	RETURNING ` + deliveryCols
+
+// handoff leases to h.Owner the step that the success of step id made
+// ready, if h allows it. Finish calls it after recording the success, in
+// the same write.
+func handoff(ctx context.Context, r runner, now int64, id string, h *transport.Handoff) (*transport.Delivery, error) {
+	queues, _ := json.Marshal(h.Queues)
+	exclude, _ := json.Marshal(h.Exclude)
+	if h.Exclude == nil {
+		exclude = []byte("[]")
+	}
+	rows, err := r.query(ctx, handoffSQL, now, h.Owner, wire.Millis(h.LeaseUntil), id, string(queues), string(exclude))
+	if err != nil {
+		return nil, fmt.Errorf("docket: finish task %s: %w", id, err)
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		return nil, closeRows(rows)
+	}
+	d, _, err := scanDelivery(rows)
+	if err != nil {
+		return nil, err
+	}
+	if err := closeRows(rows); err != nil {
+		return nil, err
+	}
+	d.Owner = h.Owner
+	return &d, nil
 }
 
 const cancelSQL = `UPDATE docket_tasks SET

@@ -2,6 +2,7 @@ package amqp
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"time"
 
@@ -125,31 +126,56 @@ func (st *stored) relayLoop() {
 }
 
 // relay publishes the outbox's steps, relayBatch at a time, each batch
-// taken off the outbox once RabbitMQ confirmed it.
+// taken off the outbox once RabbitMQ confirmed it, until the outbox is
+// empty.
 func (st *stored) relay(base context.Context) error {
 	for {
 		ctx, cancel := context.WithTimeout(base, 30*time.Second)
 		n, err := st.relayOnce(ctx)
 		cancel()
-		if err != nil || n < relayBatch {
+		if err != nil || n == 0 {
 			return err
 		}
 	}
 }
 
-// relayOnce publishes one batch of the outbox and reports its size.
+// relayOnce publishes one batch of the outbox and reports its size. When
+// the batch fails, its steps are published one by one, so that a step
+// RabbitMQ refuses (a chord's gathered arguments beyond the broker's
+// max_message_size) holds up no other: it stays in the outbox, and the
+// error names it.
 func (st *stored) relayOnce(ctx context.Context) (int, error) {
 	now := st.now()
 	msgs, err := st.outbox.Outbox(ctx, transport.OutboxParams{Now: now, Limit: relayBatch})
 	if err != nil || len(msgs) == 0 {
 		return 0, err
 	}
-	if err := st.publishNew(ctx, now, msgs); err != nil {
+	var ids []string
+	if err = st.publishNew(ctx, now, msgs); err == nil {
+		for i := range msgs {
+			ids = append(ids, msgs[i].ID)
+		}
+	} else {
+		var failed error
+		for i := range msgs {
+			if err := st.publishNew(ctx, now, msgs[i:i+1]); err != nil {
+				if failed == nil {
+					failed = fmt.Errorf("docket: amqp: publish workflow step %s (%s): %w", msgs[i].ID, msgs[i].Name, err)
+				}
+				continue
+			}
+			ids = append(ids, msgs[i].ID)
+		}
+		err = failed
+	}
+	if len(ids) == 0 {
 		return 0, err
 	}
-	ids := make([]string, len(msgs))
-	for i := range msgs {
-		ids[i] = msgs[i].ID
+	if perr := st.outbox.Published(ctx, transport.PublishedParams{Now: now, IDs: ids}); perr != nil {
+		return 0, perr
 	}
-	return len(msgs), st.outbox.Published(ctx, transport.PublishedParams{Now: now, IDs: ids})
+	if err != nil {
+		return 0, err
+	}
+	return len(ids), nil
 }

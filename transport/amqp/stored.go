@@ -355,6 +355,9 @@ func (st *stored) Finish(ctx context.Context, p transport.FinishParams) ([]trans
 	if err := checkOutcomes(p.Items); err != nil {
 		return nil, err
 	}
+	// A step runs when RabbitMQ delivers it: the store leases nothing
+	// here (see flows.go).
+	p.Handoff = nil
 	res, err := st.store.Finish(ctx, p)
 	if err != nil {
 		return nil, err

@@ -564,9 +564,10 @@ func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]tra
 	}
 	r := row(v)
 	for i := range p.Items {
-		// 2: a retry or release that ended the task, its cancel pending.
+		// 2: a retry or release that ended the task, its cancel pending;
+		// 3: a step's success, and its workflow has ended.
 		n := num(r, i)
-		out[i].Lost, out[i].Cancelled = n == 0, n == 2
+		out[i].Lost, out[i].Cancelled, out[i].FlowEnded = n == 0, n == 2, n == 3
 	}
 	return out, nil
 }

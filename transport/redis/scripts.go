@@ -645,6 +645,10 @@ for i = 0, n - 1 do
 			if res == '' then res = nil end
 			if state == 4 then
 				terminal(id, state, now, err or '', res, nil, pre)
+				local fl = redis.call('HGET', tk, 'fl')
+				if fl and fl ~= '' and tonumber(redis.call('HGET', k('t', fl), 'state') or 0) >= 4 then
+					out[i + 1] = 3 -- its workflow has ended
+				end
 			else
 				terminal(id, state, now, err, res, {'atts', record(id, att, owner, f[8], now, state, err)}, pre)
 			end
