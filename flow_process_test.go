@@ -184,7 +184,9 @@ func chordKills(t *testing.T, db string) {
 		if time.Now().After(deadline) {
 			t.Fatal("the chord did not end in five minutes")
 		}
-		time.Sleep(time.Duration(200+rng.IntN(600)) * time.Millisecond)
+		// Soon enough that the short chord (under a second of work)
+		// sees several kills.
+		time.Sleep(time.Duration(50+rng.IntN(250)) * time.Millisecond)
 		if ended() {
 			break
 		}
