@@ -3,9 +3,13 @@ package docket_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/docketq/docket"
+	"github.com/docketq/docket/internal/redistest"
 )
 
 var benchAdd = docket.NewTask("bench.add1", func(ctx context.Context, n int) (int, error) { return n + 1, nil })
@@ -18,11 +22,30 @@ var benchSum = docket.NewTask("bench.sum", func(ctx context.Context, ns []int) (
 	return s, nil
 })
 
-// flowBenchQueue is a running Queue on a SQLite file with the workflow
-// benchmarks' tasks.
+// flowBenchQueue is a running Queue with the workflow benchmarks' tasks:
+// on a SQLite file, or on Redis (DOCKET_TEST_REDIS_URL) when
+// DOCKET_BENCH_BACKEND=redis.
 func flowBenchQueue(b *testing.B, opts ...docket.Option) *docket.Queue {
 	b.Helper()
-	q := benchQueue(b, opts...)
+	var q *docket.Queue
+	if os.Getenv("DOCKET_BENCH_BACKEND") == "redis" {
+		base := os.Getenv("DOCKET_TEST_REDIS_URL")
+		if base == "" {
+			b.Skip("DOCKET_BENCH_BACKEND=redis needs DOCKET_TEST_REDIS_URL")
+		}
+		prefix := fmt.Sprintf("docketbench-%d-%d", os.Getpid(), time.Now().UnixNano())
+		sep := "?"
+		if strings.Contains(base, "?") {
+			sep = "&"
+		}
+		var err error
+		if q, err = docket.Open(context.Background(), base+sep+"prefix="+prefix, opts...); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { q.Close(); redistest.DeletePrefix(base, prefix) })
+	} else {
+		q = benchQueue(b, opts...)
+	}
 	if err := q.Register(benchAdd, benchSum); err != nil {
 		b.Fatal(err)
 	}

@@ -558,6 +558,16 @@ func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]tra
 		}
 		args = append(args, o.ID, o.Attempt, o.Owner, int(o.State), wire.Millis(o.RunAt), string(o.Result), o.Error)
 	}
+	if h := p.Handoff; h != nil && h.Limit > 0 {
+		args = append(args, h.Owner, wire.Millis(h.LeaseUntil), h.Limit, len(h.Queues))
+		for _, q := range h.Queues {
+			args = append(args, q)
+		}
+		args = append(args, len(h.Exclude))
+		for _, x := range h.Exclude {
+			args = append(args, x)
+		}
+	}
 	v, err := t.run(ctx, finishScript, args...)
 	if err != nil {
 		return nil, fmt.Errorf("docket: redis finish: %w", err)
@@ -565,7 +575,16 @@ func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]tra
 	r := row(v)
 	for i := range p.Items {
 		// 2: a retry or release that ended the task, its cancel pending;
-		// 3: a step's success, and its workflow has ended.
+		// 3: a step's success, and its workflow has ended; a row: a
+		// step's success, and the next step leased by the handoff.
+		if h := row(r[i]); h != nil {
+			d, err := deliveryFrom(h[2:], str(h, 1), p.Handoff.Owner, p.Handoff.LeaseUntil)
+			if err != nil {
+				return nil, err
+			}
+			out[i].Next = &d
+			continue
+		}
 		n := num(r, i)
 		out[i].Lost, out[i].Cancelled, out[i].FlowEnded = n == 0, n == 2, n == 3
 	}

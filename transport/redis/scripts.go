@@ -630,6 +630,39 @@ var finishScript = goredis.NewScript(lib + libAttempts + `
 local now, n = tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
 local requeued = {}
+-- The handoff (transport.FinishParams.Handoff): owner, lease deadline,
+-- limit, then the queues and the excluded names, each counted.
+local hb = 4 + n * 7
+local howner, hdeadline, hlimit = ARGV[hb], tonumber(ARGV[hb + 1]), tonumber(ARGV[hb + 2]) or 0
+local hq, hx = {}, {}
+if hlimit > 0 then
+	local nq = tonumber(ARGV[hb + 3])
+	for j = 1, nq do hq[ARGV[hb + 3 + j]] = true end
+	local nx = tonumber(ARGV[hb + 4 + nq])
+	for j = 1, nx do hx[ARGV[hb + 4 + nq + j]] = true end
+end
+-- handoff leases to the handoff's owner the step that the success of id
+-- made ready: its successor, or, past a group's gathering step that the
+-- success completed, the gathering step's successor (a chord's body). It
+-- returns the step's id and its delivery row, or nil.
+local function handoff(id)
+	local nx = redis.call('HGET', k('t', id), 'fn')
+	if not nx or nx == '' then return nil end
+	local g = redis.call('HMGET', k('t', nx), 'fm', 'state', 'fn')
+	if has(g[1], 4) and g[2] == '4' then
+		nx = g[3]
+		if not nx or nx == '' then return nil end
+	end
+	local tk = k('t', nx)
+	local f = redis.call('HMGET', tk, 'state', 'queue', 'name', 'cancel', 'exp', 'att', 'ix')
+	local exp = tonumber(f[5]) or 0
+	if f[1] ~= '2' or f[4] == '1' or not hq[f[2]] or hx[f[3]] or (exp > 0 and exp <= now) then return nil end
+	unqueue(nx, f[2], f[1])
+	redis.call('ZADD', k('lease'), hdeadline, nx)
+	index(nx, f[2], f[7], '0')
+	redis.call('HSET', tk, 'state', 3, 'ix', '0', 'att', tonumber(f[6]) + 1, 'owner', howner, 'run_at', hdeadline, 'started', now, 'prog', '')
+	return nx, redis.call('HMGET', tk, 'name', 'queue', 'prio', 'exp', 'att', 'max', 'tmo', 'ttl', 'uk', 'pay', 'meta', 'created', 'err', 'id', 'fl')
+end
 for i = 0, n - 1 do
 	local b = 4 + i * 7
 	local id, att, owner, state, runat = ARGV[b], ARGV[b+1], ARGV[b+2], tonumber(ARGV[b+3]), tonumber(ARGV[b+4])
@@ -646,6 +679,16 @@ for i = 0, n - 1 do
 			if state == 4 then
 				terminal(id, state, now, err or '', res, nil, pre)
 				local fl = redis.call('HGET', tk, 'fl')
+				if fl and fl ~= '' and fl ~= id and hlimit > 0 then
+					local nx, row = handoff(id)
+					if nx then
+						hlimit = hlimit - 1
+						table.insert(row, 1, nx)
+						table.insert(row, 1, 1)
+						out[i + 1] = row -- the step handed over
+						fl = nil
+					end
+				end
 				if fl and fl ~= '' and tonumber(redis.call('HGET', k('t', fl), 'state') or 0) >= 4 then
 					out[i + 1] = 3 -- its workflow has ended
 				end

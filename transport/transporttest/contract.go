@@ -44,6 +44,7 @@ func runContract(t *testing.T, newTransport func(t *testing.T) transport.Transpo
 		{"Prune", testPrune},
 		{"ConcurrentClaims", testConcurrentClaims},
 		{"ClaimIDs", testClaimIDs},
+		{"Handoff", testHandoff},
 	}
 	tests = append(tests, adminContract...)
 	for _, tc := range tests {

@@ -63,6 +63,10 @@ type Features struct {
 	// workflow steps and advancing them as they end (EnqueueFlow; tests
 	// Workflow*).
 	Workflows bool
+	// Handoff: with Workflows, Finish leases the step a success made
+	// ready when FinishParams.Handoff asks it to (contract test Handoff).
+	// Not an interface: a backend may ignore the request.
+	Handoff bool
 }
 
 // implemented returns the interface features tr implements.

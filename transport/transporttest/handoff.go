@@ -1,19 +1,16 @@
-package sqlite_test
+package transporttest
 
 import (
-	"context"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/oklog/ulid/v2"
 
-	"github.com/docketq/docket/store/sqlite"
 	"github.com/docketq/docket/transport"
 )
 
-// step is a workflow step's message for the handoff tests.
-func step(id, flow, next, queue, name string, slot, waits int, mode transport.FlowMode) transport.Message {
+// flowStep is a workflow step's message for the contract tests.
+func flowStep(id, flow, next, queue, name string, slot, waits int, mode transport.FlowMode) transport.Message {
 	return transport.Message{
 		ID: id, Name: name, Queue: queue, Payload: []byte("1"), MaxAttempts: 1, ResultTTL: time.Hour,
 		Flow: &transport.FlowStep{ID: flow, Next: next, Slot: slot, Waits: waits, Mode: mode},
@@ -24,14 +21,10 @@ func step(id, flow, next, queue, name string, slot, waits int, mode transport.Fl
 // owner, in the same write, within the Handoff's bounds: its queues, its
 // excluded names and its limit; past a group's gathering step to the
 // chord's body.
-func TestFinishHandsOffTheNextStep(t *testing.T) {
-	ctx := context.Background()
-	s, err := sqlite.Open(ctx, sqlite.Options{Path: filepath.Join(t.TempDir(), "q.db")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	now := time.Now()
+func testHandoff(t *testing.T, s transport.Transport, f Features) {
+	need(t, f.Handoff && f.Workflows && f.ClaimByID, "Handoff")
+	claimer := idClaimer(t, s)
+	now := base
 	ids := func(n int) []string {
 		out := make([]string, n)
 		for i := range out {
@@ -45,22 +38,22 @@ func TestFinishHandsOffTheNextStep(t *testing.T) {
 	d := ids(2)
 	m := ids(4) // body, gather, member 1, member 2
 	msgs := []transport.Message{
-		step(c[0], c[0], "", "default", "last", -1, 1, 0),
-		step(c[1], c[0], c[0], "other", "mid", -1, 1, 0),
-		step(c[2], c[0], c[1], "default", "first", -1, 0, 0),
-		step(d[0], d[0], "", "default", "last", -1, 1, 0),
-		step(d[1], d[0], d[0], "default", "first", -1, 0, 0),
-		step(m[0], m[0], "", "default", "body", -1, 1, 0),
-		step(m[1], m[0], m[0], "default", "docket.group", -1, 2, transport.FlowArray|transport.FlowPass),
-		step(m[2], m[0], m[1], "default", "member", 0, 0, 0),
-		step(m[3], m[0], m[1], "default", "member", 1, 0, 0),
+		flowStep(c[0], c[0], "", "default", "last", -1, 1, 0),
+		flowStep(c[1], c[0], c[0], "other", "mid", -1, 1, 0),
+		flowStep(c[2], c[0], c[1], "default", "first", -1, 0, 0),
+		flowStep(d[0], d[0], "", "default", "last", -1, 1, 0),
+		flowStep(d[1], d[0], d[0], "default", "first", -1, 0, 0),
+		flowStep(m[0], m[0], "", "default", "body", -1, 1, 0),
+		flowStep(m[1], m[0], m[0], "default", "docket.group", -1, 2, transport.FlowArray|transport.FlowPass),
+		flowStep(m[2], m[0], m[1], "default", "member", 0, 0, 0),
+		flowStep(m[3], m[0], m[1], "default", "member", 1, 0, 0),
 	}
 	if _, err := s.Enqueue(ctx, transport.EnqueueParams{Now: now, Messages: msgs}); err != nil {
 		t.Fatal(err)
 	}
 	finish := func(id string, h *transport.Handoff) *transport.Delivery {
 		t.Helper()
-		got, err := s.ClaimIDs(ctx, transport.ClaimIDsParams{Now: now, Owner: "w", LeaseUntil: now.Add(time.Minute), IDs: []string{id}})
+		got, err := claimer.ClaimIDs(ctx, transport.ClaimIDsParams{Now: now, Owner: "w", LeaseUntil: now.Add(time.Minute), IDs: []string{id}})
 		if err != nil || got[0].Delivery == nil {
 			t.Fatalf("ClaimIDs(%s) = %+v, %v", id, got, err)
 		}
