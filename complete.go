@@ -10,6 +10,9 @@ import (
 type finishReq struct {
 	ex  *execution
 	out transport.Outcome
+	// passed: ex's room in the capacity passes to the step its success
+	// may make ready (see reserveHandoff).
+	passed bool
 }
 
 // finish hands an outcome to the completer, which writes outcomes in
@@ -31,9 +34,12 @@ func (w *worker) finish(ex *execution, out transport.Outcome) {
 	if was {
 		return
 	}
-	w.unhold(ex)
+	passed := w.q.flows && out.Flow != "" && out.Flow != out.ID && out.State == transport.StateSucceeded && w.passOn(ex)
+	if !passed {
+		w.unhold(ex)
+	}
 	select {
-	case w.finishCh <- finishReq{ex, out}:
+	case w.finishCh <- finishReq{ex, out, passed}:
 	case <-w.completeDone:
 	}
 }
@@ -73,7 +79,15 @@ func (w *worker) gather(batch []finishReq, linger *time.Timer) []finishReq {
 		}
 		break
 	}
-	if len(batch) == cap(batch) || w.heldCount() == 0 {
+	// The places passed on by the batch's steps (see reserveHandoff)
+	// are not other tasks in hand.
+	passed := 0
+	for _, r := range batch {
+		if r.passed {
+			passed++
+		}
+	}
+	if len(batch) == cap(batch) || w.heldCount() == passed {
 		return batch
 	}
 	linger.Reset(finishLinger)
@@ -82,7 +96,10 @@ func (w *worker) gather(batch []finishReq, linger *time.Timer) []finishReq {
 		select {
 		case r := <-w.finishCh:
 			batch = append(batch, r)
-			if w.heldCount() == 0 {
+			if r.passed {
+				passed++
+			}
+			if w.heldCount() == passed {
 				return batch
 			}
 		case <-linger.C:
@@ -121,7 +138,7 @@ func (w *worker) completer() {
 		}
 		var res []transport.FinishResult
 		var err error
-		params := transport.FinishParams{Items: items, Handoff: w.reserveHandoff(items)}
+		params := transport.FinishParams{Items: items, Handoff: w.reserveHandoff(batch)}
 		giveUp := time.Now().Add(q.cfg.lease)
 		for attempt := 0; ; attempt++ {
 			// An outcome write is not cut short: one stopped halfway
@@ -167,41 +184,42 @@ func (w *worker) completer() {
 	}
 }
 
-// reserveHandoff returns the Handoff for a batch of outcomes: room in the
-// worker's capacity, reserved now, for the workflow steps that the
-// batch's successes may make ready, which the backend then leases to
-// this worker in the same write (transport.FinishParams.Handoff). A
-// chain's steps so run one after the other on one worker, each without
-// a claim of its own. Nil when nothing is to be handed over, or there is
-// no room, or the worker is stopping.
-func (w *worker) reserveHandoff(items []transport.Outcome) *transport.Handoff {
-	if !w.q.flows || w.stopping() {
-		return nil
-	}
+// reserveHandoff returns the Handoff for a batch of outcomes. A workflow
+// step's success keeps its room in the worker's capacity (passOn) for the
+// step it may make ready, which the backend then leases to this worker in
+// the same write (transport.FinishParams.Handoff): a chain's steps so run
+// one after the other on one worker, each without a claim of its own,
+// and the slot a step frees does not start a claim that would find
+// nothing. Nil, with that room freed, when the worker is stopping or
+// claims none of its queues now.
+func (w *worker) reserveHandoff(batch []finishReq) *transport.Handoff {
 	n := 0
-	for _, o := range items {
-		if o.Flow != "" && o.Flow != o.ID && o.State == transport.StateSucceeded {
+	for _, r := range batch {
+		if r.passed {
 			n++
 		}
 	}
 	if n == 0 {
 		return nil
 	}
-	queues := w.claimable(w.pausedNow())
+	var queues []string
+	if !w.stopping() {
+		queues = w.claimable(w.pausedNow())
+	}
 	if len(queues) == 0 {
+		w.unreserve(n)
 		return nil
 	}
 	exclude, _ := w.limits.excluded(time.Now())
-	w.mu.Lock()
-	n = min(n, w.conc+w.prefetch-w.held)
-	if n > 0 {
-		w.held += n
-	}
-	w.mu.Unlock()
-	if n <= 0 {
-		return nil
-	}
 	return &transport.Handoff{Owner: w.owner, Queues: queues, Exclude: exclude, Limit: n}
+}
+
+// unreserve frees n places reserved in the worker's capacity.
+func (w *worker) unreserve(n int) {
+	w.mu.Lock()
+	w.held -= n
+	w.mu.Unlock()
+	signal(w.freed)
 }
 
 // takeHandoffs gives the executors the steps the backend leased to this
@@ -225,10 +243,9 @@ func (w *worker) takeHandoffs(h *transport.Handoff, res []transport.FinishResult
 		}
 		w.work <- w.track(*r.Next) // never blocks: its room was reserved
 	}
-	w.held -= h.Limit + len(back)
 	w.mu.Unlock()
 	if h.Limit+len(back) > 0 {
-		signal(w.freed)
+		w.unreserve(h.Limit + len(back))
 	}
 	if len(back) > 0 {
 		w.giveBack(back)

@@ -34,7 +34,8 @@ func TestHandoffAtStopGoesBack(t *testing.T) {
 	}
 	d := res.Deliveries[0]
 	items := []transport.Outcome{{Lease: d.Lease(), Queue: d.Queue, Flow: d.FlowID(), State: transport.StateSucceeded, Result: []byte("2")}}
-	h := w.reserveHandoff(items)
+	w.held = 1 // the finished step's place, passed on to the next
+	h := w.reserveHandoff([]finishReq{{out: items[0], passed: true}})
 	if h == nil || h.Limit != 1 || w.heldCount() != 1 {
 		t.Fatalf("reserveHandoff = %+v, held %d; want room for one step", h, w.heldCount())
 	}

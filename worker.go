@@ -308,6 +308,20 @@ func (w *worker) unhold(ex *execution) {
 	}
 }
 
+// passOn ends ex's hold on the capacity like unhold, but keeps its place
+// counted, for the step its success may make ready (see reserveHandoff).
+// It reports false, doing nothing, when ex no longer holds a place.
+func (w *worker) passOn(ex *execution) bool {
+	w.mu.Lock()
+	was := ex.held
+	ex.held = false
+	w.mu.Unlock()
+	if was {
+		w.limits.unhold(ex.d.Name)
+	}
+	return was
+}
+
 func (w *worker) runningIDs() []string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
