@@ -217,7 +217,7 @@ func EnqueueFlow[R any](ctx context.Context, e Enqueuer, f Flow[R]) (*Workflow[R
 		return nil, invalid("EnqueueFlow", nil, "the flow is empty")
 	}
 	if _, ok := q.t.(transport.Workflows); !ok {
-		return nil, fmt.Errorf("docket: enqueue workflow: %w", ErrUnsupported)
+		return nil, fmt.Errorf("docket: enqueue workflow: %w: %s keeps no workflow state (RabbitMQ runs workflows with a result store: the ResultStore option)", ErrUnsupported, q.URL())
 	}
 	b := flowBuilder{q: q, now: q.now()}
 	if _, err := b.add(f.n, flowLink{slot: -1}); err != nil {

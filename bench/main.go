@@ -430,6 +430,13 @@ func measurements(h *Harness) []Measurement {
 		ms = append(ms, m)
 	}
 	ms = append(ms,
+		Measurement{Name: "flows", Metrics: []Metric{
+			{Key: "chain", Scale: 1, Label: fmt.Sprintf("a chain of %s steps, each taking the previous result, concurrency 1: enqueue to result (ms)", commas(sc.ChainN))},
+			{Key: "independent", Scale: 1, Label: fmt.Sprintf("%s independent tasks of the same step enqueued in one call, concurrency 1: enqueue to the last result (ms)", commas(sc.ChainN))},
+			{Key: "ratio", Scale: 1, Label: "the chain's time over the independent tasks' (×)"},
+			{Key: "chord0", Scale: 1, Label: fmt.Sprintf("a chord of %s members and a body that sums them, concurrency 8: enqueue to result, per member (µs)", commas(sc.ChordN[0]))},
+			{Key: "chord1", Scale: 1, Label: fmt.Sprintf("the same chord of %s members, per member (µs)", commas(sc.ChordN[1]))},
+		}, Run: measureFlows},
 		Measurement{Name: "size", Runs: 1, Metrics: []Metric{
 			{Key: "per", Scale: 1, Label: fmt.Sprintf("store size per pending task with %s pending: file + WAL after checkpoint(TRUNCATE); Redis systems: MEMORY USAGE summed over their keys (bytes/task; 1 run)", commas(sc.SizeN))},
 			{Key: "after", Scale: 1.0 / 1024, Label: "store size after those tasks completed and retention/cleanup ran (KiB; 1 run)"},

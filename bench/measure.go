@@ -78,6 +78,8 @@ type Scale struct {
 	SteadyFor    time.Duration // window of the steady row
 	ProducerN    int           // tasks a producer enqueues, nobody waiting
 	WaitN        int           // tasks a producer enqueues, waiting for each
+	ChainN       int           // steps of the chain
+	ChordN       []int         // members of the chords
 }
 
 func fullScale() Scale {
@@ -86,6 +88,7 @@ func fullScale() Scale {
 		LatencyRate: 500, LatencyFor: 5 * time.Second,
 		ClaimTasks: 1_000, SizeN: 100_000, IdleFor: 10 * time.Second, SettleBefore: 300 * time.Millisecond,
 		SteadyFor: 60 * time.Second, ProducerN: 200_000, WaitN: 50_000,
+		ChainN: 1_000, ChordN: []int{1_000, 10_000},
 	}
 }
 
@@ -95,6 +98,7 @@ func quickScale() Scale {
 		LatencyRate: 500, LatencyFor: time.Second,
 		ClaimTasks: 1_000, SizeN: 5_000, IdleFor: 2 * time.Second, SettleBefore: 200 * time.Millisecond,
 		SteadyFor: 5 * time.Second, ProducerN: 20_000, WaitN: 5_000,
+		ChainN: 200, ChordN: []int{100, 1_000},
 	}
 }
 
@@ -796,4 +800,64 @@ func liveSize(ctx context.Context, s System, dir string) (int64, error) {
 		}
 	}
 	return 0, &NA{Reason: s.Name() + "'s store size is not visible to the harness"}
+}
+
+// measureFlows times a chain of ChainN steps against ChainN independent
+// tasks of the same step, both on one worker slot (a chain runs one step
+// at a time), and chords of ChordN members on eight slots, per member.
+func measureFlows(ctx context.Context, h *Harness, s System) (Result, error) {
+	res := Result{Values: map[string]float64{}}
+	run := func(conc int, fn func(fr flowRunner) error) error {
+		inst, _, err := h.openFresh(ctx, s, Options{Concurrency: conc, Results: true})
+		if err != nil {
+			return err
+		}
+		defer inst.Close()
+		fr, ok := inst.(flowRunner)
+		if !ok {
+			return &NA{Reason: s.Name() + " has no workflows"}
+		}
+		if err := inst.Start(ctx); err != nil {
+			return err
+		}
+		return fn(fr)
+	}
+	timed := func(fn func() error) (time.Duration, error) {
+		t0 := time.Now()
+		err := fn()
+		return time.Since(t0), err
+	}
+	n := h.Scale.ChainN
+	err := run(1, func(fr flowRunner) error {
+		// Warm up (connections, statements), untimed.
+		if err := fr.Chain(ctx, 10); err != nil {
+			return err
+		}
+		chain, err := timed(func() error { return fr.Chain(ctx, n) })
+		if err != nil {
+			return err
+		}
+		ind, err := timed(func() error { return fr.Independent(ctx, n) })
+		if err != nil {
+			return err
+		}
+		res.Values["chain"] = chain.Seconds() * 1000
+		res.Values["independent"] = ind.Seconds() * 1000
+		res.Values["ratio"] = chain.Seconds() / ind.Seconds()
+		return nil
+	})
+	if err != nil {
+		return Result{}, err
+	}
+	for i, m := range h.Scale.ChordN {
+		err := run(8, func(fr flowRunner) error {
+			d, err := timed(func() error { return fr.Chord(ctx, m) })
+			res.Values[fmt.Sprintf("chord%d", i)] = float64(d.Microseconds()) / float64(m)
+			return err
+		})
+		if err != nil {
+			return Result{}, err
+		}
+	}
+	return res, nil
 }

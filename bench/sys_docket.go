@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"time"
 
@@ -35,6 +36,18 @@ type docketInstance struct {
 	stopped chan error
 }
 
+// The workflow measurement's tasks (flowRunner).
+var (
+	flowAdd = docket.NewTask("bench.add1", func(ctx context.Context, n int) (int, error) { return n + 1, nil })
+	flowSum = docket.NewTask("bench.sum", func(ctx context.Context, ns []int) (int, error) {
+		s := 0
+		for _, n := range ns {
+			s += n
+		}
+		return s, nil
+	})
+)
+
 func (docketSystem) Open(ctx context.Context, o Options) (Instance, error) {
 	return openDocket(ctx, "sqlite:"+filepath.Join(o.Dir, docketSystem{}.dbFile()), o)
 }
@@ -62,7 +75,7 @@ func openDocket(ctx context.Context, url string, o Options, extra ...docket.Opti
 		h(a.T)
 		return struct{}{}, nil
 	}, taskOpts...)
-	if err := q.Register(task); err != nil {
+	if err := q.Register(task, flowAdd, flowSum); err != nil {
 		q.Close()
 		return nil, err
 	}
@@ -80,6 +93,53 @@ func (d *docketInstance) EnqueueWait(ctx context.Context) error {
 		return err
 	}
 	_, err = r.Wait(ctx)
+	return err
+}
+
+// Chain implements flowRunner.
+func (d *docketInstance) Chain(ctx context.Context, n int) error {
+	flow := docket.Step(flowAdd, 0)
+	for range n - 1 {
+		flow = docket.Then(flow, flowAdd)
+	}
+	return d.runFlow(ctx, flow, n)
+}
+
+// Independent implements flowRunner.
+func (d *docketInstance) Independent(ctx context.Context, n int) error {
+	rs, err := flowAdd.EnqueueMany(ctx, d.q, make([]int, n))
+	if err != nil {
+		return err
+	}
+	for _, r := range rs {
+		if _, err := r.Wait(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Chord implements flowRunner.
+func (d *docketInstance) Chord(ctx context.Context, n int) error {
+	members := make([]docket.Flow[int], n)
+	for i := range members {
+		members[i] = docket.Step(flowAdd, i)
+	}
+	return d.runFlow(ctx, docket.Then(docket.Group(members...), flowSum), n*(n+1)/2)
+}
+
+func (d *docketInstance) runFlow(ctx context.Context, flow docket.Flow[int], want int) error {
+	wf, err := docket.EnqueueFlow(ctx, d.q, flow)
+	if errors.Is(err, docket.ErrUnsupported) {
+		return &NA{Reason: err.Error()}
+	}
+	if err != nil {
+		return err
+	}
+	got, err := wf.Wait(ctx)
+	if err == nil && got != want {
+		err = fmt.Errorf("workflow result %d, want %d", got, want)
+	}
 	return err
 }
 

@@ -93,6 +93,19 @@ type resultWaiter interface {
 	EnqueueWait(ctx context.Context) error
 }
 
+// flowRunner is an Instance that runs workflows (docket's chains and
+// chords). Every call enqueues, then waits for the last result; the
+// workers must be started.
+type flowRunner interface {
+	// Chain runs a chain of n steps, each adding one to the previous
+	// result.
+	Chain(ctx context.Context, n int) error
+	// Independent runs n tasks of the chain's step, enqueued in one call.
+	Independent(ctx context.Context, n int) error
+	// Chord runs a group of n members and a body that sums their results.
+	Chord(ctx context.Context, n int) error
+}
+
 // sqliteDSN is the DSN every SQLite-based peer uses: the same settings as
 // docket's own (see store/sqlite fileDSN): WAL, synchronous=NORMAL,
 // busy_timeout 5000 ms, BEGIN IMMEDIATE for transactions, journal size limit.
