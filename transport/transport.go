@@ -14,8 +14,9 @@
 // database/sql/driver: ScheduleStore (durable periodic tasks), Lister,
 // Pruner (retention), TxEnqueuer (enqueue inside a caller's *sql.Tx),
 // DBProvider, IDClaimer (lease by id, for a broker's result store),
-// ClaimStopper, Subscriber (push notifications) and ChangeCounter (writes
-// by other processes). The rule that makes this work: a backend implements
+// Workflows and FlowOutbox (workflow steps, and those a broker must
+// carry), ClaimStopper, Subscriber (push notifications) and ChangeCounter
+// (writes by other processes). The rule that makes this work: a backend implements
 // an optional interface only if it supports it, never to answer
 // ErrUnsupported at run time. Package transport/transporttest checks it.
 //

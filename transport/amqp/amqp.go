@@ -165,13 +165,15 @@
 // answers those calls with an error wrapping ErrUnsupported.
 //
 // With a result store (docket's ResultStore option with a Redis URL, or a
-// SQLite file on one host; or Config.ResultStore), RabbitMQ carries the tasks and the store keeps their state. The store must lease
-// tasks by id, list, prune and keep schedules (transport.IDClaimer, Lister,
-// Pruner and ScheduleStore); one that cannot is refused with an error
-// wrapping ErrUnsupported. The transport then offers everything the store
-// does:
-// results that outlive their producer, lookups from any process, unique
-// keys, persisted cancellation, schedules that fire each slot once. Enqueue
+// SQLite file on one host; or Config.ResultStore), RabbitMQ carries the
+// tasks and the store keeps their state. The store must lease tasks by id,
+// list, prune, keep schedules and workflows (transport.IDClaimer, Lister,
+// Pruner, ScheduleStore, Workflows and FlowOutbox); one that cannot is
+// refused with an error wrapping ErrUnsupported. The transport then offers
+// everything the store does: results that outlive their producer, lookups
+// from any process, unique keys, persisted cancellation, schedules that
+// fire each slot once, workflows (the store joins; the steps it makes ready
+// reach RabbitMQ through its outbox, which every process relays). Enqueue
 // publishes, then records the task in the store; a worker leases each
 // delivered task in the store by id, and the store's lease and fence decide
 // which copy runs: a copy of a finished task is dropped, a copy of a task
