@@ -587,7 +587,7 @@ func (s *Store) Finish(ctx context.Context, p transport.FinishParams) ([]transpo
 	now := wire.Millis(p.Now)
 	err := s.w.do(ctx, "finish", func(r runner) error {
 		var counts finishCounts
-		handed := 0
+		var steps []int // the successes of workflow steps
 		for i, o := range p.Items {
 			var errText any
 			if o.Error != "" {
@@ -610,19 +610,29 @@ func (s *Store) Finish(ctx context.Context, p transport.FinishParams) ([]transpo
 				out[i] = transport.FinishResult{Cancelled: !o.State.Terminal() && state == transport.StateCancelled}
 				counts.add(o)
 				if o.Flow != "" && o.State == transport.StateSucceeded {
-					if h := p.Handoff; h != nil && o.Flow != o.ID && handed < h.Limit {
-						if out[i].Next, err = handoff(ctx, r, now, o.ID, h); err != nil {
-							return err
-						}
-						if out[i].Next != nil {
-							handed++
-							continue // the workflow goes on
-						}
-					}
-					if out[i].FlowEnded, err = flowEnded(ctx, r, o); err != nil {
-						return err
-					}
+					steps = append(steps, i)
 				}
+			}
+		}
+		// Once every outcome is written, so that a failure later in the
+		// batch has cancelled what its workflow had not started: hand
+		// over the steps the successes made ready, and say which ended
+		// their workflow.
+		handed := 0
+		for _, i := range steps {
+			o := p.Items[i]
+			var err error
+			if h := p.Handoff; h != nil && o.Flow != o.ID && handed < h.Limit {
+				if out[i].Next, err = handoff(ctx, r, now, o.ID, h); err != nil {
+					return err
+				}
+				if out[i].Next != nil {
+					handed++
+					continue // the workflow goes on
+				}
+			}
+			if out[i].FlowEnded, err = flowEnded(ctx, r, o); err != nil {
+				return err
 			}
 		}
 		return counts.write(ctx, r, now)

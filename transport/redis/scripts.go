@@ -630,6 +630,7 @@ var finishScript = goredis.NewScript(lib + libAttempts + `
 local now, n = tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
 local requeued = {}
+local steps = {} -- the successes of workflow steps: {i, id, workflow}
 -- The handoff (transport.FinishParams.Handoff): owner, lease deadline,
 -- limit, then the queues and the excluded names, each counted.
 local hb = 4 + n * 7
@@ -679,19 +680,7 @@ for i = 0, n - 1 do
 			if state == 4 then
 				terminal(id, state, now, err or '', res, nil, pre)
 				local fl = redis.call('HGET', tk, 'fl')
-				if fl and fl ~= '' and fl ~= id and hlimit > 0 then
-					local nx, row = handoff(id)
-					if nx then
-						hlimit = hlimit - 1
-						table.insert(row, 1, nx)
-						table.insert(row, 1, 1)
-						out[i + 1] = row -- the step handed over
-						fl = nil
-					end
-				end
-				if fl and fl ~= '' and tonumber(redis.call('HGET', k('t', fl), 'state') or 0) >= 4 then
-					out[i + 1] = 3 -- its workflow has ended
-				end
+				if fl and fl ~= '' then table.insert(steps, {i, id, fl}) end
 			else
 				terminal(id, state, now, err, res, {'atts', record(id, att, owner, f[8], now, state, err)}, pre)
 			end
@@ -728,6 +717,23 @@ for i = 0, n - 1 do
 		end
 	else
 		out[i + 1] = 0
+	end
+end
+-- Once every outcome is written, so that a failure later in the batch
+-- has cancelled what its workflow had not started: hand over the steps
+-- the successes made ready, and say which ended their workflow.
+for _, e in ipairs(steps) do
+	local i, id, fl = e[1], e[2], e[3]
+	local nx, row = nil, nil
+	if fl ~= id and hlimit > 0 then nx, row = handoff(id) end
+	if nx then
+		hlimit = hlimit - 1
+		table.insert(row, 1, nx)
+		table.insert(row, 1, 1)
+		out[i + 1] = row -- the step handed over
+	else
+		local st = tonumber(redis.call('HGET', k('t', fl), 'state') or 0)
+		if st >= 4 and st <= 7 then out[i + 1] = 3 end -- its workflow has ended
 	end
 end
 for q in pairs(requeued) do wake(q) end

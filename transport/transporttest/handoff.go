@@ -51,23 +51,40 @@ func testHandoff(t *testing.T, s transport.Transport, f Features) {
 	if _, err := s.Enqueue(ctx, transport.EnqueueParams{Now: now, Messages: msgs}); err != nil {
 		t.Fatal(err)
 	}
-	finish := func(id string, h *transport.Handoff) *transport.Delivery {
+	// finishAll claims ids and records their outcomes in one Finish.
+	finishAll := func(h *transport.Handoff, ids []string, states ...transport.State) []transport.FinishResult {
 		t.Helper()
-		got, err := claimer.ClaimIDs(ctx, transport.ClaimIDsParams{Now: now, Owner: "w", LeaseUntil: now.Add(time.Minute), IDs: []string{id}})
-		if err != nil || got[0].Delivery == nil {
-			t.Fatalf("ClaimIDs(%s) = %+v, %v", id, got, err)
+		got, err := claimer.ClaimIDs(ctx, transport.ClaimIDsParams{Now: now, Owner: "w", LeaseUntil: now.Add(time.Minute), IDs: ids})
+		if err != nil {
+			t.Fatalf("ClaimIDs(%v): %v", ids, err)
 		}
-		dl := got[0].Delivery
+		var items []transport.Outcome
+		for i, g := range got {
+			if g.Delivery == nil {
+				t.Fatalf("ClaimIDs(%s) = %+v", ids[i], g)
+			}
+			dl := g.Delivery
+			items = append(items, transport.Outcome{Lease: dl.Lease(), Queue: dl.Queue, Flow: dl.FlowID(), State: states[i], Result: []byte("2")})
+		}
 		if h != nil {
 			h.Owner, h.LeaseUntil = "next-owner", now.Add(time.Minute)
 		}
-		res, err := s.Finish(ctx, transport.FinishParams{Now: now, Handoff: h, Items: []transport.Outcome{{
-			Lease: dl.Lease(), Queue: dl.Queue, Flow: dl.FlowID(), State: transport.StateSucceeded, Result: []byte("2"),
-		}}})
-		if err != nil || res[0].Lost {
-			t.Fatalf("Finish(%s) = %+v, %v", id, res, err)
+		res, err := s.Finish(ctx, transport.FinishParams{Now: now, Handoff: h, Items: items})
+		if err != nil {
+			t.Fatalf("Finish(%v) = %+v, %v", ids, res, err)
 		}
-		return res[0].Next
+		for i, r := range res {
+			if r.Lost {
+				t.Fatalf("Finish(%s) lost", ids[i])
+			}
+		}
+		return res
+	}
+	var last transport.FinishResult
+	finish := func(id string, h *transport.Handoff) *transport.Delivery {
+		t.Helper()
+		last = finishAll(h, []string{id}, transport.StateSucceeded)[0]
+		return last.Next
 	}
 	state := func(id string) transport.State {
 		t.Helper()
@@ -80,6 +97,9 @@ func testHandoff(t *testing.T, s transport.Transport, f Features) {
 
 	if n := finish(c[2], &transport.Handoff{Queues: []string{"default"}, Limit: 1}); n != nil || state(c[1]) != transport.StateReady {
 		t.Errorf("a step of a queue the Handoff leaves out: handed %+v, state %v; want left ready", n, state(c[1]))
+	}
+	if last.FlowEnded {
+		t.Errorf("FlowEnded after a first step's success; its workflow goes on")
 	}
 	if n := finish(c[1], &transport.Handoff{Queues: []string{"default"}, Exclude: []string{"last"}, Limit: 1}); n != nil || state(c[0]) != transport.StateReady {
 		t.Errorf("a step of an excluded name: handed %+v, state %v; want left ready", n, state(c[0]))
@@ -100,7 +120,27 @@ func testHandoff(t *testing.T, s transport.Transport, f Features) {
 		t.Errorf("handed body is %v, want running", state(m[0]))
 	}
 	// Without a Handoff nothing is leased (the default).
-	if n := finish(c[0], nil); n != nil {
-		t.Errorf("without a Handoff: %+v", n)
+	if n := finish(c[0], nil); n != nil || !last.FlowEnded {
+		t.Errorf("without a Handoff: %+v, FlowEnded %v; want nothing handed, the workflow ended", n, last.FlowEnded)
+	}
+
+	// A success and a failure of one workflow in one Finish: the step
+	// the success made ready was cancelled by the failure, and is not
+	// handed over. Its workflow: members a (then a2) and b, gathered by
+	// the body.
+	w := ids(4) // body, a2, a, b
+	msgs = []transport.Message{
+		flowStep(w[0], w[0], "", "default", "body", -1, 2, transport.FlowArray),
+		flowStep(w[1], w[0], w[0], "default", "a2", 0, 1, 0),
+		flowStep(w[2], w[0], w[1], "default", "a", -1, 0, 0),
+		flowStep(w[3], w[0], w[0], "default", "b", 1, 0, 0),
+	}
+	if _, err := s.Enqueue(ctx, transport.EnqueueParams{Now: now, Messages: msgs}); err != nil {
+		t.Fatal(err)
+	}
+	res := finishAll(&transport.Handoff{Queues: []string{"default"}, Limit: 2}, []string{w[2], w[3]}, transport.StateSucceeded, transport.StateFailed)
+	if res[0].Next != nil || state(w[1]) != transport.StateCancelled || state(w[0]) != transport.StateFailed {
+		t.Errorf("a success before a failure of its workflow in one Finish: handed %+v, next %v, workflow %v; want nothing handed, cancelled, failed",
+			res[0].Next, state(w[1]), state(w[0]))
 	}
 }
