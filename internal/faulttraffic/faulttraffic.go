@@ -9,6 +9,7 @@ package faulttraffic
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -30,6 +31,11 @@ type Config struct {
 	// state never allows. Runs of a task before its completion (after a
 	// lost lease) are allowed in every mode: delivery is at least once.
 	Strict bool
+	// AllowLoss counts the acknowledged tasks that no longer exist
+	// afterwards (Report.Lost) instead of failing the test: for a backend
+	// whose documented guarantee allows losing acknowledged writes (Redis
+	// failing over to an asynchronous replica).
+	AllowLoss bool
 }
 
 // Report is what a run saw.
@@ -38,6 +44,7 @@ type Report struct {
 	Failures int // enqueues that returned an error during the fault
 	Repeated int // acknowledged tasks whose handler ran more than once
 	Late     int // handler runs that started after their task completed
+	Lost     int // acknowledged tasks gone afterwards (with AllowLoss)
 }
 
 type item struct {
@@ -61,6 +68,8 @@ type traffic struct {
 
 	acked    []sent // written by the producer until it stops
 	failures int
+	lost     map[int]bool // acknowledged tasks gone (AllowLoss)
+	allow    bool
 }
 
 // Run opens a Queue from cfg, runs a worker and a producer, calls fault
@@ -75,7 +84,7 @@ func Run(t testing.TB, cfg Config, fault func()) Report {
 		t.Fatal(err)
 	}
 	defer q.Close()
-	tr := &traffic{t: t, q: q, starts: map[int][]time.Time{}}
+	tr := &traffic{t: t, q: q, starts: map[int][]time.Time{}, lost: map[int]bool{}, allow: cfg.AllowLoss}
 	tr.task = docket.NewTask("fault.item", func(ctx context.Context, it item) (int, error) {
 		tr.mu.Lock()
 		tr.starts[it.N] = append(tr.starts[it.N], time.Now())
@@ -105,8 +114,8 @@ func Run(t testing.TB, cfg Config, fault func()) Report {
 		t.Errorf("Run: %v", err)
 	}
 	rep := tr.report(ctx)
-	t.Logf("%d acknowledged and completed, %d enqueue errors during the fault, %d run more than once, %d runs after completion",
-		rep.Acked, rep.Failures, rep.Repeated, rep.Late)
+	t.Logf("%d acknowledged, %d lost, %d enqueue errors during the fault, %d run more than once, %d runs after completion",
+		rep.Acked, rep.Lost, rep.Failures, rep.Repeated, rep.Late)
 	if rep.Acked == 0 {
 		t.Fatal("nothing was acknowledged")
 	}
@@ -150,7 +159,12 @@ func (tr *traffic) waitAll(ctx context.Context, wait time.Duration) {
 	deadline, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	for _, a := range tr.acked {
-		if v, err := a.r.Wait(deadline); err != nil || v != a.n {
+		v, err := a.r.Wait(deadline)
+		if tr.allow && errors.Is(err, docket.ErrNotFound) {
+			tr.lost[a.n] = true
+			continue
+		}
+		if err != nil || v != a.n {
 			tr.t.Fatalf("acknowledged task %s: %v, %v", a.r.ID(), v, err)
 		}
 	}
@@ -159,8 +173,11 @@ func (tr *traffic) waitAll(ctx context.Context, wait time.Duration) {
 // report counts the repeated and late runs of the acknowledged tasks.
 func (tr *traffic) report(ctx context.Context) Report {
 	tr.t.Helper()
-	rep := Report{Acked: len(tr.acked), Failures: tr.failures}
+	rep := Report{Acked: len(tr.acked), Failures: tr.failures, Lost: len(tr.lost)}
 	for _, a := range tr.acked {
+		if tr.lost[a.n] {
+			continue
+		}
 		info, err := a.r.Info(ctx)
 		if err != nil {
 			tr.t.Fatal(err)

@@ -23,13 +23,14 @@ import (
 // directory, with the append-only file on. Only its own process is ever
 // killed.
 type server struct {
-	t    *testing.T
+	t    testing.TB
 	port int
 	dir  string
 	cmd  *exec.Cmd
+	args []string // more redis-server arguments
 }
 
-func startServer(t *testing.T) *server {
+func startServer(t testing.TB, args ...string) *server {
 	t.Helper()
 	serverURL(t) // broker tests are opt-in
 	if _, err := exec.LookPath("redis-server"); err != nil {
@@ -41,7 +42,7 @@ func startServer(t *testing.T) *server {
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	s := &server{t: t, port: port, dir: t.TempDir()}
+	s := &server{t: t, port: port, dir: t.TempDir(), args: args}
 	s.start()
 	t.Cleanup(s.kill)
 	return s
@@ -52,6 +53,7 @@ func (s *server) start() {
 	s.cmd = exec.Command("redis-server", "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
 		"--dir", s.dir, "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no",
 		"--enable-debug-command", "yes")
+	s.cmd.Args = append(s.cmd.Args, s.args...)
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatal(err)
 	}

@@ -96,6 +96,11 @@ type Transport struct {
 
 	listeners transport.Listeners
 	enq       enqueuer
+
+	// replicas and replicaTimeout: every script waits for this many
+	// replicas (Options.Replicas).
+	replicas       int
+	replicaTimeout time.Duration
 }
 
 var (
@@ -116,6 +121,19 @@ type Options struct {
 	// Strict refuses a server that would lose tasks (appendonly no, or an
 	// evicting maxmemory-policy); without it New logs a warning.
 	Strict bool
+	// Replicas, when above zero, makes every write wait until that many
+	// replicas have it (Redis's WAIT, in the same round trip) before
+	// docket acknowledges it, up to ReplicaTimeout (default 5 s). Redis
+	// replicates asynchronously, so without it a failover can lose the
+	// writes of the last moments before the primary died that no replica
+	// had yet; with it, the promoted replica has every acknowledged write
+	// (with Sentinel, when Replicas is at least the number of replicas
+	// that can be promoted, or Sentinel is told to promote only those in
+	// sync). A write that fewer replicas confirm in time fails with an
+	// error wrapping ErrOutcomeUnknown: it is on the primary, and may not
+	// survive a failover. URL parameters: replicas=N, replica_timeout=D.
+	Replicas       int
+	ReplicaTimeout time.Duration
 	// Logger receives the transport's diagnostics; nil discards them.
 	// docket.Open passes the Queue's logger.
 	Logger *slog.Logger
@@ -131,6 +149,12 @@ func (o Options) normalize() (Options, error) {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	switch {
+	case o.Replicas < 0 || o.ReplicaTimeout < 0:
+		return o, fmt.Errorf("docket: redis replicas %d, replica timeout %s: want neither below zero: %w", o.Replicas, o.ReplicaTimeout, transport.ErrInvalid)
+	case o.ReplicaTimeout == 0:
+		o.ReplicaTimeout = 5 * time.Second
 	}
 	return o, nil
 }
@@ -163,7 +187,8 @@ func New(ctx context.Context, client goredis.UniversalClient, opts Options) (*Tr
 func newTransport(ctx context.Context, client goredis.UniversalClient, owned bool, opts Options, where string) (*Transport, error) {
 	opts, err := opts.normalize()
 	if err == nil {
-		t := &Transport{rdb: client, owned: owned, prefix: opts.Prefix, log: opts.Logger, where: where}
+		t := &Transport{rdb: client, owned: owned, prefix: opts.Prefix, log: opts.Logger, where: where,
+			replicas: opts.Replicas, replicaTimeout: opts.ReplicaTimeout}
 		if err = t.check(ctx, opts.Strict); err == nil {
 			if err := t.upgrade(ctx); err != nil {
 				t.log.Warn("docket: redis could not index the tasks stored by an earlier version; Search and Stats miss them until a process indexes them", "server", t.where, "err", err)
@@ -218,6 +243,17 @@ func open(ctx context.Context, u *url.URL, cfg transport.Config) (transport.Tran
 	}
 	clean := *u
 	clean.RawQuery = rest.Encode()
+	if rest.Has("master_name") {
+		// Sentinel: go-redis's failover URL, whose host and addr=
+		// parameters are the Sentinels.
+		fopts, err := goredis.ParseFailoverURL(clean.String())
+		if err != nil {
+			return nil, fmt.Errorf("docket: redis URL %s: %s: %w", where, redactErr(err, u), transport.ErrInvalid)
+		}
+		fopts.MaxRetries = 3 // safe: every write is idempotent (task ids, fences)
+		fopts.DisableIdentity = true
+		return newTransport(ctx, goredis.NewFailoverClient(fopts), true, opts, where)
+	}
 	ropts, err := goredis.ParseURL(clean.String())
 	if err != nil {
 		return nil, fmt.Errorf("docket: redis URL %s: %s: %w", where, redactErr(err, u), transport.ErrInvalid)
@@ -244,8 +280,23 @@ func parseParams(u *url.URL) (Options, url.Values, error) {
 		}
 		opts.Strict = b
 	}
-	q.Del("prefix")
-	q.Del("strict")
+	if v := q.Get("replicas"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return opts, nil, fmt.Errorf("docket: redis replicas=%q: want a number of replicas: %w", v, transport.ErrInvalid)
+		}
+		opts.Replicas = n
+	}
+	if v := q.Get("replica_timeout"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return opts, nil, fmt.Errorf("docket: redis replica_timeout=%q: want a duration such as 2s: %w", v, transport.ErrInvalid)
+		}
+		opts.ReplicaTimeout = d
+	}
+	for _, k := range []string{"prefix", "strict", "replicas", "replica_timeout"} {
+		q.Del(k)
+	}
 	return opts, q, nil
 }
 
@@ -356,8 +407,39 @@ func (t *Transport) wrap(err error) error {
 
 func (t *Transport) run(ctx context.Context, s *goredis.Script, args ...any) (any, error) {
 	full := append([]any{"{" + t.prefix + "}"}, args...)
-	v, err := s.Run(ctx, t.rdb, []string{"{" + t.prefix + "}:ev"}, full...).Result()
-	return v, t.wrap(err)
+	keys := []string{"{" + t.prefix + "}:ev"}
+	if t.replicas == 0 {
+		v, err := s.Run(ctx, t.rdb, keys, full...).Result()
+		return v, t.wrap(err)
+	}
+	// The script and WAIT in one pipeline, so on one connection: WAIT
+	// counts the replicas that have this connection's writes.
+	for attempt := 0; ; attempt++ {
+		pipe := t.rdb.Pipeline()
+		var ev *goredis.Cmd
+		if attempt == 0 {
+			ev = s.EvalSha(ctx, pipe, keys, full...)
+		} else {
+			ev = s.Eval(ctx, pipe, keys, full...)
+		}
+		wait := pipe.Do(ctx, "WAIT", t.replicas, t.replicaTimeout.Milliseconds())
+		pipe.Exec(ctx)
+		v, err := ev.Result()
+		if attempt == 0 && err != nil && goredis.HasErrorPrefix(err, "NOSCRIPT") {
+			continue
+		}
+		if err != nil {
+			return v, t.wrap(err)
+		}
+		n, err := wait.Int64()
+		switch {
+		case err != nil:
+			return v, fmt.Errorf("docket: redis %s: written, but the wait for its replicas failed: %w (%w)", t.where, transport.ErrOutcomeUnknown, t.wrap(err))
+		case n < int64(t.replicas):
+			return v, fmt.Errorf("docket: redis %s: written, but %d of %d replicas had it within %s, so a failover may lose it: %w", t.where, n, t.replicas, t.replicaTimeout, transport.ErrOutcomeUnknown)
+		}
+		return v, nil
+	}
 }
 
 func ukHash(key string) string {
