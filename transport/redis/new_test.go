@@ -153,6 +153,11 @@ func TestURLRefusesUnknownParameters(t *testing.T) {
 		"redis://127.0.0.1:1/0?prefx=jobs",
 		"redis://127.0.0.1:1/0?strict=maybe",
 		"redis://127.0.0.1:1/0?prefix=a%7Bb%7D",
+		"redis://127.0.0.1:1/0?replicas=one",
+		"redis://127.0.0.1:1/0?replicas=-1",
+		"redis://127.0.0.1:1/0?replicas=1&replica_timeout=soon",
+		"redis://127.0.0.1:1/0?replica_timeout=-2s",
+		"redis://127.0.0.1:1/0?master_name=docket&addr=nohostport",
 	} {
 		q, err := docket.Open(ctx, u)
 		if err == nil {

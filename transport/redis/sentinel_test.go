@@ -2,6 +2,7 @@ package redis_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -222,5 +223,38 @@ func BenchmarkEnqueueReplicas(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tasks/s")
 		})
+	}
+}
+
+// With replicas=1 and no replica in sync, docket acknowledges nothing: an
+// enqueue fails with ErrOutcomeUnknown once replica_timeout has passed,
+// and the task it wrote to the primary is there to be found by its id.
+func TestReplicasUnconfirmedIsOutcomeUnknown(t *testing.T) {
+	t.Parallel()
+	serverURL(t)
+	s := startServer(t)
+	ctx := context.Background()
+	base := fmt.Sprintf("redis://%s/0?prefix=lonely", s.addr())
+	q, err := docket.Open(ctx, base+"&replicas=1&replica_timeout=200ms")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	task := docket.NewTask("lonely.noop", func(ctx context.Context, _ struct{}) (struct{}, error) { return struct{}{}, nil })
+	if err := q.Register(task); err != nil {
+		t.Fatal(err)
+	}
+	_, err = task.Enqueue(ctx, q, struct{}{})
+	var unknown *docket.OutcomeUnknownError
+	if !errors.As(err, &unknown) || !errors.Is(err, docket.ErrOutcomeUnknown) || len(unknown.IDs) != 1 {
+		t.Fatalf("Enqueue without a replica = %v; want an *OutcomeUnknownError", err)
+	}
+	plain, err := docket.Open(ctx, base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	if in, err := plain.Info(ctx, unknown.IDs[0]); err != nil || in.State != docket.StateReady {
+		t.Fatalf("the unconfirmed task: %+v, %v; want it stored, ready", in, err)
 	}
 }
