@@ -165,7 +165,12 @@ func (tr *traffic) waitAll(ctx context.Context, wait time.Duration) {
 			continue
 		}
 		if err != nil || v != a.n {
-			tr.t.Fatalf("acknowledged task %s: %v, %v", a.r.ID(), v, err)
+			in, ierr := a.r.Info(context.Background())
+			if ierr == nil {
+				tr.t.Fatalf("acknowledged task %s: %v, %v; it is %s after %d attempts (error %q, created %s, started %s, worker %q)",
+					a.r.ID(), v, err, in.State, in.Attempt, in.Error, in.Created.Format(time.RFC3339Nano), in.Started.Format(time.RFC3339Nano), in.Worker)
+			}
+			tr.t.Fatalf("acknowledged task %s: %v, %v (info: %v)", a.r.ID(), v, err, ierr)
 		}
 	}
 }

@@ -57,7 +57,7 @@ func TestConformanceQuorum(t *testing.T) {
 	brokerURL(t)
 	transporttest.Run(t, transporttest.Backend{
 		NewURL:   func(t *testing.T) string { return freshURL(t, "") },
-		Features: transporttest.Features{},
+		Features: transporttest.Features{Pushed: true},
 	})
 }
 
@@ -65,7 +65,7 @@ func TestConformanceClassic(t *testing.T) {
 	brokerURL(t)
 	transporttest.Run(t, transporttest.Backend{
 		NewURL:   func(t *testing.T) string { return freshURL(t, "queue_type=classic") },
-		Features: transporttest.Features{Priority: true},
+		Features: transporttest.Features{Priority: true, Pushed: true},
 	})
 }
 
@@ -84,7 +84,7 @@ func TestConformanceSQLiteStore(t *testing.T) {
 			v, _ := stores.Load(url)
 			return []docket.Option{docket.ResultStore(v.(string))}
 		},
-		Features: transporttest.Features{Schedules: true, SharedState: true, Listing: true, Pruning: true, Admin: true, Workflows: true},
+		Features: transporttest.Features{Schedules: true, SharedState: true, Listing: true, Pruning: true, Admin: true, Workflows: true, Pushed: true},
 	})
 }
 
@@ -105,7 +105,7 @@ func TestConformanceRedisStore(t *testing.T) {
 			v, _ := stores.Load(url)
 			return []docket.Option{docket.ResultStore(v.(string))}
 		},
-		Features: transporttest.Features{Schedules: true, SharedState: true, Priority: true, Listing: true, Pruning: true, Admin: true, Workflows: true},
+		Features: transporttest.Features{Schedules: true, SharedState: true, Priority: true, Listing: true, Pruning: true, Admin: true, Workflows: true, Pushed: true},
 	})
 }
 

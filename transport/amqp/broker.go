@@ -21,7 +21,7 @@ import (
 // delivery carries and the cancel requests it heard; what differs between
 // RabbitMQ alone and RabbitMQ with a result store is behind mode.
 type broker struct {
-	uri   string // the URI for amqp091, with its credentials
+	uri   string // the URI for amqp091, with its credentials (the first node's)
 	where string // the redacted URL, for errors and String
 	opt   options
 	dial  amqp.Config // the client configuration every connection starts from
@@ -29,6 +29,10 @@ type broker struct {
 	now   func() time.Time // for housekeeping only
 	id    string           // this process's control (and reply) queue suffix
 	mode  mode
+
+	// node is the index in opt.uris of the node the next connection
+	// attempt tries first; a failed attempt moves on to the next.
+	node int
 
 	mu        sync.Mutex
 	sess      *session      // nil while disconnected

@@ -2,6 +2,7 @@ package amqp
 
 import (
 	"fmt"
+	"net"
 	"net/url"
 	"slices"
 	"strconv"
@@ -19,12 +20,16 @@ type options struct {
 	quorum        bool
 	deliveryLimit int
 	dialTimeout   time.Duration // connection_timeout
+	// uris are the client URIs of the cluster's nodes: the URL's host,
+	// then each addr= parameter, with the same credentials, vhost and
+	// client parameters.
+	uris []string
 }
 
 // docketParams are the URL parameters docket reads itself; clientParams
 // are RabbitMQ's URI query parameters, passed on to the client.
 var (
-	docketParams = []string{"prefix", "queue_type", "delivery_limit"}
+	docketParams = []string{"prefix", "queue_type", "delivery_limit", "addr"}
 	clientParams = []string{"heartbeat", "connection_timeout", "channel_max", "auth_mechanism", "cacertfile", "certfile", "keyfile", "server_name_indication"}
 )
 
@@ -66,6 +71,7 @@ func parseOptions(u *url.URL) (options, *url.URL, error) {
 		}
 		opt.dialTimeout = time.Duration(n) * time.Millisecond
 	}
+	addrs := q["addr"]
 	for _, k := range docketParams {
 		q.Del(k)
 	}
@@ -75,6 +81,16 @@ func parseOptions(u *url.URL) (options, *url.URL, error) {
 	// connection attempt.
 	if _, err := amqp.ParseURI(clean.String()); err != nil {
 		return opt, nil, fmt.Errorf("docket: amqp URL %s: %v: %w", transport.Redact(u), redactErr(err, clean.String()), transport.ErrInvalid)
+	}
+	opt.uris = []string{clean.String()}
+	for _, a := range addrs {
+		host, port, err := net.SplitHostPort(a)
+		if _, perr := strconv.Atoi(port); err != nil || host == "" || perr != nil {
+			return opt, nil, fmt.Errorf("docket: amqp addr=%q: want host:port of another node of the cluster: %w", a, transport.ErrInvalid)
+		}
+		node := clean
+		node.Host = a
+		opt.uris = append(opt.uris, node.String())
 	}
 	return opt, &clean, nil
 }

@@ -2,6 +2,7 @@ package amqp
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -91,9 +92,31 @@ func (s *session) alive() bool {
 // process's control queue, what its mode needs (see mode.sessionStarting),
 // and the consumers of the queues it consumes.
 func (b *broker) connect(ctx context.Context) (*session, error) {
-	conn, err := amqp.DialConfig(b.uri, b.clientConfig(ctx))
+	// A cluster's nodes in turn, from the one after the node of the last
+	// attempt: the node of a session that just failed is tried last.
+	var errs []error
+	for range b.opt.uris {
+		b.mu.Lock()
+		i := b.node % len(b.opt.uris)
+		b.node = i + 1
+		b.mu.Unlock()
+		s, err := b.connectTo(ctx, b.opt.uris[i])
+		if err == nil {
+			return s, nil
+		}
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, errors.Join(errs...)
+}
+
+// connectTo connects to the node at uri and sets the session up.
+func (b *broker) connectTo(ctx context.Context, uri string) (*session, error) {
+	conn, err := amqp.DialConfig(uri, b.clientConfig(ctx))
 	if err != nil {
-		return nil, b.wrap("connect", redactErr(err, b.uri))
+		return nil, b.wrap("connect", redactErr(err, uri))
 	}
 	s := &session{
 		conn: conn, dead: make(chan struct{}), returned: map[string]bool{},

@@ -67,6 +67,11 @@ type Features struct {
 	// ready when FinishParams.Handoff asks it to (contract test Handoff).
 	// Not an interface: a backend may ignore the request.
 	Handoff bool
+	// Pushed: a broker pushes tasks to the worker, so one claim sees only
+	// those delivered so far, not every ready task (RabbitMQ). Tests of
+	// what one claim does with several tasks then allow them to arrive in
+	// separate claims.
+	Pushed bool
 }
 
 // implemented returns the interface features tr implements.

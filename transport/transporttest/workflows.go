@@ -216,7 +216,9 @@ func testWorkflowCancel(t *testing.T, b Backend) {
 
 // A member that expires before any worker runs fails its workflow in the
 // claim that finds it, and that claim does not lease the sibling the
-// failure cancelled.
+// failure cancelled. With a broker (Pushed) the sibling may be delivered,
+// and run, in a claim before the one that finds the expired member: then
+// only the body must never run.
 func testWorkflowExpiredMember(t *testing.T, b Backend) {
 	need(t, b.Features.Workflows, "Workflows")
 	q := open(t, b, b.NewURL(t), docket.Concurrency(8))
@@ -244,12 +246,16 @@ func testWorkflowExpiredMember(t *testing.T, b Backend) {
 			t.Fatal(err)
 		}
 		for _, s := range steps {
-			if !s.State.Terminal() || s.Attempt != 0 {
+			switch {
+			case s.Name == f.sum.Name() && s.Attempt != 0:
+				t.Errorf("the body ran (%d attempts) after its workflow failed", s.Attempt)
+			case b.Features.Pushed:
+			case !s.State.Terminal() || s.Attempt != 0:
 				t.Errorf("step %s (%s): %v after %d attempts; want ended without running", s.ID, s.Name, s.State, s.Attempt)
 			}
 		}
 	}
-	if ran.Load() != 0 {
-		t.Errorf("a member ran %d times after its workflow failed", ran.Load())
+	if n := ran.Load(); n != 0 && !b.Features.Pushed {
+		t.Errorf("a member ran %d times after its workflow failed", n)
 	}
 }
