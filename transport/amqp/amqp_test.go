@@ -205,8 +205,8 @@ func TestUnrecordedMessageNeverRuns(t *testing.T) {
 	if v, err := a.Wait(wctx); err != nil || v != 1 {
 		t.Fatalf("Wait = %v, %v", v, err)
 	}
-	// The refused task's message goes round the delay levels for a
-	// minute, then is given up; it never runs (the long variant waits
+	// The refused task's message is kept unacknowledged and asked about
+	// for a minute, then given up; it never runs (the long variant waits
 	// past the minute).
 	time.Sleep(longtest.Pick(3*time.Second, 65*time.Second))
 	mu.Lock()

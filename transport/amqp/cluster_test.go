@@ -1,8 +1,10 @@
 package amqp_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"net/url"
 	"os/exec"
 	"path/filepath"
 	"testing"
@@ -136,5 +138,42 @@ func (c *cluster) logQueues() {
 		out, err := cmd.CombinedOutput()
 		c.t.Logf("queues, from %s (%v):\n%s", n.name, err, out)
 		return
+	}
+}
+
+// With addr=, a node that does not answer is passed over: the first node
+// of the URL refuses connections, the next one is the broker.
+func TestOpenTriesTheOtherNodes(t *testing.T) {
+	brokerURL(t)
+	u, err := url.Parse(freshURL(t, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := u.Host
+	u.Host = fmt.Sprintf("127.0.0.1:%d", freePort(t)) // nothing listens there
+	q := u.Query()
+	q.Add("addr", live)
+	u.RawQuery = q.Encode()
+	ctx := context.Background()
+	dq, err := docket.Open(ctx, u.String())
+	if err != nil {
+		t.Fatalf("Open with a dead first node: %v", err)
+	}
+	defer dq.Close()
+	task := docket.NewTask("nodes.echo", func(ctx context.Context, n int) (int, error) { return n, nil })
+	if err := dq.Register(task); err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	go dq.Run(runCtx)
+	r, err := task.Enqueue(ctx, dq, 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if v, err := r.Wait(wctx); err != nil || v != 7 {
+		t.Fatalf("Wait = %d, %v", v, err)
 	}
 }

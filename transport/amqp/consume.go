@@ -23,6 +23,9 @@ type held struct {
 	replyTo string // the producer's reply queue, if any
 	bad     error  // the message could not be decoded
 	owner   string
+	// notBefore: a delivery kept in the buffer to be judged again, not
+	// before then (see verdict.later).
+	notBefore time.Time
 }
 
 // setHoldMax sizes how many acknowledgements s may hold back to its
@@ -153,6 +156,10 @@ type verdict struct {
 	give   []*held            // to run: handed out by Claim
 	settle []settlement       // not to run now
 	ended  []transport.Status // tasks the verdict ended (ClaimResult.Ended)
+	// later are deliveries to judge again at their notBefore, kept in
+	// this process unacknowledged: RabbitMQ keeps them for it, and
+	// delivers them again if it dies.
+	later []*held
 	// beforeAck, when set, runs after the settlements' messages were
 	// confirmed and before their deliveries are acknowledged.
 	beforeAck func(ctx context.Context) error
@@ -163,8 +170,9 @@ type verdict struct {
 type decideFunc func(ctx context.Context, s *session, p transport.ClaimParams, picked []*held) (verdict, error)
 
 // claim starts consumers for queues not consumed yet and hands out what
-// they delivered that decide lets run, highest priority first; RabbitMQ
-// pushes, so NextAt is always zero and workers are woken by EventReady.
+// they delivered that decide lets run, highest priority first. RabbitMQ
+// pushes, and workers are woken by EventReady; NextAt is the time of the
+// earliest delivery kept to be judged again.
 func (b *broker) claim(ctx context.Context, p transport.ClaimParams, decide decideFunc) (transport.ClaimResult, error) {
 	var res transport.ClaimResult
 	if p.Limit <= 0 || len(p.Queues) == 0 {
@@ -186,8 +194,9 @@ func (b *broker) claim(ctx context.Context, p transport.ClaimParams, decide deci
 		return res, err
 	}
 	b.mu.Lock()
-	picked := b.pick(p)
+	picked, next := b.pick(p)
 	b.mu.Unlock()
+	res.NextAt = next
 	if len(picked) == 0 {
 		return res, nil
 	}
@@ -197,6 +206,18 @@ func (b *broker) claim(ctx context.Context, p transport.ClaimParams, decide deci
 		return res, err
 	}
 	res.Ended = v.ended
+	if len(v.later) > 0 {
+		b.mu.Lock()
+		if b.sess == s {
+			b.buf = append(b.buf, v.later...)
+		}
+		b.mu.Unlock()
+		for _, h := range v.later {
+			if res.NextAt.IsZero() || h.notBefore.Before(res.NextAt) {
+				res.NextAt = h.notBefore
+			}
+		}
+	}
 	if len(v.settle) > 0 {
 		if err := b.settle(s, v.settle, v.beforeAck); err != nil {
 			b.log.Warn("docket: amqp: could not settle undeliverable tasks; reconnecting", "err", err)
@@ -246,12 +267,18 @@ func (b *broker) startConsumers(ctx context.Context, s *session, p transport.Cla
 // names are not excluded, highest priority first, then oldest first. A copy
 // of a task in flight here on the same connection (a duplicate) waits for
 // its twin to finish.
-func (b *broker) pick(p transport.ClaimParams) []*held {
+func (b *broker) pick(p transport.ClaimParams) (picked []*held, next time.Time) {
 	var cand []int
 	stale := 0
 	for i, h := range b.buf {
 		if h.s != b.sess {
 			stale++
+			continue
+		}
+		if h.notBefore.After(p.Now) {
+			if next.IsZero() || h.notBefore.Before(next) {
+				next = h.notBefore
+			}
 			continue
 		}
 		if h.bad == nil && (!slices.Contains(p.Queues, h.msg.Queue) || slices.Contains(p.Exclude, h.msg.Name)) {
@@ -277,7 +304,7 @@ func (b *broker) pick(p transport.ClaimParams) []*held {
 	}
 	clear(b.buf[len(keep):])
 	b.buf = keep
-	return out
+	return out, next
 }
 
 // requeue puts picked deliveries back at the front of the buffer.

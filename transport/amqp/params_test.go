@@ -21,7 +21,7 @@ func TestParseOptionsRefusesUnknownParameters(t *testing.T) {
 		case !errors.Is(err, transport.ErrInvalid):
 			t.Errorf("%s: %v: want an error matching ErrInvalid", query, err)
 		case !strings.Contains(err.Error(), "unknown amqp URL parameter") ||
-			!strings.Contains(err.Error(), "known: prefix, queue_type, delivery_limit, heartbeat, connection_timeout"):
+			!strings.Contains(err.Error(), "known: prefix, queue_type, delivery_limit, addr, heartbeat, connection_timeout"):
 			t.Errorf("%s: %v: want the parameter named and the known ones listed", query, err)
 		case strings.Contains(err.Error(), "secret"):
 			t.Errorf("%s: error shows the password: %v", query, err)
@@ -58,7 +58,30 @@ func TestParseOptionsKnownParameters(t *testing.T) {
 			t.Errorf("%s: %v; want an error matching ErrInvalid, without the password", bad, err)
 		}
 	}
-	if opt, _, err := parseOptions(mustURL(t, "amqp://localhost/")); err != nil || opt.dialTimeout != 10*time.Second {
+	if opt, _, err := parseOptions(mustURL(t, "amqp://localhost/")); err != nil || opt.dialTimeout != 10*time.Second || len(opt.uris) != 1 {
 		t.Errorf("defaults: %+v, %v", opt, err)
+	}
+}
+
+// addr= names more nodes of a cluster: each gets the URL's credentials,
+// vhost and client parameters; a bad one is refused.
+func TestParseOptionsClusterNodes(t *testing.T) {
+	opt, _, err := parseOptions(mustURL(t, "amqp://guest:secret@node1:5672/vh?addr=node2:5673&addr=10.0.0.3:5672&heartbeat=5&prefix=app"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"amqp://guest:secret@node1:5672/vh?heartbeat=5",
+		"amqp://guest:secret@node2:5673/vh?heartbeat=5",
+		"amqp://guest:secret@10.0.0.3:5672/vh?heartbeat=5",
+	}
+	if strings.Join(opt.uris, " ") != strings.Join(want, " ") {
+		t.Errorf("uris %q, want %q", opt.uris, want)
+	}
+	for _, bad := range []string{"addr=node2", "addr=:5672", "addr=node2:port"} {
+		_, _, err := parseOptions(mustURL(t, "amqp://guest:secret@localhost/?"+bad))
+		if !errors.Is(err, transport.ErrInvalid) || strings.Contains(err.Error(), "secret") {
+			t.Errorf("%s: %v; want an error matching ErrInvalid, without the password", bad, err)
+		}
 	}
 }

@@ -200,8 +200,14 @@ func (st *stored) publishNew(ctx context.Context, now time.Time, msgs []transpor
 // up (see stored): its producer publishes before it records the task.
 //
 // A minute is far longer than a producer takes between its publish and its
-// record, even on a loaded machine, and costs nothing while the task
-// waits: it goes round the delay levels, asked about once a second.
+// record, even on a loaded machine, and costs little while the task
+// waits: the worker keeps the delivery unacknowledged, asking the store
+// about it at most once a second. It keeps it rather than sending a copy
+// round the delay levels: a fast worker meets a third of all new tasks
+// this way, and a copy in flight between the levels can be lost when a
+// cluster node that leads their queues is killed (RabbitMQ 3.10,
+// TestFaultClusterNodeRestarts), while a delivery this process holds is
+// given back by RabbitMQ if the process dies.
 const unrecordedWait = time.Minute
 
 // Claim implements transport.Transport (see broker.claim).
@@ -212,10 +218,10 @@ func (st *stored) Claim(ctx context.Context, p transport.ClaimParams) (transport
 // decide leases the delivered tasks in the store, which keeps their state
 // and fences every write. A task the store does not lease is settled:
 // dropped when it is final (a duplicate copy, or a cancelled task) or was
-// never recorded; sent around the delay levels until the store says it is
-// due (a retry not due yet, a copy of a task another worker holds under a
-// live lease, or a task not recorded yet); dead-lettered when its worker
-// was lost too often.
+// never recorded; kept here and judged again soon when its producer has
+// not recorded it yet; sent around the delay levels until the store says
+// it is due (a retry not due yet, a copy of a task another worker holds
+// under a live lease); dead-lettered when its worker was lost too often.
 func (st *stored) decide(ctx context.Context, s *session, p transport.ClaimParams, picked []*held) (verdict, error) {
 	var v verdict
 	var ids []string
@@ -237,6 +243,14 @@ func (st *stored) decide(ctx context.Context, s *session, p transport.ClaimParam
 	}
 	for i, r := range res {
 		h := good[i]
+		if age := p.Now.Sub(h.msg.Created); r.State == 0 && !r.Ended && age < st.giveUpAfter {
+			// Published, but its producer has not recorded it yet (it
+			// publishes first): judge it again soon, later the longer it
+			// has been missing, keeping it here unacknowledged.
+			h.notBefore = p.Now.Add(min(max(age/2, 10*time.Millisecond), time.Second))
+			v.later = append(v.later, h)
+			continue
+		}
 		if r.Delivery != nil {
 			h.msg, h.attempt, h.lastErr = r.Delivery.Message, r.Delivery.Attempt, r.Delivery.LastError
 			v.give = append(v.give, h)
@@ -268,10 +282,6 @@ func (st *stored) notLeased(ctx context.Context, s *session, now time.Time, h *h
 			set.out = append(set.out, st.deadLetter(h, "worker lost: delivered again after its last attempt"))
 		}
 		return set, nil
-	case r.State == 0 && now.Sub(h.msg.Created) < st.giveUpAfter:
-		// Published, but its producer has not recorded it yet: ask again
-		// soon, later the longer it has been missing.
-		at = now.Add(min(max(now.Sub(h.msg.Created)/2, 10*time.Millisecond), time.Second))
 	case r.State == 0:
 		recorded, err := st.giveUp(ctx, now, h)
 		if err != nil {
