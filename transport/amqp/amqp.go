@@ -19,6 +19,10 @@
 //	queue_type=TYPE      quorum (default) or classic
 //	delivery_limit=N     quorum queues: deliveries before the broker dead-letters a
 //	                     message that keeps killing its worker (default 20)
+//	addr=HOST:PORT       another node of the cluster, with the URL's credentials,
+//	                     vhost and parameters; repeat for each. Each connection
+//	                     attempt tries the nodes in turn, the node of the session
+//	                     that just failed last
 //
 // RabbitMQ's own URI parameters are passed to the client: heartbeat
 // (seconds, default 10), connection_timeout (milliseconds to dial, default
