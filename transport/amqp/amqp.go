@@ -79,8 +79,8 @@
 // The tasks may or may not be queued. Every other Enqueue error means
 // nothing was queued: no connection before ctx ended, the broker blocking
 // publishers until ctx ended, a declaration that failed, or every message
-// refused (a nack, ErrStorageFull, or a message the broker could not
-// route).
+// refused (a nack, ErrBusy: a quorum queue electing a leader, say; or a
+// message the broker could not route).
 //
 // With RabbitMQ alone nothing checks task ids, so docket cannot make a
 // retry safe: enqueueing the same id again (TaskID) after ErrOutcomeUnknown

@@ -44,8 +44,8 @@ func (b *broker) route(ctx context.Context, s *session, queue string, at, now ti
 // is an *unconfirmedError, which matches transport.ErrOutcomeUnknown: the
 // broker may or may not have queued it. A message the broker refused
 // (nack) or returned as unroutable was not queued; when no message of
-// msgs may have been queued, that failure is definite (ErrStorageFull for
-// a nack), otherwise it too is an *unconfirmedError, since the call's
+// msgs may have been queued, that failure is definite (ErrBusy for a
+// nack), otherwise it too is an *unconfirmedError, since the call's
 // other messages may be queued.
 func (b *broker) publish(ctx context.Context, s *session, msgs []outgoing) error {
 	if len(msgs) == 0 {
@@ -69,7 +69,11 @@ func (b *broker) publish(ctx context.Context, s *session, msgs []outgoing) error
 	var refused error
 	switch {
 	case nacked > 0:
-		refused = fmt.Errorf("%w: the broker refused %d of %d messages (nack)", transport.ErrStorageFull, nacked, len(msgs))
+		// A quorum queue nacks while it has no leader (a node of its
+		// cluster went, and the others elect one), a queue over its
+		// limit with reject-publish nacks, and so does a broker's
+		// internal error: nothing was queued, and a later try may pass.
+		refused = fmt.Errorf("%w: the broker refused %d of %d messages (nack: a queue without a leader while its cluster elects one, or over its limit)", transport.ErrBusy, nacked, len(msgs))
 	case len(returned) > 0:
 		refused = fmt.Errorf("message %s was unroutable: its queue does not exist", returned[0])
 	default:
