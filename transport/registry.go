@@ -111,7 +111,9 @@ func Open(ctx context.Context, u *url.URL, cfg Config) (Transport, error) {
 }
 
 // Redact returns u as a string with any password replaced by "xxxxx",
-// including the password-only form "redis://:secret@host".
+// including the password-only form "redis://:secret@host" and query
+// parameters that carry one (password=, sentinel_password=, as in a
+// Redis Sentinel URL).
 func Redact(u *url.URL) string {
 	if u == nil {
 		return ""
@@ -122,5 +124,49 @@ func Redact(u *url.URL) string {
 			c.User = url.UserPassword(c.User.Username(), "xxxxx")
 		}
 	}
+	if q := c.Query(); c.RawQuery != "" {
+		changed := false
+		for k, vs := range q {
+			if !passwordParam(k) {
+				continue
+			}
+			for i := range vs {
+				vs[i] = "xxxxx"
+			}
+			changed = true
+		}
+		if changed {
+			c.RawQuery = q.Encode()
+		}
+	}
 	return c.String()
+}
+
+// Passwords returns the passwords u carries (its user's, and the values of
+// password query parameters), for removing them from errors' text.
+func Passwords(u *url.URL) []string {
+	var out []string
+	if u == nil {
+		return nil
+	}
+	if u.User != nil {
+		if pw, ok := u.User.Password(); ok && pw != "" {
+			out = append(out, pw)
+		}
+	}
+	for k, vs := range u.Query() {
+		if passwordParam(k) {
+			for _, v := range vs {
+				if v != "" {
+					out = append(out, v)
+				}
+			}
+		}
+	}
+	return out
+}
+
+func passwordParam(k string) bool {
+	k = strings.ToLower(k)
+	return k == "password" || k == "sentinel_password" || k == "passwd"
 }

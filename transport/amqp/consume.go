@@ -275,13 +275,13 @@ func (b *broker) pick(p transport.ClaimParams) (picked []*held, next time.Time) 
 			stale++
 			continue
 		}
+		if h.bad == nil && (!slices.Contains(p.Queues, h.msg.Queue) || slices.Contains(p.Exclude, h.msg.Name)) {
+			continue
+		}
 		if h.notBefore.After(p.Now) {
 			if next.IsZero() || h.notBefore.Before(next) {
 				next = h.notBefore
 			}
-			continue
-		}
-		if h.bad == nil && (!slices.Contains(p.Queues, h.msg.Queue) || slices.Contains(p.Exclude, h.msg.Name)) {
 			continue
 		}
 		if twin := b.inflight[h.msg.ID]; h.bad == nil && twin != nil && twin.s == h.s {

@@ -95,12 +95,24 @@ func (b *broker) connect(ctx context.Context) (*session, error) {
 	// A cluster's nodes in turn, from the one after the node of the last
 	// attempt: the node of a session that just failed is tried last.
 	var errs []error
-	for range b.opt.uris {
+	for left := len(b.opt.uris); left > 0; left-- {
 		b.mu.Lock()
 		i := b.node % len(b.opt.uris)
 		b.node = i + 1
 		b.mu.Unlock()
-		s, err := b.connectTo(ctx, b.opt.uris[i])
+		// Each node gets its share of the time left, so that one that
+		// accepts the connection and never answers leaves time for the
+		// others (half a minute each when the caller set no deadline).
+		actx, cancel := ctx, context.CancelFunc(func() {})
+		if left > 1 {
+			share := 30 * time.Second
+			if dl, ok := ctx.Deadline(); ok {
+				share = time.Until(dl) / time.Duration(left)
+			}
+			actx, cancel = context.WithTimeout(ctx, share)
+		}
+		s, err := b.connectTo(actx, b.opt.uris[i])
+		cancel()
 		if err == nil {
 			return s, nil
 		}

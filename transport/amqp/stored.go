@@ -201,14 +201,22 @@ func (st *stored) publishNew(ctx context.Context, now time.Time, msgs []transpor
 //
 // A minute is far longer than a producer takes between its publish and its
 // record, even on a loaded machine, and costs little while the task
-// waits: the worker keeps the delivery unacknowledged, asking the store
-// about it at most once a second. It keeps it rather than sending a copy
-// round the delay levels: a fast worker meets a third of all new tasks
-// this way, and a copy in flight between the levels can be lost when a
-// cluster node that leads their queues is killed (RabbitMQ 3.10,
-// TestFaultClusterNodeRestarts), while a delivery this process holds is
-// given back by RabbitMQ if the process dies.
+// waits. For its first keepUnrecorded the worker keeps the delivery
+// unacknowledged and asks the store again (10 ms to half a second
+// apart): a fast worker meets a third of all new tasks this way, before
+// their producer recorded them, and a delivery this process holds is
+// given back by RabbitMQ if the process dies, while a copy in flight
+// between the delay levels can be lost when the cluster node that leads
+// their queues is killed (RabbitMQ 3.10, TestFaultClusterNodeRestarts).
+// After that (a stalled producer, or a task the store refused because its
+// unique key was taken) the delivery goes round the delay levels instead,
+// asked about once a second, so that it holds no place in the worker's
+// prefetch for the rest of the minute.
 const unrecordedWait = time.Minute
+
+// keepUnrecorded is how long a worker keeps a delivery whose task is not
+// recorded yet (see unrecordedWait).
+const keepUnrecorded = 2 * time.Second
 
 // Claim implements transport.Transport (see broker.claim).
 func (st *stored) Claim(ctx context.Context, p transport.ClaimParams) (transport.ClaimResult, error) {
@@ -219,9 +227,10 @@ func (st *stored) Claim(ctx context.Context, p transport.ClaimParams) (transport
 // and fences every write. A task the store does not lease is settled:
 // dropped when it is final (a duplicate copy, or a cancelled task) or was
 // never recorded; kept here and judged again soon when its producer has
-// not recorded it yet; sent around the delay levels until the store says
-// it is due (a retry not due yet, a copy of a task another worker holds
-// under a live lease); dead-lettered when its worker was lost too often.
+// only just published it; sent around the delay levels until the store
+// says it is due (a retry not due yet, a copy of a task another worker
+// holds under a live lease, a task still not recorded after
+// keepUnrecorded); dead-lettered when its worker was lost too often.
 func (st *stored) decide(ctx context.Context, s *session, p transport.ClaimParams, picked []*held) (verdict, error) {
 	var v verdict
 	var ids []string
@@ -243,11 +252,11 @@ func (st *stored) decide(ctx context.Context, s *session, p transport.ClaimParam
 	}
 	for i, r := range res {
 		h := good[i]
-		if age := p.Now.Sub(h.msg.Created); r.State == 0 && !r.Ended && age < st.giveUpAfter {
+		if age := p.Now.Sub(h.msg.Created); r.State == 0 && !r.Ended && age < keepUnrecorded {
 			// Published, but its producer has not recorded it yet (it
-			// publishes first): judge it again soon, later the longer it
-			// has been missing, keeping it here unacknowledged.
-			h.notBefore = p.Now.Add(min(max(age/2, 10*time.Millisecond), time.Second))
+			// publishes first, and records a moment later): judge it
+			// again soon, keeping it here unacknowledged.
+			h.notBefore = p.Now.Add(min(max(age/2, 10*time.Millisecond), keepUnrecorded/4))
 			v.later = append(v.later, h)
 			continue
 		}
@@ -282,6 +291,12 @@ func (st *stored) notLeased(ctx context.Context, s *session, now time.Time, h *h
 			set.out = append(set.out, st.deadLetter(h, "worker lost: delivered again after its last attempt"))
 		}
 		return set, nil
+	case r.State == 0 && now.Sub(h.msg.Created) < st.giveUpAfter:
+		// Still not recorded after keepUnrecorded (a producer stalled,
+		// or the store refused the task, a unique key taken): ask
+		// again after half its age, up to a second, round the delay
+		// levels, holding no place in this worker's prefetch.
+		at = now.Add(min(now.Sub(h.msg.Created)/2, time.Second))
 	case r.State == 0:
 		recorded, err := st.giveUp(ctx, now, h)
 		if err != nil {

@@ -629,7 +629,7 @@ func (t *Transport) Heartbeat(ctx context.Context, p transport.HeartbeatParams) 
 	if err != nil {
 		return fmt.Errorf("docket: heartbeat: %w: %w", transport.ErrInvalid, err)
 	}
-	if _, err := t.run(ctx, heartbeatScript, wire.Millis(p.Now), w.ID, string(raw), wire.Millis(w.Expires), flag(p.Gone)); err != nil {
+	if _, err := t.runLease(ctx, heartbeatScript, wire.Millis(p.Now), w.ID, string(raw), wire.Millis(w.Expires), flag(p.Gone)); err != nil {
 		return fmt.Errorf("docket: redis heartbeat: %w", err)
 	}
 	return nil
@@ -666,7 +666,7 @@ func (t *Transport) Workers(ctx context.Context, p transport.WorkersParams) ([]t
 
 // SetProgress implements transport.Admin, fenced on the lease as Finish.
 func (t *Transport) SetProgress(ctx context.Context, p transport.ProgressParams) (transport.ProgressResult, error) {
-	v, err := t.run(ctx, progressScript, p.Lease.ID, p.Lease.Attempt, p.Lease.Owner, string(p.Value))
+	v, err := t.runLease(ctx, progressScript, p.Lease.ID, p.Lease.Attempt, p.Lease.Owner, string(p.Value))
 	if err != nil {
 		return transport.ProgressResult{}, fmt.Errorf("docket: redis progress of %s: %w", p.Lease.ID, err)
 	}

@@ -143,6 +143,21 @@ func TestNewRefusesBadInput(t *testing.T) {
 			t.Errorf("New with prefix %q = %v; want ErrInvalid", p, err)
 		}
 	}
+	// Replicas: WAIT must reach the connection that wrote, and the client
+	// must wait for its reply longer than WAIT waits.
+	cluster := goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: []string{"127.0.0.1:1"}})
+	defer cluster.Close()
+	if _, err := redis.New(ctx, cluster, redis.Options{Replicas: 1}); !errors.Is(err, docket.ErrUnsupported) {
+		t.Errorf("New(cluster client, Replicas 1) = %v; want ErrUnsupported", err)
+	}
+	short := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:1", ReadTimeout: time.Second})
+	defer short.Close()
+	if _, err := redis.New(ctx, short, redis.Options{Replicas: 1, ReplicaTimeout: 2 * time.Second}); !errors.Is(err, docket.ErrInvalid) {
+		t.Errorf("New(read timeout 1s, replica timeout 2s) = %v; want ErrInvalid", err)
+	}
+	if _, err := redis.New(ctx, rdb, redis.Options{Replicas: -1}); !errors.Is(err, docket.ErrInvalid) {
+		t.Errorf("New(Replicas -1) = %v; want ErrInvalid", err)
+	}
 }
 
 // URL parameters neither docket nor go-redis knows are refused, as are

@@ -121,17 +121,22 @@ type Options struct {
 	// Strict refuses a server that would lose tasks (appendonly no, or an
 	// evicting maxmemory-policy); without it New logs a warning.
 	Strict bool
-	// Replicas, when above zero, makes every write wait until that many
-	// replicas have it (Redis's WAIT, in the same round trip) before
-	// docket acknowledges it, up to ReplicaTimeout (default 5 s). Redis
+	// Replicas, when above zero, makes every write that docket
+	// acknowledges (an enqueue, an outcome, a cancel, an operator's
+	// action, a schedule's slot) wait until that many replicas have it
+	// (Redis's WAIT, in the same round trip), up to ReplicaTimeout
+	// (default 2 s; the client's read timeout must exceed it). Redis
 	// replicates asynchronously, so without it a failover can lose the
 	// writes of the last moments before the primary died that no replica
 	// had yet; with it, the promoted replica has every acknowledged write
 	// (with Sentinel, when Replicas is at least the number of replicas
-	// that can be promoted, or Sentinel is told to promote only those in
-	// sync). A write that fewer replicas confirm in time fails with an
-	// error wrapping ErrOutcomeUnknown: it is on the primary, and may not
-	// survive a failover. URL parameters: replicas=N, replica_timeout=D.
+	// that can be promoted). A write that fewer replicas confirm in time
+	// fails with an error wrapping ErrOutcomeUnknown: it is on the
+	// primary, and may not survive a failover. Claims and lease renewals
+	// do not wait: a failover that loses one gives its tasks back, as a
+	// lapsed lease does. Only a standalone or Sentinel client can wait
+	// (WAIT has no key to route by). URL parameters: replicas=N,
+	// replica_timeout=D.
 	Replicas       int
 	ReplicaTimeout time.Duration
 	// Logger receives the transport's diagnostics; nil discards them.
@@ -154,9 +159,27 @@ func (o Options) normalize() (Options, error) {
 	case o.Replicas < 0 || o.ReplicaTimeout < 0:
 		return o, fmt.Errorf("docket: redis replicas %d, replica timeout %s: want neither below zero: %w", o.Replicas, o.ReplicaTimeout, transport.ErrInvalid)
 	case o.ReplicaTimeout == 0:
-		o.ReplicaTimeout = 5 * time.Second
+		o.ReplicaTimeout = 2 * time.Second
 	}
 	return o, nil
+}
+
+// checkReplicas refuses Replicas on a client WAIT cannot serve: WAIT has no
+// key, so a Cluster or Ring client would send it to any shard; and the
+// client must wait for its reply longer than WAIT waits, or it gives up
+// first and retries the script.
+func checkReplicas(client goredis.UniversalClient, o Options) error {
+	if o.Replicas == 0 {
+		return nil
+	}
+	c, ok := client.(*goredis.Client)
+	if !ok {
+		return fmt.Errorf("docket: redis replicas=%d: %w with a %T: WAIT needs the connection that wrote", o.Replicas, transport.ErrUnsupported, client)
+	}
+	if rt := c.Options().ReadTimeout; rt > 0 && rt < o.ReplicaTimeout+500*time.Millisecond {
+		return fmt.Errorf("docket: redis replicas=%d: the client's read timeout (%s) must exceed the replica timeout (%s) by half a second, or it gives up on WAIT first: %w", o.Replicas, rt, o.ReplicaTimeout, transport.ErrInvalid)
+	}
+	return nil
 }
 
 // New returns a Transport on client, a go-redis client the caller made and
@@ -186,6 +209,9 @@ func New(ctx context.Context, client goredis.UniversalClient, opts Options) (*Tr
 // checks opts and the server, and closes client on failure when owned.
 func newTransport(ctx context.Context, client goredis.UniversalClient, owned bool, opts Options, where string) (*Transport, error) {
 	opts, err := opts.normalize()
+	if err == nil {
+		err = checkReplicas(client, opts)
+	}
 	if err == nil {
 		t := &Transport{rdb: client, owned: owned, prefix: opts.Prefix, log: opts.Logger, where: where,
 			replicas: opts.Replicas, replicaTimeout: opts.ReplicaTimeout}
@@ -341,10 +367,8 @@ func validPrefix(p string) bool {
 // redactErr returns err's text with any password from u removed.
 func redactErr(err error, u *url.URL) string {
 	s := err.Error()
-	if u.User != nil {
-		if pw, ok := u.User.Password(); ok && pw != "" {
-			s = strings.ReplaceAll(s, pw, "xxxxx")
-		}
+	for _, pw := range transport.Passwords(u) {
+		s = strings.ReplaceAll(s, pw, "xxxxx")
 	}
 	return s
 }
@@ -405,10 +429,26 @@ func (t *Transport) wrap(err error) error {
 	return err
 }
 
+// run runs script s on the prefix's keys. With Options.Replicas, it
+// waits for the replicas too, in the same round trip (see runLease for
+// the scripts that do not).
 func (t *Transport) run(ctx context.Context, s *goredis.Script, args ...any) (any, error) {
+	return t.runScript(ctx, s, t.replicas > 0, args...)
+}
+
+// runLease runs a script that leases or renews (a claim, a claim by id, a
+// heartbeat's extension, progress) without waiting for replicas: a
+// failover that loses its write gives the tasks back to the next claim,
+// as a lapsed lease would, while an error here would drop the leases it
+// took on the primary.
+func (t *Transport) runLease(ctx context.Context, s *goredis.Script, args ...any) (any, error) {
+	return t.runScript(ctx, s, false, args...)
+}
+
+func (t *Transport) runScript(ctx context.Context, s *goredis.Script, replicas bool, args ...any) (any, error) {
 	full := append([]any{"{" + t.prefix + "}"}, args...)
 	keys := []string{"{" + t.prefix + "}:ev"}
-	if t.replicas == 0 {
+	if !replicas {
 		v, err := s.Run(ctx, t.rdb, keys, full...).Result()
 		return v, t.wrap(err)
 	}
@@ -523,7 +563,7 @@ func (t *Transport) Claim(ctx context.Context, p transport.ClaimParams) (transpo
 	for _, x := range p.Exclude {
 		args = append(args, x)
 	}
-	v, err := t.run(ctx, claimScript, args...)
+	v, err := t.runLease(ctx, claimScript, args...)
 	if err != nil {
 		return res, fmt.Errorf("docket: redis claim: %w", err)
 	}
@@ -574,7 +614,7 @@ func (t *Transport) ClaimIDs(ctx context.Context, p transport.ClaimIDsParams) ([
 	for _, id := range p.IDs {
 		args = append(args, id)
 	}
-	v, err := t.run(ctx, claimIDsScript, args...)
+	v, err := t.runLease(ctx, claimIDsScript, args...)
 	if err != nil {
 		return nil, fmt.Errorf("docket: redis claim by id: %w", err)
 	}
@@ -609,7 +649,7 @@ func (t *Transport) Extend(ctx context.Context, p transport.ExtendParams) ([]tra
 	for _, l := range p.Leases {
 		args = append(args, l.ID, l.Attempt, l.Owner)
 	}
-	v, err := t.run(ctx, extendScript, args...)
+	v, err := t.runLease(ctx, extendScript, args...)
 	if err != nil {
 		return nil, fmt.Errorf("docket: redis extend leases: %w", err)
 	}

@@ -70,7 +70,16 @@ func TestConformance(t *testing.T) {
 }
 
 func TestRedactsPassword(t *testing.T) {
-	u, _ := url.Parse("redis://:S3CR3T-pw@127.0.0.1:1/0")
+	for _, raw := range []string{
+		"redis://:S3CR3T-pw@127.0.0.1:1/0",
+		"redis://127.0.0.1:1/0?master_name=m&password=S3CR3T-pw",
+	} {
+		redactsPassword(t, raw)
+	}
+}
+
+func redactsPassword(t *testing.T, raw string) {
+	u, _ := url.Parse(raw)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_, err := transport.Open(ctx, u, transport.Config{})
