@@ -50,7 +50,7 @@ func startSentinels(t *testing.T) *sentinels {
 		port, dir := freePort(t), t.TempDir()
 		conf := filepath.Join(dir, "sentinel.conf")
 		body := fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nsentinel monitor docket 127.0.0.1 %d 2\n"+
-			"sentinel down-after-milliseconds docket 1000\nsentinel failover-timeout docket 5000\n", port, dir, primary.port)
+			"sentinel down-after-milliseconds docket 3000\nsentinel failover-timeout docket 10000\n", port, dir, primary.port)
 		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -96,22 +96,25 @@ func (g *sentinels) master() string {
 	return ""
 }
 
+// until waits for cond, up to two minutes (a loaded machine slows the
+// Sentinels' elections and the replicas' syncs).
 func (g *sentinels) until(what string, cond func() bool) {
 	g.t.Helper()
-	for deadline := time.Now().Add(60 * time.Second); !cond(); time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(2 * time.Minute); !cond(); time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			g.t.Errorf("waited a minute for %s", what)
+			g.t.Errorf("waited two minutes for %s", what)
 			return
 		}
 	}
 }
 
-// waitReplicated waits until the primary at addr has an online replica
-// that has caught up with where the primary was when the wait began.
+// waitReplicated waits until the primary the Sentinels name (addr at
+// first) has an online replica that has caught up with where that
+// primary was when it was first seen. A failover meanwhile (a loaded
+// machine can make the Sentinels think a server is down) starts the
+// wait over on the new primary.
 func (g *sentinels) waitReplicated(addr string) {
 	g.t.Helper()
-	c := goredis.NewClient(&goredis.Options{Addr: addr})
-	defer c.Close()
 	field := func(s, key string) int64 {
 		i := strings.Index(s, key)
 		if i < 0 {
@@ -124,16 +127,25 @@ func (g *sentinels) waitReplicated(addr string) {
 		n, _ := strconv.ParseInt(v, 10, 64)
 		return n
 	}
-	target := int64(-1)
-	g.until("the replica to catch up", func() bool {
+	primary, target := "", int64(-1)
+	g.until("a replica to catch up with the primary", func() bool {
+		if m := g.master(); m != "" {
+			addr = m
+		}
+		if addr != primary {
+			primary, target = addr, -1
+		}
+		c := goredis.NewClient(&goredis.Options{Addr: addr})
+		defer c.Close()
 		info, err := c.Info(context.Background(), "replication").Result()
-		if err != nil {
+		if err != nil || !strings.Contains(info, "role:master") {
 			return false
 		}
 		if target < 0 {
 			target = field(info, "master_repl_offset:")
 		}
-		return strings.Contains(info, "state=online") && field(info, "slave0:") >= 0 && field(info[strings.Index(info, "slave0:"):], "offset=") >= target
+		i := strings.Index(info, "slave0:")
+		return i >= 0 && strings.Contains(info[i:], "state=online") && field(info[i:], "offset=") >= target
 	})
 }
 
@@ -162,7 +174,7 @@ func (g *sentinels) failover() {
 }
 
 // Redis with Sentinel: the primary SIGKILLed mid-stream and the replica
-// promoted, twice. With replicas=1 every write docket acknowledges is on
+// promoted, once (twice in the long variant). With replicas=1 every write docket acknowledges is on
 // the replica before the acknowledgement, so nothing acknowledged is lost;
 // without it (DOCKET_TEST_LONG=1) the loss is counted: Redis replicates
 // asynchronously, and what the replica had not received when the primary
@@ -181,8 +193,10 @@ func TestFaultSentinelFailover(t *testing.T) {
 			AllowLoss: allowLoss,
 		}, func() {
 			g.failover()
-			time.Sleep(time.Second)
-			g.failover()
+			if longtest.Enabled() {
+				time.Sleep(time.Second)
+				g.failover()
+			}
 		})
 	}
 	t.Run("replicas=1", func(t *testing.T) {
