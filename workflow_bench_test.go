@@ -81,23 +81,7 @@ func BenchmarkChain1000(b *testing.B) {
 
 // 1,000 independent tasks enqueued at once and run one at a time: the
 // baseline of BenchmarkChain1000.
-func BenchmarkSequential1000(b *testing.B) {
-	q := flowBenchQueue(b, docket.Concurrency(1))
-	ctx := context.Background()
-	args := make([]int, 1000)
-	for b.Loop() {
-		rs, err := benchAdd.EnqueueMany(ctx, q, args)
-		if err != nil {
-			b.Fatal(err)
-		}
-		for _, r := range rs {
-			if _, err := r.Wait(ctx); err != nil {
-				b.Fatal(err)
-			}
-		}
-	}
-	b.ReportMetric(float64(b.N*1000)/b.Elapsed().Seconds(), "steps/s")
-}
+func BenchmarkSequential1000(b *testing.B) { benchIndependent(b, 1) }
 
 // Eight chains of 125 steps at once on eight slots, against 1,000
 // independent tasks on eight slots (BenchmarkIndependent1000): what chains
@@ -129,8 +113,12 @@ func BenchmarkChains8x125(b *testing.B) {
 
 // 1,000 independent tasks enqueued at once and run on eight slots: the
 // baseline of BenchmarkChains8x125.
-func BenchmarkIndependent1000(b *testing.B) {
-	q := flowBenchQueue(b, docket.Concurrency(8))
+func BenchmarkIndependent1000(b *testing.B) { benchIndependent(b, 8) }
+
+// benchIndependent enqueues 1,000 independent tasks at once and waits for
+// each, on conc slots.
+func benchIndependent(b *testing.B, conc int) {
+	q := flowBenchQueue(b, docket.Concurrency(conc))
 	ctx := context.Background()
 	args := make([]int, 1000)
 	for b.Loop() {

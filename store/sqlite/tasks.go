@@ -822,21 +822,27 @@ func (s *Store) List(ctx context.Context, p transport.ListParams) ([]transport.I
 	}
 	q += " ORDER BY id LIMIT ?"
 	args = append(args, limit)
-	rows, err := s.rdb.QueryContext(ctx, q, args...)
+	return s.readInfos(ctx, "list tasks", q, args...)
+}
+
+// readInfos reads the tasks a query of infoCols returns, from the pool;
+// what names the read in errors.
+func (s *Store) readInfos(ctx context.Context, what, query string, args ...any) ([]transport.Info, error) {
+	rows, err := s.rdb.QueryContext(ctx, query, args...)
 	if err != nil {
-		return nil, fmt.Errorf("docket: list tasks: %w", classify(err))
+		return nil, fmt.Errorf("docket: %s: %w", what, classify(err))
 	}
 	defer rows.Close()
 	var out []transport.Info
 	for rows.Next() {
 		in, err := scanInfo(rows)
 		if err != nil {
-			return nil, fmt.Errorf("docket: list tasks: %w", err)
+			return nil, fmt.Errorf("docket: %s: %w", what, classify(err))
 		}
 		out = append(out, in)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("docket: list tasks: %w", err)
+		return nil, fmt.Errorf("docket: %s: %w", what, classify(err))
 	}
 	return out, nil
 }
@@ -996,23 +1002,7 @@ var _ transport.Workflows = (*Store)(nil)
 
 // Steps implements transport.Workflows. It reads from the pool.
 func (s *Store) Steps(ctx context.Context, p transport.StepsParams) ([]transport.Info, error) {
-	rows, err := s.rdb.QueryContext(ctx, "SELECT "+infoCols+" FROM docket_tasks WHERE flow = ? ORDER BY id", p.ID)
-	if err != nil {
-		return nil, fmt.Errorf("docket: read workflow %s: %w", p.ID, classify(err))
-	}
-	defer rows.Close()
-	var out []transport.Info
-	for rows.Next() {
-		in, err := scanInfo(rows)
-		if err != nil {
-			return nil, fmt.Errorf("docket: read workflow %s: %w", p.ID, classify(err))
-		}
-		out = append(out, in)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("docket: read workflow %s: %w", p.ID, classify(err))
-	}
-	return out, nil
+	return s.readInfos(ctx, "read workflow "+p.ID, "SELECT "+infoCols+" FROM docket_tasks WHERE flow = ? ORDER BY id", p.ID)
 }
 
 var _ transport.FlowOutbox = (*Store)(nil)
@@ -1020,23 +1010,12 @@ var _ transport.FlowOutbox = (*Store)(nil)
 // Outbox implements transport.FlowOutbox. It reads from the pool, through
 // the index of the outbox's steps.
 func (s *Store) Outbox(ctx context.Context, p transport.OutboxParams) ([]transport.Message, error) {
-	rows, err := s.rdb.QueryContext(ctx, "SELECT "+infoCols+" FROM docket_tasks WHERE state = 2 AND flow_mode & 8 ORDER BY id LIMIT ?", max(p.Limit, 1))
-	if err != nil {
-		return nil, fmt.Errorf("docket: read workflow outbox: %w", classify(err))
+	in, err := s.readInfos(ctx, "read workflow outbox", "SELECT "+infoCols+" FROM docket_tasks WHERE state = 2 AND flow_mode & 8 ORDER BY id LIMIT ?", max(p.Limit, 1))
+	out := make([]transport.Message, len(in))
+	for i := range in {
+		out[i] = in[i].Message
 	}
-	defer rows.Close()
-	var out []transport.Message
-	for rows.Next() {
-		in, err := scanInfo(rows)
-		if err != nil {
-			return nil, fmt.Errorf("docket: read workflow outbox: %w", classify(err))
-		}
-		out = append(out, in.Message)
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("docket: read workflow outbox: %w", classify(err))
-	}
-	return out, nil
+	return out, err
 }
 
 // Published implements transport.FlowOutbox: one write.

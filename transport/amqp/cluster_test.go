@@ -1,11 +1,11 @@
 package amqp_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"net/url"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -75,14 +75,15 @@ func (c *cluster) leader(name string) int {
 		if n.cmd == nil {
 			continue
 		}
-		ctl := filepath.Join(filepath.Dir(serverBinary()), "rabbitmqctl")
-		cmd := exec.Command(ctl, "-n", n.name, "list_queues", "name", "leader", "--formatter", "json")
-		cmd.Env = n.env()
-		out, err := cmd.Output()
+		out, err := n.ctlOutput("list_queues", "name", "leader", "--formatter", "json", "--quiet")
 		if err != nil {
 			continue
 		}
 		var qs []struct{ Name, Leader string }
+		// The JSON array, without any notice rabbitmqctl printed around it.
+		if i := bytes.IndexByte(out, '['); i >= 0 {
+			out = out[i:]
+		}
 		if json.Unmarshal(out, &qs) != nil {
 			continue
 		}
@@ -132,10 +133,7 @@ func (c *cluster) logQueues() {
 		if n.cmd == nil {
 			continue
 		}
-		ctl := filepath.Join(filepath.Dir(serverBinary()), "rabbitmqctl")
-		cmd := exec.Command(ctl, "-n", n.name, "list_queues", "name", "type", "messages_ready", "messages_unacknowledged", "leader", "members")
-		cmd.Env = n.env()
-		out, err := cmd.CombinedOutput()
+		out, err := n.ctlOutput("list_queues", "name", "type", "messages_ready", "messages_unacknowledged", "leader", "members")
 		c.t.Logf("queues, from %s (%v):\n%s", n.name, err, out)
 		return
 	}

@@ -172,13 +172,17 @@ func (n *node) url() string { return fmt.Sprintf("amqp://guest:guest@127.0.0.1:%
 // ctl runs rabbitmqctl against the node.
 func (n *node) ctl(args ...string) {
 	n.t.Helper()
+	if out, err := n.ctlOutput(args...); err != nil {
+		n.t.Fatalf("rabbitmqctl %v: %v\n%s", args, err, out)
+	}
+}
+
+// ctlOutput runs rabbitmqctl against the node and returns its output.
+func (n *node) ctlOutput(args ...string) ([]byte, error) {
 	ctl := filepath.Join(filepath.Dir(serverBinary()), "rabbitmqctl")
 	cmd := exec.Command(ctl, append([]string{"-n", n.name}, args...)...)
 	cmd.Env = n.env()
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		n.t.Fatalf("rabbitmqctl %v: %v\n%s", args, err, out)
-	}
+	return cmd.CombinedOutput()
 }
 
 // item is the argument of the poison tests' slow task.
