@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -559,7 +560,9 @@ func TestFaultLeaseRenewalBlocked(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "q.db")
 	url := "sqlite:" + path + "?busy_timeout=100ms"
-	a, err := docket.Open(bg, url, docket.LeaseDuration(600*time.Millisecond))
+	var log syncBuffer
+	a, err := docket.Open(bg, url, docket.LeaseDuration(600*time.Millisecond),
+		docket.Logger(slog.New(slog.NewTextHandler(&log, nil))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -598,6 +601,11 @@ func TestFaultLeaseRenewalBlocked(t *testing.T) {
 		t.Fatal("the handler kept running with an expired lease")
 	}
 	tx.Rollback()
+	// The stop is reported with the task and the lease's end, so whoever
+	// reads the log can tell why the next attempt overlapped this one.
+	if l := string(log.Bytes()); !strings.Contains(l, "lease lost; stopping the handler") || !strings.Contains(l, r.ID()) || !strings.Contains(l, "lease_until=") {
+		t.Fatalf("the stopped handler was not reported:\n%s", l)
+	}
 	b, _ := docket.Open(bg, url, docket.LeaseDuration(600*time.Millisecond))
 	defer b.Close()
 	b.Register(task)

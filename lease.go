@@ -40,13 +40,20 @@ func (w *worker) heartbeatLoop() {
 			q.cfg.logger.Warn("docket: lease renewal failed", "err", err, "tasks", len(leases))
 			// Without a renewal, a lease that has run out is lost: stop
 			// those handlers, another worker may already run the task.
+			// The failed call may have taken most of a lease, so the
+			// leases are measured against the time it returned.
+			after := q.now()
 			for _, ex := range exs {
 				ex.mu.Lock()
-				expired := !now.Before(ex.leaseUntil)
+				until, finished := ex.leaseUntil, ex.finished
 				ex.mu.Unlock()
-				if expired {
-					ex.cancel(errLeaseLost)
+				if after.Before(until) {
+					continue
 				}
+				if !finished { // a finished one is reported by the completer
+					q.cfg.logger.Warn("docket: lease lost; stopping the handler", deliveryAttr(&ex.d), "lease_until", until)
+				}
+				ex.cancel(errLeaseLost)
 			}
 			continue
 		}
