@@ -81,8 +81,9 @@ var faultTask = docket.NewTask("fault.work", func(ctx context.Context, a FaultAr
 	return fmt.Sprintf("attempt:%d", tc.Attempt), nil
 }, docket.MaxRetries(4), docket.RetryBackoff(docket.Exponential{Base: 50 * time.Millisecond, Max: 200 * time.Millisecond}))
 
-// producerMain enqueues fault tasks until killed: singles and batches of
-// ten, each acknowledgement printed and recorded after Enqueue returns.
+// producerMain enqueues fault tasks until killed, or DOCKET_TEST_LIMIT
+// times, DOCKET_TEST_PACE apart: singles and batches of ten, each
+// acknowledgement printed and recorded after Enqueue returns.
 func producerMain() int {
 	ctx := context.Background()
 	q, err := docket.Open(ctx, os.Getenv("DOCKET_TEST_DB"), docket.ResultStore(os.Getenv("DOCKET_RESULT_URL")))
@@ -95,8 +96,10 @@ func producerMain() int {
 	openHistory()
 	rng := rand.New(rand.NewPCG(uint64(os.Getpid()), uint64(time.Now().UnixNano())))
 	limit, _ := strconv.Atoi(os.Getenv("DOCKET_TEST_LIMIT"))
+	pace, _ := time.ParseDuration(os.Getenv("DOCKET_TEST_PACE")) // between enqueues
 	fmt.Println("ready")
 	for i := 0; limit == 0 || i < limit; i++ {
+		time.Sleep(pace)
 		var opts []docket.TaskOption
 		var eta time.Time
 		key := ""
@@ -255,7 +258,9 @@ func waitSettled(t *testing.T, q *docket.Queue, timeout time.Duration) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("tasks still unfinished after %v, e.g. %s in state %s", timeout, left[0].ID, left[0].State)
+			in := left[0]
+			t.Fatalf("tasks still unfinished after %v, e.g. %s in state %s (attempt %d, eta %s, started %s, error %q, worker %q)",
+				timeout, in.ID, in.State, in.Attempt, in.ETA.Format(time.RFC3339Nano), in.Started.Format(time.RFC3339Nano), in.Error, in.Worker)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -124,10 +124,21 @@ func workerMain() int {
 
 // leaseLog records in the history each lease docket reports lost (a worker
 // starved of CPU past its lease, or one whose outcome was refused), which
-// excuses an overlap with the next attempt.
+// excuses an overlap with the next attempt, and each task published again
+// because the broker had lost it.
 type leaseLog struct{ slog.Handler }
 
 func (h leaseLog) Handle(ctx context.Context, r slog.Record) error {
+	if strings.Contains(r.Message, "published again") {
+		r.Attrs(func(a slog.Attr) bool {
+			if ids, ok := a.Value.Any().([]string); ok && a.Key == "ids" {
+				for _, id := range ids {
+					record(history.Event{Kind: history.Resent, ID: id})
+				}
+			}
+			return true
+		})
+	}
 	if strings.Contains(r.Message, "lease lost") {
 		e := history.Event{Kind: history.LeaseLost}
 		e.ID, e.Attempt = taskOf(r)

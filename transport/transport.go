@@ -208,6 +208,28 @@ type PublishedParams struct {
 	IDs []string
 }
 
+// Overdue is implemented by result stores that can serve a broker which
+// may lose a message: a RabbitMQ cluster can drop a copy that moves
+// between its delay queues while a node goes down. The store knows every
+// task that should have a message somewhere; Overdue lists those long past
+// their time, which the broker then publishes again. A task may so be
+// published twice; the store's lease by id runs it once, and a copy of a
+// finished task is dropped.
+type Overdue interface {
+	// Overdue returns up to p.Limit tasks of p.Queues that are scheduled
+	// or ready with a time before p.Before, or running under a lease that
+	// ended before it, earliest first.
+	Overdue(ctx context.Context, p OverdueParams) ([]Message, error)
+}
+
+// OverdueParams are the arguments of Overdue.Overdue.
+type OverdueParams struct {
+	Now    time.Time
+	Before time.Time
+	Queues []string
+	Limit  int
+}
+
 // CancelFlowResult is the outcome of Workflows.CancelFlow.
 type CancelFlowResult struct {
 	Ended   []string // steps the call cancelled

@@ -29,6 +29,7 @@ const (
 	Kill       = "kill"        // the test killed process Proc
 	Stop       = "stop"        // the test froze process Proc (SIGSTOP)
 	LeaseLost  = "lease-lost"  // the worker running attempt Attempt of ID was told its lease (ending Until) was lost
+	Resent     = "resent"      // a process published ID again, taken for lost by the broker
 )
 
 // Event is one line of history.

@@ -15,7 +15,7 @@ import (
 // Every feature the suite knows of.
 var features = transporttest.Features{
 	Schedules: true, SharedState: true, Priority: true,
-	Listing: true, Pruning: true, ClaimByID: true, TxEnqueue: true, Admin: true, Workflows: true, Handoff: true,
+	Listing: true, Pruning: true, ClaimByID: true, TxEnqueue: true, Admin: true, Workflows: true, Handoff: true, Overdue: true,
 }
 
 func openStore(t *testing.T, opts sqlite.Options) transport.Transport {

@@ -1005,6 +1005,31 @@ func (s *Store) Steps(ctx context.Context, p transport.StepsParams) ([]transport
 	return s.readInfos(ctx, "read workflow "+p.ID, "SELECT "+infoCols+" FROM docket_tasks WHERE flow = ? ORDER BY id", p.ID)
 }
 
+var _ transport.Overdue = (*Store)(nil)
+
+// Overdue implements transport.Overdue. It reads from the pool: the
+// scheduled and running tasks through the index of timers, the ready ones
+// through their queue's ready index.
+func (s *Store) Overdue(ctx context.Context, p transport.OverdueParams) ([]transport.Message, error) {
+	if len(p.Queues) == 0 {
+		return nil, nil
+	}
+	queues, err := json.Marshal(p.Queues)
+	if err != nil {
+		return nil, err
+	}
+	in, err := s.readInfos(ctx, "read overdue tasks", "SELECT "+infoCols+` FROM docket_tasks
+		WHERE state IN (1, 3) AND run_at < ?1 AND queue IN (SELECT value FROM json_each(?2))
+		UNION ALL SELECT `+infoCols+` FROM docket_tasks
+		WHERE state = 2 AND queue IN (SELECT value FROM json_each(?2)) AND run_at < ?1
+		ORDER BY run_at LIMIT ?3`, p.Before.UnixMilli(), string(queues), max(p.Limit, 1))
+	out := make([]transport.Message, len(in))
+	for i := range in {
+		out[i] = in[i].Message
+	}
+	return out, err
+}
+
 var _ transport.FlowOutbox = (*Store)(nil)
 
 // Outbox implements transport.FlowOutbox. It reads from the pool, through

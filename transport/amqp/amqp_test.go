@@ -230,7 +230,7 @@ func TestConnectErrorsHidePassword(t *testing.T) {
 	if err == nil || strings.Contains(err.Error(), "s3cret-wrong") {
 		t.Fatalf("wrong password: %v", err)
 	}
-	u.Host = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	u.Host = fmt.Sprintf("127.0.0.1:%d", amqptest.FreePort(t))
 	_, err = docket.Open(ctx, u.String())
 	if err == nil || strings.Contains(err.Error(), "s3cret-wrong") {
 		t.Fatalf("unreachable broker: %v", err)

@@ -1,6 +1,11 @@
 package amqp
 
-import "github.com/docketq/docket/transport"
+import (
+	"context"
+	"time"
+
+	"github.com/docketq/docket/transport"
+)
 
 // GivenUpHeader is givenUpHeader, for the external tests.
 const GivenUpHeader = givenUpHeader
@@ -14,4 +19,12 @@ func Kept(t transport.Transport) int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return len(a.known)
+}
+
+// ResendOverdue is stored.resendOverdue, for the external tests.
+func ResendOverdue(ctx context.Context, t transport.Transport, lost time.Duration) (int, error) {
+	if c, ok := t.(*storedCounted); ok {
+		return c.resendOverdue(ctx, lost)
+	}
+	return t.(*stored).resendOverdue(ctx, lost)
 }

@@ -85,7 +85,8 @@ func (st *stored) kickRelay() {
 }
 
 // relayLoop publishes the outbox's steps when kicked, and every
-// relaySweep, until the transport is closed.
+// relaySweep, and the tasks RabbitMQ lost every resendSweep (see
+// overdue.go), until the transport is closed.
 func (st *stored) relayLoop() {
 	defer st.bg.Done()
 	base, cancel := context.WithCancel(context.Background())
@@ -100,6 +101,7 @@ func (st *stored) relayLoop() {
 	timer := time.NewTimer(relaySweep)
 	defer timer.Stop()
 	failures := 0
+	nextResend := time.Now().Add(resendSweep)
 	for {
 		select {
 		case <-st.done:
@@ -114,6 +116,14 @@ func (st *stored) relayLoop() {
 			}
 		} else {
 			failures = 0
+		}
+		if time.Now().After(nextResend) {
+			nextResend = time.Now().Add(resendSweep)
+			ctx, cancel := context.WithTimeout(base, 30*time.Second)
+			if _, err := st.resendOverdue(ctx, lostAfter); err != nil && base.Err() == nil {
+				st.log.Warn("docket: amqp: looking for tasks RabbitMQ lost failed; trying again later", "err", err)
+			}
+			cancel()
 		}
 		if !timer.Stop() {
 			select {

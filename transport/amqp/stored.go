@@ -207,7 +207,7 @@ func (st *stored) publishNew(ctx context.Context, now time.Time, msgs []transpor
 // their producer recorded them, and a delivery this process holds is
 // given back by RabbitMQ if the process dies, while a copy in flight
 // between the delay levels can be lost when the cluster node that leads
-// their queues is killed (RabbitMQ 3.10, TestFaultClusterNodeRestarts).
+// their queues is killed (RabbitMQ 3.10, TestFaultClusterRestarts).
 // After that (a stalled producer, or a task the store refused because its
 // unique key was taken) the delivery goes round the delay levels instead,
 // asked about once a second, so that it holds no place in the worker's

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/docketq/docket"
+	"github.com/docketq/docket/internal/amqptest"
 )
 
 // TestTLSVerifiesByDefault: an amqps:// URL verifies the broker's
@@ -33,8 +34,8 @@ func TestTLSVerifiesByDefault(t *testing.T) {
 	}
 	dir := t.TempDir()
 	ca := writeTestPKI(t, dir)
-	tlsPort := freePort(t)
-	startNode(t, 30*time.Minute,
+	tlsPort := amqptest.FreePort(t)
+	amqptest.StartNode(t, "", 30*time.Minute,
 		fmt.Sprintf("listeners.ssl.default = 127.0.0.1:%d", tlsPort),
 		"ssl_options.cacertfile = "+ca,
 		"ssl_options.certfile = "+filepath.Join(dir, "server.pem"),

@@ -2,10 +2,6 @@ package redis_test
 
 import (
 	"context"
-	"fmt"
-	"os/exec"
-	"strconv"
-	"syscall"
 	"testing"
 	"time"
 
@@ -16,62 +12,8 @@ import (
 	"github.com/docketq/docket/internal/chaos"
 	"github.com/docketq/docket/internal/faulttraffic"
 	"github.com/docketq/docket/internal/probetest"
+	"github.com/docketq/docket/internal/redistest"
 )
-
-// server is a private redis-server started by a test, on its own port and
-// directory, with the append-only file on. Only its own process is ever
-// killed.
-type server struct {
-	t    testing.TB
-	port int
-	dir  string
-	cmd  *exec.Cmd
-	args []string // more redis-server arguments
-}
-
-func startServer(t testing.TB, args ...string) *server {
-	t.Helper()
-	serverURL(t) // broker tests are opt-in
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		t.Skip("redis-server not installed")
-	}
-	s := &server{t: t, port: freePort(t), dir: t.TempDir(), args: args}
-	s.start()
-	t.Cleanup(s.kill)
-	return s
-}
-
-func (s *server) start() {
-	s.t.Helper()
-	s.cmd = exec.Command("redis-server", "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
-		"--dir", s.dir, "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--daemonize", "no",
-		"--enable-debug-command", "yes")
-	s.cmd.Args = append(s.cmd.Args, s.args...)
-	if err := s.cmd.Start(); err != nil {
-		s.t.Fatal(err)
-	}
-	c := goredis.NewClient(&goredis.Options{Addr: s.addr()})
-	defer c.Close()
-	for i := 0; ; i++ {
-		if c.Ping(context.Background()).Err() == nil {
-			return
-		}
-		if i > 200 {
-			s.t.Fatal("private redis-server did not start")
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
-}
-
-func (s *server) kill() {
-	if s.cmd != nil && s.cmd.Process != nil {
-		s.cmd.Process.Signal(syscall.SIGKILL)
-		s.cmd.Wait()
-		s.cmd = nil
-	}
-}
-
-func (s *server) addr() string { return fmt.Sprintf("127.0.0.1:%d", s.port) }
 
 // traffic runs faulttraffic's producer and worker on url while fault()
 // runs. Redis keeps the task state itself, so the run is strict: a task's
@@ -92,11 +34,11 @@ func traffic(t *testing.T, url string, fault func()) {
 // every acknowledged task completes.
 func TestFaultRedisRestart(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
-	traffic(t, "redis://"+s.addr()+"/0", func() {
-		s.kill()
+	s := redistest.StartServer(t)
+	traffic(t, "redis://"+s.Addr()+"/0", func() {
+		s.Kill()
 		time.Sleep(time.Second)
-		s.start()
+		s.Start()
 	})
 }
 
@@ -104,8 +46,8 @@ func TestFaultRedisRestart(t *testing.T) {
 // through the proxy.
 func TestFaultRedisConnectionCutAndStalled(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
-	p, err := chaos.Start(s.addr())
+	s := redistest.StartServer(t)
+	p, err := chaos.Start(s.Addr())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,10 +67,10 @@ func TestFaultRedisConnectionCutAndStalled(t *testing.T) {
 // DEBUG SLEEP, CLIENT PAUSE and SCRIPT FLUSH on the server.
 func TestFaultRedisServerPauses(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
-	admin := goredis.NewClient(&goredis.Options{Addr: s.addr(), ReadTimeout: 10 * time.Second})
+	s := redistest.StartServer(t)
+	admin := goredis.NewClient(&goredis.Options{Addr: s.Addr(), ReadTimeout: 10 * time.Second})
 	defer admin.Close()
-	traffic(t, "redis://"+s.addr()+"/0", func() {
+	traffic(t, "redis://"+s.Addr()+"/0", func() {
 		ctx := context.Background()
 		if err := admin.Do(ctx, "DEBUG", "SLEEP", "1.5").Err(); err != nil {
 			t.Fatalf("DEBUG SLEEP: %v", err)
@@ -216,6 +158,6 @@ func urlHasQuery(u string) (bool, error) {
 // liveness stays true.
 func TestReadinessFollowsTheServer(t *testing.T) {
 	t.Parallel()
-	s := startServer(t)
-	probetest.FollowServer(t, "redis://"+s.addr()+"/0", nil, s.kill, s.start)
+	s := redistest.StartServer(t)
+	probetest.FollowServer(t, "redis://"+s.Addr()+"/0", nil, s.Kill, s.Start)
 }

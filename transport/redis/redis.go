@@ -843,6 +843,51 @@ func (t *Transport) Outbox(ctx context.Context, p transport.OutboxParams) ([]tra
 	return out, nil
 }
 
+var _ transport.Overdue = (*Transport)(nil)
+
+// Overdue implements transport.Overdue: the scheduled and running tasks
+// come from the head of their zsets (by time), the ready ones from the
+// head of each queue's.
+func (t *Transport) Overdue(ctx context.Context, p transport.OverdueParams) ([]transport.Message, error) {
+	if len(p.Queues) == 0 {
+		return nil, nil
+	}
+	limit := int64(max(p.Limit, 1))
+	before := strconv.FormatInt(p.Before.UnixMilli()-1, 10)
+	pipe := t.rdb.Pipeline()
+	var cmds []*goredis.StringSliceCmd
+	for _, k := range []string{t.key("sched"), t.key("lease")} {
+		cmds = append(cmds, pipe.ZRangeByScore(ctx, k, &goredis.ZRangeBy{Min: "-inf", Max: before, Count: limit}))
+	}
+	for _, q := range p.Queues {
+		cmds = append(cmds, pipe.ZRange(ctx, t.key("r", q), 0, limit-1))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
+		return nil, fmt.Errorf("docket: redis read overdue tasks: %w", t.wrap(err))
+	}
+	var ids []string
+	for _, c := range cmds {
+		ids = append(ids, c.Val()...)
+	}
+	in, err := t.readTasks(ctx, ids)
+	if err != nil {
+		return nil, fmt.Errorf("docket: redis read overdue tasks: %w", err)
+	}
+	in = slices.DeleteFunc(in, func(x transport.Info) bool {
+		switch x.State {
+		case transport.StateScheduled, transport.StateReady, transport.StateRunning:
+			return !x.RunAt.Before(p.Before) || !slices.Contains(p.Queues, x.Queue)
+		}
+		return true
+	})
+	slices.SortFunc(in, func(a, b transport.Info) int { return a.RunAt.Compare(b.RunAt) })
+	out := make([]transport.Message, 0, min(len(in), int(limit)))
+	for _, x := range in[:min(len(in), int(limit))] {
+		out = append(out, x.Message)
+	}
+	return out, nil
+}
+
 // Published implements transport.FlowOutbox.
 func (t *Transport) Published(ctx context.Context, p transport.PublishedParams) error {
 	if len(p.IDs) == 0 {

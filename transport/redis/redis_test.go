@@ -64,7 +64,7 @@ func TestConformance(t *testing.T) {
 		},
 		Features: transporttest.Features{
 			Schedules: true, SharedState: true, Priority: true,
-			Listing: true, Pruning: true, ClaimByID: true, Admin: true, Workflows: true, Handoff: true,
+			Listing: true, Pruning: true, ClaimByID: true, Admin: true, Workflows: true, Handoff: true, Overdue: true,
 		},
 	})
 }

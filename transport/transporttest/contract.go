@@ -45,6 +45,7 @@ func runContract(t *testing.T, newTransport func(t *testing.T) transport.Transpo
 		{"ConcurrentClaims", testConcurrentClaims},
 		{"ClaimIDs", testClaimIDs},
 		{"Handoff", testHandoff},
+		{"Overdue", testOverdue},
 	}
 	tests = append(tests, adminContract...)
 	for _, tc := range tests {

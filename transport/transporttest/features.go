@@ -67,6 +67,10 @@ type Features struct {
 	// ready when FinishParams.Handoff asks it to (contract test Handoff).
 	// Not an interface: a backend may ignore the request.
 	Handoff bool
+	// Overdue: the transport implements transport.Overdue, listing the
+	// tasks long past their time for a broker that uses it as its result
+	// store (contract test Overdue).
+	Overdue bool
 	// Pushed: a broker pushes tasks to the worker, so one claim sees only
 	// those delivered so far, not every ready task (RabbitMQ). Tests of
 	// what one claim does with several tasks then allow them to arrive in
@@ -83,7 +87,8 @@ func implemented(tr transport.Transport) Features {
 	_, tx := tr.(transport.TxEnqueuer)
 	_, admin := tr.(transport.Admin)
 	_, flows := tr.(transport.Workflows)
-	return Features{Schedules: sched, Listing: list, Pruning: prune, ClaimByID: byID, TxEnqueue: tx, Admin: admin, Workflows: flows}
+	_, overdue := tr.(transport.Overdue)
+	return Features{Schedules: sched, Listing: list, Pruning: prune, ClaimByID: byID, TxEnqueue: tx, Admin: admin, Workflows: flows, Overdue: overdue}
 }
 
 // mismatches lists where tr's optional interfaces differ from the claims
@@ -102,6 +107,7 @@ func mismatches(tr transport.Transport, f Features) []string {
 		{"TxEnqueue", "transport.TxEnqueuer", f.TxEnqueue, has.TxEnqueue},
 		{"Admin", "transport.Admin", f.Admin, has.Admin},
 		{"Workflows", "transport.Workflows", f.Workflows, has.Workflows},
+		{"Overdue", "transport.Overdue", f.Overdue, has.Overdue},
 	} {
 		switch {
 		case c.claimed && !c.has:

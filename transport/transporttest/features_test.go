@@ -31,7 +31,7 @@ type bare struct{ transport.Transport }
 // The check reports a claim the transport does not keep, and an interface
 // it implements without the claim.
 func TestMismatches(t *testing.T) {
-	all := Features{Schedules: true, SharedState: true, Priority: true, Listing: true, Pruning: true, ClaimByID: true, TxEnqueue: true, Admin: true, Workflows: true}
+	all := Features{Schedules: true, SharedState: true, Priority: true, Listing: true, Pruning: true, ClaimByID: true, TxEnqueue: true, Admin: true, Workflows: true, Overdue: true}
 	s := openMemory(t)
 	if m := mismatches(s, all); len(m) != 0 {
 		t.Fatalf("SQLite claiming everything: %v", m)
@@ -45,11 +45,11 @@ func TestMismatches(t *testing.T) {
 		}
 		return n
 	}
-	if m := mismatches(s, Features{SharedState: true, Priority: true}); len(m) != 7 || count(m, "does not claim") != 7 {
-		t.Errorf("SQLite claiming no interface feature: %d mismatches, want 7 unclaimed interfaces:\n%s", len(m), strings.Join(m, "\n"))
+	if m := mismatches(s, Features{SharedState: true, Priority: true}); len(m) != 8 || count(m, "does not claim") != 8 {
+		t.Errorf("SQLite claiming no interface feature: %d mismatches, want 8 unclaimed interfaces:\n%s", len(m), strings.Join(m, "\n"))
 	}
-	if m := mismatches(bare{s}, all); len(m) != 9 || count(m, "does not implement") != 8 || count(m, "DBProvider") != 1 {
-		t.Errorf("a transport without optional interfaces claiming everything: %d mismatches, want 9 (7 interfaces, ScheduleAdmin, DBProvider):\n%s", len(m), strings.Join(m, "\n"))
+	if m := mismatches(bare{s}, all); len(m) != 10 || count(m, "does not implement") != 9 || count(m, "DBProvider") != 1 {
+		t.Errorf("a transport without optional interfaces claiming everything: %d mismatches, want 10 (8 interfaces, ScheduleAdmin, DBProvider):\n%s", len(m), strings.Join(m, "\n"))
 	}
 	if m := mismatches(bare{s}, Features{SharedState: true, Priority: true}); len(m) != 0 {
 		t.Errorf("a transport without optional interfaces claiming none: %v", m)
