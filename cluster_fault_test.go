@@ -152,7 +152,13 @@ func brokerFaults(t *testing.T, p faultPlan) {
 		switch {
 		case e.Kind == history.Resent:
 			resent++
-			t.Logf("task %s (%s) was published again, taken for lost", e.ID, final[e.ID].State)
+			runs := 0 // attempts started before: a task not lost after all
+			for _, s := range events {
+				if s.Kind == history.Start && s.ID == e.ID && s.T.Before(e.T) {
+					runs++
+				}
+			}
+			t.Logf("task %s was published again, taken for lost, after %d attempts; it ended %s after %d", e.ID, runs, final[e.ID].State, final[e.ID].Attempt)
 		case e.Kind == history.EnqueueOK:
 			acked++
 		case e.Kind == history.EnqueueErr:

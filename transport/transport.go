@@ -213,7 +213,8 @@ type PublishedParams struct {
 // between its delay queues while a node goes down. The store knows every
 // task that should have a message somewhere; Overdue lists those long past
 // their time, which the broker then publishes again. A task may so be
-// published twice; the store's lease by id runs it once, and a copy of a
+// published twice; that adds no run: the store's lease by id keeps a copy
+// of a running task waiting until its lease ends, and a copy of a
 // finished task is dropped.
 type Overdue interface {
 	// Overdue returns up to p.Limit tasks of p.Queues that are scheduled
@@ -224,10 +225,10 @@ type Overdue interface {
 
 // OverdueParams are the arguments of Overdue.Overdue.
 type OverdueParams struct {
-	Now    time.Time
-	Before time.Time
-	Queues []string
-	Limit  int
+	Now    time.Time // the caller's time
+	Before time.Time // the tasks' time (run at, or lease end) must be before it
+	Queues []string  // the queues to look in; none returns nothing
+	Limit  int       // at most this many tasks (at least one)
 }
 
 // CancelFlowResult is the outcome of Workflows.CancelFlow.

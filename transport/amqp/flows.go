@@ -84,13 +84,10 @@ func (st *stored) kickRelay() {
 	}
 }
 
-// relayLoop publishes the outbox's steps when kicked, and every
-// relaySweep, and the tasks RabbitMQ lost every resendSweep (see
-// overdue.go), until the transport is closed.
-func (st *stored) relayLoop() {
-	defer st.bg.Done()
+// untilDone returns a context that ends when the transport is closed (or
+// when cancel is called).
+func (st *stored) untilDone() (context.Context, context.CancelFunc) {
 	base, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	go func() {
 		select {
 		case <-st.done:
@@ -98,10 +95,18 @@ func (st *stored) relayLoop() {
 		}
 		cancel()
 	}()
+	return base, cancel
+}
+
+// relayLoop publishes the outbox's steps when kicked, and every
+// relaySweep, until the transport is closed.
+func (st *stored) relayLoop() {
+	defer st.bg.Done()
+	base, cancel := st.untilDone()
+	defer cancel()
 	timer := time.NewTimer(relaySweep)
 	defer timer.Stop()
 	failures := 0
-	nextResend := time.Now().Add(resendSweep)
 	for {
 		select {
 		case <-st.done:
@@ -117,14 +122,6 @@ func (st *stored) relayLoop() {
 		} else {
 			failures = 0
 		}
-		if time.Now().After(nextResend) {
-			nextResend = time.Now().Add(resendSweep)
-			ctx, cancel := context.WithTimeout(base, 30*time.Second)
-			if _, err := st.resendOverdue(ctx, lostAfter); err != nil && base.Err() == nil {
-				st.log.Warn("docket: amqp: looking for tasks RabbitMQ lost failed; trying again later", "err", err)
-			}
-			cancel()
-		}
 		if !timer.Stop() {
 			select {
 			case <-timer.C:
@@ -133,6 +130,31 @@ func (st *stored) relayLoop() {
 		}
 		timer.Reset(relaySweep)
 	}
+}
+
+// publishEach publishes msgs as one batch and returns their ids; when the
+// batch fails, it publishes them one by one, so that a message RabbitMQ
+// refuses holds up no other, and returns the ids published with an error
+// naming the first refused (what names the kind of message).
+func (st *stored) publishEach(ctx context.Context, now time.Time, msgs []transport.Message, what string) ([]string, error) {
+	var ids []string
+	if err := st.publishNew(ctx, now, msgs); err == nil {
+		for i := range msgs {
+			ids = append(ids, msgs[i].ID)
+		}
+		return ids, nil
+	}
+	var failed error
+	for i := range msgs {
+		if err := st.publishNew(ctx, now, msgs[i:i+1]); err != nil {
+			if failed == nil {
+				failed = fmt.Errorf("docket: amqp: publish %s %s (%s): %w", what, msgs[i].ID, msgs[i].Name, err)
+			}
+			continue
+		}
+		ids = append(ids, msgs[i].ID)
+	}
+	return ids, failed
 }
 
 // relay publishes the outbox's steps, relayBatch at a time, each batch
@@ -149,35 +171,17 @@ func (st *stored) relay(base context.Context) error {
 	}
 }
 
-// relayOnce publishes one batch of the outbox and reports its size. When
-// the batch fails, its steps are published one by one, so that a step
-// RabbitMQ refuses (a chord's gathered arguments beyond the broker's
-// max_message_size) holds up no other: it stays in the outbox, and the
-// error names it.
+// relayOnce publishes one batch of the outbox and reports its size. A
+// step RabbitMQ refuses (a chord's gathered arguments beyond the broker's
+// max_message_size) holds up no other (see publishEach): it stays in the
+// outbox, and the error names it.
 func (st *stored) relayOnce(ctx context.Context) (int, error) {
 	now := st.now()
 	msgs, err := st.outbox.Outbox(ctx, transport.OutboxParams{Now: now, Limit: relayBatch})
 	if err != nil || len(msgs) == 0 {
 		return 0, err
 	}
-	var ids []string
-	if err = st.publishNew(ctx, now, msgs); err == nil {
-		for i := range msgs {
-			ids = append(ids, msgs[i].ID)
-		}
-	} else {
-		var failed error
-		for i := range msgs {
-			if err := st.publishNew(ctx, now, msgs[i:i+1]); err != nil {
-				if failed == nil {
-					failed = fmt.Errorf("docket: amqp: publish workflow step %s (%s): %w", msgs[i].ID, msgs[i].Name, err)
-				}
-				continue
-			}
-			ids = append(ids, msgs[i].ID)
-		}
-		err = failed
-	}
+	ids, err := st.publishEach(ctx, now, msgs, "workflow step")
 	if len(ids) == 0 {
 		return 0, err
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/docketq/docket/transport"
@@ -60,6 +61,8 @@ type stored struct {
 	// giveUpAfter is how long a delivered task may stay unrecorded
 	// (unrecordedWait; shorter in tests).
 	giveUpAfter time.Duration
+	resentMu    sync.Mutex
+	resent      map[string]time.Time // tasks published again, when (see overdue.go)
 }
 
 var (
@@ -84,7 +87,7 @@ func newStored(b *broker, st transport.Transport, owned bool) (*stored, error) {
 		pruner: st.(transport.Pruner), sched: st.(transport.ScheduleStore),
 		admin: st.(transport.Admin), schedAdmin: st.(transport.ScheduleAdmin),
 		flows: st.(transport.Workflows), outbox: st.(transport.FlowOutbox), relayKick: make(chan struct{}, 1),
-		giveUpAfter: unrecordedWait,
+		giveUpAfter: unrecordedWait, resent: map[string]time.Time{},
 	}
 	b.mode = s
 	return s, nil
@@ -105,8 +108,9 @@ func (st *stored) start(ctx context.Context) error {
 		st.unsub()
 		return err
 	}
-	st.bg.Add(1)
+	st.bg.Add(2)
 	go st.relayLoop()
+	go st.resendLoop()
 	st.kickRelay() // steps left in the outbox by a process that died
 	return nil
 }

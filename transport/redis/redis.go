@@ -845,27 +845,30 @@ func (t *Transport) Outbox(ctx context.Context, p transport.OutboxParams) ([]tra
 
 var _ transport.Overdue = (*Transport)(nil)
 
-// Overdue implements transport.Overdue: the scheduled and running tasks
-// come from the head of their zsets (by time), the ready ones from the
-// head of each queue's.
+// Overdue implements transport.Overdue. The scheduled and running tasks
+// come from the head of their zsets (by time; see overdueIDs), the ready
+// ones from the head of each queue's.
 func (t *Transport) Overdue(ctx context.Context, p transport.OverdueParams) ([]transport.Message, error) {
 	if len(p.Queues) == 0 {
 		return nil, nil
 	}
-	limit := int64(max(p.Limit, 1))
-	before := strconv.FormatInt(p.Before.UnixMilli()-1, 10)
-	pipe := t.rdb.Pipeline()
-	var cmds []*goredis.StringSliceCmd
+	limit := max(p.Limit, 1)
+	var ids []string
 	for _, k := range []string{t.key("sched"), t.key("lease")} {
-		cmds = append(cmds, pipe.ZRangeByScore(ctx, k, &goredis.ZRangeBy{Min: "-inf", Max: before, Count: limit}))
+		got, err := t.overdueIDs(ctx, k, p.Before, p.Queues, limit)
+		if err != nil {
+			return nil, fmt.Errorf("docket: redis read overdue tasks: %w", t.wrap(err))
+		}
+		ids = append(ids, got...)
 	}
-	for _, q := range p.Queues {
-		cmds = append(cmds, pipe.ZRange(ctx, t.key("r", q), 0, limit-1))
+	pipe := t.rdb.Pipeline()
+	cmds := make([]*goredis.StringSliceCmd, len(p.Queues))
+	for i, q := range p.Queues {
+		cmds[i] = pipe.ZRange(ctx, t.key("r", q), 0, int64(limit)-1)
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
 		return nil, fmt.Errorf("docket: redis read overdue tasks: %w", t.wrap(err))
 	}
-	var ids []string
 	for _, c := range cmds {
 		ids = append(ids, c.Val()...)
 	}
@@ -881,11 +884,52 @@ func (t *Transport) Overdue(ctx context.Context, p transport.OverdueParams) ([]t
 		return true
 	})
 	slices.SortFunc(in, func(a, b transport.Info) int { return a.RunAt.Compare(b.RunAt) })
-	out := make([]transport.Message, 0, min(len(in), int(limit)))
-	for _, x := range in[:min(len(in), int(limit))] {
+	out := make([]transport.Message, 0, min(len(in), limit))
+	for _, x := range in[:min(len(in), limit)] {
 		out = append(out, x.Message)
 	}
 	return out, nil
+}
+
+// overdueScan bounds how many entries of a zset one Overdue reads, and
+// overduePage how many it reads per round trip.
+const (
+	overdueScan = 20_000
+	overduePage = 500
+)
+
+// overdueIDs returns up to limit ids of the zset key (scored by time in
+// ms) scored before before, of tasks in queues. The zsets hold every
+// queue's tasks, and a queue with a backlog may hold many past their time
+// at its head: the queue of each is checked as it is read, up to
+// overdueScan entries.
+func (t *Transport) overdueIDs(ctx context.Context, key string, before time.Time, queues []string, limit int) ([]string, error) {
+	top := strconv.FormatInt(before.UnixMilli()-1, 10)
+	var out []string
+	for offset := int64(0); offset < overdueScan && len(out) < limit; {
+		ids, err := t.rdb.ZRangeByScore(ctx, key, &goredis.ZRangeBy{Min: "-inf", Max: top, Offset: offset, Count: overduePage}).Result()
+		if err != nil || len(ids) == 0 {
+			return out, err
+		}
+		pipe := t.rdb.Pipeline()
+		qs := make([]*goredis.StringCmd, len(ids))
+		for i, id := range ids {
+			qs[i] = pipe.HGet(ctx, t.key("t", id), "queue")
+		}
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
+			return nil, err
+		}
+		for i, c := range qs {
+			if slices.Contains(queues, c.Val()) {
+				out = append(out, ids[i])
+			}
+		}
+		offset += int64(len(ids))
+		if len(ids) < overduePage {
+			break
+		}
+	}
+	return out[:min(len(out), limit)], nil
 }
 
 // Published implements transport.FlowOutbox.

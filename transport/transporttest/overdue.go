@@ -1,6 +1,7 @@
 package transporttest
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -11,7 +12,8 @@ import (
 // Overdue lists the tasks of the asked queues that should have a message
 // at a broker and are long past their time: scheduled or ready before
 // Before, or running under a lease that ended before it; earliest first,
-// up to the limit, and never a finished task.
+// up to the limit, and never a finished task, however many overdue tasks
+// of other queues come first.
 func testOverdue(t *testing.T, s transport.Transport, f Features) {
 	need(t, f.Overdue && f.ClaimByID, "Overdue")
 	od, ok := s.(transport.Overdue)
@@ -23,6 +25,14 @@ func testOverdue(t *testing.T, s transport.Transport, f Features) {
 		msg("b", func(m *transport.Message) { m.ETA = base.Add(time.Minute) }),
 		msg("c", func(m *transport.Message) { m.Queue = "other" }),
 		msg("d"), msg("e"))
+	// A backlog of another queue, all past its time, ahead of them.
+	var busy []transport.Message
+	for i := range 300 {
+		busy = append(busy, msg(fmt.Sprintf("busy%03d", i), func(m *transport.Message) {
+			m.Queue, m.ETA = "busy", base.Add(-time.Hour)
+		}))
+	}
+	enqueue(t, s, base.Add(-2*time.Hour), busy...)
 	res, err := idClaimer(t, s).ClaimIDs(ctx, transport.ClaimIDsParams{Now: base, Owner: "w", LeaseUntil: base.Add(30 * time.Second), IDs: []string{"d", "e"}})
 	if err != nil || len(res) != 2 || res[0].Delivery == nil || res[1].Delivery == nil {
 		t.Fatalf("ClaimIDs(d, e): %+v, %v", res, err)
