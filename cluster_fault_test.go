@@ -30,7 +30,7 @@ func TestFaultClusterRestarts(t *testing.T) {
 	prefix := fmt.Sprintf("cluster%d", os.Getpid())
 	length, limit := 50*time.Second, 300
 	if longtest.Soak() {
-		length, limit = 3*time.Minute, 900
+		length, limit = 3*time.Minute, 950
 	}
 	killed := false
 	t0 := time.Now()
@@ -65,7 +65,7 @@ func TestFaultSentinelFailovers(t *testing.T) {
 	url := g.URL(fmt.Sprintf("prefix=failovers%d&replicas=1", os.Getpid()))
 	length, limit := 40*time.Second, 250
 	if longtest.Soak() {
-		length, limit = 3*time.Minute, 900
+		length, limit = 3*time.Minute, 950
 	}
 	brokerFaults(t, faultPlan{
 		workers:   []string{url, url},

@@ -252,18 +252,23 @@ func (c *Cluster) Restart(i int, kill bool) {
 	c.t.Logf("node %d (%s) %s and back in %s", i, n.Name, how, time.Since(t0).Round(time.Millisecond))
 }
 
-// Leader returns the index of the node that leads the quorum queue name.
-func (c *Cluster) Leader(name string) int {
-	c.t.Helper()
+// queue is what rabbitmqctl list_queues says of a quorum queue.
+type queue struct {
+	Name, Leader string
+	Members      []string
+}
+
+// queue returns what a running node says of the queue name.
+func (c *Cluster) queue(name string) (queue, bool) {
 	for _, n := range c.Nodes {
 		if !n.Running() {
 			continue
 		}
-		out, err := n.CtlOutput("list_queues", "name", "leader", "--formatter", "json", "--quiet")
+		out, err := n.CtlOutput("list_queues", "name", "leader", "members", "--formatter", "json", "--quiet")
 		if err != nil {
 			continue
 		}
-		var qs []struct{ Name, Leader string }
+		var qs []queue
 		// The JSON array, without any notice rabbitmqctl printed around it.
 		if i := bytes.IndexByte(out, '['); i >= 0 {
 			out = out[i:]
@@ -272,18 +277,36 @@ func (c *Cluster) Leader(name string) int {
 			continue
 		}
 		for _, q := range qs {
-			if q.Name != name {
-				continue
+			if q.Name == name {
+				return q, true
 			}
-			for i, m := range c.Nodes {
-				if m.Name == q.Leader {
-					return i
-				}
+		}
+	}
+	return queue{}, false
+}
+
+// Leader returns the index of the node that leads the quorum queue name.
+func (c *Cluster) Leader(name string) int {
+	c.t.Helper()
+	if q, ok := c.queue(name); ok {
+		for i, m := range c.Nodes {
+			if m.Name == q.Leader {
+				return i
 			}
 		}
 	}
 	c.t.Fatalf("no node leads %s", name)
 	return -1
+}
+
+// Members returns how many nodes the quorum queue name is replicated on.
+func (c *Cluster) Members(name string) int {
+	c.t.Helper()
+	q, ok := c.queue(name)
+	if !ok {
+		c.t.Fatalf("no node knows the queue %s", name)
+	}
+	return len(q.Members)
 }
 
 // LogQueues logs the cluster's queues with their message counts, leader

@@ -1009,7 +1009,10 @@ var _ transport.Overdue = (*Store)(nil)
 
 // Overdue implements transport.Overdue. It reads from the pool: the
 // scheduled and running tasks through the index of timers, the ready ones
-// through their queue's ready index.
+// through their queue's ready index. The index of timers holds every
+// queue's: with a result store, a backlogged queue's countdowns stay
+// scheduled past their time until delivered, and the read passes over them
+// (about 85 ms for 200,000 such rows).
 func (s *Store) Overdue(ctx context.Context, p transport.OverdueParams) ([]transport.Message, error) {
 	if len(p.Queues) == 0 {
 		return nil, nil

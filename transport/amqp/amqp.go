@@ -19,6 +19,9 @@
 //	queue_type=TYPE      quorum (default) or classic
 //	delivery_limit=N     quorum queues: deliveries before the broker dead-letters a
 //	                     message that keeps killing its worker (default 20)
+//	quorum_size=N        quorum queues: the number of nodes each queue is
+//	                     replicated on when it is declared (default: every node
+//	                     of the cluster; 3 or 5 suit a larger one)
 //	addr=HOST:PORT       another node of the cluster, with the URL's credentials,
 //	                     vhost and parameters; repeat for each. Each connection
 //	                     attempt tries the nodes in turn, the node of the session

@@ -51,15 +51,53 @@ func TestOpenTriesTheOtherNodes(t *testing.T) {
 	}
 }
 
+// What a private three-node cluster shows beyond the fault scenario
+// (TestFaultClusterRestarts, in the root package).
+func TestCluster(t *testing.T) {
+	longtest.Require(t, "boots a three-node RabbitMQ cluster")
+	c := amqptest.StartCluster(t)
+	t.Run("QuorumSize", func(t *testing.T) { testQuorumSize(t, c) })
+	t.Run("ReplyQueueHomeNodeDown", func(t *testing.T) { testReplyQueueHomeNodeDown(t, c) })
+}
+
+// quorum_size=2 replicates each quorum queue docket declares on two of the
+// three nodes; without it, on all three.
+func testQuorumSize(t *testing.T, c *amqptest.Cluster) {
+	ctx := context.Background()
+	for _, size := range []int{0, 2} {
+		prefix := fmt.Sprintf("size%d", size)
+		params := "prefix=" + prefix
+		if size > 0 {
+			params += fmt.Sprintf("&quorum_size=%d", size)
+		}
+		q, err := docket.Open(ctx, c.URL(0, params))
+		if err != nil {
+			t.Fatal(err)
+		}
+		task := docket.NewTask("size.echo", func(ctx context.Context, n int) (int, error) { return n, nil })
+		if err := q.Register(task); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := task.Enqueue(ctx, q, 1, docket.IgnoreResult()); err != nil {
+			t.Fatal(err)
+		}
+		q.Close()
+		want := map[int]int{0: 3, 2: 2}[size]
+		for _, name := range []string{prefix + ".q.default", prefix + ".dead"} {
+			if got := c.Members(name); got != want {
+				t.Errorf("%s: %d members, want %d", name, got, want)
+			}
+		}
+	}
+}
+
 // RabbitMQ alone on a cluster: a producer's reply queue is a durable
 // classic queue on the node the producer first connected to. While that
 // node is down, declaring the queue again fails with 404 (its home node
 // is unavailable), so the producer moves to a reply queue of a new name on
 // the node it reconnected to, and the results of the tasks it enqueues
 // from then on reach it.
-func TestReplyQueueHomeNodeDown(t *testing.T) {
-	longtest.Require(t, "boots a three-node RabbitMQ cluster")
-	c := amqptest.StartCluster(t)
+func testReplyQueueHomeNodeDown(t *testing.T, c *amqptest.Cluster) {
 	ctx := context.Background()
 	moved := make(chan struct{}, 1)
 	logger := slog.New(watchLog{slog.NewTextHandler(logWriter{t}, nil), "reply queue unavailable", moved})

@@ -115,7 +115,7 @@ func TestRoutingKeyFits(t *testing.T) {
 }
 
 func TestParseOptions(t *testing.T) {
-	for _, bad := range []string{"prefix=a*b", "prefix=a.b", "queue_type=stream", "delivery_limit=0", "delivery_limit=x"} {
+	for _, bad := range []string{"prefix=a*b", "prefix=a.b", "queue_type=stream", "delivery_limit=0", "delivery_limit=x", "quorum_size=0", "quorum_size=x", "queue_type=classic&quorum_size=3"} {
 		u := mustURL(t, "amqp://guest:secret@localhost/?"+bad)
 		if _, _, err := parseOptions(u); err == nil {
 			t.Errorf("%s: accepted", bad)

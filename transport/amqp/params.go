@@ -19,6 +19,7 @@ type options struct {
 	prefix        string
 	quorum        bool
 	deliveryLimit int
+	quorumSize    int           // x-quorum-initial-group-size; 0: RabbitMQ's default (every node)
 	dialTimeout   time.Duration // connection_timeout
 	// uris are the client URIs of the cluster's nodes: the URL's host,
 	// then each addr= parameter, with the same credentials, vhost and
@@ -29,7 +30,7 @@ type options struct {
 // docketParams are the URL parameters docket reads itself; clientParams
 // are RabbitMQ's URI query parameters, passed on to the client.
 var (
-	docketParams = []string{"prefix", "queue_type", "delivery_limit", "addr"}
+	docketParams = []string{"prefix", "queue_type", "delivery_limit", "quorum_size", "addr"}
 	clientParams = []string{"heartbeat", "connection_timeout", "channel_max", "auth_mechanism", "cacertfile", "certfile", "keyfile", "server_name_indication"}
 )
 
@@ -61,6 +62,13 @@ func parseOptions(u *url.URL) (options, *url.URL, error) {
 			return opt, nil, fmt.Errorf("docket: amqp delivery_limit=%q: want a number from 1 to 1000: %w", v, transport.ErrInvalid)
 		}
 		opt.deliveryLimit = n
+	}
+	if v := q.Get("quorum_size"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 99 || !opt.quorum {
+			return opt, nil, fmt.Errorf("docket: amqp quorum_size=%q: want the number of nodes each quorum queue is replicated on, from 1 to 99, with quorum queues: %w", v, transport.ErrInvalid)
+		}
+		opt.quorumSize = n
 	}
 	if v := q.Get("connection_timeout"); v != "" {
 		// RabbitMQ's URI parameter, in milliseconds; docket dials the

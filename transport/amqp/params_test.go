@@ -21,7 +21,7 @@ func TestParseOptionsRefusesUnknownParameters(t *testing.T) {
 		case !errors.Is(err, transport.ErrInvalid):
 			t.Errorf("%s: %v: want an error matching ErrInvalid", query, err)
 		case !strings.Contains(err.Error(), "unknown amqp URL parameter") ||
-			!strings.Contains(err.Error(), "known: prefix, queue_type, delivery_limit, addr, heartbeat, connection_timeout"):
+			!strings.Contains(err.Error(), "known: prefix, queue_type, delivery_limit, quorum_size, addr, heartbeat, connection_timeout"):
 			t.Errorf("%s: %v: want the parameter named and the known ones listed", query, err)
 		case strings.Contains(err.Error(), "secret"):
 			t.Errorf("%s: error shows the password: %v", query, err)

@@ -70,11 +70,20 @@ func (b *broker) queueArgs() amqp.Table {
 	if b.opt.quorum {
 		args["x-queue-type"] = "quorum"
 		args["x-delivery-limit"] = int64(b.opt.deliveryLimit)
+		b.quorumArgs(args)
 	} else {
 		args["x-queue-type"] = "classic"
 		args["x-max-priority"] = int64(9)
 	}
 	return args
+}
+
+// quorumArgs adds to a quorum queue's arguments the number of nodes it is
+// replicated on, when the URL sets one (quorum_size).
+func (b *broker) quorumArgs(args amqp.Table) {
+	if b.opt.quorumSize > 0 {
+		args["x-quorum-initial-group-size"] = int64(b.opt.quorumSize)
+	}
 }
 
 // declareQueue declares the queue of a docket queue (once per session):
@@ -119,6 +128,7 @@ func (b *broker) declareBase(s *session) error {
 	args := amqp.Table{"x-queue-type": "classic"}
 	if b.opt.quorum {
 		args["x-queue-type"] = "quorum"
+		b.quorumArgs(args)
 	}
 	if _, err := s.ctl.QueueDeclare(dead, true, false, false, false, args); err != nil {
 		return b.wrap("declare "+dead, err)
@@ -166,6 +176,7 @@ func (b *broker) declareDelays(ctx context.Context, s *session) error {
 			args["x-queue-type"] = "quorum"
 			args["x-dead-letter-strategy"] = "at-least-once"
 			args["x-overflow"] = "reject-publish"
+			b.quorumArgs(args)
 		} else {
 			args["x-queue-type"] = "classic"
 		}
