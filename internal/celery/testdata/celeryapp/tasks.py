@@ -1,0 +1,34 @@
+"""A small Celery app for docket's codec tests: JSON only, late acks, UTC.
+
+The broker and the result backend come from CELERY_BROKER and
+CELERY_BACKEND.
+"""
+import os
+
+from celery import Celery
+
+app = Celery("tasks", broker=os.environ["CELERY_BROKER"], backend=os.environ["CELERY_BACKEND"])
+app.conf.update(
+    task_serializer="json",
+    accept_content=["json"],
+    result_serializer="json",
+    task_acks_late=True,
+    enable_utc=True,
+    result_expires=3600,
+    worker_prefetch_multiplier=4,
+)
+
+
+@app.task(name="tasks.add")
+def add(x, y):
+    return x + y
+
+
+@app.task(name="tasks.echo")
+def echo(*args, **kwargs):
+    return [list(args), kwargs]
+
+
+@app.task(name="tasks.fail")
+def fail(message):
+    raise ValueError(message)
