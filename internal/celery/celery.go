@@ -5,10 +5,12 @@
 // backends.
 //
 // It touches no broker. Every function that reads a foreign message
-// returns an error wrapping ErrMalformed, naming what is wrong, for
-// anything Celery's own worker would reject or crash on: a missing or
-// non-JSON content type, protocol 1 (no task header), a body that is not
-// [args, kwargs, embed], a time it cannot parse.
+// returns an error wrapping ErrMalformed, naming what is wrong: for what
+// Celery's own worker rejects or crashes on (a missing or non-JSON content
+// type, a body that is not [args, kwargs, embed], a time it cannot parse,
+// a Redis envelope without its delivery tag or delivery info), and for
+// protocol 1 (no task header), which Celery 5.2 still converts but this
+// package does not read.
 package celery
 
 import (
@@ -40,6 +42,28 @@ type Signature struct {
 	Immutable   bool            `json:"immutable"`
 }
 
+// MarshalJSON writes the signature as Celery's worker needs it: empty
+// args, kwargs and options as [], {} and {}, never null (a null makes the
+// worker fail the task that carried the signature).
+func (s Signature) MarshalJSON() ([]byte, error) {
+	type plain Signature
+	p := plain(s)
+	if len(p.Args) == 0 || string(compact(p.Args)) == "null" {
+		p.Args = json.RawMessage("[]")
+	} else if !isJSON(p.Args, '[') {
+		return nil, fmt.Errorf("%w: signature %s: args are not a JSON array", ErrMalformed, s.Task)
+	}
+	if len(p.Kwargs) == 0 || string(compact(p.Kwargs)) == "null" {
+		p.Kwargs = json.RawMessage("{}")
+	} else if !isJSON(p.Kwargs, '{') {
+		return nil, fmt.Errorf("%w: signature %s: kwargs are not a JSON object", ErrMalformed, s.Task)
+	}
+	if p.Options == nil {
+		p.Options = map[string]any{}
+	}
+	return json.Marshal(p)
+}
+
 // Embed is the third element of a message's body.
 type Embed struct {
 	Callbacks []Signature `json:"callbacks"`
@@ -69,7 +93,10 @@ type Task struct {
 
 	CorrelationID string
 	ReplyTo       string
-	Priority      int
+	// Priority is the message's 0 to 9. RabbitMQ serves a higher number
+	// first (on a queue with priorities); kombu's Redis transport serves a
+	// lower one first (see PriorityList).
+	Priority int
 
 	// Other holds the headers this package does not read (custom
 	// headers of apply_async(headers=…), stamps), as read.
@@ -92,7 +119,7 @@ func Decode(contentType, contentEncoding string, headers map[string]any, body []
 		return t, fmt.Errorf("%w: no content type", ErrMalformed)
 	case contentType != ContentType:
 		return t, fmt.Errorf("%w: content type %q: only %s is read", ErrMalformed, contentType, ContentType)
-	case contentEncoding != "" && !strings.EqualFold(contentEncoding, "utf-8"):
+	case contentEncoding != "" && !strings.EqualFold(contentEncoding, "utf-8") && !strings.EqualFold(contentEncoding, "utf8"):
 		return t, fmt.Errorf("%w: content encoding %q: only utf-8 is read", ErrMalformed, contentEncoding)
 	}
 	name, _ := headers["task"].(string)
@@ -110,10 +137,16 @@ func Decode(contentType, contentEncoding string, headers map[string]any, body []
 	if t.Expires, err = parseTime(headers["expires"]); err != nil {
 		return t, fmt.Errorf("%w: task %s: expires: %v", ErrMalformed, t.ID, err)
 	}
-	if v, ok := number(headers["retries"]); ok && v >= 0 && v <= math.MaxInt32 {
-		t.Retries = int(v)
-	} else if headers["retries"] != nil {
-		return t, fmt.Errorf("%w: task %s: retries %v", ErrMalformed, t.ID, headers["retries"])
+	switch v := headers["retries"].(type) {
+	case nil:
+	case float64: // JSON: any number Celery's worker would take
+		t.Retries = int(min(max(v, 0), math.MaxInt32))
+	default:
+		n, ok := number(v)
+		if !ok {
+			return t, fmt.Errorf("%w: task %s: retries %v", ErrMalformed, t.ID, v)
+		}
+		t.Retries = int(min(max(n, 0), math.MaxInt32))
 	}
 	if lim, ok := headers["timelimit"].([]any); ok && len(lim) == 2 {
 		t.HardLimit, t.SoftLimit = seconds(lim[0]), seconds(lim[1])
@@ -177,6 +210,12 @@ func isJSON(raw json.RawMessage, open byte) bool {
 func (t Task) Headers() map[string]any {
 	h := map[string]any{}
 	for k, v := range t.Other {
+		if k == "redelivered" { // kombu's mark of a restored message
+			continue
+		}
+		if f, ok := v.(float64); ok && f == math.Trunc(f) && math.Abs(f) <= math.MaxInt32 {
+			v = int32(f) // a whole number read from JSON: an integer, as Celery sends it
+		}
 		h[k] = v
 	}
 	root := t.RootID
@@ -206,8 +245,12 @@ func (t Task) Headers() map[string]any {
 	return h
 }
 
-// Body returns the message body of t: [args, kwargs, embed].
+// Body returns the message body of t: [args, kwargs, embed]. Args must be
+// a JSON array and Kwargs an object (or empty).
 func (t Task) Body() ([]byte, error) {
+	if !isJSON(t.args(), '[') || !isJSON(t.kwargs(), '{') {
+		return nil, fmt.Errorf("%w: task %s: args must be a JSON array and kwargs an object", ErrMalformed, t.ID)
+	}
 	return json.Marshal([]any{t.args(), t.kwargs(), t.Embed})
 }
 
@@ -229,7 +272,9 @@ func (t Task) kwargs() json.RawMessage {
 // argument of a docket task: the args array when there are no kwargs
 // (a tuple, a slice, or docket.Args), the kwargs object when there are no
 // args (a struct), null when there are neither. A call with both has no
-// single argument and is refused.
+// single argument and is refused. The args stay an array however many
+// they are: f.delay("hi") arrives as ["hi"], and f.delay([1, 2]) as
+// [[1, 2]].
 func Payload(args, kwargs json.RawMessage) (json.RawMessage, error) {
 	hasArgs := len(args) > 0 && string(compact(args)) != "[]"
 	hasKwargs := len(kwargs) > 0 && string(compact(kwargs)) != "{}"
@@ -244,9 +289,11 @@ func Payload(args, kwargs json.RawMessage) (json.RawMessage, error) {
 	return json.RawMessage("null"), nil
 }
 
-// Split is Payload's reverse, for a docket producer: a JSON array becomes
-// the args, an object the kwargs, null neither, and any other value the
-// only argument.
+// Split maps a docket task's argument onto a Celery call, for a docket
+// producer: a JSON array becomes the args, an object the kwargs, null
+// neither, and any other value the only positional argument. Payload
+// gives the argument back, but for such a single value, which it gives as
+// a one-element array.
 func Split(payload json.RawMessage) (args, kwargs json.RawMessage) {
 	p := compact(payload)
 	switch {
@@ -279,9 +326,12 @@ func formatTime(t time.Time) any {
 	return t.UTC().Format(celeryTime)
 }
 
-// parseTime reads an ISO 8601 time as Celery writes it: with or without
-// a fraction, with an offset or naive (taken as UTC, as Celery's
-// utc-enabled worker does); nil is no time.
+// parseTime reads an ISO 8601 time as Celery's worker does: 'T' or a
+// space between date and time, with or without seconds and a fraction,
+// or a date alone; with an offset or naive (UTC, as Celery takes it); nil
+// is no time. A fraction is a fraction of a second (Celery 5.2 reads its
+// digits as a number of microseconds, so ".5" is 5 µs there; Celery
+// itself always writes six digits, where both agree).
 func parseTime(v any) (time.Time, error) {
 	if v == nil {
 		return time.Time{}, nil
@@ -290,7 +340,11 @@ func parseTime(v any) (time.Time, error) {
 	if !ok {
 		return time.Time{}, fmt.Errorf("%v is not a string", v)
 	}
-	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04:05.999999999"} {
+	for _, layout := range []string{
+		time.RFC3339Nano, "2006-01-02T15:04:05.999999999",
+		"2006-01-02 15:04:05.999999999Z07:00", "2006-01-02 15:04:05.999999999",
+		"2006-01-02T15:04Z07:00", "2006-01-02T15:04", "2006-01-02",
+	} {
 		if t, err := time.Parse(layout, s); err == nil {
 			return t.UTC(), nil
 		}

@@ -137,12 +137,12 @@ func TestCeleryRunsWhatDocketSends(t *testing.T) {
 	q := fmt.Sprintf("docket-celery-out-%d", time.Now().UnixNano())
 	now := time.Now()
 	tasks := map[string]Task{
-		"add":     {ID: "add-" + q, Name: "tasks.add", Args: json.RawMessage("[2,3]")},
-		"kwargs":  {ID: "kwargs-" + q, Name: "tasks.echo", Kwargs: json.RawMessage(`{"x":1}`)},
-		"fail":    {ID: "fail-" + q, Name: "tasks.fail", Args: json.RawMessage(`["boom"]`)},
-		"eta":     {ID: "eta-" + q, Name: "tasks.add", Args: json.RawMessage("[1,1]"), ETA: now.Add(2 * time.Second)},
-		"expired": {ID: "expired-" + q, Name: "tasks.add", Args: json.RawMessage("[1,1]"), Expires: now.Add(-time.Minute)},
-		"urgent":  {ID: "urgent-" + q, Name: "tasks.add", Args: json.RawMessage("[4,5]"), Priority: 9},
+		"add":       {ID: "add-" + q, Name: "tasks.add", Args: json.RawMessage("[2,3]")},
+		"kwargs":    {ID: "kwargs-" + q, Name: "tasks.echo", Kwargs: json.RawMessage(`{"x":1}`)},
+		"fail":      {ID: "fail-" + q, Name: "tasks.fail", Args: json.RawMessage(`["boom"]`)},
+		"eta":       {ID: "eta-" + q, Name: "tasks.add", Args: json.RawMessage("[1,1]"), ETA: now.Add(2 * time.Second)},
+		"expired":   {ID: "expired-" + q, Name: "tasks.add", Args: json.RawMessage("[1,1]"), Expires: now.Add(-time.Minute)},
+		"priority9": {ID: "priority9-" + q, Name: "tasks.add", Args: json.RawMessage("[4,5]"), Priority: 9},
 	}
 	var ids []string
 	for _, task := range tasks {
@@ -197,12 +197,12 @@ func TestCeleryRunsWhatDocketSends(t *testing.T) {
 	}
 	stop()
 	want := map[string]struct{ status, result, err string }{
-		"add":     {Success, "5", ""},
-		"kwargs":  {Success, `[[],{"x":1}]`, ""},
-		"fail":    {Failure, "", "ValueError: boom"},
-		"eta":     {Success, "2", ""},
-		"expired": {Revoked, "", "TaskRevokedError: expired"},
-		"urgent":  {Success, "9", ""},
+		"add":       {StatusSuccess, "5", ""},
+		"kwargs":    {StatusSuccess, `[[],{"x":1}]`, ""},
+		"fail":      {StatusFailure, "", "ValueError: boom"},
+		"eta":       {StatusSuccess, "2", ""},
+		"expired":   {StatusRevoked, "", "TaskRevokedError: expired"},
+		"priority9": {StatusSuccess, "9", ""},
 	}
 	for name, w := range want {
 		r := records[name]
@@ -210,7 +210,7 @@ func TestCeleryRunsWhatDocketSends(t *testing.T) {
 			t.Errorf("%s: %s %s (%q), want %s %s (%q)", name, r.Status, r.Result, r.Error(), w.status, w.result, w.err)
 		}
 	}
-	done, err := time.Parse(dateDone, *records["eta"].DateDone)
+	done, err := time.Parse("2006-01-02T15:04:05.999999", *records["eta"].DateDone)
 	if err != nil || done.Before(tasks["eta"].ETA) {
 		t.Errorf("the countdown task ran at %v (%v), before its ETA %v", done, err, tasks["eta"].ETA)
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"math"
 	"reflect"
 	"strings"
 	"testing"
@@ -150,15 +151,38 @@ func TestDecodeRefusesMalformed(t *testing.T) {
 		{"kwargs not an object", ContentType, "utf-8", celeryHeaders(), `[[], [], null]`, "kwargs"},
 		{"bad eta", ContentType, "utf-8", with("eta", "tomorrow"), celeryBody, "eta"},
 		{"eta not a string", ContentType, "utf-8", with("eta", int32(5)), celeryBody, "eta"},
-		{"negative retries", ContentType, "utf-8", with("retries", int64(-1)), celeryBody, "retries"},
+		{"retries not a number", ContentType, "utf-8", with("retries", "two"), celeryBody, "retries"},
 	} {
 		_, err := Decode(c.ctype, c.enc, c.headers, []byte(c.body))
 		if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), c.why) {
 			t.Errorf("%s: %v, want ErrMalformed naming %q", c.name, err, c.why)
 		}
 	}
-	if _, _, err := DecodeEnvelope([]byte(`{"body": "%%%", "content-type": "application/json", "properties": {"body_encoding": "base64"}}`)); !errors.Is(err, ErrMalformed) {
-		t.Errorf("a body that is not base64: %v", err)
+	for name, raw := range map[string]string{
+		"a body that is not base64": `{"body": "%%%", "content-type": "application/json", "properties": {"body_encoding": "base64", "delivery_tag": "t", "delivery_info": {}}}`,
+		"no delivery tag":           `{"body": "W10=", "content-type": "application/json", "properties": {"body_encoding": "base64", "delivery_info": {}}}`,
+		"no delivery info":          `{"body": "W10=", "content-type": "application/json", "properties": {"body_encoding": "base64", "delivery_tag": "t"}}`,
+	} {
+		if _, _, err := DecodeEnvelope([]byte(raw)); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	// Numbers Celery's worker takes are taken, within bounds.
+	for v, want := range map[any]int{float64(1 << 40): math.MaxInt32, int64(-1): 0, float64(2): 2, int32(3): 3} {
+		if task, err := Decode(ContentType, "utf8", with("retries", v), []byte(celeryBody)); err != nil || task.Retries != want {
+			t.Errorf("retries %v: %d, %v; want %d", v, task.Retries, err, want)
+		}
+	}
+	// Times as Celery's worker reads them.
+	for in, want := range map[string]time.Time{
+		"2026-11-24 00:52:32":              time.Date(2026, 11, 24, 0, 52, 32, 0, time.UTC),
+		"2026-11-24T00:52Z":                time.Date(2026, 11, 24, 0, 52, 0, 0, time.UTC),
+		"2026-11-24":                       time.Date(2026, 11, 24, 0, 0, 0, 0, time.UTC),
+		"2026-11-24T02:52:32.000001+02:00": time.Date(2026, 11, 24, 0, 52, 32, 1000, time.UTC),
+	} {
+		if task, err := Decode(ContentType, "utf-8", with("eta", in), []byte(celeryBody)); err != nil || !task.ETA.Equal(want) {
+			t.Errorf("eta %q: %v, %v; want %v", in, task.ETA, err, want)
+		}
 	}
 	// A null or partial embed is accepted, as by Celery's worker.
 	for _, body := range []string{`[[1], {}, null]`, `[[1], {}, {}]`, `[[1], {}, {"chain": null}]`} {
@@ -194,6 +218,30 @@ func TestPayloadAndSplit(t *testing.T) {
 		if string(a) != c.args || string(k) != c.kwargs {
 			t.Errorf("Split(%s) = %s, %s; want %s, %s", c.payload, a, k, c.args, c.kwargs)
 		}
+	}
+}
+
+// What docket writes, Celery's worker takes: a signature's empty parts as
+// [], {} and {}, never null; arguments of the right shapes only; an
+// envelope with its delivery tag.
+func TestEncodeKeepsCeleryWhole(t *testing.T) {
+	raw, err := json.Marshal(Signature{Task: "tasks.next"})
+	if want := `{"task":"tasks.next","args":[],"kwargs":{},"options":{},"subtask_type":null,"immutable":false}`; err != nil || string(raw) != want {
+		t.Errorf("an empty signature: %s, %v; want %s", raw, err, want)
+	}
+	if _, err := json.Marshal(Signature{Task: "x", Args: json.RawMessage("5")}); err == nil {
+		t.Error("a signature whose args are not an array was written")
+	}
+	if _, err := (Task{ID: "a", Name: "t", Args: json.RawMessage("5")}).Body(); !errors.Is(err, ErrMalformed) {
+		t.Errorf("args that are not an array: %v", err)
+	}
+	if _, err := EncodeEnvelope(Task{ID: "a", Name: "t"}, "q", ""); !errors.Is(err, ErrMalformed) {
+		t.Errorf("an envelope without a delivery tag: %v", err)
+	}
+	// A header read from a Redis envelope goes back out as Celery sends it.
+	h := Task{ID: "a", Name: "t", Other: map[string]any{"x-count": float64(3), "redelivered": true}}.Headers()
+	if h["x-count"] != int32(3) || h["redelivered"] != nil {
+		t.Errorf("other headers: %v", h)
 	}
 }
 
@@ -241,6 +289,21 @@ func TestResults(t *testing.T) {
 	}
 	if _, err := DecodeResult([]byte(`"just a string"`)); !errors.Is(err, ErrMalformed) {
 		t.Errorf("not a record: %v", err)
+	}
+	raw, _ = json.Marshal(StartedBy("id3", 7, "h"))
+	if want := `{"status":"STARTED","result":{"hostname":"h","pid":7},"traceback":null,"children":[],"date_done":null,"task_id":"id3"}`; string(raw) != want {
+		t.Errorf("started:\n got %s\nwant %s", raw, want)
+	}
+	rev := Revoked("id4", "expired", done)
+	if rev.Error() != "TaskRevokedError: expired" || !rev.Done() {
+		t.Errorf("revoked: %+v", rev)
+	}
+	raw, _ = Succeeded("id5", json.RawMessage("1"), done).RPC()
+	if want := `{"task_id":"id5","status":"SUCCESS","result":1,"traceback":null,"children":[]}`; string(raw) != want {
+		t.Errorf("rpc:\n got %s\nwant %s", raw, want)
+	}
+	if r := (Result{Status: StatusFailure, Result: json.RawMessage(`"plain text"`)}); r.Error() != "plain text" {
+		t.Errorf("a failure that is only text: %q", r.Error())
 	}
 	if MetaKey("id1") != "celery-task-meta-id1" {
 		t.Error(MetaKey("id1"))

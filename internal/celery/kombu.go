@@ -40,8 +40,21 @@ type DeliveryInfo struct {
 // the envelope too (its delivery tag acknowledges it).
 func DecodeEnvelope(raw []byte) (Task, Envelope, error) {
 	var e Envelope
+	var must struct {
+		Properties struct {
+			DeliveryTag  *string         `json:"delivery_tag"`
+			DeliveryInfo json.RawMessage `json:"delivery_info"`
+		} `json:"properties"`
+	}
 	if err := json.Unmarshal(raw, &e); err != nil {
 		return Task{}, e, fmt.Errorf("%w: not a kombu envelope: %v", ErrMalformed, err)
+	}
+	json.Unmarshal(raw, &must)
+	if tag := must.Properties.DeliveryTag; tag == nil || *tag == "" {
+		return Task{}, e, fmt.Errorf("%w: the envelope has no delivery tag", ErrMalformed)
+	}
+	if !isJSON(must.Properties.DeliveryInfo, '{') {
+		return Task{}, e, fmt.Errorf("%w: the envelope has no delivery info", ErrMalformed)
 	}
 	body := []byte(e.Body)
 	switch e.Properties.BodyEncoding {
@@ -66,23 +79,14 @@ func DecodeEnvelope(raw []byte) (Task, Envelope, error) {
 // EncodeEnvelope returns kombu's Redis envelope of t for queue, under the
 // delivery tag tag (kombu uses a fresh uuid4).
 func EncodeEnvelope(t Task, queue, tag string) ([]byte, error) {
+	if t.ID == "" || t.Name == "" || queue == "" || tag == "" {
+		return nil, fmt.Errorf("%w: an envelope needs a task id, a task name, a queue and a delivery tag", ErrMalformed)
+	}
 	body, err := t.Body()
 	if err != nil {
 		return nil, err
 	}
 	headers := t.Headers()
-	for k, v := range headers { // JSON has no int32: plain numbers
-		if n, ok := v.(int32); ok {
-			headers[k] = int(n)
-		}
-	}
-	if lim, ok := headers["timelimit"].([]any); ok {
-		for i, v := range lim {
-			if n, ok := v.(int32); ok {
-				lim[i] = int(n)
-			}
-		}
-	}
 	corr := t.CorrelationID
 	if corr == "" {
 		corr = t.ID
