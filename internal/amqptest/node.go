@@ -255,7 +255,7 @@ func (c *Cluster) Restart(i int, kill bool) {
 // queue is what rabbitmqctl list_queues says of a quorum queue.
 type queue struct {
 	Name, Leader string
-	Members      []string
+	Members      json.RawMessage // a list for a quorum queue, "" for a classic one
 }
 
 // queue returns what a running node says of the queue name.
@@ -285,18 +285,24 @@ func (c *Cluster) queue(name string) (queue, bool) {
 	return queue{}, false
 }
 
-// Leader returns the index of the node that leads the quorum queue name.
+// Leader returns the index of the node that leads the quorum queue name,
+// waiting up to a minute for one (an election after a node returned, or
+// rabbitmqctl slow on a loaded machine).
 func (c *Cluster) Leader(name string) int {
 	c.t.Helper()
-	if q, ok := c.queue(name); ok {
-		for i, m := range c.Nodes {
-			if m.Name == q.Leader {
-				return i
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(500 * time.Millisecond) {
+		if q, ok := c.queue(name); ok {
+			for i, m := range c.Nodes {
+				if m.Name == q.Leader {
+					return i
+				}
 			}
 		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("no node leads %s after a minute", name)
+			return -1
+		}
 	}
-	c.t.Fatalf("no node leads %s", name)
-	return -1
 }
 
 // Members returns how many nodes the quorum queue name is replicated on.
@@ -306,7 +312,11 @@ func (c *Cluster) Members(name string) int {
 	if !ok {
 		c.t.Fatalf("no node knows the queue %s", name)
 	}
-	return len(q.Members)
+	var members []string
+	if err := json.Unmarshal(q.Members, &members); err != nil {
+		c.t.Fatalf("the queue %s has no list of members (%s): %v", name, q.Members, err)
+	}
+	return len(members)
 }
 
 // LogQueues logs the cluster's queues with their message counts, leader

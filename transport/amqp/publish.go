@@ -47,6 +47,42 @@ func (b *broker) route(ctx context.Context, s *session, queue string, at, now ti
 // msgs may have been queued, that failure is definite (ErrBusy for a
 // nack), otherwise it too is an *unconfirmedError, since the call's
 // other messages may be queued.
+// errNotSent: the session's channel was closed (its connection lost, not
+// noticed yet) before the first message was written, so nothing was sent.
+var errNotSent = errors.New("the connection was closed before anything was sent; nothing was queued")
+
+// publishAgain publishes what build makes for the live session and, when
+// that session's channel turns out closed before anything was sent
+// (errNotSent), waits for the next session and does it again, until ctx
+// ends.
+func (b *broker) publishAgain(ctx context.Context, build func(s *session) ([]outgoing, error)) error {
+	var failed *session
+	for {
+		s, err := b.session(ctx)
+		if err != nil {
+			return err
+		}
+		if s == failed { // not replaced yet
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("docket: amqp %s: not connected: %w", b.where, context.Cause(ctx))
+			case <-b.done:
+				return transport.ErrClosed
+			case <-time.After(20 * time.Millisecond):
+			}
+			continue
+		}
+		out, err := build(s)
+		if err != nil {
+			return err
+		}
+		if err = b.publish(ctx, s, out); !errors.Is(err, errNotSent) || ctx.Err() != nil {
+			return err
+		}
+		failed = s
+	}
+}
+
 func (b *broker) publish(ctx context.Context, s *session, msgs []outgoing) error {
 	if len(msgs) == 0 {
 		return nil
@@ -98,6 +134,9 @@ func (b *broker) send(ctx context.Context, s *session, msgs []outgoing) (confs [
 				// Nothing left: amqp091 checks ctx and the channel
 				// before it writes, and a message whose frames were
 				// not all written is not routed.
+				if errors.Is(err, amqp.ErrClosed) {
+					err = fmt.Errorf("%w: %w", transport.ErrBusy, errNotSent)
+				}
 				return nil, nil, b.wrap("publish", err)
 			}
 			return nil, nil, b.unconfirmed(fmt.Sprintf("sending message %d of %d failed after the others were sent", i+1, len(msgs)), err, err)

@@ -188,15 +188,9 @@ func (st *stored) givenUp(ctx context.Context, now time.Time, id string) bool {
 // publishNew publishes new tasks, with no attempt used and no reply queue.
 // A zero Created in msgs is set to now.
 func (st *stored) publishNew(ctx context.Context, now time.Time, msgs []transport.Message) error {
-	s, err := st.session(ctx)
-	if err != nil {
-		return err
-	}
-	out, err := st.newMessages(ctx, s, now, msgs, "")
-	if err != nil {
-		return err
-	}
-	return st.publish(ctx, s, out)
+	return st.publishAgain(ctx, func(s *session) ([]outgoing, error) {
+		return st.newMessages(ctx, s, now, msgs, "")
+	})
 }
 
 // A delivered task the result store does not know is tried again, after
