@@ -247,7 +247,7 @@ func (q *Queue) isClosed() bool {
 func (q *Queue) now() time.Time { return q.cfg.clock.Now() }
 
 // Register makes tasks runnable by this Queue's workers and known to
-// EnqueueByName. It reports an invalid task definition, and a different
+// EnqueueByName (a Remote task only known: other workers run it). It reports an invalid task definition, and a different
 // task already registered under the same name.
 func (q *Queue) Register(tasks ...Registrable) error {
 	for _, t := range tasks {
@@ -267,6 +267,9 @@ func (q *Queue) Register(tasks ...Registrable) error {
 	}
 	for _, t := range tasks {
 		q.tasks[t.taskName()] = t
+		if isRemote(t) {
+			continue // known to EnqueueByName; run by other workers
+		}
 		q.queues[t.taskOptions().queue] = true
 		if h := q.handlerFor(t); h != nil {
 			q.handlers[t.taskName()] = h
@@ -286,10 +289,14 @@ func (q *Queue) lookupTask(name string) Registrable {
 func (q *Queue) lookupHandler(name string) (Registrable, Handler) {
 	q.mu.RLock()
 	defer q.mu.RUnlock()
-	if len(q.handlers) == 0 {
-		return q.tasks[name], nil
+	t := q.tasks[name]
+	if t != nil && isRemote(t) {
+		return nil, nil // no handler here: the task fails as not registered
 	}
-	return q.tasks[name], q.handlers[name]
+	if len(q.handlers) == 0 {
+		return t, nil
+	}
+	return t, q.handlers[name]
 }
 
 // DB returns a connection pool on the queue's SQLite database, configured

@@ -36,17 +36,22 @@ type Task[A, R any] struct {
 	defaults []TaskOption
 	opts     taskOpts // defaults applied
 	err      error    // reported by Register and Enqueue
+	remote   bool     // defined by Remote: no handler here
 }
 
 // NewTask defines a task. It never fails: an invalid name or default is
 // reported by Register and Enqueue.
 func NewTask[A, R any](name string, fn func(ctx context.Context, args A) (R, error), defaults ...TaskOption) *Task[A, R] {
-	t := &Task[A, R]{name: name, fn: fn, defaults: defaults, opts: defaultTaskOpts()}
+	return define(name, fn, defaults, false)
+}
+
+func define[A, R any](name string, fn func(context.Context, A) (R, error), defaults []TaskOption, remote bool) *Task[A, R] {
+	t := &Task[A, R]{name: name, fn: fn, defaults: defaults, opts: defaultTaskOpts(), remote: remote}
 	for _, o := range defaults {
 		o(&t.opts)
 	}
 	switch {
-	case fn == nil:
+	case fn == nil && !remote:
 		t.err = invalid("task handler", name, "is nil")
 	default:
 		t.err = validName("task name", name)
@@ -55,6 +60,16 @@ func NewTask[A, R any](name string, fn func(ctx context.Context, args A) (R, err
 		t.err = t.opts.validate(false)
 	}
 	return t
+}
+
+// Remote defines a task that other workers run (Celery's, or another
+// service's docket workers), known here by its name and types only, as
+// Celery's send_task knows it: Enqueue and Wait work as for any task.
+// Registered, it is known to EnqueueByName, and this Queue's workers do
+// not take its queue for it (one that is given such a task fails it as not
+// registered).
+func Remote[A, R any](name string, defaults ...TaskOption) *Task[A, R] {
+	return define[A, R](name, nil, defaults, true)
 }
 
 // Name returns the task's name.
@@ -305,4 +320,12 @@ func FromContext(ctx context.Context) (TaskContext, bool) {
 		return TaskContext{}, false
 	}
 	return ts.TaskContext, true
+}
+
+func (t *Task[A, R]) isRemote() bool { return t.remote }
+
+// isRemote reports whether t was defined by Remote.
+func isRemote(t Registrable) bool {
+	r, ok := t.(interface{ isRemote() bool })
+	return ok && r.isRemote()
 }

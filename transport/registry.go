@@ -42,12 +42,14 @@ var (
 // knownPackages names the package that registers a scheme, for the error
 // message of a program that forgot to import it.
 var knownPackages = map[string]string{
-	"amqp":   "github.com/docketq/docket/transport/amqp",
-	"amqps":  "github.com/docketq/docket/transport/amqp",
-	"redis":  "github.com/docketq/docket/transport/redis",
-	"rediss": "github.com/docketq/docket/transport/redis",
-	"sqlite": "github.com/docketq/docket/store/sqlite",
-	"memory": "github.com/docketq/docket/store/sqlite",
+	"amqp":          "github.com/docketq/docket/transport/amqp",
+	"celery+redis":  "github.com/docketq/docket/transport/celery",
+	"celery+rediss": "github.com/docketq/docket/transport/celery",
+	"amqps":         "github.com/docketq/docket/transport/amqp",
+	"redis":         "github.com/docketq/docket/transport/redis",
+	"rediss":        "github.com/docketq/docket/transport/redis",
+	"sqlite":        "github.com/docketq/docket/store/sqlite",
+	"memory":        "github.com/docketq/docket/store/sqlite",
 }
 
 // Register makes a transport available under a URL scheme. It is meant to be

@@ -4,74 +4,21 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
-	goredis "github.com/redis/go-redis/v9"
+	"github.com/docketq/docket/internal/celerytest"
 )
-
-// celeryApp returns a Redis client on DOCKET_TEST_REDIS_URL and a command
-// maker that runs Debian's python3 in testdata/celeryapp with that Redis
-// as the app's broker and result backend. It skips without the URL; without
-// Celery it skips, or fails under CI, which installs it.
-func celeryApp(t *testing.T) (*goredis.Client, func(args ...string) *exec.Cmd) {
-	t.Helper()
-	base := os.Getenv("DOCKET_TEST_REDIS_URL")
-	if base == "" {
-		t.Skip("DOCKET_TEST_REDIS_URL is not set; skipping the tests against Celery")
-	}
-	if err := exec.Command("/usr/bin/python3", "-c", "import celery, redis").Run(); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("Celery is not installed (apt-get install python3-celery python3-redis): %v", err)
-		}
-		t.Skipf("Celery is not installed (apt-get install python3-celery python3-redis): %v", err)
-	}
-	opts, err := goredis.ParseURL(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rdb := goredis.NewClient(opts)
-	t.Cleanup(func() { rdb.Close() })
-	dir, _ := filepath.Abs("testdata/celeryapp")
-	return rdb, func(args ...string) *exec.Cmd {
-		cmd := exec.Command("/usr/bin/python3", args...)
-		cmd.Dir = dir
-		cmd.Env = append(os.Environ(), "CELERY_BROKER="+base, "CELERY_BACKEND="+base, "PYTHONDONTWRITEBYTECODE=1")
-		return cmd
-	}
-}
-
-// forget deletes keys after the test: the queues' lists, kombu's bindings
-// and bookkeeping, and the result records of ids.
-func forget(t *testing.T, rdb *goredis.Client, queues []string, ids ...string) {
-	t.Cleanup(func() {
-		ctx := context.Background()
-		var keys []string
-		for _, q := range queues {
-			keys = append(keys, "_kombu.binding."+q)
-			for _, p := range []int{0, 3, 6, 9} {
-				keys = append(keys, PriorityList(q, p))
-			}
-		}
-		for _, id := range ids {
-			keys = append(keys, MetaKey(id))
-		}
-		rdb.Del(ctx, keys...)
-	})
-}
 
 // What Celery's producer puts on Redis, Decode reads: names, arguments,
 // times, limits, retries and the follow-ups of link and chain.
 func TestReadsWhatCelerySends(t *testing.T) {
-	rdb, python := celeryApp(t)
+	app := celerytest.New(t)
+	rdb, python := app.Redis, app.Python
 	ctx := context.Background()
 	q := fmt.Sprintf("docket-celery-in-%d", time.Now().UnixNano())
-	forget(t, rdb, []string{q})
+	app.Forget(t, []string{q})
 	t0 := time.Now()
 	out, err := python("produce.py", q).Output()
 	if err != nil {
@@ -132,7 +79,8 @@ func TestReadsWhatCelerySends(t *testing.T) {
 // a countdown, an expired task and a priority list; and docket reads the
 // records it writes back.
 func TestCeleryRunsWhatDocketSends(t *testing.T) {
-	rdb, python := celeryApp(t)
+	app := celerytest.New(t)
+	rdb := app.Redis
 	ctx := context.Background()
 	q := fmt.Sprintf("docket-celery-out-%d", time.Now().UnixNano())
 	now := time.Now()
@@ -148,7 +96,7 @@ func TestCeleryRunsWhatDocketSends(t *testing.T) {
 	for _, task := range tasks {
 		ids = append(ids, task.ID)
 	}
-	forget(t, rdb, []string{q}, ids...)
+	app.Forget(t, []string{q}, ids...)
 	for _, task := range tasks {
 		raw, err := EncodeEnvelope(task, q, "tag-"+task.ID)
 		if err != nil {
@@ -158,28 +106,11 @@ func TestCeleryRunsWhatDocketSends(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	worker := python("-m", "celery", "-A", "tasks", "worker", "-Q", q, "-P", "solo", "-c", "1",
-		"--without-heartbeat", "--without-mingle", "--without-gossip", "-l", "warning", "-n", q+"@localhost")
-	var log strings.Builder
-	worker.Stdout, worker.Stderr = &log, &log
-	worker.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := worker.Start(); err != nil {
-		t.Fatal(err)
-	}
-	stopped := false
-	stop := func() {
-		if !stopped {
-			stopped = true
-			syscall.Kill(-worker.Process.Pid, syscall.SIGTERM)
-			worker.Wait()
-		}
-	}
-	defer stop()
+	stopWorker := app.Worker(t, q)
 	records := map[string]Result{}
 	for deadline := time.Now().Add(60 * time.Second); len(records) < len(tasks); time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			stop()
-			t.Fatalf("%d of %d results after a minute; the worker said:\n%s", len(records), len(tasks), log.String())
+			t.Fatalf("%d of %d results after a minute; the worker said:\n%s", len(records), len(tasks), stopWorker())
 		}
 		for name, task := range tasks {
 			raw, err := rdb.Get(ctx, MetaKey(task.ID)).Bytes()
@@ -195,7 +126,7 @@ func TestCeleryRunsWhatDocketSends(t *testing.T) {
 			}
 		}
 	}
-	stop()
+	stopWorker()
 	want := map[string]struct{ status, result, err string }{
 		"add":       {StatusSuccess, "5", ""},
 		"kwargs":    {StatusSuccess, `[[],{"x":1}]`, ""},
@@ -220,11 +151,12 @@ func TestCeleryRunsWhatDocketSends(t *testing.T) {
 // Celery's Redis backend does) are what a Celery client waiting in
 // AsyncResult.get() reads: a value, or the exception raised again.
 func TestCeleryReadsWhatDocketRecords(t *testing.T) {
-	rdb, python := celeryApp(t)
+	app := celerytest.New(t)
+	rdb, python := app.Redis, app.Python
 	ctx := context.Background()
 	suffix := fmt.Sprint(time.Now().UnixNano())
 	ok, failed, foreign := "ok-"+suffix, "failed-"+suffix, "foreign-"+suffix
-	forget(t, rdb, nil, ok, failed, foreign)
+	app.Forget(t, nil, ok, failed, foreign)
 	client := python("result.py", ok, failed, foreign)
 	var out strings.Builder
 	client.Stdout, client.Stderr = &out, &out

@@ -9,6 +9,7 @@
 package all
 
 import (
-	_ "github.com/docketq/docket/transport/amqp"  // amqp://, amqps://
-	_ "github.com/docketq/docket/transport/redis" // redis://, rediss://
+	_ "github.com/docketq/docket/transport/amqp"   // amqp://, amqps://
+	_ "github.com/docketq/docket/transport/celery" // celery+redis://, celery+rediss://
+	_ "github.com/docketq/docket/transport/redis"  // redis://, rediss://
 )

@@ -32,3 +32,18 @@ def echo(*args, **kwargs):
 @app.task(name="tasks.fail")
 def fail(message):
     raise ValueError(message)
+
+
+@app.task(name="tasks.flaky", bind=True)
+def flaky(self):
+    """Retries once, then returns how many retries it took."""
+    if self.request.retries < 1:
+        raise self.retry(countdown=0.5)
+    return self.request.retries
+
+
+@app.task(name="tasks.mark", bind=True)
+def mark(self, key, n):
+    """Counts its run under its id in the hash key, and returns 2n."""
+    app.backend.client.hincrby(key, self.request.id, 1)
+    return 2 * n

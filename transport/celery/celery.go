@@ -1,0 +1,429 @@
+// Package celery lets docket share queues with Celery: a docket worker runs
+// the tasks a Python producer sends with Celery's protocol 2, and a docket
+// producer sends tasks that Celery's workers run, each side reading the
+// other's results. It registers the scheme celery+redis:// (and
+// celery+rediss://):
+//
+//	import _ "github.com/docketq/docket/transport/celery"
+//
+//	q, err := docket.Open(ctx, "celery+redis://127.0.0.1:6379/0")
+//
+// The queues of such a Queue are Celery's: kombu's Redis lists (a task
+// named by OnQueue("celery") is LPUSHed on the list "celery", in kombu's
+// envelope), fetched the way kombu fetches them (kept in the unacked hash
+// until the result is written, restored after the visibility timeout), and
+// results are Celery's Redis backend's records (celery-task-meta-<id>, set
+// and published). A docket Queue is either Celery-format or docket-format;
+// a program that needs both opens two Queues.
+//
+// URL parameters, beside go-redis's own:
+//
+//	backend=redis://host/1      Celery's result backend (default: the broker's URL)
+//	result_expires=24h          how long a result is kept (Celery's result_expires)
+//	visibility_timeout=1h       how long a fetched task stays unacknowledged
+//	                            before any worker, Celery's or docket's,
+//	                            gives it to another (kombu's default)
+//	max_retries=3               attempts a Celery task may be retried (Celery's
+//	                            Task.max_retries); the retries header counts them
+//	track_started=true          write STARTED when a task starts (Celery's
+//	                            task_track_started)
+//
+// How arguments map: a task's Celery args become its docket argument as a
+// JSON array (a tuple, a slice or docket.Args), its kwargs a JSON object (a
+// struct); a call with both is refused. A docket producer's argument is sent
+// the other way: an array as args, an object as kwargs, another value as the
+// only positional argument.
+//
+// What is not done: workflows (use Celery's canvas; chains and links that
+// Celery sends are followed, chords are refused), unique keys, cancel of a
+// task (Celery's revoke is a broadcast to its workers), and listings.
+package celery
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	wire "github.com/docketq/docket/internal/celery"
+	"github.com/docketq/docket/transport"
+	goredis "github.com/redis/go-redis/v9"
+)
+
+func init() {
+	transport.Register("celery+redis", open)
+	transport.Register("celery+rediss", open)
+}
+
+// Options configure a Transport.
+type Options struct {
+	// ResultExpires is how long a result record is kept (default 24h, as
+	// Celery's result_expires).
+	ResultExpires time.Duration
+	// VisibilityTimeout is how long a fetched task stays unacknowledged
+	// before it is given to another worker (default 1h, as kombu's). It
+	// must exceed the longest countdown and run time, as with Celery.
+	VisibilityTimeout time.Duration
+	// MaxRetries is how many times a task may be retried (default 3, as
+	// Celery's Task.max_retries); a negative value means none.
+	MaxRetries int
+	// TrackStarted writes a STARTED record when a task starts.
+	TrackStarted bool
+	// Logger receives what is refused (default: discard).
+	Logger *slog.Logger
+}
+
+func (o Options) normalize() (Options, error) {
+	if o.ResultExpires == 0 {
+		o.ResultExpires = 24 * time.Hour
+	}
+	if o.VisibilityTimeout == 0 {
+		o.VisibilityTimeout = time.Hour
+	}
+	if o.MaxRetries == 0 {
+		o.MaxRetries = 3
+	}
+	if o.MaxRetries < 0 {
+		o.MaxRetries = 0
+	}
+	if o.ResultExpires < time.Second || o.VisibilityTimeout < time.Second {
+		return o, fmt.Errorf("docket: celery result_expires (%s) and visibility_timeout (%s) must be at least a second: %w", o.ResultExpires, o.VisibilityTimeout, transport.ErrInvalid)
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o, nil
+}
+
+// Transport speaks Celery's protocol on kombu's Redis layout. It is safe
+// for concurrent use.
+type Transport struct {
+	broker  goredis.UniversalClient
+	backend goredis.UniversalClient
+	owned   []goredis.UniversalClient
+	opts    Options
+	where   string
+
+	mu        sync.Mutex
+	running   map[string]*fetched // by task id: delivered to a worker
+	held      []*fetched          // fetched, not delivered yet: a future ETA, or an excluded name
+	restored  time.Time           // the last restore of lapsed messages
+	refreshed time.Time           // the last refresh of held messages' fetch times
+}
+
+// fetched is a message this process took from a list and holds in kombu's
+// unacked hash.
+type fetched struct {
+	tag   string // kombu's delivery tag: the message's key in unacked
+	raw   string // the envelope as read
+	queue string // the base list (the routing key)
+	task  wire.Task
+	lease transport.Lease
+}
+
+// New returns a Transport on broker, writing results to backend (the
+// broker when nil). The caller keeps ownership of the clients.
+func New(broker, backend goredis.UniversalClient, opts Options) (*Transport, error) {
+	if broker == nil {
+		return nil, fmt.Errorf("docket: celery: the broker client is nil: %w", transport.ErrInvalid)
+	}
+	if backend == nil {
+		backend = broker
+	}
+	o, err := opts.normalize()
+	if err != nil {
+		return nil, err
+	}
+	return &Transport{broker: broker, backend: backend, opts: o, where: "redis", running: map[string]*fetched{}}, nil
+}
+
+func open(ctx context.Context, u *url.URL, cfg transport.Config) (transport.Transport, error) {
+	where := transport.Redact(u)
+	q := u.Query()
+	var opts Options
+	opts.Logger = cfg.Logger
+	for name, dst := range map[string]*time.Duration{"result_expires": &opts.ResultExpires, "visibility_timeout": &opts.VisibilityTimeout} {
+		if v := q.Get(name); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				if n, nerr := strconv.Atoi(v); nerr == nil { // Celery's settings are seconds
+					d, err = time.Duration(n)*time.Second, nil
+				}
+			}
+			if err != nil || d <= 0 {
+				return nil, fmt.Errorf("docket: celery URL %s: %s=%q: want a duration such as 1h or seconds: %w", where, name, v, transport.ErrInvalid)
+			}
+			*dst = d
+		}
+		q.Del(name)
+	}
+	if v := q.Get("max_retries"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return nil, fmt.Errorf("docket: celery URL %s: max_retries=%q: want a number of retries: %w", where, v, transport.ErrInvalid)
+		}
+		opts.MaxRetries = n
+		if n == 0 {
+			opts.MaxRetries = -1
+		}
+	}
+	q.Del("max_retries")
+	if v := q.Get("track_started"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return nil, fmt.Errorf("docket: celery URL %s: track_started=%q: want true or false: %w", where, v, transport.ErrInvalid)
+		}
+		opts.TrackStarted = b
+	}
+	q.Del("track_started")
+	backendURL := q.Get("backend")
+	q.Del("backend")
+
+	plain := *u
+	plain.Scheme = strings.TrimPrefix(strings.ToLower(u.Scheme), "celery+")
+	plain.RawQuery = q.Encode()
+	broker, err := client(plain.String(), where)
+	if err != nil {
+		return nil, err
+	}
+	clients := []goredis.UniversalClient{broker}
+	backend := broker
+	if backendURL != "" {
+		if backend, err = client(backendURL, "backend"); err != nil {
+			broker.Close()
+			return nil, err
+		}
+		clients = append(clients, backend)
+	}
+	t, err := New(broker, backend, opts)
+	if err == nil {
+		err = t.Ping(ctx)
+	}
+	if err != nil {
+		for _, c := range clients {
+			c.Close()
+		}
+		return nil, err
+	}
+	t.owned, t.where = clients, where
+	return t, nil
+}
+
+func client(raw, where string) (goredis.UniversalClient, error) {
+	o, err := goredis.ParseURL(raw)
+	if err != nil {
+		u, _ := url.Parse(raw)
+		return nil, fmt.Errorf("docket: celery %s: %s: %w", where, strings.ReplaceAll(err.Error(), raw, transport.Redact(u)), transport.ErrInvalid)
+	}
+	o.DisableIdentity = true
+	return goredis.NewClient(o), nil
+}
+
+// String names the transport and its broker, without a password.
+func (t *Transport) String() string { return "celery transport " + t.where }
+
+// Ping makes a round trip to the broker and the backend.
+func (t *Transport) Ping(ctx context.Context) error {
+	if err := t.broker.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("docket: celery broker %s: %w", t.where, err)
+	}
+	if t.backend != t.broker {
+		if err := t.backend.Ping(ctx).Err(); err != nil {
+			return fmt.Errorf("docket: celery result backend: %w", err)
+		}
+	}
+	return nil
+}
+
+// Close gives back the messages fetched and not delivered (to the head of
+// their lists, as kombu does at shutdown) and closes the clients the
+// transport opened.
+func (t *Transport) Close() error {
+	t.mu.Lock()
+	held := t.held
+	t.held = nil
+	t.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, f := range held {
+		t.giveBack(ctx, f)
+	}
+	var first error
+	for _, c := range t.owned {
+		if err := c.Close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// Enqueue pushes each message on its queue's list (kombu's priority list
+// for its priority), in one transaction.
+func (t *Transport) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]transport.EnqueueResult, error) {
+	pipe := t.broker.TxPipeline()
+	out := make([]transport.EnqueueResult, len(p.Messages))
+	for i := range p.Messages {
+		m := &p.Messages[i]
+		switch {
+		case m.Flow != nil:
+			return nil, fmt.Errorf("docket: celery: a workflow step (task %s): use Celery's canvas on Celery queues: %w", m.ID, transport.ErrUnsupported)
+		case m.UniqueKey != "":
+			return nil, fmt.Errorf("docket: celery: unique keys (task %s): %w", m.ID, transport.ErrUnsupported)
+		}
+		task := wire.Task{ID: m.ID, Name: m.Name, ETA: m.ETA, Expires: m.Expires, HardLimit: m.Timeout,
+			IgnoreResult: m.IgnoreResult, RootID: m.ID, Priority: m.Priority}
+		task.Args, task.Kwargs = wire.Split(m.Payload)
+		for k, v := range m.Headers {
+			if task.Other == nil {
+				task.Other = map[string]any{}
+			}
+			task.Other[k] = v
+		}
+		if err := t.push(ctx, pipe, task, m.Queue, false); err != nil {
+			return nil, err
+		}
+		out[i] = transport.EnqueueResult{ID: m.ID}
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, t.wrap(err)
+	}
+	return out, nil
+}
+
+// push adds to pipe the commands that put task on queue, at the tail
+// (LPUSH, as kombu publishes) or the head (RPUSH, as kombu restores).
+func (t *Transport) push(ctx context.Context, pipe goredis.Pipeliner, task wire.Task, queue string, head bool) error {
+	if queue == "" {
+		return fmt.Errorf("docket: celery: task %s has no queue: %w", task.ID, transport.ErrInvalid)
+	}
+	env, err := wire.EncodeEnvelope(task, queue, uuid4())
+	if err != nil {
+		return fmt.Errorf("docket: celery: task %s: %w: %w", task.ID, transport.ErrInvalid, err)
+	}
+	pipe.SAdd(ctx, "_kombu.binding."+queue, queue+sep+sep+queue)
+	list := wire.PriorityList(queue, task.Priority)
+	if head {
+		pipe.RPush(ctx, list, env)
+	} else {
+		pipe.LPush(ctx, list, env)
+	}
+	return nil
+}
+
+// sep is kombu's separator in binding entries and priority list names.
+const sep = "\x06\x16"
+
+// Cancel is not supported: Celery revokes a task by a broadcast to its
+// workers, which keep the revoked ids in memory.
+func (t *Transport) Cancel(ctx context.Context, p transport.CancelParams) (transport.CancelResult, error) {
+	return transport.CancelResult{}, fmt.Errorf("docket: celery: cancel of task %s: Celery revokes by a broadcast to its workers: %w", p.ID, transport.ErrUnsupported)
+}
+
+// Get reads a task's result record. A task without one is pending, as
+// Celery reports it (Ready), unless this process runs or holds it.
+func (t *Transport) Get(ctx context.Context, p transport.GetParams) (transport.Info, error) {
+	raw, err := t.backend.Get(ctx, wire.MetaKey(p.ID)).Bytes()
+	if err == goredis.Nil {
+		return t.pending(p.ID), nil
+	}
+	if err != nil {
+		return transport.Info{}, t.wrap(err)
+	}
+	return t.info(p.ID, raw)
+}
+
+// Lookup reads the states of ids from their result records.
+func (t *Transport) Lookup(ctx context.Context, p transport.LookupParams) ([]transport.Status, error) {
+	if len(p.IDs) == 0 {
+		return nil, nil
+	}
+	keys := make([]string, len(p.IDs))
+	for i, id := range p.IDs {
+		keys[i] = wire.MetaKey(id)
+	}
+	vals, err := t.backend.MGet(ctx, keys...).Result()
+	if err != nil {
+		return nil, t.wrap(err)
+	}
+	out := make([]transport.Status, 0, len(p.IDs))
+	for i, v := range vals {
+		in := t.pending(p.IDs[i])
+		if s, ok := v.(string); ok {
+			if in, err = t.info(p.IDs[i], []byte(s)); err != nil {
+				continue
+			}
+		}
+		out = append(out, transport.Status{ID: in.ID, State: in.State, Name: in.Name, Queue: in.Queue, Attempt: in.Attempt})
+	}
+	return out, nil
+}
+
+func (t *Transport) pending(id string) transport.Info {
+	in := transport.Info{Message: transport.Message{ID: id}, State: transport.StateReady}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if f := t.running[id]; f != nil {
+		in.Name, in.Queue, in.State, in.Attempt, in.Owner = f.task.Name, f.queue, transport.StateRunning, f.lease.Attempt, f.lease.Owner
+	}
+	return in
+}
+
+// info maps a result record onto a task's state.
+func (t *Transport) info(id string, raw []byte) (transport.Info, error) {
+	r, err := wire.DecodeResult(raw)
+	if err != nil {
+		return transport.Info{}, fmt.Errorf("docket: celery: task %s: %w", id, err)
+	}
+	in := t.pending(id)
+	switch r.Status {
+	case wire.StatusStarted:
+		in.State = transport.StateRunning
+	case wire.StatusRetry:
+		in.State, in.Error = transport.StateScheduled, r.Error()
+	case wire.StatusSuccess:
+		in.State, in.Result = transport.StateSucceeded, r.Result
+	case wire.StatusFailure:
+		in.State, in.Error = transport.StateFailed, r.Error()
+	case wire.StatusRevoked:
+		in.State, in.Error = transport.StateCancelled, r.Error()
+		if strings.HasSuffix(in.Error, ": expired") {
+			in.State = transport.StateExpired
+		}
+	}
+	if r.DateDone != nil && r.Done() {
+		if at, err := time.Parse("2006-01-02T15:04:05.999999", *r.DateDone); err == nil {
+			in.Finished = at
+		}
+	}
+	return in, nil
+}
+
+func (t *Transport) wrap(err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("docket: celery %s: %w", t.where, err)
+}
+
+// uuid4 returns a random UUID, as kombu's delivery tags and Celery's task
+// ids are.
+func uuid4() string {
+	var b [16]byte
+	rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+// compile-time checks
+var (
+	_ transport.Transport = (*Transport)(nil)
+	_ transport.Pinger    = (*Transport)(nil)
+	_ json.Marshaler      = wire.Signature{}
+)

@@ -1,0 +1,194 @@
+package celery_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docketq/docket"
+	"github.com/docketq/docket/internal/celerytest"
+	"github.com/docketq/docket/transport/celery"
+)
+
+// open returns a docket Queue on the app's Redis in Celery's format.
+func open(t *testing.T, app *celerytest.App, opts ...docket.Option) *docket.Queue {
+	t.Helper()
+	u := strings.Replace(app.URL, "redis://", "celery+redis://", 1)
+	q, err := docket.Open(context.Background(), u, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close() })
+	return q
+}
+
+// run runs q's worker until the test ends.
+func run(t *testing.T, q *docket.Queue) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- q.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("worker: %v", err)
+		}
+	})
+}
+
+type sum struct {
+	X int `json:"x"`
+	Y int `json:"y"`
+}
+
+// A Python app calls tasks a docket worker runs, and reads their results
+// as a Celery client: a value, a failure raised again, a countdown kept,
+// an expired task revoked, an unknown task not registered, a retry, a
+// chain and a link followed, and a chord refused with a clear error.
+func TestCeleryCallsDocket(t *testing.T) {
+	app := celerytest.New(t)
+	queue := fmt.Sprintf("docket-celery-calls-%d", time.Now().UnixNano())
+	app.Forget(t, []string{queue, celery.DeadList(queue)})
+	q := open(t, app, docket.PollInterval(50*time.Millisecond))
+	on := docket.OnQueue(queue)
+	if err := q.Register(
+		docket.NewTask("tasks.add", func(ctx context.Context, xy []int) (int, error) {
+			n := 0
+			for _, v := range xy {
+				n += v
+			}
+			return n, nil
+		}, on),
+		docket.NewTask("tasks.addkw", func(ctx context.Context, s sum) (int, error) { return s.X + s.Y, nil }, on),
+		docket.NewTask("tasks.fail", func(ctx context.Context, msg []string) (int, error) {
+			return 0, docket.Permanent(errors.New(msg[0]))
+		}, on),
+		docket.NewTask("tasks.flaky", func(ctx context.Context, _ []any) (int, error) {
+			tc, _ := docket.FromContext(ctx)
+			if tc.Attempt < 2 {
+				return 0, docket.RetryAfter(100 * time.Millisecond)
+			}
+			return tc.Attempt - 1, nil
+		}, on),
+	); err != nil {
+		t.Fatal(err)
+	}
+	run(t, q)
+	out, err := app.Python("call.py", queue).Output()
+	if err != nil {
+		t.Fatalf("call.py: %v\n%s", err, out)
+	}
+	var got map[string]struct {
+		Value   json.RawMessage
+		Seconds float64
+		Error   string
+		Message string
+	}
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatalf("call.py printed %s: %v", out, err)
+	}
+	for name, want := range map[string]string{
+		"add": "5", "kwargs": "9", "countdown": "2", "retry": "1", "chain": "15", "link": "103",
+		"fail":    "TaskError: kaput",
+		"expired": "TaskRevokedError: expired",
+		"unknown": "NotRegistered: 'tasks.nope'",
+		"chord":   "NotImplementedError: docket: chords are not supported",
+	} {
+		g := got[name]
+		text := string(g.Value)
+		if g.Error != "" {
+			text = g.Error + ": " + g.Message
+		}
+		if !strings.HasPrefix(text, want) {
+			t.Errorf("%s: got %s, want %s", name, text, want)
+		}
+	}
+	if s := got["countdown"].Seconds; s < 2 {
+		t.Errorf("countdown=2 returned after %.2fs", s)
+	}
+	dead, err := app.Redis.LRange(context.Background(), celery.DeadList(queue), 0, -1).Result()
+	if err != nil || len(dead) != 2 {
+		t.Fatalf("dead list: %d entries, %v; want the unknown task and the chord's member", len(dead), err)
+	}
+	for _, d := range dead {
+		var entry struct{ Reason, Message string }
+		if json.Unmarshal([]byte(d), &entry) != nil || entry.Reason == "" || !strings.Contains(entry.Message, `"delivery_tag"`) {
+			t.Errorf("dead entry %s", d)
+		}
+	}
+}
+
+// A docket producer calls tasks a Celery worker runs, and Wait reads
+// their results from Celery's backend: a value, a failure, a countdown
+// kept, an expired task, a task that retries, and a priority.
+func TestDocketCallsCelery(t *testing.T) {
+	app := celerytest.New(t)
+	ctx := context.Background()
+	queue := fmt.Sprintf("docket-celery-sends-%d", time.Now().UnixNano())
+	q := open(t, app)
+	on := docket.OnQueue(queue)
+	// The tasks the Python app owns, known here by name and types.
+	if err := q.Register(
+		docket.Remote[[]int, int]("tasks.add", on),
+		docket.Remote[map[string]int, json.RawMessage]("tasks.echo", on),
+		docket.Remote[[]string, int]("tasks.fail", on),
+		docket.Remote[any, int]("tasks.flaky", on),
+	); err != nil {
+		t.Fatal(err)
+	}
+	type call struct {
+		name string
+		args any
+		opts []docket.TaskOption
+		want string // the result's JSON, or the error's text
+	}
+	start := time.Now()
+	calls := map[string]call{
+		"add":       {"tasks.add", []int{2, 3}, nil, "5"},
+		"kwargs":    {"tasks.echo", map[string]int{"x": 1}, nil, `[[],{"x":1}]`},
+		"fail":      {"tasks.fail", []string{"boom"}, nil, "ValueError: boom"},
+		"countdown": {"tasks.add", []int{1, 1}, []docket.TaskOption{docket.Countdown(2 * time.Second)}, "2"},
+		"expired":   {"tasks.add", []int{1, 1}, []docket.TaskOption{docket.Expires(50 * time.Millisecond)}, "TaskRevokedError: expired"},
+		"retry":     {"tasks.flaky", nil, nil, "1"},
+		"priority":  {"tasks.add", []int{4, 5}, []docket.TaskOption{docket.Priority(9)}, "9"},
+	}
+	results := map[string]*docket.Result[json.RawMessage]{}
+	var ids []string
+	for name, c := range calls {
+		r, err := q.EnqueueByName(ctx, c.name, c.args, append(c.opts, on)...)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		results[name] = r
+		ids = append(ids, r.ID())
+	}
+	app.Forget(t, []string{queue}, ids...)
+	stop := app.Worker(t, queue)
+	wait, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for name, c := range calls {
+		v, err := results[name].Wait(wait)
+		var compact bytes.Buffer
+		json.Compact(&compact, v)
+		got := compact.String()
+		var te *docket.TaskError
+		if errors.As(err, &te) {
+			got = te.Message
+			if name == "expired" && !errors.Is(err, docket.ErrTaskExpired) {
+				t.Errorf("expired: %v does not match ErrTaskExpired", err)
+			}
+		} else if err != nil {
+			t.Fatalf("%s: %v; the worker said:\n%s", name, err, stop())
+		}
+		if got != c.want {
+			t.Errorf("%s: got %s, want %s", name, got, c.want)
+		}
+	}
+	if in, err := q.Info(ctx, results["countdown"].ID()); err != nil || in.Finished.Sub(start) < 2*time.Second {
+		t.Errorf("countdown of 2s: finished %v after the enqueue (%v)", in.Finished.Sub(start), err)
+	}
+}
