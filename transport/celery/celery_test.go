@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -190,5 +192,123 @@ func TestDocketCallsCelery(t *testing.T) {
 	}
 	if in, err := q.Info(ctx, results["countdown"].ID()); err != nil || in.Finished.Sub(start) < 2*time.Second {
 		t.Errorf("countdown of 2s: finished %v after the enqueue (%v)", in.Finished.Sub(start), err)
+	}
+}
+
+// A mixed fleet: a Celery producer and a docket producer send the same
+// task to one queue that a Celery worker and a docket worker both work
+// on. Every task runs once, on one side or the other, and every result is
+// read back by both a Celery client and docket.
+func TestMixedFleet(t *testing.T) {
+	app := celerytest.New(t)
+	ctx := context.Background()
+	n := 300
+	if os.Getenv("DOCKET_TEST_LONG") != "" {
+		n = 2000
+	}
+	queue := fmt.Sprintf("docket-celery-fleet-%d", time.Now().UnixNano())
+	runs := queue + ":runs"
+	app.Forget(t, []string{queue})
+	t.Cleanup(func() { app.Redis.Del(context.Background(), runs, runs+":celery", runs+":docket") })
+	q := open(t, app, docket.PollInterval(50*time.Millisecond))
+	mark := docket.NewTask("tasks.mark", func(ctx context.Context, args []json.RawMessage) (int, error) {
+		tc, _ := docket.FromContext(ctx)
+		var key string
+		var i int
+		if len(args) != 2 || json.Unmarshal(args[0], &key) != nil || json.Unmarshal(args[1], &i) != nil {
+			return 0, docket.Permanent(fmt.Errorf("want [key, n], got %d arguments", len(args)))
+		}
+		pipe := app.Redis.TxPipeline()
+		pipe.HIncrBy(ctx, key, tc.ID, 1)
+		pipe.Incr(ctx, key+":docket")
+		if _, err := pipe.Exec(ctx); err != nil {
+			return 0, err
+		}
+		return 2 * i, nil
+	}, docket.OnQueue(queue))
+	if err := q.Register(mark); err != nil {
+		t.Fatal(err)
+	}
+	stopCelery := app.Worker(t, queue)
+	run(t, q)
+
+	fleet := app.Python("fleet.py", queue, runs, fmt.Sprint(n))
+	var fromCelery bytes.Buffer
+	fleet.Stdout = &fromCelery
+	if err := fleet.Start(); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int{} // task id: its result
+	for i := 0; i < n; i += 100 {
+		args := make([][]json.RawMessage, 0, 100)
+		for j := i; j < min(i+100, n); j++ {
+			args = append(args, []json.RawMessage{json.RawMessage(strconv.Quote(runs)), json.RawMessage(strconv.Itoa(j))})
+		}
+		rs, err := mark.EnqueueMany(ctx, q, args)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, r := range rs {
+			want[r.ID()] = 2 * (i + k)
+		}
+	}
+	if err := fleet.Wait(); err != nil {
+		t.Fatalf("fleet.py: %v", err)
+	}
+	for i, id := range strings.Fields(fromCelery.String()) {
+		want[id] = 2 * i
+	}
+	if len(want) != 2*n {
+		t.Fatalf("%d distinct task ids from the two producers, want %d", len(want), 2*n)
+	}
+	var ids []string
+	for id := range want {
+		ids = append(ids, id)
+	}
+	app.Forget(t, nil, ids...)
+
+	// docket reads every result, whichever side ran it.
+	wait, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	for id, v := range want {
+		got, err := mark.ResultOf(q, id).Wait(wait)
+		if err != nil || got != v {
+			t.Fatalf("task %s: docket read %d, %v; want %d; Celery's worker said:\n%s", id, got, err, v, stopCelery())
+		}
+	}
+	// So does a Celery client.
+	collect := app.Python("collect.py")
+	collect.Stdin = strings.NewReader(strings.Join(ids, "\n"))
+	out, err := collect.Output()
+	if err != nil {
+		t.Fatalf("collect.py: %v", err)
+	}
+	var read map[string]any
+	if err := json.Unmarshal(out, &read); err != nil {
+		t.Fatalf("collect.py printed %.200s: %v", out, err)
+	}
+	for id, v := range want {
+		if f, ok := read[id].(float64); !ok || int(f) != v {
+			t.Fatalf("task %s: a Celery client read %v, want %d", id, read[id], v)
+		}
+	}
+	// Each ran once.
+	counts, err := app.Redis.HGetAll(ctx, runs).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for id := range want {
+		if counts[id] != "1" {
+			t.Errorf("task %s ran %q times", id, counts[id])
+		}
+	}
+	if len(counts) != len(want) {
+		t.Errorf("%d tasks ran, want %d", len(counts), len(want))
+	}
+	byCelery, _ := app.Redis.Get(ctx, runs+":celery").Int()
+	byDocket, _ := app.Redis.Get(ctx, runs+":docket").Int()
+	t.Logf("%d tasks from each producer: %d run by Celery's worker, %d by docket's", n, byCelery, byDocket)
+	if byCelery == 0 || byDocket == 0 || byCelery+byDocket != 2*n {
+		t.Errorf("runs: %d by Celery, %d by docket; want both sides to work, %d in all", byCelery, byDocket, 2*n)
 	}
 }

@@ -44,6 +44,8 @@ def flaky(self):
 
 @app.task(name="tasks.mark", bind=True)
 def mark(self, key, n):
-    """Counts its run under its id in the hash key, and returns 2n."""
+    """Counts its run under its id in the hash key, and the runs of Celery's
+    workers in key:celery, and returns 2n."""
     app.backend.client.hincrby(key, self.request.id, 1)
+    app.backend.client.incr(key + ":celery")
     return 2 * n
