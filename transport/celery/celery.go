@@ -110,6 +110,7 @@ type Transport struct {
 	opts    Options
 	where   string
 
+	touchMu   sync.Mutex // one touch at a time (see Transport.touch)
 	mu        sync.Mutex
 	running   map[string]*fetched // by task id: delivered to a worker
 	held      []*fetched          // fetched, not delivered yet: a future ETA, or an excluded name
@@ -125,6 +126,10 @@ type fetched struct {
 	queue string // the base list (the routing key)
 	task  wire.Task
 	lease transport.Lease
+	// score is the index time this process last wrote for the message,
+	// and pending one a touch is writing (guarded by Transport.mu): the
+	// message is this process's while the index holds one of them.
+	score, pending string
 }
 
 // New returns a Transport on broker, writing results to backend (the
@@ -285,7 +290,7 @@ func (t *Transport) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]t
 			}
 			task.Other[k] = v
 		}
-		if err := t.push(ctx, pipe, task, m.Queue, false); err != nil {
+		if err := t.push(ctx, pipe, task, m.Queue); err != nil {
 			return nil, err
 		}
 		out[i] = transport.EnqueueResult{ID: m.ID}
@@ -296,24 +301,29 @@ func (t *Transport) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]t
 	return out, nil
 }
 
-// push adds to pipe the commands that put task on queue, at the tail
-// (LPUSH, as kombu publishes) or the head (RPUSH, as kombu restores).
-func (t *Transport) push(ctx context.Context, pipe goredis.Pipeliner, task wire.Task, queue string, head bool) error {
-	if queue == "" {
-		return fmt.Errorf("docket: celery: task %s has no queue: %w", task.ID, transport.ErrInvalid)
-	}
-	env, err := wire.EncodeEnvelope(task, queue, uuid4())
+// push adds to pipe the commands that put task at the tail of queue's
+// list for its priority (LPUSH, as kombu publishes).
+func (t *Transport) push(ctx context.Context, pipe goredis.Pipeliner, task wire.Task, queue string) error {
+	list, env, err := envelope(task, queue)
 	if err != nil {
-		return fmt.Errorf("docket: celery: task %s: %w: %w", task.ID, transport.ErrInvalid, err)
+		return err
 	}
 	pipe.SAdd(ctx, "_kombu.binding."+queue, queue+sep+sep+queue)
-	list := wire.PriorityList(queue, task.Priority)
-	if head {
-		pipe.RPush(ctx, list, env)
-	} else {
-		pipe.LPush(ctx, list, env)
-	}
+	pipe.LPush(ctx, list, env)
 	return nil
+}
+
+// envelope returns kombu's envelope of task for queue, under a fresh
+// delivery tag, and the list it goes on.
+func envelope(task wire.Task, queue string) (list string, env []byte, err error) {
+	if queue == "" {
+		return "", nil, fmt.Errorf("docket: celery: task %s has no queue: %w", task.ID, transport.ErrInvalid)
+	}
+	env, err = wire.EncodeEnvelope(task, queue, uuid4())
+	if err != nil {
+		return "", nil, fmt.Errorf("docket: celery: task %s: %w: %w", task.ID, transport.ErrInvalid, err)
+	}
+	return wire.PriorityList(queue, task.Priority), env, nil
 }
 
 // sep is kombu's separator in binding entries and priority list names.

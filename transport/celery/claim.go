@@ -60,13 +60,15 @@ end
 return out
 `)
 
-// touchScript sets the index time of each tag in ARGV[2...] that is still
-// unacked to ARGV[1], and returns 1 for those, 0 for the others (restored
-// or acknowledged by someone else).
+// touchScript sets the index time of each tag ARGV[2i] to ARGV[1] if it
+// is still unacknowledged under the time this process last wrote for it,
+// ARGV[2i+1], and returns 1 for those, 0 for the others (restored, and
+// perhaps fetched again, by someone else).
 var touchScript = goredis.NewScript(`
 local out = {}
-for i = 2, #ARGV do
-  if redis.call('ZSCORE', KEYS[2], ARGV[i]) and redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then
+for i = 2, #ARGV, 2 do
+  local s = redis.call('ZSCORE', KEYS[2], ARGV[i])
+  if s and tonumber(s) == tonumber(ARGV[i+1]) and redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then
     redis.call('ZADD', KEYS[2], ARGV[1], ARGV[i])
     table.insert(out, 1)
   else
@@ -74,6 +76,31 @@ for i = 2, #ARGV do
   end
 end
 return out
+`)
+
+// ackScript acknowledges tag ARGV[1] if it is still unacknowledged under
+// one of the times this process wrote for it (ARGV[2], ARGV[3]), and in
+// the same step writes the result record ARGV[4] (value ARGV[5], kept
+// ARGV[6] seconds; set, then published, as Celery's backend does), the
+// dead-list entry ARGV[8] on ARGV[7], and the messages of ARGV[9...],
+// each as four values: L (the tail) or R (the head), list, envelope,
+// queue. It returns 0, writing nothing, if the message is no longer this
+// process's.
+var ackScript = goredis.NewScript(`
+local s = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not s or (tonumber(s) ~= tonumber(ARGV[2]) and tonumber(s) ~= tonumber(ARGV[3])) then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if ARGV[4] ~= '' then
+  redis.call('SET', ARGV[4], ARGV[5], 'EX', ARGV[6])
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
+end
+if ARGV[7] ~= '' then redis.call('LPUSH', ARGV[7], ARGV[8]) end
+for i = 9, #ARGV, 4 do
+  if ARGV[i] == 'R' then redis.call('RPUSH', ARGV[i+1], ARGV[i+2]) else redis.call('LPUSH', ARGV[i+1], ARGV[i+2]) end
+  redis.call('SADD', '_kombu.binding.' .. ARGV[i+3], ARGV[i+3] .. '\6\22\6\22' .. ARGV[i+3])
+end
+return 1
 `)
 
 // restoreScript puts a message back at the head of list ARGV[4] (ARGV[5])
@@ -140,7 +167,7 @@ func (t *Transport) Claim(ctx context.Context, p transport.ClaimParams) (transpo
 				t.opts.Logger.WarnContext(ctx, "docket: celery: a message that is not a kombu envelope was moved to the dead list", "queue", queue, "dead_list", DeadList(queue))
 				continue
 			}
-			f := &fetched{tag: tag, raw: raw, queue: queue}
+			f := &fetched{tag: tag, raw: raw, queue: queue, score: unixTime(p.Now)}
 			task, _, err := wire.DecodeEnvelope([]byte(raw))
 			if err != nil {
 				t.refuse(ctx, f, p.Now, err.Error(), nil)
@@ -196,11 +223,13 @@ func (t *Transport) deliver(ctx context.Context, f *fetched, p transport.ClaimPa
 		res.Ended = append(res.Ended, transport.Status{ID: task.ID, State: s, Name: task.Name, Queue: f.queue, Attempt: task.Retries + 1})
 	}
 	if !task.Expires.IsZero() && !p.Now.Before(task.Expires) {
-		if err := t.settle(ctx, f, p.Now, outcome{record: resultOf(task, wire.Revoked(task.ID, "expired", p.Now))}); err != nil {
+		lost, err := t.settle(ctx, f, p.Now, outcome{record: resultOf(task, wire.Revoked(task.ID, "expired", p.Now))})
+		switch {
+		case err != nil:
 			*keep = append(*keep, f)
-			return
+		case !lost:
+			ended(transport.StateExpired)
 		}
-		ended(transport.StateExpired)
 		return
 	}
 	if task.Embed.Chord != nil {
@@ -261,7 +290,7 @@ func (t *Transport) refuse(ctx context.Context, f *fetched, now time.Time, reaso
 	if exc != nil && f.task.ID != "" {
 		o.record = resultOf(f.task, wire.Failed(f.task.ID, *exc, reason, now))
 	}
-	if err := t.settle(ctx, f, now, o); err != nil {
+	if _, err := t.settle(ctx, f, now, o); err != nil {
 		t.opts.Logger.WarnContext(ctx, "docket: celery: a refused message stays unacknowledged (restored after the visibility timeout)", "task_id", f.task.ID, "err", err)
 	}
 }
@@ -282,32 +311,30 @@ func (t *Transport) upkeep(ctx context.Context, now time.Time) {
 	if restore {
 		t.restored = now
 	}
-	var tags []string
-	var waiting []*fetched
+	var fs []*fetched
 	if refresh {
-		waiting = slices.Clone(t.held)
-		for _, f := range waiting {
-			tags = append(tags, f.tag)
-		}
+		fs = slices.Clone(t.held)
 		for _, f := range t.running {
-			tags = append(tags, f.tag)
+			fs = append(fs, f)
 		}
 	}
 	t.mu.Unlock()
-	if len(tags) > 0 {
-		held, err := t.touch(ctx, now, tags)
+	if len(fs) > 0 {
+		held, err := t.touch(ctx, now, fs)
 		if err != nil {
 			t.opts.Logger.WarnContext(ctx, "docket: celery: the held messages' times not refreshed", "err", err)
 		}
-		lost := map[string]bool{}
+		lost := map[*fetched]bool{}
 		for i, ok := range held {
-			if !ok && i < len(waiting) {
-				lost[waiting[i].tag] = true
+			if !ok {
+				lost[fs[i]] = true
 			}
 		}
 		if len(lost) > 0 {
+			// A held message someone else restored is theirs now; a
+			// running one is reported lost by Extend.
 			t.mu.Lock()
-			t.held = slices.DeleteFunc(t.held, func(f *fetched) bool { return lost[f.tag] })
+			t.held = slices.DeleteFunc(t.held, func(f *fetched) bool { return lost[f] })
 			t.mu.Unlock()
 		}
 	}
@@ -320,23 +347,47 @@ func (t *Transport) upkeep(ctx context.Context, now time.Time) {
 	}
 }
 
-// touch sets the index time of tags to now and reports which are still
-// unacknowledged.
-func (t *Transport) touch(ctx context.Context, now time.Time, tags []string) ([]bool, error) {
-	args := make([]any, 0, len(tags)+1)
-	args = append(args, unixTime(now))
-	for _, tag := range tags {
-		args = append(args, tag)
+// touch sets the index time of fs to now and reports which are still this
+// process's. One touch runs at a time, so that a message has at most one
+// time in flight beside the one written (see fences).
+func (t *Transport) touch(ctx context.Context, now time.Time, fs []*fetched) ([]bool, error) {
+	t.touchMu.Lock()
+	defer t.touchMu.Unlock()
+	score := unixTime(now)
+	args := make([]any, 0, 2*len(fs)+1)
+	args = append(args, score)
+	t.mu.Lock()
+	for _, f := range fs {
+		f.pending = score
+		args = append(args, f.tag, f.score)
 	}
+	t.mu.Unlock()
 	v, err := touchScript.Run(ctx, t.broker, []string{unackedKey, indexKey}, args...).Int64Slice()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]bool, len(fs))
+	for i, f := range fs {
+		if err == nil && i < len(v) && v[i] == 1 {
+			f.score = score
+			out[i] = true
+		}
+		f.pending = ""
+	}
 	if err != nil {
 		return nil, t.wrap(err)
 	}
-	out := make([]bool, len(v))
-	for i, n := range v {
-		out[i] = n == 1
-	}
 	return out, nil
+}
+
+// fences returns the index times under which f is still this process's:
+// the one it wrote last, and one a touch may be writing now.
+func (t *Transport) fences(f *fetched) (string, string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if f.pending == "" {
+		return f.score, f.score
+	}
+	return f.score, f.pending
 }
 
 // restore puts back at the head of their lists the messages last held
@@ -372,19 +423,18 @@ func (t *Transport) restore(ctx context.Context, cutoff time.Time) (int, error) 
 	return n, nil
 }
 
-// giveBack puts f back at the head of its list, unless someone else did.
-func (t *Transport) giveBack(ctx context.Context, f *fetched) error {
-	entry := "[" + f.raw + `,"",` + strconv.Quote(f.queue) + "]"
-	_, err := restoreScript.Run(ctx, t.broker, []string{unackedKey, indexKey}, f.tag, entry, "+inf", f.queue, f.raw).Int()
-	return t.wrap(err)
+// giveBack puts f back at the head of its list, if it is still this
+// process's.
+func (t *Transport) giveBack(ctx context.Context, f *fetched) (lost bool, err error) {
+	return t.ack(ctx, f, nil, "", []any{"R", f.queue, f.raw, f.queue})
 }
 
 // Extend refreshes the index time of the leases' messages. A lease whose
-// message is no longer unacknowledged (restored after the visibility
-// timeout, or no longer held here) is lost.
+// message is no longer this process's (restored after the visibility
+// timeout, perhaps fetched again) is lost.
 func (t *Transport) Extend(ctx context.Context, p transport.ExtendParams) ([]transport.ExtendResult, error) {
 	out := make([]transport.ExtendResult, len(p.Leases))
-	var tags []string
+	var fs []*fetched
 	var at []int
 	t.mu.Lock()
 	for i, l := range p.Leases {
@@ -393,14 +443,14 @@ func (t *Transport) Extend(ctx context.Context, p transport.ExtendParams) ([]tra
 			out[i].Lost = true
 			continue
 		}
-		tags = append(tags, f.tag)
+		fs = append(fs, f)
 		at = append(at, i)
 	}
 	t.mu.Unlock()
-	if len(tags) == 0 {
+	if len(fs) == 0 {
 		return out, nil
 	}
-	held, err := t.touch(ctx, p.Now, tags)
+	held, err := t.touch(ctx, p.Now, fs)
 	if err != nil {
 		return nil, err
 	}

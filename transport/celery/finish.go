@@ -51,10 +51,11 @@ func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]tra
 			continue
 		}
 		task := f.task
+		var lost bool
 		var err error
 		switch o.State {
 		case transport.StateReady:
-			err = t.giveBack(ctx, f)
+			lost, err = t.giveBack(ctx, f)
 		case transport.StateSucceeded:
 			result := json.RawMessage(o.Result)
 			if len(result) == 0 {
@@ -67,7 +68,7 @@ func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]tra
 			if n := len(task.Embed.Chain); n > 0 {
 				oc.next = append(oc.next, t.followUp(f, task.Embed.Chain[n-1], result, task.Embed.Chain[:n-1], p.Now))
 			}
-			err = t.settle(ctx, f, p.Now, oc)
+			lost, err = t.settle(ctx, f, p.Now, oc)
 		case transport.StateFailed:
 			exc, trace := exception(task, o.Error)
 			oc := outcome{record: resultOf(task, wire.Failed(task.ID, exc, trace, p.Now))}
@@ -79,9 +80,9 @@ func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]tra
 			for _, sig := range task.Embed.Errbacks {
 				oc.next = append(oc.next, t.followUp(f, sig, id, nil, p.Now))
 			}
-			err = t.settle(ctx, f, p.Now, oc)
+			lost, err = t.settle(ctx, f, p.Now, oc)
 		case transport.StateCancelled:
-			err = t.settle(ctx, f, p.Now, outcome{record: resultOf(task, wire.Revoked(task.ID, "revoked", p.Now))})
+			lost, err = t.settle(ctx, f, p.Now, outcome{record: resultOf(task, wire.Revoked(task.ID, "revoked", p.Now))})
 		case transport.StateScheduled:
 			again := task
 			again.Retries++
@@ -89,13 +90,14 @@ func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]tra
 			exc, trace := exception(task, o.Error)
 			r := wire.Failed(task.ID, exc, trace, p.Now)
 			r.Status, r.DateDone = wire.StatusRetry, nil
-			err = t.settle(ctx, f, p.Now, outcome{record: resultOf(task, r), next: []next{{again, f.queue}}})
+			lost, err = t.settle(ctx, f, p.Now, outcome{record: resultOf(task, r), next: []next{{again, f.queue}}})
 		default:
 			err = fmt.Errorf("docket: celery: task %s: outcome state %v: %w", task.ID, o.State, transport.ErrInvalid)
 		}
 		if err != nil {
 			return nil, err
 		}
+		out[i].Lost = lost
 		t.mu.Lock()
 		delete(t.running, o.ID)
 		t.mu.Unlock()
@@ -176,38 +178,62 @@ func signatures(v any) []wire.Signature {
 	return nil
 }
 
-// settle writes o for f and acknowledges f: the record on the result
-// backend (first, or in the same transaction when the backend is the
-// broker), then in one transaction the messages o sends on, f's dead-list
-// entry, and the removal of f from kombu's unacked hash and index.
-func (t *Transport) settle(ctx context.Context, f *fetched, now time.Time, o outcome) error {
-	pipe := t.broker.TxPipeline()
-	if o.record != nil && !f.task.IgnoreResult {
-		if t.backend == t.broker {
-			t.record(ctx, pipe, *o.record)
-		} else {
-			bp := t.backend.TxPipeline()
-			t.record(ctx, bp, *o.record)
-			if _, err := bp.Exec(ctx); err != nil {
-				return t.wrap(err)
-			}
-		}
-	}
+// settle writes o for f and acknowledges f, if f is still this
+// process's (lost reports it was not: nothing was written then). With the
+// broker as result backend, everything is one step: the record, the
+// messages o sends on, f's dead-list entry and the acknowledgement. With
+// a backend of its own, the record is written first (a message lost
+// meanwhile has its record written twice, as Celery's at-least-once
+// delivery does).
+func (t *Transport) settle(ctx context.Context, f *fetched, now time.Time, o outcome) (lost bool, err error) {
+	var args []any
 	for _, n := range o.next {
-		if err := t.push(ctx, pipe, n.task, n.queue, false); err != nil {
+		list, env, err := envelope(n.task, n.queue)
+		if err != nil {
 			t.opts.Logger.WarnContext(ctx, "docket: celery: a follow-up task was not sent", "task_id", f.task.ID, "next", n.task.Name, "err", err)
+			continue
 		}
+		args = append(args, "L", list, env, n.queue)
 	}
+	var dead string
 	if o.dead != "" {
 		entry, _ := json.Marshal(map[string]string{"reason": o.dead, "at": unixTime(now), "message": f.raw})
-		pipe.LPush(ctx, DeadList(f.queue), entry)
+		dead = string(entry)
 	}
-	pipe.HDel(ctx, unackedKey, f.tag)
-	pipe.ZRem(ctx, indexKey, f.tag)
-	if _, err := pipe.Exec(ctx); err != nil {
-		return t.wrap(err)
+	record := o.record
+	if f.task.IgnoreResult {
+		record = nil
 	}
-	return nil
+	if record != nil && t.backend != t.broker {
+		pipe := t.backend.TxPipeline()
+		t.record(ctx, pipe, *record)
+		if _, err := pipe.Exec(ctx); err != nil {
+			return false, t.wrap(err)
+		}
+		record = nil
+	}
+	return t.ack(ctx, f, record, dead, args)
+}
+
+// ack runs ackScript for f (see there).
+func (t *Transport) ack(ctx context.Context, f *fetched, record *wire.Result, dead string, pushes []any) (lost bool, err error) {
+	a, b := t.fences(f)
+	args := []any{f.tag, a, b, "", "", 0, "", dead}
+	if record != nil {
+		raw, err := json.Marshal(record)
+		if err != nil {
+			return false, fmt.Errorf("docket: celery: task %s: result record: %w", f.task.ID, err)
+		}
+		args[3], args[4], args[5] = wire.MetaKey(record.TaskID), raw, int(t.opts.ResultExpires/time.Second)
+	}
+	if dead != "" {
+		args[6] = DeadList(f.queue)
+	}
+	n, err := ackScript.Run(ctx, t.broker, []string{unackedKey, indexKey}, append(args, pushes...)...).Int()
+	if err != nil {
+		return false, t.wrap(err)
+	}
+	return n == 0, nil
 }
 
 // record adds to pipe the write of r as Celery's Redis backend makes it:
