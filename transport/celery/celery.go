@@ -42,7 +42,7 @@ package celery
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -101,51 +101,41 @@ func (o Options) normalize() (Options, error) {
 	return o, nil
 }
 
-// Transport speaks Celery's protocol on kombu's Redis layout. It is safe
-// for concurrent use.
+// Transport speaks Celery's protocol on kombu's Redis layout or on
+// RabbitMQ. It is safe for concurrent use.
 type Transport struct {
-	broker  goredis.UniversalClient
-	backend goredis.UniversalClient
-	owned   []goredis.UniversalClient
-	opts    Options
-	where   string
+	b      broker
+	res    results
+	atomic bool // the result backend is the Redis broker: records go in the acknowledgement's step
+	opts   Options
+	where  string
 
-	touchMu   sync.Mutex // one touch at a time (see Transport.touch)
 	mu        sync.Mutex
 	running   map[string]*fetched // by task id: delivered to a worker
 	held      []*fetched          // fetched, not delivered yet: a future ETA, or an excluded name
-	restored  time.Time           // the last restore of lapsed messages
-	refreshed time.Time           // the last refresh of held messages' fetch times
+	refreshed time.Time           // the last refresh of the held messages
 }
 
-// fetched is a message this process took from a list and holds in kombu's
-// unacked hash.
-type fetched struct {
-	tag   string // kombu's delivery tag: the message's key in unacked
-	raw   string // the envelope as read
-	queue string // the base list (the routing key)
-	task  wire.Task
-	lease transport.Lease
-	// score is the index time this process last wrote for the message,
-	// and pending one a touch is writing (guarded by Transport.mu): the
-	// message is this process's while the index holds one of them.
-	score, pending string
-}
-
-// New returns a Transport on broker, writing results to backend (the
-// broker when nil). The caller keeps ownership of the clients.
+// New returns a Transport on a Redis broker, writing results to backend
+// (the broker when nil), as Celery's Redis transport and result backend
+// do. The caller keeps ownership of the clients.
 func New(broker, backend goredis.UniversalClient, opts Options) (*Transport, error) {
 	if broker == nil {
 		return nil, fmt.Errorf("docket: celery: the broker client is nil: %w", transport.ErrInvalid)
-	}
-	if backend == nil {
-		backend = broker
 	}
 	o, err := opts.normalize()
 	if err != nil {
 		return nil, err
 	}
-	return &Transport{broker: broker, backend: backend, opts: o, where: "redis", running: map[string]*fetched{}}, nil
+	if backend == nil {
+		backend = broker
+	}
+	b := &redisBroker{client: broker, vt: o.VisibilityTimeout, expires: o.ResultExpires, log: o.Logger}
+	return newTransport(b, &redisResults{client: backend, expires: o.ResultExpires}, backend == broker, o, "redis"), nil
+}
+
+func newTransport(b broker, res results, atomic bool, o Options, where string) *Transport {
+	return &Transport{b: b, res: res, atomic: atomic, opts: o, where: where, running: map[string]*fetched{}}
 }
 
 func open(ctx context.Context, u *url.URL, cfg transport.Config) (transport.Transport, error) {
@@ -189,35 +179,45 @@ func open(ctx context.Context, u *url.URL, cfg transport.Config) (transport.Tran
 	q.Del("track_started")
 	backendURL := q.Get("backend")
 	q.Del("backend")
-
+	opts, err := opts.normalize()
+	if err != nil {
+		return nil, err
+	}
 	plain := *u
 	plain.Scheme = strings.TrimPrefix(strings.ToLower(u.Scheme), "celery+")
 	plain.RawQuery = q.Encode()
-	broker, err := client(plain.String(), where)
+	if plain.Scheme == "amqp" || plain.Scheme == "amqps" {
+		return openAMQP(ctx, plain.String(), backendURL, opts, where)
+	}
+	rb, err := client(plain.String(), where)
 	if err != nil {
 		return nil, err
 	}
-	clients := []goredis.UniversalClient{broker}
-	backend := broker
-	if backendURL != "" {
-		if backend, err = client(backendURL, "backend"); err != nil {
-			broker.Close()
-			return nil, err
-		}
-		clients = append(clients, backend)
-	}
-	t, err := New(broker, backend, opts)
-	if err == nil {
-		err = t.Ping(ctx)
-	}
+	b := &redisBroker{client: rb, owned: true, vt: opts.VisibilityTimeout, expires: opts.ResultExpires, log: opts.Logger}
+	res, err := redisBackend(backendURL, rb, opts)
 	if err != nil {
-		for _, c := range clients {
-			c.Close()
-		}
+		b.close()
 		return nil, err
 	}
-	t.owned, t.where = clients, where
+	t := newTransport(b, res, res.client == rb, opts, where)
+	if err := t.Ping(ctx); err != nil {
+		t.Close()
+		return nil, err
+	}
 	return t, nil
+}
+
+// redisBackend returns Celery's Redis result backend at raw, or on
+// dflt when raw is empty.
+func redisBackend(raw string, dflt goredis.UniversalClient, opts Options) (*redisResults, error) {
+	if raw == "" {
+		return &redisResults{client: dflt, expires: opts.ResultExpires}, nil
+	}
+	c, err := client(raw, "result backend")
+	if err != nil {
+		return nil, err
+	}
+	return &redisResults{client: c, expires: opts.ResultExpires, owned: true}, nil
 }
 
 func client(raw, where string) (goredis.UniversalClient, error) {
@@ -233,22 +233,17 @@ func client(raw, where string) (goredis.UniversalClient, error) {
 // String names the transport and its broker, without a password.
 func (t *Transport) String() string { return "celery transport " + t.where }
 
-// Ping makes a round trip to the broker and the backend.
+// Ping makes a round trip to the broker.
 func (t *Transport) Ping(ctx context.Context) error {
-	if err := t.broker.Ping(ctx).Err(); err != nil {
+	if err := t.b.ping(ctx); err != nil {
 		return fmt.Errorf("docket: celery broker %s: %w", t.where, err)
-	}
-	if t.backend != t.broker {
-		if err := t.backend.Ping(ctx).Err(); err != nil {
-			return fmt.Errorf("docket: celery result backend: %w", err)
-		}
 	}
 	return nil
 }
 
-// Close gives back the messages fetched and not delivered (to the head of
-// their lists, as kombu does at shutdown) and closes the clients the
-// transport opened.
+// Close gives back the messages fetched and not delivered (on Redis to
+// the head of their lists, as kombu does at shutdown; on RabbitMQ by
+// closing the channel) and closes what the transport opened.
 func (t *Transport) Close() error {
 	t.mu.Lock()
 	held := t.held
@@ -257,22 +252,16 @@ func (t *Transport) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	for _, f := range held {
-		t.giveBack(ctx, f)
+		t.b.settle(ctx, f, settlement{giveBack: true})
 	}
-	var first error
-	for _, c := range t.owned {
-		if err := c.Close(); err != nil && first == nil {
-			first = err
-		}
-	}
-	return first
+	return errors.Join(t.b.close(), t.res.close())
 }
 
-// Enqueue pushes each message on its queue's list (kombu's priority list
-// for its priority), in one transaction.
+// Enqueue sends each message to its queue: on Redis in one transaction,
+// on RabbitMQ each confirmed.
 func (t *Transport) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]transport.EnqueueResult, error) {
-	pipe := t.broker.TxPipeline()
 	out := make([]transport.EnqueueResult, len(p.Messages))
+	tasks := make([]next, len(p.Messages))
 	for i := range p.Messages {
 		m := &p.Messages[i]
 		switch {
@@ -290,27 +279,13 @@ func (t *Transport) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]t
 			}
 			task.Other[k] = v
 		}
-		if err := t.push(ctx, pipe, task, m.Queue); err != nil {
-			return nil, err
-		}
+		tasks[i] = next{task, m.Queue}
 		out[i] = transport.EnqueueResult{ID: m.ID}
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	if err := t.b.send(ctx, tasks); err != nil {
 		return nil, t.wrap(err)
 	}
 	return out, nil
-}
-
-// push adds to pipe the commands that put task at the tail of queue's
-// list for its priority (LPUSH, as kombu publishes).
-func (t *Transport) push(ctx context.Context, pipe goredis.Pipeliner, task wire.Task, queue string) error {
-	list, env, err := envelope(task, queue)
-	if err != nil {
-		return err
-	}
-	pipe.SAdd(ctx, "_kombu.binding."+queue, queue+sep+sep+queue)
-	pipe.LPush(ctx, list, env)
-	return nil
 }
 
 // envelope returns kombu's envelope of task for queue, under a fresh
@@ -336,16 +311,16 @@ func (t *Transport) Cancel(ctx context.Context, p transport.CancelParams) (trans
 }
 
 // Get reads a task's result record. A task without one is pending, as
-// Celery reports it (Ready), unless this process runs or holds it.
+// Celery reports it (Ready), unless this process runs it.
 func (t *Transport) Get(ctx context.Context, p transport.GetParams) (transport.Info, error) {
-	raw, err := t.backend.Get(ctx, wire.MetaKey(p.ID)).Bytes()
-	if err == goredis.Nil {
-		return t.pending(p.ID), nil
-	}
+	raws, err := t.res.read(ctx, []string{p.ID})
 	if err != nil {
 		return transport.Info{}, t.wrap(err)
 	}
-	return t.info(p.ID, raw)
+	if raws[0] == nil {
+		return t.pending(p.ID), nil
+	}
+	return t.info(p.ID, raws[0])
 }
 
 // Lookup reads the states of ids from their result records.
@@ -353,19 +328,15 @@ func (t *Transport) Lookup(ctx context.Context, p transport.LookupParams) ([]tra
 	if len(p.IDs) == 0 {
 		return nil, nil
 	}
-	keys := make([]string, len(p.IDs))
-	for i, id := range p.IDs {
-		keys[i] = wire.MetaKey(id)
-	}
-	vals, err := t.backend.MGet(ctx, keys...).Result()
+	raws, err := t.res.read(ctx, p.IDs)
 	if err != nil {
 		return nil, t.wrap(err)
 	}
 	out := make([]transport.Status, 0, len(p.IDs))
-	for i, v := range vals {
+	for i, raw := range raws {
 		in := t.pending(p.IDs[i])
-		if s, ok := v.(string); ok {
-			if in, err = t.info(p.IDs[i], []byte(s)); err != nil {
+		if raw != nil {
+			if in, err = t.info(p.IDs[i], raw); err != nil {
 				continue
 			}
 		}
@@ -435,5 +406,4 @@ func uuid4() string {
 var (
 	_ transport.Transport = (*Transport)(nil)
 	_ transport.Pinger    = (*Transport)(nil)
-	_ json.Marshaler      = wire.Signature{}
 )

@@ -5,129 +5,25 @@ import (
 	"encoding/json"
 	"os"
 	"slices"
-	"strconv"
 	"time"
 
 	wire "github.com/docketq/docket/internal/celery"
 	"github.com/docketq/docket/transport"
-	goredis "github.com/redis/go-redis/v9"
 )
 
-// kombu's bookkeeping of fetched messages: unacked maps a delivery tag to
-// [envelope, exchange, routing key], unacked_index to the time it was
-// fetched (or, here, last known held).
-const (
-	unackedKey = "unacked"
-	indexKey   = "unacked_index"
-)
-
-// DeadList is the list a queue's refused messages are moved to: each item
-// is a JSON object with the reason, the time and the message as it was.
+// DeadList is where a queue's refused messages go: on Redis a list whose
+// items are JSON objects with the reason, the time and the message as it
+// was; on RabbitMQ a queue of that name, each message as it was with the
+// reason in its x-docket-reason header.
 func DeadList(queue string) string { return "docket.dead." + queue }
 
-// fetchScript pops up to ARGV[1] messages from KEYS[3...] in order and
-// records each in kombu's unacked hash and index, in the same step (kombu
-// does it in two, and loses a message fetched by a worker that dies in
-// between). ARGV[2] is the time; ARGV[2+i] is the routing key of list
-// KEYS[2+i]. A message without a delivery tag goes to its queue's dead
-// list. It returns {tag, envelope, routing key} triples; a dead message's
-// tag is "".
-var fetchScript = goredis.NewScript(`
-local limit = tonumber(ARGV[1])
-local out = {}
-local got = 0
-for i = 3, #KEYS do
-  local q = ARGV[i]
-  while got < limit do
-    local raw = redis.call('RPOP', KEYS[i])
-    if not raw then break end
-    local ok, env = pcall(cjson.decode, raw)
-    local tag = nil
-    if ok and type(env) == 'table' and type(env.properties) == 'table' then tag = env.properties.delivery_tag end
-    if type(tag) ~= 'string' or tag == '' then
-      redis.call('LPUSH', 'docket.dead.' .. q, cjson.encode({reason = 'not a kombu envelope with a delivery tag', at = ARGV[2], message = raw}))
-      table.insert(out, '')
-    else
-      redis.call('HSET', KEYS[1], tag, '[' .. raw .. ',"",' .. cjson.encode(q) .. ']')
-      redis.call('ZADD', KEYS[2], ARGV[2], tag)
-      table.insert(out, tag)
-      got = got + 1
-    end
-    table.insert(out, raw)
-    table.insert(out, q)
-  end
-end
-return out
-`)
-
-// touchScript sets the index time of each tag ARGV[2i] to ARGV[1] if it
-// is still unacknowledged under the time this process last wrote for it,
-// ARGV[2i+1], and returns 1 for those, 0 for the others (restored, and
-// perhaps fetched again, by someone else).
-var touchScript = goredis.NewScript(`
-local out = {}
-for i = 2, #ARGV, 2 do
-  local s = redis.call('ZSCORE', KEYS[2], ARGV[i])
-  if s and tonumber(s) == tonumber(ARGV[i+1]) and redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then
-    redis.call('ZADD', KEYS[2], ARGV[1], ARGV[i])
-    table.insert(out, 1)
-  else
-    table.insert(out, 0)
-  end
-end
-return out
-`)
-
-// ackScript acknowledges tag ARGV[1] if it is still unacknowledged under
-// one of the times this process wrote for it (ARGV[2], ARGV[3]), and in
-// the same step writes the result record ARGV[4] (value ARGV[5], kept
-// ARGV[6] seconds; set, then published, as Celery's backend does), the
-// dead-list entry ARGV[8] on ARGV[7], and the messages of ARGV[9...],
-// each as four values: L (the tail) or R (the head), list, envelope,
-// queue. It returns 0, writing nothing, if the message is no longer this
-// process's.
-var ackScript = goredis.NewScript(`
-local s = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if not s or (tonumber(s) ~= tonumber(ARGV[2]) and tonumber(s) ~= tonumber(ARGV[3])) then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-if ARGV[4] ~= '' then
-  redis.call('SET', ARGV[4], ARGV[5], 'EX', ARGV[6])
-  redis.call('PUBLISH', ARGV[4], ARGV[5])
-end
-if ARGV[7] ~= '' then redis.call('LPUSH', ARGV[7], ARGV[8]) end
-for i = 9, #ARGV, 4 do
-  if ARGV[i] == 'R' then redis.call('RPUSH', ARGV[i+1], ARGV[i+2]) else redis.call('LPUSH', ARGV[i+1], ARGV[i+2]) end
-  redis.call('SADD', '_kombu.binding.' .. ARGV[i+3], ARGV[i+3] .. '\6\22\6\22' .. ARGV[i+3])
-end
-return 1
-`)
-
-// restoreScript puts a message back at the head of list ARGV[4] (ARGV[5])
-// and forgets tag ARGV[1], if its unacked entry is still ARGV[2] and was
-// last held before ARGV[3]; as kombu's restore does under WATCH.
-var restoreScript = goredis.NewScript(`
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-local s = redis.call('ZSCORE', KEYS[2], ARGV[1])
-if s and tonumber(s) >= tonumber(ARGV[3]) then return 0 end
-redis.call('RPUSH', ARGV[4], ARGV[5])
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-return 1
-`)
-
-// unixTime is kombu's form of a time in the index: seconds as a float.
-func unixTime(t time.Time) string {
-	return strconv.FormatFloat(float64(t.UnixMicro())/1e6, 'f', 6, 64)
-}
-
 // Claim delivers the messages this process holds that are due, then
-// fetches new ones from p.Queues in order (each queue's lists in kombu's
-// order: priority 0 first). A fetched message whose ETA is ahead, or whose
-// task name is excluded for now, is held unacknowledged until it can run,
-// as Celery's worker holds it. Expired messages are recorded REVOKED, and
-// messages docket cannot run are recorded FAILURE and moved to the dead
-// list.
+// fetches new ones from p.Queues in order (on Redis, each queue's lists in
+// kombu's order: priority 0 first). A fetched message whose ETA is ahead,
+// or whose task name is excluded for now, is held unacknowledged until it
+// can run, as Celery's worker holds it. Expired messages are recorded
+// REVOKED, and messages docket cannot run go to the dead list, recorded
+// FAILURE when they have an id.
 func (t *Transport) Claim(ctx context.Context, p transport.ClaimParams) (transport.ClaimResult, error) {
 	var res transport.ClaimResult
 	t.upkeep(ctx, p.Now)
@@ -136,72 +32,59 @@ func (t *Transport) Claim(ctx context.Context, p transport.ClaimParams) (transpo
 	t.held = nil
 	t.mu.Unlock()
 	var keep []*fetched
-	for _, f := range held {
-		if len(res.Deliveries) < p.Limit && t.due(f, p) {
+	take := func(f *fetched) {
+		switch {
+		case f.err != nil:
+			t.refuse(ctx, f, p.Now, f.err.Error(), nil)
+		case len(res.Deliveries) < p.Limit && t.due(f, p):
 			t.deliver(ctx, f, p, &res, &keep)
-		} else {
+		default:
 			keep = append(keep, f)
 		}
 	}
+	for _, f := range held {
+		take(f)
+	}
+	var err error
 	if want := p.Limit - len(res.Deliveries); want > 0 && len(p.Queues) > 0 {
-		keys := []string{unackedKey, indexKey}
-		args := []any{want, unixTime(p.Now)}
-		for _, q := range p.Queues {
-			for _, step := range []int{0, 3, 6, 9} {
-				keys = append(keys, wire.PriorityList(q, step))
-				args = append(args, q)
-			}
+		var fs []*fetched
+		if fs, err = t.b.fetch(ctx, p.Now, p.Queues, want, p.Capacity); err != nil {
+			err = t.wrap(err)
 		}
-		v, err := fetchScript.Run(ctx, t.broker, keys, args...).Slice()
-		if err != nil {
-			t.mu.Lock()
-			t.held = append(t.held, keep...)
-			t.mu.Unlock()
-			return res, t.wrap(err)
-		}
-		for i := 0; i+2 < len(v); i += 3 {
-			tag, _ := v[i].(string)
-			raw, _ := v[i+1].(string)
-			queue, _ := v[i+2].(string)
-			if tag == "" {
-				t.opts.Logger.WarnContext(ctx, "docket: celery: a message that is not a kombu envelope was moved to the dead list", "queue", queue, "dead_list", DeadList(queue))
-				continue
-			}
-			f := &fetched{tag: tag, raw: raw, queue: queue, score: unixTime(p.Now)}
-			task, _, err := wire.DecodeEnvelope([]byte(raw))
-			if err != nil {
-				t.refuse(ctx, f, p.Now, err.Error(), nil)
-				continue
-			}
-			f.task = task
-			if len(res.Deliveries) < p.Limit && t.due(f, p) {
-				t.deliver(ctx, f, p, &res, &keep)
-			} else {
-				keep = append(keep, f)
-			}
+		for _, f := range fs {
+			take(f)
 		}
 	}
 	t.mu.Lock()
 	t.held = append(t.held, keep...)
+	waiting := 0
 	for _, f := range t.held {
-		if f.task.ETA.After(p.Now) && (res.NextAt.IsZero() || f.task.ETA.Before(res.NextAt)) {
-			res.NextAt = f.task.ETA
+		if f.task.ETA.After(p.Now) {
+			waiting++
+			if res.NextAt.IsZero() || f.task.ETA.Before(res.NextAt) {
+				res.NextAt = f.task.ETA
+			}
 		}
 	}
 	t.mu.Unlock()
+	if poll := t.b.poll(); poll > 0 && len(res.Deliveries) < p.Limit && (res.NextAt.IsZero() || res.NextAt.After(p.Now.Add(poll))) {
+		res.NextAt = p.Now.Add(poll)
+	}
+	t.b.held(waiting)
 	if t.opts.TrackStarted {
-		pipe := t.backend.TxPipeline()
 		host, _ := os.Hostname()
 		for _, d := range res.Deliveries {
 			if !d.IgnoreResult {
-				t.record(ctx, pipe, wire.StartedBy(d.ID, os.Getpid(), host))
+				t.mu.Lock()
+				f := t.running[d.ID]
+				t.mu.Unlock()
+				if err := t.res.write(ctx, f, wire.StartedBy(d.ID, os.Getpid(), host)); err != nil {
+					t.opts.Logger.WarnContext(ctx, "docket: celery: a STARTED record was not written", "task_id", d.ID, "err", err)
+				}
 			}
 		}
-		if _, err := pipe.Exec(ctx); err != nil && err != goredis.Nil {
-			t.opts.Logger.WarnContext(ctx, "docket: celery: STARTED records not written", "err", err)
-		}
 	}
-	return res, nil
+	return res, err
 }
 
 // due reports whether f may run now for p: its ETA has come, its name is
@@ -223,7 +106,7 @@ func (t *Transport) deliver(ctx context.Context, f *fetched, p transport.ClaimPa
 		res.Ended = append(res.Ended, transport.Status{ID: task.ID, State: s, Name: task.Name, Queue: f.queue, Attempt: task.Retries + 1})
 	}
 	if !task.Expires.IsZero() && !p.Now.Before(task.Expires) {
-		lost, err := t.settle(ctx, f, p.Now, outcome{record: resultOf(task, wire.Revoked(task.ID, "expired", p.Now))})
+		lost, err := t.settle(ctx, f, outcome{record: resultOf(task, wire.Revoked(task.ID, "expired", p.Now))})
 		switch {
 		case err != nil:
 			*keep = append(*keep, f)
@@ -290,26 +173,28 @@ func (t *Transport) refuse(ctx context.Context, f *fetched, now time.Time, reaso
 	if exc != nil && f.task.ID != "" {
 		o.record = resultOf(f.task, wire.Failed(f.task.ID, *exc, reason, now))
 	}
-	if _, err := t.settle(ctx, f, now, o); err != nil {
-		t.opts.Logger.WarnContext(ctx, "docket: celery: a refused message stays unacknowledged (restored after the visibility timeout)", "task_id", f.task.ID, "err", err)
+	if _, err := t.settle(ctx, f, o); err != nil {
+		t.opts.Logger.WarnContext(ctx, "docket: celery: a refused message stays unacknowledged (it comes back later)", "task_id", f.task.ID, "err", err)
 	}
 }
 
-// upkeep refreshes the index times of the messages this process holds
-// (so that no restore, Celery's or docket's, gives them away while they
-// wait or run), and restores the messages others fetched and lost: those
-// not held for longer than the visibility timeout. Each runs at most once
-// in a tenth of the visibility timeout, and at least once a minute.
+// deadEntry is the dead list's item on Redis for f, refused for reason.
+func deadEntry(f *fetched, reason string) string {
+	b, _ := json.Marshal(map[string]string{"reason": reason, "at": time.Now().UTC().Format(time.RFC3339Nano), "message": f.raw})
+	return string(b)
+}
+
+// upkeep refreshes what keeps the messages this process holds its own
+// (on Redis, so that no restore, Celery's or docket's, gives them away
+// while they wait or run), and runs the broker's own upkeep. Each runs at
+// most once in a tenth of the visibility timeout, and at least once a
+// minute.
 func (t *Transport) upkeep(ctx context.Context, now time.Time) {
 	every := min(t.opts.VisibilityTimeout/10, time.Minute)
 	t.mu.Lock()
 	refresh := now.Sub(t.refreshed) >= every
-	restore := now.Sub(t.restored) >= every
 	if refresh {
 		t.refreshed = now
-	}
-	if restore {
-		t.restored = now
 	}
 	var fs []*fetched
 	if refresh {
@@ -319,119 +204,34 @@ func (t *Transport) upkeep(ctx context.Context, now time.Time) {
 		}
 	}
 	t.mu.Unlock()
+	if !refresh {
+		return
+	}
 	if len(fs) > 0 {
-		held, err := t.touch(ctx, now, fs)
+		mine, err := t.b.touch(ctx, now, fs)
 		if err != nil {
 			t.opts.Logger.WarnContext(ctx, "docket: celery: the held messages' times not refreshed", "err", err)
 		}
 		lost := map[*fetched]bool{}
-		for i, ok := range held {
+		for i, ok := range mine {
 			if !ok {
 				lost[fs[i]] = true
 			}
 		}
 		if len(lost) > 0 {
-			// A held message someone else restored is theirs now; a
+			// A held message someone else took back is theirs now; a
 			// running one is reported lost by Extend.
 			t.mu.Lock()
 			t.held = slices.DeleteFunc(t.held, func(f *fetched) bool { return lost[f] })
 			t.mu.Unlock()
 		}
 	}
-	if restore {
-		if n, err := t.restore(ctx, now.Add(-t.opts.VisibilityTimeout)); err != nil {
-			t.opts.Logger.WarnContext(ctx, "docket: celery: lapsed messages not restored", "err", err)
-		} else if n > 0 {
-			t.opts.Logger.InfoContext(ctx, "docket: celery: messages unacknowledged past the visibility timeout were restored", "count", n)
-		}
-	}
+	t.b.upkeep(ctx, now)
 }
 
-// touch sets the index time of fs to now and reports which are still this
-// process's. One touch runs at a time, so that a message has at most one
-// time in flight beside the one written (see fences).
-func (t *Transport) touch(ctx context.Context, now time.Time, fs []*fetched) ([]bool, error) {
-	t.touchMu.Lock()
-	defer t.touchMu.Unlock()
-	score := unixTime(now)
-	args := make([]any, 0, 2*len(fs)+1)
-	args = append(args, score)
-	t.mu.Lock()
-	for _, f := range fs {
-		f.pending = score
-		args = append(args, f.tag, f.score)
-	}
-	t.mu.Unlock()
-	v, err := touchScript.Run(ctx, t.broker, []string{unackedKey, indexKey}, args...).Int64Slice()
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	out := make([]bool, len(fs))
-	for i, f := range fs {
-		if err == nil && i < len(v) && v[i] == 1 {
-			f.score = score
-			out[i] = true
-		}
-		f.pending = ""
-	}
-	if err != nil {
-		return nil, t.wrap(err)
-	}
-	return out, nil
-}
-
-// fences returns the index times under which f is still this process's:
-// the one it wrote last, and one a touch may be writing now.
-func (t *Transport) fences(f *fetched) (string, string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if f.pending == "" {
-		return f.score, f.score
-	}
-	return f.score, f.pending
-}
-
-// restore puts back at the head of their lists the messages last held
-// before cutoff, up to a thousand at a time.
-func (t *Transport) restore(ctx context.Context, cutoff time.Time) (int, error) {
-	tags, err := t.broker.ZRangeByScore(ctx, indexKey, &goredis.ZRangeBy{Min: "-inf", Max: "(" + unixTime(cutoff), Count: 1000}).Result()
-	if err != nil || len(tags) == 0 {
-		return 0, t.wrap(err)
-	}
-	vals, err := t.broker.HMGet(ctx, unackedKey, tags...).Result()
-	if err != nil {
-		return 0, t.wrap(err)
-	}
-	n := 0
-	for i, v := range vals {
-		entry, _ := v.(string)
-		var parts []json.RawMessage
-		var queue string
-		if json.Unmarshal([]byte(entry), &parts) != nil || len(parts) != 3 || json.Unmarshal(parts[2], &queue) != nil || queue == "" {
-			// An entry without its message (or of a form we do not know):
-			// forget the tag, as kombu does when the hash has nothing.
-			if entry == "" {
-				t.broker.ZRem(ctx, indexKey, tags[i])
-			}
-			continue
-		}
-		ok, err := restoreScript.Run(ctx, t.broker, []string{unackedKey, indexKey}, tags[i], entry, unixTime(cutoff), queue, string(parts[0])).Int()
-		if err != nil {
-			return n, t.wrap(err)
-		}
-		n += ok
-	}
-	return n, nil
-}
-
-// giveBack puts f back at the head of its list, if it is still this
-// process's.
-func (t *Transport) giveBack(ctx context.Context, f *fetched) (lost bool, err error) {
-	return t.ack(ctx, f, nil, "", []any{"R", f.queue, f.raw, f.queue})
-}
-
-// Extend refreshes the index time of the leases' messages. A lease whose
-// message is no longer this process's (restored after the visibility
-// timeout, perhaps fetched again) is lost.
+// Extend refreshes what keeps the leases' messages this process's. A lease
+// whose message is no longer this process's (on Redis, restored after the
+// visibility timeout; on RabbitMQ, its connection lost) is lost.
 func (t *Transport) Extend(ctx context.Context, p transport.ExtendParams) ([]transport.ExtendResult, error) {
 	out := make([]transport.ExtendResult, len(p.Leases))
 	var fs []*fetched
@@ -450,11 +250,11 @@ func (t *Transport) Extend(ctx context.Context, p transport.ExtendParams) ([]tra
 	if len(fs) == 0 {
 		return out, nil
 	}
-	held, err := t.touch(ctx, p.Now, fs)
+	mine, err := t.b.touch(ctx, p.Now, fs)
 	if err != nil {
-		return nil, err
+		return nil, t.wrap(err)
 	}
-	for j, ok := range held {
+	for j, ok := range mine {
 		out[at[j]].Lost = !ok
 	}
 	return out, nil

@@ -9,21 +9,16 @@ import (
 
 	wire "github.com/docketq/docket/internal/celery"
 	"github.com/docketq/docket/transport"
-	goredis "github.com/redis/go-redis/v9"
 )
 
 // outcome is what settling a fetched message writes: its result record
 // (nil for none), the messages it sends on (a chain's next step, links),
 // and the reason it is moved to the dead list ("" for none).
 type outcome struct {
-	record *wire.Result
-	next   []next
-	dead   string
-}
-
-type next struct {
-	task  wire.Task
-	queue string
+	record   *wire.Result
+	next     []next
+	dead     string
+	giveBack bool // put the message back instead (a release)
 }
 
 // resultOf adds to r the group and parent that Celery's records carry.
@@ -55,7 +50,7 @@ func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]tra
 		var err error
 		switch o.State {
 		case transport.StateReady:
-			lost, err = t.giveBack(ctx, f)
+			lost, err = t.settle(ctx, f, outcome{giveBack: true})
 		case transport.StateSucceeded:
 			result := json.RawMessage(o.Result)
 			if len(result) == 0 {
@@ -68,7 +63,7 @@ func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]tra
 			if n := len(task.Embed.Chain); n > 0 {
 				oc.next = append(oc.next, t.followUp(f, task.Embed.Chain[n-1], result, task.Embed.Chain[:n-1], p.Now))
 			}
-			lost, err = t.settle(ctx, f, p.Now, oc)
+			lost, err = t.settle(ctx, f, oc)
 		case transport.StateFailed:
 			exc, trace := exception(task, o.Error)
 			oc := outcome{record: resultOf(task, wire.Failed(task.ID, exc, trace, p.Now))}
@@ -80,9 +75,9 @@ func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]tra
 			for _, sig := range task.Embed.Errbacks {
 				oc.next = append(oc.next, t.followUp(f, sig, id, nil, p.Now))
 			}
-			lost, err = t.settle(ctx, f, p.Now, oc)
+			lost, err = t.settle(ctx, f, oc)
 		case transport.StateCancelled:
-			lost, err = t.settle(ctx, f, p.Now, outcome{record: resultOf(task, wire.Revoked(task.ID, "revoked", p.Now))})
+			lost, err = t.settle(ctx, f, outcome{record: resultOf(task, wire.Revoked(task.ID, "revoked", p.Now))})
 		case transport.StateScheduled:
 			again := task
 			again.Retries++
@@ -90,7 +85,7 @@ func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]tra
 			exc, trace := exception(task, o.Error)
 			r := wire.Failed(task.ID, exc, trace, p.Now)
 			r.Status, r.DateDone = wire.StatusRetry, nil
-			lost, err = t.settle(ctx, f, p.Now, outcome{record: resultOf(task, r), next: []next{{again, f.queue}}})
+			lost, err = t.settle(ctx, f, outcome{record: resultOf(task, r), next: []next{{again, f.queue}}})
 		default:
 			err = fmt.Errorf("docket: celery: task %s: outcome state %v: %w", task.ID, o.State, transport.ErrInvalid)
 		}
@@ -179,71 +174,20 @@ func signatures(v any) []wire.Signature {
 }
 
 // settle writes o for f and acknowledges f, if f is still this
-// process's (lost reports it was not: nothing was written then). With the
-// broker as result backend, everything is one step: the record, the
-// messages o sends on, f's dead-list entry and the acknowledgement. With
-// a backend of its own, the record is written first (a message lost
-// meanwhile has its record written twice, as Celery's at-least-once
-// delivery does).
-func (t *Transport) settle(ctx context.Context, f *fetched, now time.Time, o outcome) (lost bool, err error) {
-	var args []any
-	for _, n := range o.next {
-		list, env, err := envelope(n.task, n.queue)
-		if err != nil {
-			t.opts.Logger.WarnContext(ctx, "docket: celery: a follow-up task was not sent", "task_id", f.task.ID, "next", n.task.Name, "err", err)
-			continue
-		}
-		args = append(args, "L", list, env, n.queue)
-	}
-	var dead string
-	if o.dead != "" {
-		entry, _ := json.Marshal(map[string]string{"reason": o.dead, "at": unixTime(now), "message": f.raw})
-		dead = string(entry)
-	}
-	record := o.record
-	if f.task.IgnoreResult {
-		record = nil
-	}
-	if record != nil && t.backend != t.broker {
-		pipe := t.backend.TxPipeline()
-		t.record(ctx, pipe, *record)
-		if _, err := pipe.Exec(ctx); err != nil {
+// process's (lost reports it was not). On Redis with the broker as result
+// backend, everything is one step: the record, the messages o sends on,
+// f's dead-list entry and the acknowledgement. With a backend of its own
+// (or on RabbitMQ), the record is written first: a message lost meanwhile
+// has its record written twice, as Celery's at-least-once delivery does.
+func (t *Transport) settle(ctx context.Context, f *fetched, o outcome) (lost bool, err error) {
+	s := settlement{next: o.next, dead: o.dead, giveBack: o.giveBack}
+	if o.record != nil && !f.task.IgnoreResult {
+		if t.atomic {
+			s.record = o.record
+		} else if err := t.res.write(ctx, f, *o.record); err != nil {
 			return false, t.wrap(err)
 		}
-		record = nil
 	}
-	return t.ack(ctx, f, record, dead, args)
-}
-
-// ack runs ackScript for f (see there).
-func (t *Transport) ack(ctx context.Context, f *fetched, record *wire.Result, dead string, pushes []any) (lost bool, err error) {
-	a, b := t.fences(f)
-	args := []any{f.tag, a, b, "", "", 0, "", dead}
-	if record != nil {
-		raw, err := json.Marshal(record)
-		if err != nil {
-			return false, fmt.Errorf("docket: celery: task %s: result record: %w", f.task.ID, err)
-		}
-		args[3], args[4], args[5] = wire.MetaKey(record.TaskID), raw, int(t.opts.ResultExpires/time.Second)
-	}
-	if dead != "" {
-		args[6] = DeadList(f.queue)
-	}
-	n, err := ackScript.Run(ctx, t.broker, []string{unackedKey, indexKey}, append(args, pushes...)...).Int()
-	if err != nil {
-		return false, t.wrap(err)
-	}
-	return n == 0, nil
-}
-
-// record adds to pipe the write of r as Celery's Redis backend makes it:
-// SET with the expiry, then PUBLISH on the key's channel (a waiting Celery
-// client hears only the PUBLISH).
-func (t *Transport) record(ctx context.Context, pipe goredis.Pipeliner, r wire.Result) {
-	raw, err := json.Marshal(r)
-	if err != nil {
-		return
-	}
-	pipe.Set(ctx, wire.MetaKey(r.TaskID), raw, t.opts.ResultExpires)
-	pipe.Publish(ctx, wire.MetaKey(r.TaskID), raw)
+	lost, err = t.b.settle(ctx, f, s)
+	return lost, t.wrap(err)
 }
