@@ -43,6 +43,8 @@ var (
 // message of a program that forgot to import it.
 var knownPackages = map[string]string{
 	"amqp":          "github.com/docketq/docket/transport/amqp",
+	"celery+amqp":   "github.com/docketq/docket/transport/celery",
+	"celery+amqps":  "github.com/docketq/docket/transport/celery",
 	"celery+redis":  "github.com/docketq/docket/transport/celery",
 	"celery+rediss": "github.com/docketq/docket/transport/celery",
 	"amqps":         "github.com/docketq/docket/transport/amqp",

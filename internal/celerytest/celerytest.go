@@ -6,6 +6,7 @@ package celerytest
 
 import (
 	"context"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,15 +15,19 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
+	amqp "github.com/rabbitmq/amqp091-go"
 	goredis "github.com/redis/go-redis/v9"
 )
 
-// App is the Celery app on the test Redis.
+// App is the Celery app on the test brokers.
 type App struct {
-	URL   string          // DOCKET_TEST_REDIS_URL: the app's broker and backend
-	Redis *goredis.Client // a client on it
-	dir   string
+	URL     string          // DOCKET_TEST_REDIS_URL
+	Broker  string          // the app's broker: URL, or DOCKET_TEST_AMQP_URL
+	Backend string          // the app's result backend: URL, or rpc://
+	Redis   *goredis.Client // a client on URL
+	dir     string
 }
 
 // New returns the app on DOCKET_TEST_REDIS_URL. It skips without the URL;
@@ -46,7 +51,24 @@ func New(t testing.TB) *App {
 	rdb := goredis.NewClient(opts)
 	t.Cleanup(func() { rdb.Close() })
 	_, file, _, _ := runtime.Caller(0)
-	return &App{URL: base, Redis: rdb, dir: filepath.Join(filepath.Dir(file), "celeryapp")}
+	return &App{URL: base, Broker: base, Backend: base, Redis: rdb, dir: filepath.Join(filepath.Dir(file), "celeryapp")}
+}
+
+// NewAMQP returns the app on DOCKET_TEST_AMQP_URL as its broker, with the
+// Redis result backend, or Celery's rpc backend when rpc is set. It skips
+// without the URLs, as New does.
+func NewAMQP(t testing.TB, rpc bool) *App {
+	t.Helper()
+	amqpURL := os.Getenv("DOCKET_TEST_AMQP_URL")
+	if amqpURL == "" {
+		t.Skip("DOCKET_TEST_AMQP_URL is not set; skipping the tests against Celery on RabbitMQ")
+	}
+	a := New(t)
+	a.Broker = amqpURL
+	if rpc {
+		a.Backend = "rpc://"
+	}
+	return a
 }
 
 // Python returns a command that runs Debian's python3 with args in the
@@ -54,18 +76,19 @@ func New(t testing.TB) *App {
 func (a *App) Python(args ...string) *exec.Cmd {
 	cmd := exec.Command("/usr/bin/python3", args...)
 	cmd.Dir = a.dir
-	cmd.Env = append(os.Environ(), "CELERY_BROKER="+a.URL, "CELERY_BACKEND="+a.URL, "PYTHONDONTWRITEBYTECODE=1")
+	cmd.Env = append(os.Environ(), "CELERY_BROKER="+a.Broker, "CELERY_BACKEND="+a.Backend, "PYTHONDONTWRITEBYTECODE=1")
 	return cmd
 }
 
-// Worker starts a Celery worker (one process, the solo pool) on queue and
-// returns a function that stops it (SIGTERM to its process group, which
-// Celery answers with a warm shutdown) and returns what it logged; the
-// test's cleanup stops it too.
+// Worker starts a Celery worker (one process, the solo pool) on queue,
+// waits until it says it is ready (consuming), and returns a function
+// that stops it (SIGTERM to its process group, which Celery answers with
+// a warm shutdown) and returns what it logged; the test's cleanup stops
+// it too.
 func (a *App) Worker(t testing.TB, queue string) (stop func() string) {
 	t.Helper()
 	w := a.Python("-m", "celery", "-A", "tasks", "worker", "-Q", queue, "-P", "solo", "-c", "1",
-		"--without-heartbeat", "--without-mingle", "--without-gossip", "-l", "warning", "-n", queue+"@localhost")
+		"--without-heartbeat", "--without-mingle", "--without-gossip", "-l", "info", "-n", queue+"@localhost")
 	var log syncBuffer
 	w.Stdout, w.Stderr = &log, &log
 	w.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -81,14 +104,40 @@ func (a *App) Worker(t testing.TB, queue string) (stop func() string) {
 		return log.String()
 	}
 	t.Cleanup(func() { stop() })
+	for deadline := time.Now().Add(time.Minute); !strings.Contains(log.String(), " ready."); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the Celery worker did not say it was ready within a minute:\n%s", stop())
+		}
+	}
 	return stop
 }
 
-// Forget deletes, after the test, the queues' lists (every priority),
-// kombu's bindings, and the result records of ids.
+// DocketURL is the URL a docket Queue opens to share the app's queues and
+// results.
+func (a *App) DocketURL() string {
+	if a.Broker == a.URL {
+		return "celery+" + a.URL
+	}
+	return "celery+" + a.Broker + "?backend=" + url.QueryEscape(a.Backend)
+}
+
+// Forget deletes, after the test, the queues (on Redis their lists of
+// every priority and kombu's bindings; on RabbitMQ the queues and their
+// exchanges), and the result records of ids.
 func (a *App) Forget(t testing.TB, queues []string, ids ...string) {
 	t.Cleanup(func() {
 		ctx := context.Background()
+		if a.Broker != a.URL {
+			if conn, err := amqp.Dial(a.Broker); err == nil {
+				if ch, err := conn.Channel(); err == nil {
+					for _, q := range queues {
+						ch.QueueDelete(q, false, false, false)
+						ch.ExchangeDelete(q, false, false)
+					}
+				}
+				conn.Close()
+			}
+		}
 		var keys []string
 		for _, q := range queues {
 			keys = append(keys, "_kombu.binding."+q, q, q+"\x06\x163", q+"\x06\x166", q+"\x06\x169")

@@ -10,6 +10,6 @@ package all
 
 import (
 	_ "github.com/docketq/docket/transport/amqp"   // amqp://, amqps://
-	_ "github.com/docketq/docket/transport/celery" // celery+redis://, celery+rediss://
+	_ "github.com/docketq/docket/transport/celery" // celery+redis://, celery+amqp:// (and TLS)
 	_ "github.com/docketq/docket/transport/redis"  // redis://, rediss://
 )

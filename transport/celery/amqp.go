@@ -2,6 +2,7 @@ package celery
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -328,7 +329,9 @@ func (b *amqpBroker) consume(ctx context.Context, s *session, queue string) erro
 	if err != nil {
 		return err
 	}
-	ch, err := s.cons.ConsumeWithContext(ctx, queue, "docket-"+uuid4(), false, false, false, false, nil)
+	// Consume, not ConsumeWithContext: the consumer outlives the claim
+	// that starts it (a context's end would cancel it).
+	ch, err := s.cons.Consume(queue, "docket-"+uuid4(), false, false, false, false, nil)
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", queue, err)
 	}
@@ -485,7 +488,7 @@ func (b *amqpBroker) replyQueue(ctx context.Context, s *session) (string, error)
 	if err != nil {
 		return "", fmt.Errorf("declare reply queue: %w", err)
 	}
-	ch, err := s.cons.ConsumeWithContext(ctx, name, "docket-replies-"+uuid4(), true, false, false, false, nil)
+	ch, err := s.cons.Consume(name, "docket-replies-"+uuid4(), true, false, false, false, nil)
 	if err != nil {
 		return "", fmt.Errorf("consume reply queue: %w", err)
 	}
@@ -496,8 +499,17 @@ func (b *amqpBroker) replyQueue(ctx context.Context, s *session) (string, error)
 				continue
 			}
 			now := time.Now()
+			raw := d.Body
+			// The rpc form has no date_done: the time it came stands in.
+			if r, err := wire.DecodeResult(raw); err == nil && r.Done() && r.DateDone == nil {
+				done := now.UTC().Format("2006-01-02T15:04:05.000000")
+				r.DateDone = &done
+				if b, err := json.Marshal(r); err == nil {
+					raw = b
+				}
+			}
 			b.repMu.Lock()
-			b.replies[id] = reply{d.Body, now}
+			b.replies[id] = reply{raw, now}
 			for k, r := range b.replies {
 				if now.Sub(r.at) > b.expires {
 					delete(b.replies, k)

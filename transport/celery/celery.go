@@ -57,8 +57,9 @@ import (
 )
 
 func init() {
-	transport.Register("celery+redis", open)
-	transport.Register("celery+rediss", open)
+	for _, scheme := range []string{"celery+redis", "celery+rediss", "celery+amqp", "celery+amqps"} {
+		transport.Register(scheme, open)
+	}
 }
 
 // Options configure a Transport.

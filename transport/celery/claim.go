@@ -118,13 +118,11 @@ func (t *Transport) deliver(ctx context.Context, f *fetched, p transport.ClaimPa
 	if task.Embed.Chord != nil {
 		t.refuse(ctx, f, p.Now, "a chord: docket runs Celery's links and chains, not chords (their counters live in Celery's result backend)", &wire.Exception{Type: "NotImplementedError", Module: "builtins",
 			Message: []string{"docket: chords are not supported by docket workers; run the chord's members on Celery workers"}})
-		ended(transport.StateFailed)
 		return
 	}
 	payload, err := wire.Payload(task.Args, task.Kwargs)
 	if err != nil {
 		t.refuse(ctx, f, p.Now, err.Error(), &wire.Exception{Type: "TypeError", Module: "builtins", Message: []string{err.Error()}})
-		ended(transport.StateFailed)
 		return
 	}
 	timeout := task.SoftLimit

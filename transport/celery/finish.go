@@ -133,7 +133,9 @@ func (t *Transport) followUp(parent *fetched, sig wire.Signature, arg json.RawMe
 	if root == "" {
 		root = parent.task.ID
 	}
-	task := wire.Task{ID: str("task_id"), Name: sig.Task, Args: args, Kwargs: sig.Kwargs, RootID: root, ParentID: parent.task.ID}
+	// The reply queue is the parent's: with the rpc backend, the client
+	// that sent the parent hears of its follow-ups too.
+	task := wire.Task{ID: str("task_id"), Name: sig.Task, Args: args, Kwargs: sig.Kwargs, RootID: root, ParentID: parent.task.ID, ReplyTo: parent.task.ReplyTo}
 	if task.ID == "" {
 		task.ID = uuid4()
 	}
