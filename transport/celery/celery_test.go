@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/docketq/docket"
 	"github.com/docketq/docket/internal/celerytest"
+	"github.com/docketq/docket/internal/longtest"
 	"github.com/docketq/docket/transport/celery"
 	amqp "github.com/rabbitmq/amqp091-go"
 )
@@ -284,10 +284,7 @@ func TestMixedFleet(t *testing.T) {
 
 func mixedFleet(t *testing.T, app *celerytest.App) {
 	ctx := context.Background()
-	n := 300
-	if os.Getenv("DOCKET_TEST_LONG") != "" {
-		n = 2000
-	}
+	n := longtest.Pick(300, 2000)
 	queue := fmt.Sprintf("docket-celery-fleet-%d", time.Now().UnixNano())
 	runs := queue + ":runs"
 	app.Forget(t, []string{queue})
