@@ -27,7 +27,8 @@ type App struct {
 	Broker  string          // the app's broker: URL, or DOCKET_TEST_AMQP_URL
 	Backend string          // the app's result backend: URL, or rpc://
 	Redis   *goredis.Client // a client on URL
-	dir     string
+	dir     string          // the app's folder
+	module  string          // the app's module, for celery -A
 }
 
 // New returns the app on DOCKET_TEST_REDIS_URL. It skips without the URL;
@@ -51,7 +52,7 @@ func New(t testing.TB) *App {
 	rdb := goredis.NewClient(opts)
 	t.Cleanup(func() { rdb.Close() })
 	_, file, _, _ := runtime.Caller(0)
-	return &App{URL: base, Broker: base, Backend: base, Redis: rdb, dir: filepath.Join(filepath.Dir(file), "celeryapp")}
+	return &App{URL: base, Broker: base, Backend: base, Redis: rdb, dir: filepath.Join(filepath.Dir(file), "celeryapp"), module: "tasks"}
 }
 
 // NewAMQP returns the app on DOCKET_TEST_AMQP_URL as its broker, with the
@@ -87,7 +88,7 @@ func (a *App) Python(args ...string) *exec.Cmd {
 // it too.
 func (a *App) Worker(t testing.TB, queue string) (stop func() string) {
 	t.Helper()
-	w := a.Python("-m", "celery", "-A", "tasks", "worker", "-Q", queue, "-P", "solo", "-c", "1",
+	w := a.Python("-m", "celery", "-A", a.module, "worker", "-Q", queue, "-P", "solo", "-c", "1",
 		"--without-heartbeat", "--without-mingle", "--without-gossip", "-l", "info", "-n", queue+"@localhost")
 	var log syncBuffer
 	w.Stdout, w.Stderr = &log, &log
@@ -110,6 +111,15 @@ func (a *App) Worker(t testing.TB, queue string) (stop func() string) {
 		}
 	}
 	return stop
+}
+
+// In returns the app whose module is in dir instead (a path relative to
+// the test's package, such as an example's).
+func (a *App) In(dir, module string) *App {
+	b := *a
+	b.dir, _ = filepath.Abs(dir)
+	b.module = module
+	return &b
 }
 
 // DocketURL is the URL a docket Queue opens to share the app's queues and

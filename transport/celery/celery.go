@@ -27,6 +27,8 @@
 //	                            Task.max_retries); the retries header counts them
 //	track_started=true          write STARTED when a task starts (Celery's
 //	                            task_track_started)
+//	default_queue=celery        where a link or a chain's next step that names
+//	                            no queue is sent (Celery's task_default_queue)
 //
 // How arguments map: a task's Celery args become its docket argument as a
 // JSON array (a tuple, a slice or docket.Args), its kwargs a JSON object (a
@@ -76,6 +78,11 @@ type Options struct {
 	MaxRetries int
 	// TrackStarted writes a STARTED record when a task starts.
 	TrackStarted bool
+	// DefaultQueue is where a follow-up (a link, a chain's next step)
+	// that names no queue is sent: Celery's task_default_queue (default
+	// "celery"). Celery's own worker routes such a task with the app's
+	// routes, which docket does not know.
+	DefaultQueue string
 	// Logger receives what is refused (default: discard).
 	Logger *slog.Logger
 }
@@ -98,6 +105,9 @@ func (o Options) normalize() (Options, error) {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.DefaultQueue == "" {
+		o.DefaultQueue = "celery"
 	}
 	return o, nil
 }
@@ -178,6 +188,8 @@ func open(ctx context.Context, u *url.URL, cfg transport.Config) (transport.Tran
 		opts.TrackStarted = b
 	}
 	q.Del("track_started")
+	opts.DefaultQueue = q.Get("default_queue")
+	q.Del("default_queue")
 	backendURL := q.Get("backend")
 	q.Del("backend")
 	opts, err := opts.normalize()

@@ -116,7 +116,7 @@ func exception(task wire.Task, text string) (wire.Exception, string) {
 
 // followUp is the task a signature in parent's embed becomes: its args
 // with arg prepended (unless the signature is immutable), its options'
-// task_id, queue (else the parent's), priority, countdown and links, and
+// task_id, queue (else the default queue), priority, countdown and links, and
 // rest as its own chain.
 func (t *Transport) followUp(parent *fetched, sig wire.Signature, arg json.RawMessage, rest []wire.Signature, now time.Time) next {
 	args := sig.Args
@@ -150,7 +150,7 @@ func (t *Transport) followUp(parent *fetched, sig wire.Signature, arg json.RawMe
 	task.Embed.Errbacks = signatures(opts["link_error"])
 	queue := str("queue")
 	if queue == "" {
-		queue = parent.queue
+		queue = t.opts.DefaultQueue
 	}
 	return next{task, queue}
 }
