@@ -2,7 +2,6 @@ package celery
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -44,11 +43,6 @@ type amqpBroker struct {
 	repMu   sync.Mutex
 	replyTo string
 	replies map[string]reply
-}
-
-type reply struct {
-	raw []byte
-	at  time.Time
 }
 
 // session is one connection, with a channel in confirm mode for publishes
@@ -470,86 +464,3 @@ func (b *amqpBroker) close() error {
 	}
 	return nil
 }
-
-// replyQueue returns this process's reply queue for the rpc backend,
-// declaring and consuming it on s first: as Celery's client declares its
-// own, not durable, deleted with its last consumer, and expiring unused
-// after the result expiry.
-func (b *amqpBroker) replyQueue(ctx context.Context, s *session) (string, error) {
-	b.repMu.Lock()
-	defer b.repMu.Unlock()
-	if b.replyTo != "" {
-		return b.replyTo, nil
-	}
-	name := "docket.reply." + uuid4()
-	b.pubMu.Lock()
-	_, err := s.pub.QueueDeclare(name, false, true, false, false, amqp.Table{"x-expires": int32(min(b.expires.Milliseconds(), 1<<31-1))})
-	b.pubMu.Unlock()
-	if err != nil {
-		return "", fmt.Errorf("declare reply queue: %w", err)
-	}
-	ch, err := s.cons.Consume(name, "docket-replies-"+uuid4(), true, false, false, false, nil)
-	if err != nil {
-		return "", fmt.Errorf("consume reply queue: %w", err)
-	}
-	go func() {
-		for d := range ch {
-			id := d.CorrelationId
-			if id == "" {
-				continue
-			}
-			now := time.Now()
-			raw := d.Body
-			// The rpc form has no date_done: the time it came stands in.
-			if r, err := wire.DecodeResult(raw); err == nil && r.Done() && r.DateDone == nil {
-				done := now.UTC().Format("2006-01-02T15:04:05.000000")
-				r.DateDone = &done
-				if b, err := json.Marshal(r); err == nil {
-					raw = b
-				}
-			}
-			b.repMu.Lock()
-			b.replies[id] = reply{raw, now}
-			for k, r := range b.replies {
-				if now.Sub(r.at) > b.expires {
-					delete(b.replies, k)
-				}
-			}
-			b.repMu.Unlock()
-			b.emit(transport.Event{Kind: transport.EventFinished, IDs: []string{id}})
-		}
-	}()
-	b.replyTo = name
-	return name, nil
-}
-
-// rpcResults is Celery's rpc backend: a worker sends each record to the
-// task's reply queue; a producer reads the records its own reply queue
-// received.
-type rpcResults struct{ b *amqpBroker }
-
-func (r rpcResults) write(ctx context.Context, f *fetched, rec wire.Result) error {
-	if f == nil || f.task.ReplyTo == "" || !f.session.alive() {
-		return nil
-	}
-	raw, err := rec.RPC()
-	if err != nil {
-		return err
-	}
-	msg := amqp.Publishing{ContentType: wire.ContentType, ContentEncoding: "utf-8", DeliveryMode: amqp.Transient, CorrelationId: rec.TaskID, Body: raw}
-	return r.b.publish(ctx, f.session, func(int) (string, amqp.Publishing) { return f.task.ReplyTo, msg }, 1, false)
-}
-
-func (r rpcResults) read(_ context.Context, ids []string) ([][]byte, error) {
-	r.b.repMu.Lock()
-	defer r.b.repMu.Unlock()
-	out := make([][]byte, len(ids))
-	for i, id := range ids {
-		if rep, ok := r.b.replies[id]; ok {
-			out[i] = rep.raw
-		}
-	}
-	return out, nil
-}
-
-func (r rpcResults) close() error { return nil }

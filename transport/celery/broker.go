@@ -2,14 +2,11 @@ package celery
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
 	"time"
 
 	wire "github.com/docketq/docket/internal/celery"
 	"github.com/docketq/docket/transport"
 	amqp "github.com/rabbitmq/amqp091-go"
-	goredis "github.com/redis/go-redis/v9"
 )
 
 // broker is where Celery's messages live: kombu's Redis lists, or
@@ -75,65 +72,4 @@ type fetched struct {
 type next struct {
 	task  wire.Task
 	queue string
-}
-
-// results is where results are recorded and read: Celery's Redis backend
-// or its rpc backend.
-type results interface {
-	// write records r for f's task.
-	write(ctx context.Context, f *fetched, r wire.Result) error
-	// read returns the latest records of ids (nil where there is none).
-	read(ctx context.Context, ids []string) ([][]byte, error)
-	close() error
-}
-
-// redisResults is Celery's Redis result backend.
-type redisResults struct {
-	client  goredis.UniversalClient
-	expires time.Duration
-	owned   bool
-}
-
-func (r *redisResults) write(ctx context.Context, _ *fetched, rec wire.Result) error {
-	pipe := r.client.TxPipeline()
-	r.add(ctx, pipe, rec)
-	_, err := pipe.Exec(ctx)
-	return err
-}
-
-// add adds to pipe the write of rec as Celery's Redis backend makes it:
-// SET with the expiry, then PUBLISH on the key's channel (a waiting Celery
-// client hears only the PUBLISH).
-func (r *redisResults) add(ctx context.Context, pipe goredis.Pipeliner, rec wire.Result) {
-	raw, err := json.Marshal(rec)
-	if err != nil {
-		return
-	}
-	pipe.Set(ctx, wire.MetaKey(rec.TaskID), raw, r.expires)
-	pipe.Publish(ctx, wire.MetaKey(rec.TaskID), raw)
-}
-
-func (r *redisResults) read(ctx context.Context, ids []string) ([][]byte, error) {
-	keys := make([]string, len(ids))
-	for i, id := range ids {
-		keys[i] = wire.MetaKey(id)
-	}
-	vals, err := r.client.MGet(ctx, keys...).Result()
-	if err != nil {
-		return nil, fmt.Errorf("result backend: %w", err)
-	}
-	out := make([][]byte, len(ids))
-	for i, v := range vals {
-		if s, ok := v.(string); ok {
-			out[i] = []byte(s)
-		}
-	}
-	return out, nil
-}
-
-func (r *redisResults) close() error {
-	if r.owned {
-		return r.client.Close()
-	}
-	return nil
 }
