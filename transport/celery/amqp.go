@@ -2,7 +2,6 @@ package celery
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -25,24 +24,35 @@ type amqpBroker struct {
 	url string
 	log *slog.Logger
 
+	dialMu   sync.Mutex // one dial at a time, outside mu
 	mu       sync.Mutex
 	s        *session
-	consumed map[string]bool // queues consumed on s
-	buf      []*fetched      // delivered by RabbitMQ, not fetched yet
-	capacity int             // the worker's capacity, the base of the prefetch
-	waiting  int             // messages held here for their ETA (added to the prefetch)
-	prefetch int             // the prefetch set on s
+	closed   bool
+	consumed map[string]string // queue consumed on s: its consumer tag
+	declared map[string]bool   // queues declared on s
+	buf      []*fetched        // delivered by RabbitMQ, not fetched yet
+	capacity int               // the worker's capacity, the base of the prefetch
+	waiting  int               // messages held here for their ETA (added to the prefetch)
+	prefetch int               // the prefetch set on s
 	events   func(transport.Event)
+	// running returns the ids of the tasks running here on s (and drops
+	// the messages held here that came on s): the Transport's, set by
+	// openAMQP.
+	running func(s *session) []string
 
-	pubMu sync.Mutex // one publisher at a time on s.pub: its publishes, confirms and declarations
+	pubMu  sync.Mutex // one publisher at a time on s.pub: its publishes and confirms
+	consMu sync.Mutex // one synchronous call at a time on s.cons (Qos, Consume, Cancel)
 
-	// rpc results: this process's reply queue and the replies it received
-	// (by task id, with when they came).
-	rpc     bool
-	expires time.Duration
-	repMu   sync.Mutex
-	replyTo string
-	replies map[string]reply
+	// rpc results: this process's reply queue (one name for the
+	// Transport's life, declared again on each session, as Celery's
+	// client keeps its app's), and the replies it received (by task id,
+	// with when they came).
+	rpc          bool
+	expires      time.Duration
+	repMu        sync.Mutex
+	replyTo      string
+	replySession *session
+	replies      map[string]reply
 }
 
 // session is one connection, with a channel in confirm mode for publishes
@@ -67,7 +77,7 @@ func (s *session) alive() bool {
 // backend at backendURL or, with backend=rpc://, sent to each task's
 // reply queue.
 func openAMQP(ctx context.Context, raw, backendURL string, opts Options, where string) (transport.Transport, error) {
-	b := &amqpBroker{url: raw, log: opts.Logger, consumed: map[string]bool{}, expires: opts.ResultExpires}
+	b := &amqpBroker{url: raw, log: opts.Logger, expires: opts.ResultExpires, replyTo: "docket.reply." + uuid4()}
 	var res results
 	switch {
 	case backendURL == "":
@@ -87,7 +97,24 @@ func openAMQP(ctx context.Context, raw, backendURL string, opts Options, where s
 		return nil, fmt.Errorf("docket: celery broker %s: %w", where, err)
 	}
 	t := &amqpTransport{newTransport(b, res, false, opts, where)}
+	b.running = t.lostSession
 	return t, nil
+}
+
+// lostSession forgets the messages held here that came on s, and returns
+// the ids of the tasks running here on it: RabbitMQ gives them all to
+// other consumers once s is gone.
+func (t *Transport) lostSession(s *session) []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.held = slices.DeleteFunc(t.held, func(f *fetched) bool { return f.session == s })
+	var ids []string
+	for id, f := range t.running {
+		if f.session == s {
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }
 
 // amqpTransport is the Transport on RabbitMQ, which pushes deliveries and
@@ -118,12 +145,18 @@ func (b *amqpBroker) emit(e transport.Event) {
 }
 
 // session returns the live session, dialling a new one when there is
-// none.
+// none (one dial at a time; the others wait for it).
 func (b *amqpBroker) session(ctx context.Context) (*session, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.s != nil && b.s.alive() {
-		return b.s, nil
+	if s, err := b.current(); s != nil || err != nil {
+		return s, err
+	}
+	b.dialMu.Lock()
+	defer b.dialMu.Unlock()
+	if s, err := b.current(); s != nil || err != nil {
+		return s, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
 	cfg := amqp.Config{Heartbeat: 10 * time.Second, Locale: "en_US", Dial: amqp.DefaultDial(10 * time.Second),
 		Properties: amqp.Table{"connection_name": "docket celery"}}
@@ -159,43 +192,99 @@ func (b *amqpBroker) session(ctx context.Context) (*session, error) {
 		}
 		b.lost(s)
 	}()
-	b.s, b.consumed, b.prefetch, b.buf = s, map[string]bool{}, 0, nil
-	b.replyTo = ""
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		conn.Close()
+		return nil, transport.ErrClosed
+	}
+	b.s, b.consumed, b.declared, b.prefetch, b.buf = s, map[string]string{}, map[string]bool{}, 0, nil
 	return s, nil
 }
 
+// current returns the live session, nil if there is none, or ErrClosed.
+func (b *amqpBroker) current() (*session, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.closed:
+		return nil, transport.ErrClosed
+	case b.s != nil && b.s.alive():
+		return b.s, nil
+	}
+	return nil, nil
+}
+
 // lost forgets what came on session s, which RabbitMQ gives to other
-// consumers now, and wakes the worker to claim again.
+// consumers now: the handlers of its tasks are told (EventLost), and the
+// worker claims again.
 func (b *amqpBroker) lost(s *session) {
 	b.mu.Lock()
 	b.buf = slices.DeleteFunc(b.buf, func(f *fetched) bool { return f.session == s })
+	running := b.running
 	b.mu.Unlock()
+	if running != nil {
+		if ids := running(s); len(ids) > 0 {
+			b.emit(transport.Event{Kind: transport.EventLost, IDs: ids})
+		}
+	}
 	b.emit(transport.Event{Kind: transport.EventReady})
 }
 
 func redactURL(err error, raw string) error {
 	u, perr := url.Parse(raw)
 	if perr != nil {
-		return errors.New("cannot connect")
+		return fmt.Errorf("cannot connect: %w", transport.ErrInvalid)
 	}
-	return errors.New(strings.ReplaceAll(err.Error(), raw, transport.Redact(u)))
+	return fmt.Errorf("%s: %w", strings.ReplaceAll(err.Error(), raw, transport.Redact(u)), transport.ErrBusy)
 }
 
-// declare declares queue as Celery does (holding pubMu).
-func (b *amqpBroker) declare(s *session, queue string, declared map[string]bool) error {
-	if declared[queue] {
+// declare makes sure queue exists on s, declared as Celery declares it,
+// once per session. It declares on a channel of its own: a queue that
+// exists with other arguments (a Celery app's queue_arguments) is used as
+// it is (a passive declaration finds it), and a refusal closes that
+// channel alone, not the session that carries running tasks.
+func (b *amqpBroker) declare(s *session, queue string) error {
+	b.mu.Lock()
+	done := b.declared[queue] && b.s == s
+	b.mu.Unlock()
+	if done {
 		return nil
 	}
-	if _, err := s.pub.QueueDeclare(queue, true, false, false, false, nil); err != nil {
-		return fmt.Errorf("declare queue %s: %w", queue, err)
+	try := func(fn func(ch *amqp.Channel) error) error {
+		ch, err := s.conn.Channel()
+		if err != nil {
+			return err
+		}
+		defer ch.Close()
+		return fn(ch)
 	}
-	if err := s.pub.ExchangeDeclare(queue, "direct", true, false, false, false, nil); err != nil {
-		return fmt.Errorf("declare exchange %s: %w", queue, err)
+	err := try(func(ch *amqp.Channel) error {
+		_, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+		return err
+	})
+	if err != nil {
+		err = try(func(ch *amqp.Channel) error {
+			if _, err := ch.QueueDeclare(queue, true, false, false, false, nil); err != nil {
+				return fmt.Errorf("declare queue %s: %w", queue, err)
+			}
+			if err := ch.ExchangeDeclare(queue, "direct", true, false, false, false, nil); err != nil {
+				return fmt.Errorf("declare exchange %s: %w", queue, err)
+			}
+			if err := ch.QueueBind(queue, queue, queue, false, nil); err != nil {
+				return fmt.Errorf("bind queue %s: %w", queue, err)
+			}
+			return nil
+		})
 	}
-	if err := s.pub.QueueBind(queue, queue, queue, false, nil); err != nil {
-		return fmt.Errorf("bind queue %s: %w", queue, err)
+	if err != nil {
+		return err
 	}
-	declared[queue] = true
+	b.mu.Lock()
+	if b.s == s {
+		b.declared[queue] = true
+	}
+	b.mu.Unlock()
 	return nil
 }
 
@@ -220,7 +309,7 @@ func (b *amqpBroker) send(ctx context.Context, tasks []next) error {
 		return err
 	}
 	if b.rpc {
-		replyTo, err := b.replyQueue(ctx, s)
+		replyTo, err := b.replyQueue(s)
 		if err != nil {
 			return err
 		}
@@ -243,17 +332,19 @@ func (b *amqpBroker) send(ctx context.Context, tasks []next) error {
 // publish sends n messages, message(i) naming each one's queue (declared
 // first when declare is set), and waits for their confirms.
 func (b *amqpBroker) publish(ctx context.Context, s *session, message func(i int) (string, amqp.Publishing), n int, declare bool) error {
-	b.pubMu.Lock()
-	defer b.pubMu.Unlock()
-	declared := map[string]bool{}
-	confirms := make([]*amqp.DeferredConfirmation, 0, n)
-	for i := range n {
-		queue, msg := message(i)
-		if declare {
-			if err := b.declare(s, queue, declared); err != nil {
+	if declare {
+		for i := range n {
+			queue, _ := message(i)
+			if err := b.declare(s, queue); err != nil {
 				return err
 			}
 		}
+	}
+	b.pubMu.Lock()
+	defer b.pubMu.Unlock()
+	confirms := make([]*amqp.DeferredConfirmation, 0, n)
+	for i := range n {
+		queue, msg := message(i)
 		c, err := s.pub.PublishWithDeferredConfirmWithContext(ctx, "", queue, false, false, msg)
 		if err != nil {
 			return err
@@ -273,8 +364,10 @@ func (b *amqpBroker) publish(ctx context.Context, s *session, message func(i int
 }
 
 // fetch consumes queues (starting consumers as needed, with a prefetch of
-// the worker's capacity plus the messages held for their ETA) and returns
-// up to limit of the messages delivered so far, in the order of queues.
+// the worker's capacity plus the messages held for their ETA; stopping
+// those of queues no longer asked for, paused ones, whose deliveries go
+// back) and returns up to limit of the messages delivered so far, in the
+// order of queues.
 func (b *amqpBroker) fetch(ctx context.Context, now time.Time, queues []string, limit, capacity int) ([]*fetched, error) {
 	s, err := b.session(ctx)
 	if err != nil {
@@ -286,16 +379,44 @@ func (b *amqpBroker) fetch(ctx context.Context, now time.Time, queues []string, 
 	}
 	var start []string
 	for _, q := range queues {
-		if !b.consumed[q] {
+		if _, ok := b.consumed[q]; !ok {
 			start = append(start, q)
 		}
 	}
+	stop := map[string]string{}
+	var back []*fetched
+	for q, tag := range b.consumed {
+		if !slices.Contains(queues, q) {
+			stop[q] = tag
+			delete(b.consumed, q)
+		}
+	}
+	if len(stop) > 0 {
+		b.buf = slices.DeleteFunc(b.buf, func(f *fetched) bool {
+			_, gone := stop[f.queue]
+			if gone {
+				back = append(back, f)
+			}
+			return gone
+		})
+	}
 	b.mu.Unlock()
+	for _, tag := range stop {
+		b.consMu.Lock()
+		err := s.cons.Cancel(tag, false)
+		b.consMu.Unlock()
+		if err != nil {
+			return nil, fmt.Errorf("cancel a consumer: %w", err)
+		}
+	}
+	for _, f := range back {
+		f.session.cons.Nack(f.delivery, false, true)
+	}
 	if err := b.setPrefetch(s); err != nil {
 		return nil, err
 	}
 	for _, q := range start {
-		if err := b.consume(ctx, s, q); err != nil {
+		if err := b.consume(s, q); err != nil {
 			return nil, err
 		}
 	}
@@ -316,21 +437,23 @@ func (b *amqpBroker) fetch(ctx context.Context, now time.Time, queues []string, 
 }
 
 // consume starts a consumer of queue on s, whose deliveries enter buf.
-func (b *amqpBroker) consume(ctx context.Context, s *session, queue string) error {
-	b.pubMu.Lock()
-	err := b.declare(s, queue, map[string]bool{})
-	b.pubMu.Unlock()
-	if err != nil {
+func (b *amqpBroker) consume(s *session, queue string) error {
+	if err := b.declare(s, queue); err != nil {
 		return err
 	}
+	tag := "docket-" + uuid4()
 	// Consume, not ConsumeWithContext: the consumer outlives the claim
 	// that starts it (a context's end would cancel it).
-	ch, err := s.cons.Consume(queue, "docket-"+uuid4(), false, false, false, false, nil)
+	b.consMu.Lock()
+	ch, err := s.cons.Consume(queue, tag, false, false, false, false, nil)
+	b.consMu.Unlock()
 	if err != nil {
 		return fmt.Errorf("consume %s: %w", queue, err)
 	}
 	b.mu.Lock()
-	b.consumed[queue] = true
+	if b.s == s {
+		b.consumed[queue] = tag
+	}
 	b.mu.Unlock()
 	go func() {
 		for d := range ch {
@@ -363,7 +486,10 @@ func (b *amqpBroker) setPrefetch(s *session) error {
 	if same {
 		return nil
 	}
-	if err := s.cons.Qos(want, 0, true); err != nil {
+	b.consMu.Lock()
+	err := s.cons.Qos(want, 0, true)
+	b.consMu.Unlock()
+	if err != nil {
 		return fmt.Errorf("prefetch: %w", err)
 	}
 	b.mu.Lock()
@@ -457,7 +583,7 @@ func (b *amqpBroker) ping(ctx context.Context) error {
 func (b *amqpBroker) close() error {
 	b.mu.Lock()
 	s := b.s
-	b.s = nil
+	b.s, b.closed = nil, true
 	b.mu.Unlock()
 	if s != nil {
 		return s.conn.Close()

@@ -54,12 +54,14 @@ type fetched struct {
 	task  wire.Task // decoded
 	err   error     // why it could not be decoded
 	lease transport.Lease
+	until time.Time // the lease's end (guarded by Transport.mu)
 
 	// Redis: kombu's delivery tag, and the index time this process last
-	// wrote for it and one a touch is writing (guarded by the broker): the
-	// message is this process's while the index holds one of them.
-	tag            string
-	score, pending string
+	// wrote for it, and another it may have written (a touch whose answer
+	// was lost): the message is this process's while the index holds one
+	// of them (guarded by the broker).
+	tag        string
+	score, alt string
 
 	// RabbitMQ: the delivery, on the session it came from, and what a
 	// dead-lettered copy keeps of it.

@@ -122,9 +122,12 @@ type Transport struct {
 	where  string
 
 	mu        sync.Mutex
-	running   map[string]*fetched // by task id: delivered to a worker
-	held      []*fetched          // fetched, not delivered yet: a future ETA, or an excluded name
-	refreshed time.Time           // the last refresh of the held messages
+	running   map[string]*fetched           // by task id: delivered to a worker
+	held      []*fetched                    // fetched, not delivered yet: a future ETA, or an excluded name
+	refreshed time.Time                     // the last refresh of the held messages
+	settled   map[transport.Lease]time.Time // leases finished in the last ten minutes
+	pruned    time.Time                     // the last pruning of settled
+	closed    bool
 }
 
 // New returns a Transport on a Redis broker, writing results to backend
@@ -146,7 +149,7 @@ func New(broker, backend goredis.UniversalClient, opts Options) (*Transport, err
 }
 
 func newTransport(b broker, res results, atomic bool, o Options, where string) *Transport {
-	return &Transport{b: b, res: res, atomic: atomic, opts: o, where: where, running: map[string]*fetched{}}
+	return &Transport{b: b, res: res, atomic: atomic, opts: o, where: where, running: map[string]*fetched{}, settled: map[transport.Lease]time.Time{}}
 }
 
 func open(ctx context.Context, u *url.URL, cfg transport.Config) (transport.Transport, error) {
@@ -260,7 +263,7 @@ func (t *Transport) Ping(ctx context.Context) error {
 func (t *Transport) Close() error {
 	t.mu.Lock()
 	held := t.held
-	t.held = nil
+	t.held, t.closed = nil, true
 	t.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -296,6 +299,11 @@ func (t *Transport) Enqueue(ctx context.Context, p transport.EnqueueParams) ([]t
 		out[i] = transport.EnqueueResult{ID: m.ID}
 	}
 	if err := t.b.send(ctx, tasks); err != nil {
+		if !errors.Is(err, transport.ErrInvalid) && !errors.Is(err, transport.ErrBusy) && !errors.Is(err, transport.ErrClosed) {
+			// A broken connection or an answer that never came: the
+			// messages may have been sent.
+			err = fmt.Errorf("%w: %w", transport.ErrOutcomeUnknown, err)
+		}
 		return nil, t.wrap(err)
 	}
 	return out, nil
@@ -324,8 +332,8 @@ func (t *Transport) Cancel(ctx context.Context, p transport.CancelParams) (trans
 }
 
 func (t *Transport) wrap(err error) error {
-	if err == nil {
-		return nil
+	if err == nil || strings.HasPrefix(err.Error(), "docket:") {
+		return err
 	}
 	return fmt.Errorf("docket: celery %s: %w", t.where, err)
 }

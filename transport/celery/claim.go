@@ -35,38 +35,64 @@ func (t *Transport) Claim(ctx context.Context, p transport.ClaimParams) (transpo
 	take := func(f *fetched) {
 		switch {
 		case f.err != nil:
-			t.refuse(ctx, f, p.Now, f.err.Error(), nil)
+			if !t.refuse(ctx, f, p.Now, f.err.Error(), nil) {
+				keep = append(keep, f) // tried again at the next claim
+			}
 		case len(res.Deliveries) < p.Limit && t.due(f, p):
 			t.deliver(ctx, f, p, &res, &keep)
 		default:
 			keep = append(keep, f)
 		}
 	}
+	// A held message that is due is delivered only if it is still this
+	// process's (a restore, or a lost connection, gives it to others).
+	var due []*fetched
 	for _, f := range held {
-		take(f)
+		if f.err == nil && t.due(f, p) {
+			due = append(due, f)
+		} else {
+			keep = append(keep, f)
+		}
 	}
-	var err error
-	if want := p.Limit - len(res.Deliveries); want > 0 && len(p.Queues) > 0 {
-		var fs []*fetched
-		if fs, err = t.b.fetch(ctx, p.Now, p.Queues, want, p.Capacity); err != nil {
-			err = t.wrap(err)
+	if len(due) > 0 {
+		mine, err := t.b.touch(ctx, p.Now, due)
+		for i, f := range due {
+			switch {
+			case err != nil:
+				keep = append(keep, f)
+			case mine[i]:
+				take(f)
+			}
+		}
+	}
+	// Fetch no more than the worker can hold beside what waits here: the
+	// rest stays on the broker for other workers, Celery's included.
+	want := p.Limit - len(res.Deliveries)
+	if p.Capacity > 0 {
+		want = min(want, p.Capacity-len(keep))
+	}
+	if want > 0 && len(p.Queues) > 0 {
+		fs, err := t.b.fetch(ctx, p.Now, p.Queues, want, p.Capacity)
+		if err != nil {
+			// What was delivered above must reach the worker: report the
+			// fetch's failure in the log, not to the worker, which would
+			// drop the deliveries with the error.
+			t.opts.Logger.WarnContext(ctx, "docket: celery: fetch failed", "err", err)
+			if len(res.Deliveries) == 0 && len(res.Ended) == 0 {
+				t.keep(keep)
+				return res, t.wrap(err)
+			}
 		}
 		for _, f := range fs {
 			take(f)
 		}
 	}
-	t.mu.Lock()
-	t.held = append(t.held, keep...)
-	waiting := 0
-	for _, f := range t.held {
-		if f.task.ETA.After(p.Now) {
-			waiting++
-			if res.NextAt.IsZero() || f.task.ETA.Before(res.NextAt) {
-				res.NextAt = f.task.ETA
-			}
+	waiting := t.keep(keep)
+	for _, f := range keep {
+		if f.task.ETA.After(p.Now) && (res.NextAt.IsZero() || f.task.ETA.Before(res.NextAt)) {
+			res.NextAt = f.task.ETA
 		}
 	}
-	t.mu.Unlock()
 	if poll := t.b.poll(); poll > 0 && len(res.Deliveries) < p.Limit && (res.NextAt.IsZero() || res.NextAt.After(p.Now.Add(poll))) {
 		res.NextAt = p.Now.Add(poll)
 	}
@@ -84,7 +110,33 @@ func (t *Transport) Claim(ctx context.Context, p transport.ClaimParams) (transpo
 			}
 		}
 	}
-	return res, err
+	return res, nil
+}
+
+// keep puts fs back among the held messages (unless the Transport closed
+// meanwhile: then they go back to their broker) and returns how many held
+// messages wait for their ETA.
+func (t *Transport) keep(fs []*fetched) int {
+	t.mu.Lock()
+	closed := t.closed
+	if !closed {
+		t.held = append(t.held, fs...)
+	}
+	waiting := 0
+	for _, f := range t.held {
+		if f.task.ETA.After(time.Now()) {
+			waiting++
+		}
+	}
+	t.mu.Unlock()
+	if closed {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		for _, f := range fs {
+			t.b.settle(ctx, f, settlement{giveBack: true})
+		}
+	}
+	return waiting
 }
 
 // due reports whether f may run now for p: its ETA has come, its name is
@@ -116,13 +168,17 @@ func (t *Transport) deliver(ctx context.Context, f *fetched, p transport.ClaimPa
 		return
 	}
 	if task.Embed.Chord != nil {
-		t.refuse(ctx, f, p.Now, "a chord: docket runs Celery's links and chains, not chords (their counters live in Celery's result backend)", &wire.Exception{Type: "NotImplementedError", Module: "builtins",
-			Message: []string{"docket: chords are not supported by docket workers; run the chord's members on Celery workers"}})
+		if !t.refuse(ctx, f, p.Now, "a chord: docket runs Celery's links and chains, not chords (their counters live in Celery's result backend)", &wire.Exception{Type: "NotImplementedError", Module: "builtins",
+			Message: []string{"docket: chords are not supported by docket workers; run the chord's members on Celery workers"}}) {
+			*keep = append(*keep, f)
+		}
 		return
 	}
 	payload, err := wire.Payload(task.Args, task.Kwargs)
 	if err != nil {
-		t.refuse(ctx, f, p.Now, err.Error(), &wire.Exception{Type: "TypeError", Module: "builtins", Message: []string{err.Error()}})
+		if !t.refuse(ctx, f, p.Now, err.Error(), &wire.Exception{Type: "TypeError", Module: "builtins", Message: []string{err.Error()}}) {
+			*keep = append(*keep, f)
+		}
 		return
 	}
 	timeout := task.SoftLimit
@@ -137,7 +193,7 @@ func (t *Transport) deliver(ctx context.Context, f *fetched, p transport.ClaimPa
 		},
 		Attempt: task.Retries + 1, Owner: p.Owner, LeaseUntil: p.LeaseUntil,
 	}
-	f.lease = d.Lease()
+	f.lease, f.until = d.Lease(), p.LeaseUntil
 	t.mu.Lock()
 	t.running[task.ID] = f
 	t.mu.Unlock()
@@ -165,15 +221,22 @@ func headers(task wire.Task) map[string]string {
 // refuse records a message docket cannot run: logged with the reason,
 // moved to its queue's dead list, and, when exc is set, recorded FAILURE
 // so that a Celery client waiting for it raises.
-func (t *Transport) refuse(ctx context.Context, f *fetched, now time.Time, reason string, exc *wire.Exception) {
-	t.opts.Logger.WarnContext(ctx, "docket: celery: a message was refused and moved to the dead list", "task_id", f.task.ID, "task", f.task.Name, "queue", f.queue, "reason", reason, "dead_list", DeadList(f.queue))
+// It reports false when that could not be written: the caller keeps the
+// message and tries again at the next claim.
+func (t *Transport) refuse(ctx context.Context, f *fetched, now time.Time, reason string, exc *wire.Exception) bool {
 	o := outcome{dead: reason}
 	if exc != nil && f.task.ID != "" {
 		o.record = resultOf(f.task, wire.Failed(f.task.ID, *exc, reason, now))
 	}
-	if _, err := t.settle(ctx, f, o); err != nil {
-		t.opts.Logger.WarnContext(ctx, "docket: celery: a refused message stays unacknowledged (it comes back later)", "task_id", f.task.ID, "err", err)
+	lost, err := t.settle(ctx, f, o)
+	if err != nil {
+		t.opts.Logger.WarnContext(ctx, "docket: celery: a refused message could not be moved to the dead list yet", "task_id", f.task.ID, "err", err)
+		return false
 	}
+	if !lost {
+		t.opts.Logger.WarnContext(ctx, "docket: celery: a message was refused and moved to the dead list", "task_id", f.task.ID, "task", f.task.Name, "queue", f.queue, "reason", reason, "dead_list", DeadList(f.queue))
+	}
+	return true
 }
 
 // deadEntry is the dead list's item on Redis for f, refused for reason.
@@ -194,16 +257,29 @@ func (t *Transport) upkeep(ctx context.Context, now time.Time) {
 	if refresh {
 		t.refreshed = now
 	}
-	var fs []*fetched
+	var fs, lapsed []*fetched
 	if refresh {
 		fs = slices.Clone(t.held)
-		for _, f := range t.running {
+		for id, f := range t.running {
+			if f.until.Before(now) {
+				// The worker let the lease lapse (its Finish failed, or
+				// its heartbeats): the message goes back for another
+				// attempt, as the lease's end promises.
+				lapsed = append(lapsed, f)
+				delete(t.running, id)
+				continue
+			}
 			fs = append(fs, f)
 		}
 	}
 	t.mu.Unlock()
 	if !refresh {
 		return
+	}
+	for _, f := range lapsed {
+		if _, err := t.b.settle(ctx, f, settlement{giveBack: true}); err != nil {
+			t.opts.Logger.WarnContext(ctx, "docket: celery: a message whose lease lapsed was not given back (it comes back with its connection, or after the visibility timeout)", "task_id", f.task.ID, "err", err)
+		}
 	}
 	if len(fs) > 0 {
 		mine, err := t.b.touch(ctx, now, fs)
@@ -252,8 +328,13 @@ func (t *Transport) Extend(ctx context.Context, p transport.ExtendParams) ([]tra
 	if err != nil {
 		return nil, t.wrap(err)
 	}
+	t.mu.Lock()
 	for j, ok := range mine {
 		out[at[j]].Lost = !ok
+		if ok {
+			fs[j].until = p.Until
+		}
 	}
+	t.mu.Unlock()
 	return out, nil
 }

@@ -40,9 +40,12 @@ func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]tra
 		o := &p.Items[i]
 		t.mu.Lock()
 		f := t.running[o.ID]
+		_, done := t.settled[o.Lease]
 		t.mu.Unlock()
 		if f == nil || f.lease != o.Lease {
-			out[i].Lost = true
+			// A Finish made again after an error: what an earlier call
+			// wrote stands.
+			out[i].Lost = !done
 			continue
 		}
 		task := f.task
@@ -95,6 +98,17 @@ func (t *Transport) Finish(ctx context.Context, p transport.FinishParams) ([]tra
 		out[i].Lost = lost
 		t.mu.Lock()
 		delete(t.running, o.ID)
+		if !lost {
+			t.settled[o.Lease] = p.Now
+		}
+		if p.Now.Sub(t.pruned) > time.Minute {
+			t.pruned = p.Now
+			for l, at := range t.settled {
+				if p.Now.Sub(at) > 10*time.Minute {
+					delete(t.settled, l)
+				}
+			}
+		}
 		t.mu.Unlock()
 	}
 	return out, nil

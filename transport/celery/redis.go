@@ -56,15 +56,15 @@ end
 return out
 `)
 
-// touchScript sets the index time of each tag ARGV[2i] to ARGV[1] if it
-// is still unacknowledged under the time this process last wrote for it,
-// ARGV[2i+1], and returns 1 for those, 0 for the others (restored, and
-// perhaps fetched again, by someone else).
+// touchScript sets the index time of each tag ARGV[3i-1] to ARGV[1] if it
+// is still unacknowledged under one of the times this process wrote for
+// it, ARGV[3i] and ARGV[3i+1], and returns 1 for those, 0 for the others
+// (restored, and perhaps fetched again, by someone else).
 var touchScript = goredis.NewScript(`
 local out = {}
-for i = 2, #ARGV, 2 do
+for i = 2, #ARGV, 3 do
   local s = redis.call('ZSCORE', KEYS[2], ARGV[i])
-  if s and tonumber(s) == tonumber(ARGV[i+1]) and redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then
+  if s and (tonumber(s) == tonumber(ARGV[i+1]) or tonumber(s) == tonumber(ARGV[i+2])) and redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then
     redis.call('ZADD', KEYS[2], ARGV[1], ARGV[i])
     table.insert(out, 1)
   else
@@ -77,7 +77,8 @@ return out
 // ackScript acknowledges tag ARGV[1] if it is still unacknowledged under
 // one of the times this process wrote for it (ARGV[2], ARGV[3]), and in
 // the same step writes the result record ARGV[4] (value ARGV[5], kept
-// ARGV[6] seconds; set, then published, as Celery's backend does), the
+// ARGV[6] seconds; set, then published, as Celery's backend does, unless
+// the record there is a SUCCESS, which Celery never overwrites), the
 // dead-list entry ARGV[8] on ARGV[7], and the messages of ARGV[9...],
 // each as four values: L (the tail) or R (the head), list, envelope,
 // queue. It returns 0, writing nothing, if the message is no longer this
@@ -88,8 +89,11 @@ if not s or (tonumber(s) ~= tonumber(ARGV[2]) and tonumber(s) ~= tonumber(ARGV[3
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 if ARGV[4] ~= '' then
-  redis.call('SET', ARGV[4], ARGV[5], 'EX', ARGV[6])
-  redis.call('PUBLISH', ARGV[4], ARGV[5])
+  local cur = redis.call('GET', ARGV[4])
+  if not (cur and string.find(cur, '"status":%s*"SUCCESS"')) then
+    redis.call('SET', ARGV[4], ARGV[5], 'EX', ARGV[6])
+    redis.call('PUBLISH', ARGV[4], ARGV[5])
+  end
 end
 if ARGV[7] ~= '' then redis.call('LPUSH', ARGV[7], ARGV[8]) end
 for i = 9, #ARGV, 4 do
@@ -126,8 +130,9 @@ type redisBroker struct {
 	expires time.Duration // how long a result record is kept
 	log     *slog.Logger
 
-	touchMu sync.Mutex // one touch at a time (see touch)
-	mu      sync.Mutex // guards the fetched messages' score and pending
+	// fences is held for writing by a touch and for reading by a settle:
+	// a settle never reads a message's times while a touch moves them.
+	fences sync.RWMutex
 }
 
 func (b *redisBroker) ping(ctx context.Context) error { return b.client.Ping(ctx).Err() }
@@ -236,33 +241,34 @@ func (b *redisBroker) restore(ctx context.Context, cutoff time.Time) (int, error
 }
 
 // touch sets the index time of fs to now and reports which are still this
-// process's. One touch runs at a time, so that a message has at most one
-// time in flight beside the one written (see fences).
+// process's. A touch whose answer is lost may have moved the times or
+// not: both are kept as fences until a later touch succeeds.
 func (b *redisBroker) touch(ctx context.Context, now time.Time, fs []*fetched) ([]bool, error) {
-	b.touchMu.Lock()
-	defer b.touchMu.Unlock()
+	b.fences.Lock()
+	defer b.fences.Unlock()
 	score := unixTime(now)
-	args := make([]any, 0, 2*len(fs)+1)
+	args := make([]any, 0, 3*len(fs)+1)
 	args = append(args, score)
-	b.mu.Lock()
 	for _, f := range fs {
-		f.pending = score
-		args = append(args, f.tag, f.score)
+		alt := f.alt
+		if alt == "" {
+			alt = f.score
+		}
+		args = append(args, f.tag, f.score, alt)
 	}
-	b.mu.Unlock()
 	v, err := touchScript.Run(ctx, b.client, []string{unackedKey, indexKey}, args...).Int64Slice()
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	if err != nil {
+		for _, f := range fs {
+			f.alt = score
+		}
+		return nil, err
+	}
 	out := make([]bool, len(fs))
 	for i, f := range fs {
-		if err == nil && i < len(v) && v[i] == 1 {
-			f.score = score
+		if i < len(v) && v[i] == 1 {
+			f.score, f.alt = score, ""
 			out[i] = true
 		}
-		f.pending = ""
-	}
-	if err != nil {
-		return nil, err
 	}
 	return out, nil
 }
@@ -271,12 +277,12 @@ func (b *redisBroker) touch(ctx context.Context, now time.Time, fs []*fetched) (
 // this process wrote for f, with the record, the dead-list entry and the
 // messages sent on (or f itself, given back to the head of its list).
 func (b *redisBroker) settle(ctx context.Context, f *fetched, s settlement) (lost bool, err error) {
-	b.mu.Lock()
+	b.fences.RLock()
+	defer b.fences.RUnlock()
 	fence1, fence2 := f.score, f.score
-	if f.pending != "" {
-		fence2 = f.pending
+	if f.alt != "" {
+		fence2 = f.alt
 	}
-	b.mu.Unlock()
 	args := []any{f.tag, fence1, fence2, "", "", 0, "", ""}
 	if s.record != nil {
 		raw, err := json.Marshal(s.record)

@@ -31,23 +31,24 @@ type redisResults struct {
 }
 
 func (r *redisResults) write(ctx context.Context, _ *fetched, rec wire.Result) error {
-	pipe := r.client.TxPipeline()
-	r.add(ctx, pipe, rec)
-	_, err := pipe.Exec(ctx)
-	return err
-}
-
-// add adds to pipe the write of rec as Celery's Redis backend makes it:
-// SET with the expiry, then PUBLISH on the key's channel (a waiting Celery
-// client hears only the PUBLISH).
-func (r *redisResults) add(ctx context.Context, pipe goredis.Pipeliner, rec wire.Result) {
 	raw, err := json.Marshal(rec)
 	if err != nil {
-		return
+		return fmt.Errorf("task %s: result record: %w", rec.TaskID, err)
 	}
-	pipe.Set(ctx, wire.MetaKey(rec.TaskID), raw, r.expires)
-	pipe.Publish(ctx, wire.MetaKey(rec.TaskID), raw)
+	return recordScript.Run(ctx, r.client, []string{wire.MetaKey(rec.TaskID)}, raw, int(r.expires/time.Second)).Err()
 }
+
+// recordScript writes the record ARGV[1] at KEYS[1] as Celery's Redis
+// backend does: SET with the expiry ARGV[2] (seconds), then PUBLISH on
+// the key's channel (a waiting Celery client hears only the PUBLISH);
+// unless the record there is a SUCCESS, which Celery never overwrites.
+var recordScript = goredis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if cur and string.find(cur, '"status":%s*"SUCCESS"') then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+`)
 
 func (r *redisResults) read(ctx context.Context, ids []string) ([][]byte, error) {
 	keys := make([]string, len(ids))
@@ -123,7 +124,7 @@ func (t *Transport) pending(id string) transport.Info {
 func (t *Transport) info(id string, raw []byte) (transport.Info, error) {
 	r, err := wire.DecodeResult(raw)
 	if err != nil {
-		return transport.Info{}, fmt.Errorf("docket: celery: task %s: %w", id, err)
+		return transport.Info{}, fmt.Errorf("docket: celery: task %s: %w: %v", id, transport.ErrIncompatible, err)
 	}
 	in := t.pending(id)
 	switch r.Status {
@@ -158,53 +159,67 @@ type reply struct {
 // replyQueue returns this process's reply queue for the rpc backend,
 // declaring and consuming it on s first: as Celery's client declares its
 // own, not durable, deleted with its last consumer, and expiring unused
-// after the result expiry.
-func (b *amqpBroker) replyQueue(ctx context.Context, s *session) (string, error) {
+// after the result expiry. Its name lasts as long as the Transport, so
+// that a reply to a task sent before a reconnect still finds it (if it
+// comes once the queue is there again: replies sent while the connection
+// was down are lost, as with Celery's client).
+func (b *amqpBroker) replyQueue(s *session) (string, error) {
 	b.repMu.Lock()
 	defer b.repMu.Unlock()
-	if b.replyTo != "" {
+	if b.replySession == s {
 		return b.replyTo, nil
 	}
-	name := "docket.reply." + uuid4()
-	b.pubMu.Lock()
-	_, err := s.pub.QueueDeclare(name, false, true, false, false, amqp.Table{"x-expires": int32(min(b.expires.Milliseconds(), 1<<31-1))})
-	b.pubMu.Unlock()
+	ch, err := s.conn.Channel()
+	if err == nil {
+		_, err = ch.QueueDeclare(b.replyTo, false, true, false, false, amqp.Table{"x-expires": int32(min(b.expires.Milliseconds(), 1<<31-1))})
+		ch.Close()
+	}
 	if err != nil {
 		return "", fmt.Errorf("declare reply queue: %w", err)
 	}
-	ch, err := s.cons.Consume(name, "docket-replies-"+uuid4(), true, false, false, false, nil)
+	b.consMu.Lock()
+	deliveries, err := s.cons.Consume(b.replyTo, "docket-replies-"+uuid4(), true, false, false, false, nil)
+	b.consMu.Unlock()
 	if err != nil {
 		return "", fmt.Errorf("consume reply queue: %w", err)
 	}
-	go func() {
-		for d := range ch {
-			id := d.CorrelationId
-			if id == "" {
-				continue
+	go b.receiveReplies(deliveries)
+	b.replySession = s
+	return b.replyTo, nil
+}
+
+// receiveReplies keeps the records that come on the reply queue, and
+// wakes the tasks' waiters.
+func (b *amqpBroker) receiveReplies(deliveries <-chan amqp.Delivery) {
+	var pruned time.Time
+	for d := range deliveries {
+		id := d.CorrelationId
+		if id == "" {
+			continue
+		}
+		now := time.Now()
+		raw := d.Body
+		// The rpc form has no date_done: the time it came stands in.
+		if r, err := wire.DecodeResult(raw); err == nil && r.Done() && r.DateDone == nil {
+			done := now.UTC().Format("2006-01-02T15:04:05.000000")
+			r.DateDone = &done
+			if b, err := json.Marshal(r); err == nil {
+				raw = b
 			}
-			now := time.Now()
-			raw := d.Body
-			// The rpc form has no date_done: the time it came stands in.
-			if r, err := wire.DecodeResult(raw); err == nil && r.Done() && r.DateDone == nil {
-				done := now.UTC().Format("2006-01-02T15:04:05.000000")
-				r.DateDone = &done
-				if b, err := json.Marshal(r); err == nil {
-					raw = b
-				}
-			}
-			b.repMu.Lock()
-			b.replies[id] = reply{raw, now}
+		}
+		b.repMu.Lock()
+		b.replies[id] = reply{raw, now}
+		if now.Sub(pruned) > time.Minute {
+			pruned = now
 			for k, r := range b.replies {
 				if now.Sub(r.at) > b.expires {
 					delete(b.replies, k)
 				}
 			}
-			b.repMu.Unlock()
-			b.emit(transport.Event{Kind: transport.EventFinished, IDs: []string{id}})
 		}
-	}()
-	b.replyTo = name
-	return name, nil
+		b.repMu.Unlock()
+		b.emit(transport.Event{Kind: transport.EventFinished, IDs: []string{id}})
+	}
 }
 
 // rpcResults is Celery's rpc backend: a worker sends each record to the
