@@ -101,9 +101,9 @@ func openAMQP(ctx context.Context, raw, backendURL string, opts Options, where s
 	return t, nil
 }
 
-// lostSession forgets the messages held here that came on s, and returns
-// the ids of the tasks running here on it: RabbitMQ gives them all to
-// other consumers once s is gone.
+// lostSession forgets the messages held and running here that came on s,
+// and returns the ids of the running ones: RabbitMQ gives them all to
+// other consumers once s is gone (a late outcome of theirs is lost).
 func (t *Transport) lostSession(s *session) []string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -112,6 +112,7 @@ func (t *Transport) lostSession(s *session) []string {
 	for id, f := range t.running {
 		if f.session == s {
 			ids = append(ids, id)
+			delete(t.running, id) // RabbitMQ's copy, delivered again, may run now
 		}
 	}
 	return ids
