@@ -21,7 +21,7 @@ func TestShop(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var out buffer
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, app.DocketURL()+"?result_expires=120&default_queue="+shopQueue, &out) }()
+	go func() { done <- run(ctx, app.DocketURL("default_queue="+shopQueue), &out) }()
 	defer func() {
 		cancel()
 		if err := <-done; err != nil && ctx.Err() == nil {

@@ -123,12 +123,15 @@ func (a *App) In(dir, module string) *App {
 }
 
 // DocketURL is the URL a docket Queue opens to share the app's queues and
-// results.
-func (a *App) DocketURL() string {
+// results, with the URL parameters params (such as "default_queue=q").
+// The records docket writes expire after ten minutes, as the app's own do
+// after an hour, so that tests leave nothing for long.
+func (a *App) DocketURL(params ...string) string {
+	params = append([]string{"result_expires=600"}, params...)
 	if a.Broker == a.URL {
-		return "celery+" + a.URL
+		return "celery+" + a.URL + "?" + strings.Join(params, "&")
 	}
-	return "celery+" + a.Broker + "?backend=" + url.QueryEscape(a.Backend)
+	return "celery+" + a.Broker + "?backend=" + url.QueryEscape(a.Backend) + "&" + strings.Join(params, "&")
 }
 
 // Forget deletes, after the test, the queues (on Redis their lists of

@@ -34,7 +34,7 @@ func TestConnectionLossOnRabbitMQ(t *testing.T) {
 	app.Forget(t, []string{queue})
 	through := *u
 	through.Host = proxy.Addr()
-	q, err := docket.Open(ctx, "celery+"+through.String()+"?backend="+url.QueryEscape(app.URL), docket.Queues(map[string]int{queue: 1}))
+	q, err := docket.Open(ctx, "celery+"+through.String()+"?result_expires=600&backend="+url.QueryEscape(app.URL), docket.Queues(map[string]int{queue: 1}))
 	if err != nil {
 		t.Fatal(err)
 	}
