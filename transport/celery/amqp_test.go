@@ -85,6 +85,9 @@ func TestConnectionLossOnRabbitMQ(t *testing.T) {
 		}
 	}
 	waitStart()
+	// Let the worker take the countdown's task from its consumer and hold
+	// it, so that the cut leaves a stale copy here.
+	time.Sleep(time.Second)
 	proxy.ResetAll()
 	waitStart() // again, on the new connection
 	close(release)
@@ -96,7 +99,7 @@ func TestConnectionLossOnRabbitMQ(t *testing.T) {
 	if v, err := b.Wait(wait); err != nil || v != "later" {
 		t.Fatalf("the task held for its countdown: %q, %v", v, err)
 	}
-	time.Sleep(500 * time.Millisecond) // a stale copy would run by now
+	time.Sleep(2 * time.Second) // a second copy would run by now (an idle worker claims every second)
 	mu.Lock()
 	defer mu.Unlock()
 	if runs[a.ID()] != 2 || runs[b.ID()] != 1 {
