@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,7 +18,7 @@ func TestShop(t *testing.T) {
 	stopCelery := app.Worker(t, shopQueue)
 
 	ctx, cancel := context.WithCancel(context.Background())
-	var out buffer
+	var out celerytest.Buffer
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, app.DocketURL("default_queue="+shopQueue), &out) }()
 	defer func() {
@@ -47,21 +46,4 @@ func TestShop(t *testing.T) {
 			t.Fatalf("the Go side printed:\n%s\nwant %s", out.String(), want)
 		}
 	}
-}
-
-type buffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (b *buffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *buffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

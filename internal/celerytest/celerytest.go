@@ -90,7 +90,7 @@ func (a *App) Worker(t testing.TB, queue string) (stop func() string) {
 	t.Helper()
 	w := a.Python("-m", "celery", "-A", a.module, "worker", "-Q", queue, "-P", "solo", "-c", "1",
 		"--without-heartbeat", "--without-mingle", "--without-gossip", "-l", "info", "-n", queue+"@localhost")
-	var log syncBuffer
+	var log Buffer
 	w.Stdout, w.Stderr = &log, &log
 	w.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := w.Start(); err != nil {
@@ -166,19 +166,20 @@ func (a *App) Forget(t testing.TB, queues []string, ids ...string) {
 	})
 }
 
-// syncBuffer is a strings.Builder safe for a process's two pipes.
-type syncBuffer struct {
+// Buffer is a strings.Builder safe for concurrent writers (a process's
+// two pipes, a program under test and its goroutines).
+type Buffer struct {
 	mu sync.Mutex
 	b  strings.Builder
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *Buffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+func (s *Buffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()

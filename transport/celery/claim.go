@@ -79,7 +79,7 @@ func (t *Transport) Claim(ctx context.Context, p transport.ClaimParams) (transpo
 			// drop the deliveries with the error.
 			t.opts.Logger.WarnContext(ctx, "docket: celery: fetch failed", "err", err)
 			if len(res.Deliveries) == 0 && len(res.Ended) == 0 {
-				t.keep(keep)
+				t.keep(keep, p.Now)
 				return res, t.wrap(err)
 			}
 		}
@@ -87,7 +87,7 @@ func (t *Transport) Claim(ctx context.Context, p transport.ClaimParams) (transpo
 			take(f)
 		}
 	}
-	waiting := t.keep(keep)
+	waiting := t.keep(keep, p.Now)
 	for _, f := range keep {
 		if f.task.ETA.After(p.Now) && (res.NextAt.IsZero() || f.task.ETA.Before(res.NextAt)) {
 			res.NextAt = f.task.ETA
@@ -115,8 +115,8 @@ func (t *Transport) Claim(ctx context.Context, p transport.ClaimParams) (transpo
 
 // keep puts fs back among the held messages (unless the Transport closed
 // meanwhile: then they go back to their broker) and returns how many held
-// messages wait for their ETA.
-func (t *Transport) keep(fs []*fetched) int {
+// messages wait for their ETA at now.
+func (t *Transport) keep(fs []*fetched, now time.Time) int {
 	t.mu.Lock()
 	closed := t.closed
 	if !closed {
@@ -124,7 +124,7 @@ func (t *Transport) keep(fs []*fetched) int {
 	}
 	waiting := 0
 	for _, f := range t.held {
-		if f.task.ETA.After(time.Now()) {
+		if f.task.ETA.After(now) {
 			waiting++
 		}
 	}
