@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -30,6 +31,7 @@ const (
 	Stop       = "stop"        // the test froze process Proc (SIGSTOP)
 	LeaseLost  = "lease-lost"  // the worker running attempt Attempt of ID was told its lease (ending Until) was lost
 	Resent     = "resent"      // a process published ID again, taken for lost by the broker
+	Failover   = "failover"    // the test killed the broker's primary at T; a replica, which may lack its last writes, took over at Until
 )
 
 // Event is one line of history.
@@ -41,7 +43,7 @@ type Event struct {
 	Outcome string    `json:"o,omitempty"`
 	Key     string    `json:"u,omitempty"` // unique key, for EnqueueOK
 	ETA     time.Time `json:"eta,omitzero"`
-	Until   time.Time `json:"until,omitzero"` // LeaseLost: the end of the lease as last renewed
+	Until   time.Time `json:"until,omitzero"` // LeaseLost: the end of the lease as last renewed; Failover: the promotion
 	T       time.Time `json:"t"`
 }
 
@@ -129,9 +131,11 @@ var terminal = map[string]bool{"succeeded": true, "failed": true, "cancelled": t
 //
 //	I1 no loss: every acknowledged id reached exactly one terminal state
 //	I2 no phantom: no attempt ran for an id that was never stored
-//	I3 bounded attempts: attempts within the limit, each number started once
+//	I3 bounded attempts: attempts within the limit, each number started
+//	   once, unless a failover lost the claim of the earlier start
 //	I4 no overlap without a fault: two attempts of one id overlap in time
-//	   only if the earlier one's process was killed or frozen first
+//	   only if the earlier one's process was killed or frozen first, its
+//	   lease was lost, or a failover lost its claim
 //	I5 fenced results: a succeeded task's result came from its last attempt
 //	I7 ETA respected: no attempt started before the task's ETA
 //	I9 uniqueness: tasks sharing a unique key were never unfinished at once
@@ -139,8 +143,9 @@ func Check(events []Event, final map[string]Final, opt Options) []error {
 	var errs []error
 	acked := map[string]Event{}
 	starts := map[string][]Event{}
-	ends := map[string]map[int]Event{}
-	faults := map[int][]Event{}            // proc -> kills/stops
+	ends := map[string][]Event{}
+	faults := map[int][]Event{} // proc -> kills/stops
+	var failovers []Event
 	lost := map[string]map[int]time.Time{} // id -> attempt -> end of its lost lease
 	for _, e := range events {
 		switch e.Kind {
@@ -149,12 +154,11 @@ func Check(events []Event, final map[string]Final, opt Options) []error {
 		case Start:
 			starts[e.ID] = append(starts[e.ID], e)
 		case End:
-			if ends[e.ID] == nil {
-				ends[e.ID] = map[int]Event{}
-			}
-			ends[e.ID][e.Attempt] = e
+			ends[e.ID] = append(ends[e.ID], e)
 		case Kill, Stop:
 			faults[e.Proc] = append(faults[e.Proc], e)
+		case Failover:
+			failovers = append(failovers, e)
 		case LeaseLost:
 			if lost[e.ID] == nil {
 				lost[e.ID] = map[int]time.Time{}
@@ -178,12 +182,13 @@ func Check(events []Event, final map[string]Final, opt Options) []error {
 			errs = append(errs, fmt.Errorf("I2 phantom: %s ran but was never stored", id))
 			continue
 		}
-		seen := map[int]bool{}
+		sort.SliceStable(ss, func(i, j int) bool { return ss[i].T.Before(ss[j].T) })
+		seen := map[int]Event{}
 		for _, s := range ss {
-			if seen[s.Attempt] {
+			if prev, ok := seen[s.Attempt]; ok && !reclaimed(prev, s, failovers) {
 				errs = append(errs, fmt.Errorf("I3 attempt %d of %s started twice", s.Attempt, id))
 			}
-			seen[s.Attempt] = true
+			seen[s.Attempt] = s
 			if f.Max > 0 && s.Attempt > f.Max {
 				errs = append(errs, fmt.Errorf("I3 %s attempt %d exceeds the limit %d", id, s.Attempt, f.Max))
 			}
@@ -194,7 +199,7 @@ func Check(events []Event, final map[string]Final, opt Options) []error {
 				errs = append(errs, fmt.Errorf("I7 %s attempt %d started %v before its ETA", id, s.Attempt, eta.Sub(s.T)))
 			}
 		}
-		errs = append(errs, checkOverlap(id, ss, ends[id], faults, lost[id])...)
+		errs = append(errs, checkOverlap(id, ss, ends[id], faults, lost[id], failovers)...)
 		if f.State == "succeeded" && f.Result != "" && f.Result != fmt.Sprintf("attempt:%d", f.Attempt) {
 			errs = append(errs, fmt.Errorf("I5 %s succeeded with result %q but its last attempt is %d", id, f.Result, f.Attempt))
 		}
@@ -203,24 +208,41 @@ func Check(events []Event, final map[string]Final, opt Options) []error {
 	return errs
 }
 
+// reclaimed reports whether a failover lies between two starts of one
+// attempt number: the earlier start's claim was written to the primary
+// that the failover killed before any replica had it, so the promoted
+// replica gave the task to the next claim under the same number. A claim
+// waits for no replica (only acknowledged writes do), and no claim reaches
+// a primary after its successor took over.
+func reclaimed(earlier, later Event, failovers []Event) bool {
+	for _, f := range failovers {
+		if earlier.T.Before(f.Until) && later.T.After(f.T) {
+			return true
+		}
+	}
+	return false
+}
+
 // checkOverlap: attempt k+1 may start before attempt k ended only if the
 // process running k was killed or frozen before k+1 started, or if k's
 // worker was told its lease was lost and that lease had ended when k+1
 // started (a live worker starved of CPU past its lease: the contract lets
 // the lease's end start the next attempt, and the late outcome is
-// refused). A lease reported lost that was still running when k+1 started
-// excuses nothing: that is a premature redelivery.
-func checkOverlap(id string, ss []Event, ends map[int]Event, faults map[int][]Event, lost map[int]time.Time) []error {
+// refused), or if a failover lost k's claim (see reclaimed). A lease
+// reported lost that was still running when k+1 started excuses nothing:
+// that is a premature redelivery. ss is in order of time.
+func checkOverlap(id string, ss []Event, ends []Event, faults map[int][]Event, lost map[int]time.Time, failovers []Event) []error {
 	var errs []error
-	sort.Slice(ss, func(i, j int) bool { return ss[i].Attempt < ss[j].Attempt })
+	ss = slices.Clone(ss)
+	sort.SliceStable(ss, func(i, j int) bool { return ss[i].Attempt < ss[j].Attempt })
 	for i := 1; i < len(ss); i++ {
 		prev, cur := ss[i-1], ss[i]
-		end, ended := ends[prev.Attempt]
+		end, ended := endOf(prev, ends)
 		if ended && !end.T.After(cur.T) {
 			continue // no overlap
 		}
 		until, wasLost := lost[prev.Attempt]
-		excused := wasLost && !until.IsZero() && !until.After(cur.T)
+		excused := wasLost && !until.IsZero() && !until.After(cur.T) || reclaimed(prev, cur, failovers)
 		for _, f := range faults[prev.Proc] {
 			if !f.T.Before(prev.T) && !f.T.After(cur.T) {
 				excused = true
@@ -234,6 +256,19 @@ func checkOverlap(id string, ss []Event, ends map[int]Event, faults map[int][]Ev
 		}
 	}
 	return errs
+}
+
+// endOf finds the end of start s among its task's ends: the first of its
+// attempt and process at or after it.
+func endOf(s Event, ends []Event) (Event, bool) {
+	var best Event
+	found := false
+	for _, e := range ends {
+		if e.Attempt == s.Attempt && e.Proc == s.Proc && !e.T.Before(s.T) && (!found || e.T.Before(best.T)) {
+			best, found = e, true
+		}
+	}
+	return best, found
 }
 
 // checkUnique: a task with a unique key was acknowledged (so it was

@@ -99,6 +99,26 @@ func TestCheckFindsViolations(t *testing.T) {
 	if errs := Check(append(slices.Clone(starved), Event{Kind: LeaseLost, ID: "a", Attempt: 1, Proc: 1, Until: at(2), T: at(3)}), final, Options{}); len(errs) != 0 {
 		t.Fatalf("lease lost then rescue: %v", errs)
 	}
+	// A failover that lost the first start's claim excuses its number
+	// starting again, overlapping or not; a failover before the first
+	// start or after the second does not.
+	reclaim := []Event{
+		{Kind: EnqueueOK, ID: "a", T: at(0)},
+		{Kind: Start, ID: "a", Attempt: 1, Proc: 1, T: at(1)},
+		{Kind: Start, ID: "a", Attempt: 1, Proc: 1, T: at(6)},
+		{Kind: End, ID: "a", Attempt: 1, Proc: 1, T: at(7)},
+		{Kind: End, ID: "a", Attempt: 1, Proc: 1, T: at(8)},
+	}
+	once := map[string]Final{"a": {State: "succeeded", Attempt: 1, Max: 3, Result: "attempt:1"}}
+	if errs := Check(append(slices.Clone(reclaim), Event{Kind: Failover, T: at(2), Until: at(5)}), once, Options{}); len(errs) != 0 {
+		t.Fatalf("claim lost in a failover: %v", errs)
+	}
+	for _, f := range []Event{{Kind: Failover, T: at(-3), Until: at(0)}, {Kind: Failover, T: at(9), Until: at(12)}} {
+		errs := Check(append(slices.Clone(reclaim), f), once, Options{})
+		if len(errs) != 2 || !strings.HasPrefix(errs[0].Error(), "I3 ") || !strings.HasPrefix(errs[1].Error(), "I4 ") {
+			t.Errorf("failover at %v excused the repeat, or reported %v", f.T, errs)
+		}
+	}
 	for _, other := range []Event{
 		{Kind: LeaseLost, ID: "a", Attempt: 1, Proc: 1, Until: at(3), T: at(3)}, // still leased when attempt 2 started
 		{Kind: LeaseLost, ID: "a", Attempt: 1, Proc: 1, T: at(3)},               // no lease end known

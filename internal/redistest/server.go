@@ -211,8 +211,11 @@ func (g *Sentinels) waitReplicated(addr string) {
 
 // Failover SIGKILLs the primary, waits for the Sentinels to promote the
 // replica, starts the killed server again (the Sentinels make it the new
-// primary's replica) and waits for it to catch up.
-func (g *Sentinels) Failover() {
+// primary's replica) and waits for it to catch up. It returns when the
+// primary was killed and when the Sentinels named the replica primary:
+// what the killed primary had not replicated by the first is gone, and a
+// client's writes go to the new primary from the second on.
+func (g *Sentinels) Failover() (killed, promoted time.Time) {
 	g.t.Helper()
 	old := g.Master()
 	var victim *Server
@@ -224,11 +227,13 @@ func (g *Sentinels) Failover() {
 	if victim == nil {
 		g.t.Fatalf("the Sentinels name %q as the primary, which is none of ours", old)
 	}
-	t0 := time.Now()
+	killed = time.Now()
 	victim.Kill()
 	g.until("the Sentinels to promote the replica", func() bool { m := g.Master(); return m != "" && m != old })
-	g.t.Logf("primary %s killed; %s promoted after %s", old, g.Master(), time.Since(t0).Round(time.Millisecond))
+	promoted = time.Now()
+	g.t.Logf("primary %s killed; %s promoted after %s", old, g.Master(), promoted.Sub(killed).Round(time.Millisecond))
 	victim.Args = nil // the Sentinels make it a replica
 	victim.Start()
 	g.waitReplicated(g.Master())
+	return killed, promoted
 }
