@@ -54,10 +54,14 @@ var waitPoll = backoff.Policy{Min: 10 * time.Millisecond, Max: time.Second}
 //
 // Completion in this process wakes Wait at once; completion in another
 // process is noticed within the queue's PollInterval (20 times it after a
-// quiet second) on SQLite, and pushed on Redis and RabbitMQ.
+// quiet second) on SQLite, and pushed on Redis, RabbitMQ and Celery's
+// result backends.
 func (r *Result[R]) Wait(ctx context.Context) (R, error) {
 	var zero R
 	push := r.q.pushed
+	if w, ok := r.q.t.(transport.Watcher); ok {
+		defer w.Watch(ctx, r.id)()
+	}
 	polls := 0
 	for {
 		ch, remove := r.q.waiters.add(r.id)

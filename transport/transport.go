@@ -498,6 +498,17 @@ type Subscriber interface {
 	Subscribe(fn func(Event)) (unsubscribe func())
 }
 
+// Watcher is implemented by transports that hear of another process's
+// outcome for a task only while asked to listen for it (Celery's Redis
+// result backend publishes each record on a channel of the task's own).
+// Watch listens for id until stop is called, reporting what it hears to
+// the Subscriber's callback as EventFinished. A Queue watches each task
+// it waits for; what a watch misses (a record published before the
+// subscription took effect), the Queue's look-ups find.
+type Watcher interface {
+	Watch(ctx context.Context, id string) (stop func())
+}
+
 // ChangeCounter is implemented by backends that other processes write to
 // directly (a database file): Changes returns a number that differs from
 // its previous value whenever another connection or process committed a

@@ -34,7 +34,7 @@ type amqpBroker struct {
 	capacity int               // the worker's capacity, the base of the prefetch
 	waiting  int               // messages held here for their ETA (added to the prefetch)
 	prefetch int               // the prefetch set on s
-	events   func(transport.Event)
+	ev       *hook             // the Queue's callback: deliveries, replies, a lost session
 	// running returns the ids of the tasks running here on s (and drops
 	// the messages held here that came on s): the Transport's, set by
 	// openAMQP.
@@ -77,7 +77,8 @@ func (s *session) alive() bool {
 // backend at backendURL or, with backend=rpc://, sent to each task's
 // reply queue.
 func openAMQP(ctx context.Context, raw, backendURL string, opts Options, where string) (transport.Transport, error) {
-	b := &amqpBroker{url: raw, log: opts.Logger, expires: opts.ResultExpires, replyTo: "docket.reply." + uuid4()}
+	ev := &hook{}
+	b := &amqpBroker{url: raw, log: opts.Logger, expires: opts.ResultExpires, replyTo: "docket.reply." + uuid4(), ev: ev}
 	var res results
 	switch {
 	case backendURL == "":
@@ -86,7 +87,7 @@ func openAMQP(ctx context.Context, raw, backendURL string, opts Options, where s
 		b.rpc, b.replies = true, map[string]reply{}
 		res = rpcResults{b}
 	default:
-		r, err := redisBackend(backendURL, nil, opts)
+		r, err := redisBackend(backendURL, nil, opts, ev)
 		if err != nil {
 			return nil, err
 		}
@@ -96,7 +97,7 @@ func openAMQP(ctx context.Context, raw, backendURL string, opts Options, where s
 		res.close()
 		return nil, fmt.Errorf("docket: celery broker %s: %w", where, err)
 	}
-	t := &amqpTransport{newTransport(b, res, false, opts, where)}
+	t := newTransport(b, res, false, opts, where, ev)
 	b.running = t.lostSession
 	return t, nil
 }
@@ -116,33 +117,6 @@ func (t *Transport) lostSession(s *session) []string {
 		}
 	}
 	return ids
-}
-
-// amqpTransport is the Transport on RabbitMQ, which pushes deliveries and
-// replies: it tells the Queue of them (transport.Subscriber).
-type amqpTransport struct{ *Transport }
-
-// Subscribe reports deliveries (EventReady), rpc replies (EventFinished)
-// and the loss of the connection that held running tasks (EventLost).
-func (t *amqpTransport) Subscribe(fn func(transport.Event)) (unsubscribe func()) {
-	b := t.b.(*amqpBroker)
-	b.mu.Lock()
-	b.events = fn
-	b.mu.Unlock()
-	return func() {
-		b.mu.Lock()
-		b.events = nil
-		b.mu.Unlock()
-	}
-}
-
-func (b *amqpBroker) emit(e transport.Event) {
-	b.mu.Lock()
-	fn := b.events
-	b.mu.Unlock()
-	if fn != nil {
-		fn(e)
-	}
 }
 
 // session returns the live session, dialling a new one when there is
@@ -226,10 +200,10 @@ func (b *amqpBroker) lost(s *session) {
 	b.mu.Unlock()
 	if running != nil {
 		if ids := running(s); len(ids) > 0 {
-			b.emit(transport.Event{Kind: transport.EventLost, IDs: ids})
+			b.ev.emit(transport.Event{Kind: transport.EventLost, IDs: ids})
 		}
 	}
-	b.emit(transport.Event{Kind: transport.EventReady})
+	b.ev.emit(transport.Event{Kind: transport.EventReady})
 }
 
 func redactURL(err error, raw string) error {
@@ -469,7 +443,7 @@ func (b *amqpBroker) consume(s *session, queue string) error {
 			}
 			b.mu.Unlock()
 			if alive {
-				b.emit(transport.Event{Kind: transport.EventReady, Queue: queue})
+				b.ev.emit(transport.Event{Kind: transport.EventReady, Queue: queue})
 			}
 		}
 	}()

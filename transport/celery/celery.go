@@ -120,6 +120,7 @@ type Transport struct {
 	atomic bool // the result backend is the Redis broker: records go in the acknowledgement's step
 	opts   Options
 	where  string
+	ev     *hook
 
 	mu        sync.Mutex
 	running   map[string]*fetched           // by task id: delivered to a worker
@@ -145,11 +146,56 @@ func New(broker, backend goredis.UniversalClient, opts Options) (*Transport, err
 		backend = broker
 	}
 	b := &redisBroker{client: broker, vt: o.VisibilityTimeout, expires: o.ResultExpires, log: o.Logger}
-	return newTransport(b, &redisResults{client: backend, expires: o.ResultExpires}, backend == broker, o, "redis"), nil
+	ev := &hook{}
+	return newTransport(b, &redisResults{client: backend, expires: o.ResultExpires, ev: ev}, backend == broker, o, "redis", ev), nil
 }
 
-func newTransport(b broker, res results, atomic bool, o Options, where string) *Transport {
-	return &Transport{b: b, res: res, atomic: atomic, opts: o, where: where, running: map[string]*fetched{}, settled: map[transport.Lease]time.Time{}}
+func newTransport(b broker, res results, atomic bool, o Options, where string, ev *hook) *Transport {
+	return &Transport{b: b, res: res, atomic: atomic, opts: o, where: where, ev: ev,
+		running: map[string]*fetched{}, settled: map[transport.Lease]time.Time{}}
+}
+
+// hook holds the Queue's callback for the events the broker and the
+// result backend report (transport.Subscriber).
+type hook struct {
+	mu sync.Mutex
+	fn func(transport.Event)
+}
+
+func (h *hook) set(fn func(transport.Event)) {
+	h.mu.Lock()
+	h.fn = fn
+	h.mu.Unlock()
+}
+
+func (h *hook) emit(e transport.Event) {
+	h.mu.Lock()
+	fn := h.fn
+	h.mu.Unlock()
+	if fn != nil {
+		fn(e)
+	}
+}
+
+// Subscribe reports what reaches this process unasked: on RabbitMQ,
+// deliveries (EventReady), rpc replies (EventFinished) and the loss of
+// the connection that held running tasks (EventLost); on Celery's Redis
+// backend, the records of the tasks being watched (EventFinished).
+func (t *Transport) Subscribe(fn func(transport.Event)) (unsubscribe func()) {
+	t.ev.set(fn)
+	return func() { t.ev.set(nil) }
+}
+
+// Watch listens for the result records of task id until stop is called,
+// reporting them as EventFinished (transport.Watcher). Celery's Redis
+// backend publishes each record on a channel of the task's own, and
+// docket subscribes to it as Celery's own client does; the rpc backend's
+// replies come unasked.
+func (t *Transport) Watch(ctx context.Context, id string) (stop func()) {
+	if r, ok := t.res.(*redisResults); ok {
+		return r.watch(ctx, id)
+	}
+	return func() {}
 }
 
 func open(ctx context.Context, u *url.URL, cfg transport.Config) (transport.Transport, error) {
@@ -210,12 +256,13 @@ func open(ctx context.Context, u *url.URL, cfg transport.Config) (transport.Tran
 		return nil, err
 	}
 	b := &redisBroker{client: rb, owned: true, vt: opts.VisibilityTimeout, expires: opts.ResultExpires, log: opts.Logger}
-	res, err := redisBackend(backendURL, rb, opts)
+	ev := &hook{}
+	res, err := redisBackend(backendURL, rb, opts, ev)
 	if err != nil {
 		b.close()
 		return nil, err
 	}
-	t := newTransport(b, res, res.client == rb, opts, where)
+	t := newTransport(b, res, res.client == rb, opts, where, ev)
 	if err := t.Ping(ctx); err != nil {
 		t.Close()
 		return nil, err
@@ -225,15 +272,15 @@ func open(ctx context.Context, u *url.URL, cfg transport.Config) (transport.Tran
 
 // redisBackend returns Celery's Redis result backend at raw, or on
 // dflt when raw is empty.
-func redisBackend(raw string, dflt goredis.UniversalClient, opts Options) (*redisResults, error) {
+func redisBackend(raw string, dflt goredis.UniversalClient, opts Options, ev *hook) (*redisResults, error) {
 	if raw == "" {
-		return &redisResults{client: dflt, expires: opts.ResultExpires}, nil
+		return &redisResults{client: dflt, expires: opts.ResultExpires, ev: ev}, nil
 	}
 	c, err := client(raw, "result backend")
 	if err != nil {
 		return nil, err
 	}
-	return &redisResults{client: c, expires: opts.ResultExpires, owned: true}, nil
+	return &redisResults{client: c, expires: opts.ResultExpires, owned: true, ev: ev}, nil
 }
 
 func client(raw, where string) (goredis.UniversalClient, error) {

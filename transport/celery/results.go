@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	wire "github.com/docketq/docket/internal/celery"
@@ -28,6 +29,92 @@ type redisResults struct {
 	client  goredis.UniversalClient
 	expires time.Duration
 	owned   bool
+	ev      *hook
+
+	// The channels of the records being watched, on one subscription
+	// (made at the first watch).
+	subMu   sync.Mutex
+	sub     *goredis.PubSub
+	watched map[string]*watching
+	closed  bool
+}
+
+// watching is one channel being watched: by how many, and whether Redis
+// has confirmed the subscription.
+type watching struct {
+	n     int
+	ready chan struct{} // closed at the confirmation
+}
+
+// watch subscribes to the channel of id's record, as Celery's client
+// does while it waits, until stop; each record published there is
+// reported as EventFinished. It returns once Redis has confirmed the
+// subscription (or after a second, or when ctx ends), so a record
+// published after it is heard. One published while its connection was
+// being made again is not: the Queue's Wait looks the record up again
+// within a second.
+func (r *redisResults) watch(ctx context.Context, id string) (stop func()) {
+	channel := wire.MetaKey(id)
+	r.subMu.Lock()
+	if r.closed {
+		r.subMu.Unlock()
+		return func() {}
+	}
+	if r.sub == nil {
+		r.sub, r.watched = r.client.Subscribe(context.WithoutCancel(ctx)), map[string]*watching{}
+		go r.listen(r.sub)
+	}
+	w := r.watched[channel]
+	if w == nil {
+		w = &watching{ready: make(chan struct{})}
+		r.watched[channel] = w
+		r.sub.Subscribe(ctx, channel) // an error leaves Wait to its look-ups
+	}
+	w.n++
+	r.subMu.Unlock()
+	timer := time.NewTimer(time.Second)
+	select {
+	case <-w.ready:
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	timer.Stop()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			r.subMu.Lock()
+			defer r.subMu.Unlock()
+			if w.n--; w.n == 0 && r.watched[channel] == w {
+				delete(r.watched, channel)
+				if r.sub != nil {
+					r.sub.Unsubscribe(context.WithoutCancel(ctx), channel)
+				}
+			}
+		})
+	}
+}
+
+// listen reports the records published on sub's channels, and marks
+// their subscriptions confirmed, until sub is closed.
+func (r *redisResults) listen(sub *goredis.PubSub) {
+	for m := range sub.ChannelWithSubscriptions() {
+		switch m := m.(type) {
+		case *goredis.Subscription:
+			r.subMu.Lock()
+			if w := r.watched[m.Channel]; w != nil && m.Kind == "subscribe" {
+				select {
+				case <-w.ready:
+				default:
+					close(w.ready)
+				}
+			}
+			r.subMu.Unlock()
+		case *goredis.Message:
+			if id, ok := strings.CutPrefix(m.Channel, wire.MetaKey("")); ok {
+				r.ev.emit(transport.Event{Kind: transport.EventFinished, IDs: []string{id}})
+			}
+		}
+	}
 }
 
 func (r *redisResults) write(ctx context.Context, _ *fetched, rec wire.Result) error {
@@ -69,6 +156,13 @@ func (r *redisResults) read(ctx context.Context, ids []string) ([][]byte, error)
 }
 
 func (r *redisResults) close() error {
+	r.subMu.Lock()
+	if r.sub != nil {
+		r.sub.Close()
+		r.sub = nil
+	}
+	r.closed = true
+	r.subMu.Unlock()
 	if r.owned {
 		return r.client.Close()
 	}
@@ -218,7 +312,7 @@ func (b *amqpBroker) receiveReplies(deliveries <-chan amqp.Delivery) {
 			}
 		}
 		b.repMu.Unlock()
-		b.emit(transport.Event{Kind: transport.EventFinished, IDs: []string{id}})
+		b.ev.emit(transport.Event{Kind: transport.EventFinished, IDs: []string{id}})
 	}
 }
 
