@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"testing"
@@ -34,6 +35,14 @@ var brokers = []struct {
 // format.
 func open(t *testing.T, app *celerytest.App, opts ...docket.Option) *docket.Queue {
 	t.Helper()
+	// docket's log, shown if the test fails.
+	logs := &celerytest.Buffer{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("docket's log:\n%s", logs.String())
+		}
+	})
+	opts = append([]docket.Option{docket.Logger(slog.New(slog.NewTextHandler(logs, nil)))}, opts...)
 	q, err := docket.Open(context.Background(), app.DocketURL(), opts...)
 	if err != nil {
 		t.Fatal(err)
@@ -349,11 +358,16 @@ func mixedFleet(t *testing.T, app *celerytest.App) {
 	// docket reads every result, whichever side ran it.
 	wait, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
+	waited := 0
 	for id, v := range want {
+		w0 := time.Now()
 		got, err := mark.ResultOf(q, id).Wait(wait)
 		if err != nil || got != v {
+			in, ierr := q.Info(ctx, id)
+			t.Logf("after %d results read, this one's Wait took %v; docket's view of the task: %+v, %v", waited, time.Since(w0), in, ierr)
 			t.Fatalf("task %s: docket read %d, %v; want %d; Celery's worker said:\n%s", id, got, err, v, stopCelery())
 		}
+		waited++
 	}
 	// So does a Celery client.
 	collect := app.Python("collect.py")
