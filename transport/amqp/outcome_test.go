@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
 	"github.com/docketq/docket"
 	"github.com/docketq/docket/internal/amqptest"
 )
@@ -20,9 +22,14 @@ import (
 // confirmCutter is a TCP proxy in front of the broker that loses a
 // publish's confirm: once armed with a marker, the first client bytes that
 // carry it are forwarded to the broker, every byte the broker sends back on
-// that connection from then on is dropped, and hit is closed. Cut then
-// closes the connections (the broker sees an orderly close after the
-// message, the client a lost connection). Later connections pass.
+// that connection from then on is dropped, and hit is closed when the
+// dropped bytes hold the broker's confirm (basic.ack), so the message is
+// known to be queued. Cut then closes the connections (the client sees a
+// lost connection). Later connections pass.
+//
+// Waiting for the confirm matters: RabbitMQ does not promise to route a
+// message whose connection closes right after its frames arrived, so a cut
+// made as soon as the bytes were forwarded could lose the message.
 type confirmCutter struct {
 	ln       net.Listener
 	upstream string
@@ -33,6 +40,10 @@ type confirmCutter struct {
 	conns  []net.Conn
 	wg     sync.WaitGroup
 }
+
+// basicAck is the start of a basic.ack method frame's payload: class 60,
+// method 80.
+var basicAck = []byte{0, 60, 0, 80}
 
 func startCutter(t *testing.T, upstream string) *confirmCutter {
 	t.Helper()
@@ -87,7 +98,7 @@ func (c *confirmCutter) serve() {
 		c.mu.Lock()
 		c.conns = append(c.conns, client, broker)
 		c.mu.Unlock()
-		var stalled atomic.Bool
+		var stalled atomic.Pointer[chan struct{}] // the hit to close once the confirm comes
 		c.wg.Add(2)
 		go func() { // client to broker
 			defer c.wg.Done()
@@ -97,20 +108,17 @@ func (c *confirmCutter) serve() {
 			for {
 				n, err := client.Read(buf)
 				if n > 0 {
-					var hit chan struct{}
 					c.mu.Lock()
 					if m := c.marker; m != nil && bytes.Contains(append(tail, buf[:n]...), m) {
 						// Stalled before the message reaches the broker:
 						// its confirm cannot slip through.
-						stalled.Store(true)
-						c.marker, hit = nil, c.hit
+						hit := c.hit
+						stalled.Store(&hit)
+						c.marker, c.hit = nil, nil
 					}
 					c.mu.Unlock()
 					if _, werr := broker.Write(buf[:n]); werr != nil {
 						return
-					}
-					if hit != nil {
-						close(hit)
 					}
 					tail = append(tail[:0], buf[max(0, n-64):n]...)
 				}
@@ -123,9 +131,17 @@ func (c *confirmCutter) serve() {
 			defer c.wg.Done()
 			defer client.Close()
 			buf := make([]byte, 64<<10)
+			var tail []byte
+			confirmed := false
 			for {
 				n, err := broker.Read(buf)
-				if n > 0 && !stalled.Load() {
+				if hit := stalled.Load(); n > 0 && hit != nil {
+					if !confirmed && bytes.Contains(append(tail, buf[:n]...), basicAck) {
+						close(*hit)
+						confirmed = true
+					}
+					tail = append(tail[:0], buf[max(0, n-8):n]...)
+				} else if n > 0 {
 					if _, werr := client.Write(buf[:n]); werr != nil {
 						return
 					}
@@ -155,6 +171,29 @@ func cutURL(t *testing.T) (string, *confirmCutter) {
 	q.Set("prefix", prefix)
 	u.RawQuery = q.Encode()
 	return u.String(), c
+}
+
+// queueDepth reports how many messages the default queue of the docket
+// URL u holds, ready and unacknowledged, for a failure's message.
+func queueDepth(t *testing.T, u string) string {
+	pu, err := url.Parse(u)
+	if err != nil {
+		return err.Error()
+	}
+	conn, err := amqp091.Dial(brokerURL(t))
+	if err != nil {
+		return err.Error()
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		return err.Error()
+	}
+	q, err := ch.QueueDeclarePassive(pu.Query().Get("prefix")+".q.default", true, false, false, false, nil)
+	if err != nil {
+		return err.Error()
+	}
+	return fmt.Sprintf("%d ready with %d consumers", q.Messages, q.Consumers)
 }
 
 // runs counts the handler's runs by task id.
@@ -200,9 +239,9 @@ func enqueueCut(t *testing.T, q *docket.Queue, c *confirmCutter, task *docket.Ta
 	select {
 	case <-hit:
 	case err := <-done:
-		t.Fatalf("Enqueue returned before its message was sent: %v", err)
+		t.Fatalf("Enqueue returned before its message was confirmed: %v", err)
 	case <-time.After(120 * time.Second):
-		t.Fatal("the message was never sent")
+		t.Fatal("the message was never sent, or the broker never confirmed it")
 	}
 	c.Cut()
 	select {
@@ -253,7 +292,7 @@ func TestEnqueueConfirmLostIsOutcomeUnknown(t *testing.T) {
 		select {
 		case <-r.ran:
 		case <-deadline:
-			t.Fatal("the task whose confirm was lost never ran: was it queued?")
+			t.Fatalf("the task whose confirm was lost never ran; its queue holds %s", queueDepth(t, url))
 		}
 	}
 }
