@@ -33,11 +33,12 @@ func (s *timedStore) Act(ctx context.Context, p transport.ActParams) (transport.
 
 // A bulk retry by filter on SQLite works in bounded batches: each write
 // changes at most 100 tasks, and the memory it holds does not grow with
-// the number of tasks (100,000 in the long variant). The figures are
+// the number of tasks (2,000; 20,000 with DOCKET_TEST_LONG=1 and 100,000
+// with DOCKET_TEST_LONG=soak). The figures are
 // logged: the longest write is how long workers can wait for the writer.
 func TestBulkRetryIsBounded(t *testing.T) {
-	n := 5_000
-	if longtest.Enabled() {
+	n := longtest.Pick(2_000, 20_000)
+	if longtest.Soak() {
 		n = 100_000
 	}
 	ctx := context.Background()

@@ -201,8 +201,9 @@ func chordKills(t *testing.T, db string) {
 			t.Fatal("the chord did not end in five minutes")
 		}
 		// Soon enough that the short chord (under a second of work)
-		// sees several kills.
-		time.Sleep(time.Duration(50+rng.IntN(250)) * time.Millisecond)
+		// sees several kills; the long one's body, which gathers 10,000
+		// results, gets time to finish between two.
+		time.Sleep(longtest.Pick(time.Duration(50+rng.IntN(250)), time.Duration(200+rng.IntN(600))) * time.Millisecond)
 		if ended() {
 			break
 		}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/docketq/docket"
+	"github.com/docketq/docket/internal/longtest"
 )
 
 // warnings records docket's "lease lost" log lines.
@@ -62,6 +63,7 @@ func taskOf(r slog.Record) (id string, attempt int) {
 // A "lease lost" warning means a lease was lost: never one for an attempt
 // whose outcome was recorded. With short leases renewals keep crossing the
 // completions; a warned attempt must not be the one that finished the task.
+// 1,000 tasks (3,000 with DOCKET_TEST_LONG=1).
 func TestNoLeaseLostWarningForCompletedTasks(t *testing.T) {
 	t.Parallel()
 	log := &warnings{}
@@ -79,7 +81,7 @@ func TestNoLeaseLostWarningForCompletedTasks(t *testing.T) {
 		return n, nil
 	}, docket.MaxRetries(50))
 	q.Register(task)
-	rs, err := task.EnqueueMany(bg, q, make([]int, 3000))
+	rs, err := task.EnqueueMany(bg, q, make([]int, longtest.Pick(1_000, 3_000)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -858,11 +858,15 @@ func TestHeartbeatKeepsLease(t *testing.T) {
 	}
 }
 
-// 10,000 tasks (100,000 with DOCKET_TEST_LONG=1) enqueued from 8
+// 3,000 tasks (20,000 with DOCKET_TEST_LONG=1, 100,000 with
+// DOCKET_TEST_LONG=soak) enqueued from 8
 // goroutines while 16 workers run them: each succeeds exactly once, none is
 // lost or left unfinished.
 func TestManyTasksConcurrently(t *testing.T) {
-	n := longtest.Pick(10_000, 100_000)
+	n := longtest.Pick(3_000, 20_000)
+	if longtest.Soak() {
+		n = 100_000
+	}
 	if testing.Short() {
 		n = 2_000
 	}

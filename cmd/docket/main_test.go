@@ -13,6 +13,7 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/docketq/docket/internal/amqptest"
+	"github.com/docketq/docket/internal/longtest"
 	"github.com/docketq/docket/internal/redistest"
 )
 
@@ -89,7 +90,7 @@ func TestScripts(t *testing.T) {
 	t.Parallel()
 	p := params(func(env *testscript.Env) error {
 		env.Setenv("DOCKET_URL", "sqlite:"+filepath.Join(env.WorkDir, "docket.db"))
-		story(env, 10_000, 2_000)
+		story(env, longtest.Pick(2_000, 10_000), longtest.Pick(400, 2_000))
 		return nil
 	})
 	p.Dir = "testdata"
@@ -112,7 +113,7 @@ func TestStoryRedis(t *testing.T) {
 		}
 		env.Setenv("DOCKET_URL", u)
 		env.Defer(func() { redistest.DeletePrefix(base, prefix) })
-		story(env, 10_000, 2_000)
+		story(env, longtest.Pick(2_000, 10_000), longtest.Pick(400, 2_000))
 		return nil
 	})
 	p.Files = []string{"testdata/story.txtar"}
@@ -138,7 +139,7 @@ func TestStoryAMQP(t *testing.T) {
 		env.Setenv("DOCKET_URL", u)
 		env.Setenv("DOCKET_RESULT_URL", "sqlite:"+filepath.Join(env.WorkDir, "results.db"))
 		env.Defer(func() { amqptest.DeleteTopology(t, base, prefix, "default") })
-		story(env, 2_000, 400)
+		story(env, longtest.Pick(500, 2_000), longtest.Pick(100, 400))
 		return nil
 	})
 	p.Files = []string{"testdata/story.txtar"}

@@ -11,17 +11,20 @@ import (
 
 	"github.com/docketq/docket"
 	"github.com/docketq/docket/internal/amqptest"
+	"github.com/docketq/docket/internal/longtest"
 )
 
 // The first enqueues of a fresh process, made by many goroutines at once,
 // declare the topology (queues, dead-letter queue, delay levels, reply
-// queue) concurrently: every one of them succeeds.
+// queue) concurrently: every one of them succeeds. Each round is a fresh
+// process's first enqueues: 8 rounds, 30 with DOCKET_TEST_LONG=1.
 func TestConcurrentFirstEnqueues(t *testing.T) {
 	base := brokerURL(t)
 	// More threads than cores: goroutines are also preempted between
 	// the frames they send and the answers they wait for.
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(4 * runtime.NumCPU()))
-	const rounds, goroutines, each = 30, 16, 2
+	const goroutines, each = 16, 2
+	rounds := longtest.Pick(8, 30)
 	queues := make([]string, goroutines)
 	for g := range queues {
 		queues[g] = fmt.Sprintf("c%d", g)
