@@ -15,6 +15,8 @@ import (
 	"github.com/docketq/docket"
 	"github.com/docketq/docket/docketotel"
 	"github.com/docketq/docket/dockettest"
+	"github.com/docketq/docket/internal/amqptest"
+	"github.com/docketq/docket/internal/redistest"
 	_ "github.com/docketq/docket/transport/all"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -132,7 +134,7 @@ func worker(rawURL, queue, out string) error {
 // a worker in another OS process runs it (a failed attempt, then a
 // retry). One trace: request → send → process, process; each process
 // span links to the send span.
-func testAcrossProcesses(t *testing.T, rawURL string, opts ...docket.Option) {
+func testAcrossProcesses(t *testing.T, rawURL, queue string, opts ...docket.Option) {
 	exp := tracetest.NewInMemoryExporter()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
 	tel, err := docketotel.New(docketotel.Options{TracerProvider: tp, MeterProvider: sdkmetric.NewMeterProvider()})
@@ -144,7 +146,6 @@ func testAcrossProcesses(t *testing.T, rawURL string, opts ...docket.Option) {
 		t.Fatal(err)
 	}
 	defer q.Close()
-	queue := fmt.Sprintf("otel-%d", time.Now().UnixNano())
 	task := traced(queue, nil)
 	if err := q.Register(task); err != nil {
 		t.Fatal(err)
@@ -223,7 +224,7 @@ func testAcrossProcesses(t *testing.T, rawURL string, opts ...docket.Option) {
 }
 
 func TestTraceAcrossProcessesSQLite(t *testing.T) {
-	testAcrossProcesses(t, "sqlite:"+filepath.Join(t.TempDir(), "app.db"))
+	testAcrossProcesses(t, "sqlite:"+filepath.Join(t.TempDir(), "app.db"), fmt.Sprintf("otel-%d", time.Now().UnixNano()))
 }
 
 func TestTraceAcrossProcessesRedis(t *testing.T) {
@@ -231,7 +232,9 @@ func TestTraceAcrossProcessesRedis(t *testing.T) {
 	if u == "" {
 		t.Skip("DOCKET_TEST_REDIS_URL is not set; skipping the Redis trace test")
 	}
-	testAcrossProcesses(t, withParam(t, u, "prefix", fmt.Sprintf("docketotel-%d", time.Now().UnixNano())))
+	prefix := fmt.Sprintf("docketotel-%d", time.Now().UnixNano())
+	t.Cleanup(func() { redistest.DeletePrefix(u, prefix) })
+	testAcrossProcesses(t, withParam(t, u, "prefix", prefix), fmt.Sprintf("otel-%d", time.Now().UnixNano()))
 }
 
 func TestTraceAcrossProcessesRabbitMQ(t *testing.T) {
@@ -239,7 +242,10 @@ func TestTraceAcrossProcessesRabbitMQ(t *testing.T) {
 	if u == "" {
 		t.Skip("DOCKET_TEST_AMQP_URL is not set; skipping the RabbitMQ trace test")
 	}
-	testAcrossProcesses(t, withParam(t, u, "prefix", fmt.Sprintf("docketotel-%d", time.Now().UnixNano())))
+	prefix := fmt.Sprintf("docketotel-%d", time.Now().UnixNano())
+	queue := fmt.Sprintf("otel-%d", time.Now().UnixNano())
+	t.Cleanup(func() { amqptest.DeleteTopology(t, u, prefix, queue) })
+	testAcrossProcesses(t, withParam(t, u, "prefix", prefix), queue)
 }
 
 func withParam(t *testing.T, raw, k, v string) string {
