@@ -192,6 +192,10 @@ func chordKills(t *testing.T, db string) {
 	}
 	rng := rand.New(rand.NewPCG(3, uint64(time.Now().UnixNano())))
 	kills := 0
+	// Soon enough that the short chord (under a second of work) sees
+	// several kills; the long one's body, which gathers 10,000 results,
+	// gets time to finish between two.
+	minGap, spread := longtest.Pick(50, 200), longtest.Pick(250, 600) // ms
 	ended := func() bool {
 		in, err := q.Info(bg, wf.ID())
 		return err == nil && in.State.Terminal()
@@ -200,10 +204,7 @@ func chordKills(t *testing.T, db string) {
 		if time.Now().After(deadline) {
 			t.Fatal("the chord did not end in five minutes")
 		}
-		// Soon enough that the short chord (under a second of work)
-		// sees several kills; the long one's body, which gathers 10,000
-		// results, gets time to finish between two.
-		time.Sleep(longtest.Pick(time.Duration(50+rng.IntN(250)), time.Duration(200+rng.IntN(600))) * time.Millisecond)
+		time.Sleep(time.Duration(minGap+rng.IntN(spread)) * time.Millisecond)
 		if ended() {
 			break
 		}

@@ -224,7 +224,7 @@ func testAcrossProcesses(t *testing.T, rawURL, queue string, opts ...docket.Opti
 }
 
 func TestTraceAcrossProcessesSQLite(t *testing.T) {
-	testAcrossProcesses(t, "sqlite:"+filepath.Join(t.TempDir(), "app.db"), fmt.Sprintf("otel-%d", time.Now().UnixNano()))
+	testAcrossProcesses(t, "sqlite:"+filepath.Join(t.TempDir(), "app.db"), freshQueue())
 }
 
 func TestTraceAcrossProcessesRedis(t *testing.T) {
@@ -234,7 +234,7 @@ func TestTraceAcrossProcessesRedis(t *testing.T) {
 	}
 	prefix := fmt.Sprintf("docketotel-%d", time.Now().UnixNano())
 	t.Cleanup(func() { redistest.DeletePrefix(u, prefix) })
-	testAcrossProcesses(t, withParam(t, u, "prefix", prefix), fmt.Sprintf("otel-%d", time.Now().UnixNano()))
+	testAcrossProcesses(t, withParam(t, u, "prefix", prefix), freshQueue())
 }
 
 func TestTraceAcrossProcessesRabbitMQ(t *testing.T) {
@@ -243,10 +243,13 @@ func TestTraceAcrossProcessesRabbitMQ(t *testing.T) {
 		t.Skip("DOCKET_TEST_AMQP_URL is not set; skipping the RabbitMQ trace test")
 	}
 	prefix := fmt.Sprintf("docketotel-%d", time.Now().UnixNano())
-	queue := fmt.Sprintf("otel-%d", time.Now().UnixNano())
+	queue := freshQueue()
 	t.Cleanup(func() { amqptest.DeleteTopology(t, u, prefix, queue) })
 	testAcrossProcesses(t, withParam(t, u, "prefix", prefix), queue)
 }
+
+// freshQueue returns a queue name no other run uses.
+func freshQueue() string { return fmt.Sprintf("otel-%d", time.Now().UnixNano()) }
 
 func withParam(t *testing.T, raw, k, v string) string {
 	u, err := url.Parse(raw)

@@ -173,8 +173,8 @@ func cutURL(t *testing.T) (string, *confirmCutter) {
 	return u.String(), c
 }
 
-// queueDepth reports how many messages the default queue of the docket
-// URL u holds, ready and unacknowledged, for a failure's message.
+// queueDepth reports how many messages are ready in the default queue of
+// the docket URL u, and how many consumers it has, for a failure's message.
 func queueDepth(t *testing.T, u string) string {
 	pu, err := url.Parse(u)
 	if err != nil {
